@@ -1,0 +1,9 @@
+//! pipelock-agent: a transparent egress interceptor. The kernel (eBPF,
+//! `redirect`) sends a cgroup's outbound TCP connections to the agent's
+//! listeners (`proxy`), which pass every exchange through one `pipeline`.
+pub mod cli;
+pub mod pipeline;
+pub mod proxy;
+pub mod redirect;
+pub mod run;
+pub mod telemetry;

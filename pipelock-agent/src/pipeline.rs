@@ -1,0 +1,134 @@
+//! The request/response pipeline every listener drives (transparent :15001,
+//! forward proxy :8888, MCP :8889): connection metadata, phase hooks with a
+//! per-exchange context (named after pingora's `ProxyHttp` phases), and the
+//! decision a hook returns. Scanning and verdicts plug in here, once.
+use std::{net::SocketAddr, sync::Arc};
+
+/// Which listener accepted a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Listener {
+    /// Kernel-redirected connections (default :15001).
+    Transparent,
+    /// Explicit forward proxy (:8888).
+    Forward,
+    /// MCP reverse proxy (:8889).
+    Mcp,
+}
+
+/// Who made a connection, as recorded by the kernel at `connect()`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Attribution {
+    /// Thread id (kernel pid) in the initial pid namespace.
+    pub pid: u32,
+    /// Process id (kernel tgid) in the initial pid namespace.
+    pub tgid: u32,
+    /// Task `comm`.
+    pub comm: String,
+    /// cgroup v2 id of the calling task.
+    pub cgroup_id: u64,
+}
+
+/// What is known about one accepted client connection.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ConnMeta {
+    /// Process-unique connection id, for correlating log lines.
+    pub id: u64,
+    /// Listener that accepted it.
+    pub listener: Listener,
+    /// Client address as the agent sees it.
+    pub peer: SocketAddr,
+    /// Where the client was going (transparent: from the kernel; forward: from CONNECT).
+    pub orig_dst: Option<SocketAddr>,
+    /// Process that made the connection (transparent listener only).
+    pub attribution: Option<Attribution>,
+}
+
+/// A reason to stop an exchange, shaped for the client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Block {
+    /// HTTP status to answer with (403 for policy blocks, 502 for upstream failures).
+    pub status: http::StatusCode,
+    /// Short human-readable reason (never contains secret material).
+    pub reason: String,
+    /// Ids of the rules that caused the block.
+    pub rule_ids: Vec<String>,
+}
+
+/// What a phase hook decided.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Let the data through.
+    Continue,
+    /// Stop: answer with a block before anything was sent, or cut the stream after.
+    Block(Block),
+}
+
+impl Decision {
+    /// True when the exchange must stop.
+    pub fn is_block(&self) -> bool {
+        matches!(self, Decision::Block(_))
+    }
+}
+
+/// How an exchange ended, for the `logging` phase.
+#[derive(Clone, Debug, Default)]
+pub struct Outcome {
+    /// Status sent to the client, if any.
+    pub status: Option<u16>,
+    /// Request body bytes seen.
+    pub request_bytes: u64,
+    /// Response body bytes seen.
+    pub response_bytes: u64,
+    /// Set when the exchange was blocked or cut.
+    pub blocked: Option<Block>,
+    /// Set when the exchange failed (upstream or downstream error).
+    pub error: Option<String>,
+}
+
+/// Per-exchange (one HTTP request and its response) hooks. Bodies arrive as
+/// chunks in order; implementations keep constant state per stream.
+pub trait Exchange: Send {
+    /// Request line and headers, before the upstream is contacted.
+    fn request_filter(&mut self, req: &http::request::Parts) -> Decision;
+    /// One chunk of the request body (as sent on the wire, still content-encoded).
+    fn request_body_filter(&mut self, chunk: &[u8], end_of_stream: bool) -> Decision;
+    /// Status and headers of the upstream response.
+    fn response_filter(&mut self, resp: &http::response::Parts) -> Decision;
+    /// One chunk of the response body (as received, still content-encoded).
+    fn response_body_filter(&mut self, chunk: &[u8], end_of_stream: bool) -> Decision;
+    /// Called once when the exchange is over.
+    fn logging(&mut self, outcome: &Outcome);
+}
+
+/// Creates an [`Exchange`] per request. One instance serves every listener.
+pub trait Pipeline: Send + Sync + 'static {
+    /// Starts a new exchange on `conn`.
+    fn exchange(&self, conn: &Arc<ConnMeta>) -> Box<dyn Exchange>;
+}
+
+/// A pipeline that lets everything through (used until scanning is configured).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AllowAll;
+
+impl Pipeline for AllowAll {
+    fn exchange(&self, _conn: &Arc<ConnMeta>) -> Box<dyn Exchange> {
+        Box::new(AllowAll)
+    }
+}
+
+impl Exchange for AllowAll {
+    fn request_filter(&mut self, _req: &http::request::Parts) -> Decision {
+        Decision::Continue
+    }
+    fn request_body_filter(&mut self, _chunk: &[u8], _end: bool) -> Decision {
+        Decision::Continue
+    }
+    fn response_filter(&mut self, _resp: &http::response::Parts) -> Decision {
+        Decision::Continue
+    }
+    fn response_body_filter(&mut self, _chunk: &[u8], _end: bool) -> Decision {
+        Decision::Continue
+    }
+    fn logging(&mut self, _outcome: &Outcome) {}
+}

@@ -1,0 +1,87 @@
+//! Listeners and per-connection handling. The transparent listener accepts
+//! kernel-redirected connections; `dispatch` decides how each is served
+//! (relay, TLS interception, HTTP) and drives the shared [`Pipeline`].
+pub mod dispatch;
+pub mod relay;
+pub mod transparent;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use crate::{cli::NonHttpAction, pipeline::Pipeline};
+
+/// Which side of a proxied connection failed (pingora's `ErrorSource`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Side {
+    /// The client (pod) side.
+    Downstream,
+    /// The original destination.
+    Upstream,
+    /// The agent itself.
+    Internal,
+}
+
+/// Errors while serving one connection. Never fatal for the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("connecting to upstream {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("connecting to upstream {0}: timed out")]
+    ConnectTimeout(SocketAddr),
+    #[error("refusing to proxy to the agent's own listener {0} (loop)")]
+    SelfCall(SocketAddr),
+    #[error("no original destination recorded for client {0} (not redirected by the kernel?)")]
+    NoOrigDst(SocketAddr),
+    #[error("relaying: {0}")]
+    Relay(std::io::Error),
+    #[error("{side:?} I/O: {source}")]
+    Io { side: Side, source: std::io::Error },
+}
+
+impl Error {
+    /// Which side the error came from.
+    pub fn side(&self) -> Side {
+        match self {
+            Error::Connect { .. } | Error::ConnectTimeout(_) => Side::Upstream,
+            Error::SelfCall(_) | Error::NoOrigDst(_) => Side::Internal,
+            Error::Relay(_) => Side::Downstream,
+            Error::Io { side, .. } => *side,
+        }
+    }
+}
+
+/// What happened on one connection, for the per-connection log line.
+#[derive(Clone, Debug, Default)]
+pub struct ConnSummary {
+    /// How the connection was served: "relay", "tls", "http", "passthrough", …
+    pub kind: &'static str,
+    /// Bytes from client to upstream.
+    pub bytes_up: u64,
+    /// Bytes from upstream to client.
+    pub bytes_down: u64,
+}
+
+/// Shared, read-only state every connection handler needs.
+pub struct ProxyContext {
+    /// The one request/response pipeline shared by all listeners.
+    pub pipeline: Arc<dyn Pipeline>,
+    /// Handling of redirected traffic that is neither TLS nor HTTP.
+    pub non_http: NonHttpAction,
+    /// The agent's own listener addresses (loop guard).
+    pub self_addrs: Vec<SocketAddr>,
+    /// Upper bound for connecting to an upstream.
+    pub connect_timeout: Duration,
+}
+
+impl ProxyContext {
+    /// True when `dst` is one of the agent's own listeners.
+    pub fn is_self(&self, dst: SocketAddr) -> bool {
+        self.self_addrs.iter().any(|l| {
+            l.port() == dst.port()
+                && (l.ip() == dst.ip() || (l.ip().is_unspecified() && dst.ip().is_loopback()))
+        })
+    }
+}

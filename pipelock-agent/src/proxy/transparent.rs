@@ -1,0 +1,146 @@
+//! The transparent listener (:15001): accepts kernel-redirected connections,
+//! recovers their original destination and attribution, hands them to
+//! `dispatch`, and logs one line per connection.
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use super::{ConnSummary, Error, ProxyContext, dispatch, relay};
+use crate::{
+    pipeline::{ConnMeta, Listener},
+    redirect::OrigDstTable,
+};
+
+static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Process-unique id for a new connection.
+pub fn next_conn_id() -> u64 {
+    NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Binds every address, failing with a clear message when one is busy.
+pub async fn bind(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, std::io::Error> {
+    let mut listeners = Vec::with_capacity(addrs.len());
+    for addr in addrs {
+        let l = TcpListener::bind(addr)
+            .await
+            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+        listeners.push(l);
+    }
+    Ok(listeners)
+}
+
+/// Accepts until `shutdown`; every connection runs as a task on `tracker`.
+pub async fn serve(
+    listener: TcpListener,
+    table: Arc<OrigDstTable>,
+    ctx: Arc<ProxyContext>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let orig = table.take(peer);
+        let ctx = ctx.clone();
+        tracker.spawn(handle(stream, peer, orig, ctx));
+    }
+}
+
+async fn handle(
+    stream: TcpStream,
+    peer: SocketAddr,
+    orig: Option<(SocketAddr, crate::pipeline::Attribution)>,
+    ctx: Arc<ProxyContext>,
+) {
+    let started = Instant::now();
+    let _ = stream.set_nodelay(true);
+    let (orig_dst, attribution) = match orig {
+        Some((dst, who)) => (Some(dst), Some(who)),
+        None => (None, None),
+    };
+    let meta = Arc::new(ConnMeta {
+        id: next_conn_id(),
+        listener: Listener::Transparent,
+        peer,
+        orig_dst,
+        attribution,
+    });
+    let mut summary = ConnSummary::default();
+    let result = match orig_dst {
+        None => {
+            relay::reset(stream);
+            Err(Error::NoOrigDst(peer))
+        }
+        Some(dst) if ctx.is_self(dst) => {
+            relay::reset(stream);
+            Err(Error::SelfCall(dst))
+        }
+        Some(_) => dispatch::serve(stream, meta.clone(), ctx, &mut summary).await,
+    };
+    log_connection(&meta, &summary, started.elapsed(), result.as_ref().err());
+}
+
+/// The one line per connection: destination, who, bytes, duration, outcome.
+fn log_connection(meta: &ConnMeta, s: &ConnSummary, took: Duration, error: Option<&Error>) {
+    let who = meta.attribution.as_ref();
+    let dst = meta.orig_dst.map(|d| d.to_string()).unwrap_or_default();
+    let fields = (
+        who.map_or(0, |w| w.pid),
+        who.map_or(0, |w| w.tgid),
+        who.map_or("", |w| w.comm.as_str()),
+        who.map_or(0, |w| w.cgroup_id),
+    );
+    match error {
+        None => tracing::info!(
+            target: "pipelock::conn",
+            conn = meta.id,
+            peer = %meta.peer,
+            orig_dst = %dst,
+            pid = fields.0,
+            tgid = fields.1,
+            comm = fields.2,
+            cgroup_id = fields.3,
+            kind = s.kind,
+            bytes_up = s.bytes_up,
+            bytes_down = s.bytes_down,
+            duration_ms = took.as_millis() as u64,
+            "connection closed"
+        ),
+        Some(e) => tracing::warn!(
+            target: "pipelock::conn",
+            conn = meta.id,
+            peer = %meta.peer,
+            orig_dst = %dst,
+            pid = fields.0,
+            tgid = fields.1,
+            comm = fields.2,
+            cgroup_id = fields.3,
+            kind = s.kind,
+            bytes_up = s.bytes_up,
+            bytes_down = s.bytes_down,
+            duration_ms = took.as_millis() as u64,
+            side = ?e.side(),
+            error = %e,
+            "connection failed"
+        ),
+    }
+}

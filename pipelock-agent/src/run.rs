@@ -1,0 +1,106 @@
+//! The `run` command: resolve the cgroup, bind the listeners, attach the
+//! kernel redirect, serve until SIGTERM/SIGINT, then detach and drain.
+use std::{net::IpAddr, sync::Arc, time::Duration};
+
+use anyhow::{Context as _, bail};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{
+    cli::RunArgs,
+    pipeline::AllowAll,
+    proxy::{ProxyContext, transparent},
+    redirect::{self, RedirectConfig, Redirector},
+};
+
+/// Runs the agent until a termination signal.
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let Some(cgroup) = args.cgroup.as_deref() else {
+        bail!("missing --cgroup: the cgroup v2 path to intercept, e.g. --cgroup /sure");
+    };
+    let IpAddr::V4(redirect_v4) = args.redirect_addr.ip() else {
+        bail!(
+            "--redirect-addr {} must be an IPv4 address; use --redirect-addr6 for IPv6",
+            args.redirect_addr
+        );
+    };
+    let mount = redirect::cgroup2_mount()?;
+    let cgroup_dir = redirect::resolve_cgroup(&mount, cgroup)?;
+
+    // Listen before attaching, so no connection is ever sent to a dead port.
+    let listen = args.listen_addrs();
+    let listeners = transparent::bind(&listen).await?;
+
+    let mut bypass_ports = args.bypass_ports.clone();
+    bypass_ports.extend(listen.iter().map(|a| a.port()));
+    bypass_ports.push(args.redirect_addr.port());
+    bypass_ports.sort_unstable();
+    bypass_ports.dedup();
+    let cfg = RedirectConfig {
+        cgroup_dir: cgroup_dir.clone(),
+        redirect_v4,
+        redirect_v6: args.redirect_addr6,
+        port: args.redirect_addr.port(),
+        bypass_cidrs: args.bypass_cidrs.clone(),
+        bypass_ports,
+    };
+    let (redirector, table) =
+        Redirector::attach(&cfg).with_context(|| format!("attaching to cgroup {cgroup}"))?;
+    let table = Arc::new(table);
+
+    let ctx = Arc::new(ProxyContext {
+        pipeline: Arc::new(AllowAll),
+        non_http: args.non_http,
+        self_addrs: listen.clone(),
+        connect_timeout: Duration::from_secs(10),
+    });
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    for listener in listeners {
+        tokio::spawn(transparent::serve(
+            listener,
+            table.clone(),
+            ctx.clone(),
+            shutdown.clone(),
+            tracker.clone(),
+        ));
+    }
+    tracing::info!(
+        cgroup = %cgroup_dir.display(),
+        redirect = %args.redirect_addr,
+        redirect6 = ?args.redirect_addr6,
+        listen = ?listen,
+        "pipelock-agent attached; intercepting"
+    );
+
+    wait_for_signal().await?;
+    // Detach first: from here on new connections of the cgroup go direct.
+    drop(redirector);
+    shutdown.cancel();
+    tracker.close();
+    tracing::info!(
+        open = tracker.len(),
+        "detached from cgroup; draining open connections"
+    );
+    if tokio::time::timeout(Duration::from_secs(args.drain_seconds), tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            open = tracker.len(),
+            "drain deadline passed; closing the rest"
+        );
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+    Ok(())
+}
