@@ -1,1 +1,114 @@
-fn main() {}
+//! Developer and CI entry point: `cargo xtask setup|build|run|test|bench`.
+//! Every command first installs what it needs (apt packages, nightly
+//! rust-src, bpf-linker built against rustc's own libLLVM), idempotently,
+//! caching bpf-linker under ~/.cache/pipelock-agent.
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install build and test prerequisites (idempotent).
+    Setup,
+    /// Build the agent (release) with its embedded eBPF object.
+    Build,
+    /// Build and run the agent: `cargo xtask run -- --cgroup /sure`.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run the whole test suite, privileged tests included (needs root).
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run a benchmark: relay, tls or scan.
+    Bench {
+        #[arg(value_parser = ["relay", "tls", "scan"])]
+        name: String,
+    },
+    /// rustfmt check and clippy -D warnings on the whole workspace.
+    Lint,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root()?;
+    let env = setup::ensure(&root)?;
+    match cli.cmd {
+        Cmd::Setup => Ok(()),
+        Cmd::Build => cargo(&root, &env, &["build", "--release", "-p", "pipelock-agent"]),
+        Cmd::Run { args } => {
+            cargo(&root, &env, &["build", "--release", "-p", "pipelock-agent"])?;
+            let bin = root.join("target/release/pipelock-agent");
+            let status = Command::new(&bin)
+                .args(&args)
+                .envs(env.vars())
+                .status()
+                .with_context(|| format!("running {}", bin.display()))?;
+            std::process::exit(status.code().unwrap_or(1));
+        }
+        Cmd::Test { args } => {
+            if !setup::is_root() {
+                bail!("the test suite attaches eBPF programs and creates cgroups and network namespaces: run it as root");
+            }
+            cargo(&root, &env, &["build", "-p", "pipelock-agent"])?;
+            let mut cmd = vec!["test", "--workspace"];
+            if !args.is_empty() {
+                cmd.push("--");
+                cmd.extend(args.iter().map(String::as_str));
+            }
+            cargo(&root, &env, &cmd)
+        }
+        Cmd::Bench { name } => {
+            let package = if name == "scan" { "pipelock-agent" } else { "pipelock-tests" };
+            cargo(&root, &env, &["build", "--release", "-p", "pipelock-agent"])?;
+            cargo(&root, &env, &["bench", "-p", package, "--bench", &name])
+        }
+        Cmd::Lint => {
+            cargo(&root, &env, &["fmt", "--all", "--check"])?;
+            cargo(
+                &root,
+                &env,
+                &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"],
+            )
+        }
+    }
+}
+
+/// Runs `cargo <args>` in the workspace with the set-up environment.
+fn cargo(root: &Path, env: &setup::Env, args: &[&str]) -> anyhow::Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(&cargo)
+        .args(args)
+        .current_dir(root)
+        .envs(env.vars())
+        .status()
+        .with_context(|| format!("running cargo {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+fn workspace_root() -> anyhow::Result<PathBuf> {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .parent()
+        .map(Path::to_path_buf)
+        .context("xtask has no parent directory")
+}

@@ -1,0 +1,156 @@
+//! A real HTTP/1.1 upstream (tiny_http) for the tests: reports what it saw
+//! (peer address, method, path, body length and SHA-256) as JSON, and serves
+//! `/bytes/<n>`: n deterministic bytes, for bulk transfers.
+use std::{
+    io::Read,
+    net::SocketAddr,
+    sync::Arc,
+    thread::JoinHandle,
+};
+
+use sha2::{Digest, Sha256};
+
+/// A running upstream server; stops on drop.
+pub struct Upstream {
+    server: Arc<tiny_http::Server>,
+    workers: Vec<JoinHandle<()>>,
+    /// Bound address.
+    pub addr: SocketAddr,
+}
+
+impl Upstream {
+    /// Binds `addr` (port 0 for any) and serves with a few worker threads.
+    pub fn start(addr: SocketAddr) -> Upstream {
+        let server = Arc::new(
+            tiny_http::Server::http(addr).unwrap_or_else(|e| panic!("upstream bind {addr}: {e}")),
+        );
+        let addr = server
+            .server_addr()
+            .to_ip()
+            .expect("upstream bound to an IP address");
+        let workers = (0..4)
+            .map(|_| {
+                let server = server.clone();
+                std::thread::spawn(move || {
+                    while let Ok(req) = server.recv() {
+                        handle(req);
+                    }
+                })
+            })
+            .collect();
+        Upstream {
+            server,
+            workers,
+            addr,
+        }
+    }
+
+    /// `http://<addr>` (IPv6 bracketed).
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        for _ in &self.workers {
+            self.server.unblock();
+        }
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+fn handle(mut req: tiny_http::Request) {
+    let path = req.url().to_string();
+    if let Some(n) = path.strip_prefix("/bytes/").and_then(|n| n.parse::<usize>().ok()) {
+        let resp = tiny_http::Response::new(
+            tiny_http::StatusCode(200),
+            vec![],
+            PatternReader::new(n),
+            Some(n),
+            None,
+        );
+        let _ = req.respond(resp);
+        return;
+    }
+    let mut hasher = Sha256::new();
+    let mut len = 0u64;
+    let mut buf = vec![0u8; 64 * 1024];
+    let reader = req.as_reader();
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                hasher.update(&buf[..n]);
+                len += n as u64;
+            }
+            Err(_) => break,
+        }
+    }
+    let body = serde_json::json!({
+        "peer": req.remote_addr().map(|a| a.to_string()),
+        "method": req.method().as_str(),
+        "path": path,
+        "body_len": len,
+        "body_sha256": hex(&hasher.finalize()),
+    });
+    let _ = req.respond(
+        tiny_http::Response::from_string(body.to_string()).with_header(
+            tiny_http::Header::from_bytes("Content-Type", "application/json")
+                .expect("static header"),
+        ),
+    );
+}
+
+/// Lower-case hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Deterministic pseudo-random bytes (xorshift64*), so both ends can check content.
+pub struct PatternReader {
+    left: usize,
+    state: u64,
+}
+
+impl PatternReader {
+    pub fn new(len: usize) -> Self {
+        PatternReader {
+            left: len,
+            state: 0x9E37_79B9_7F4A_7C15,
+        }
+    }
+}
+
+impl Read for PatternReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = buf.len().min(self.left) / 8 * 8;
+        let n = if n == 0 { buf.len().min(self.left) } else { n };
+        for chunk in buf[..n].chunks_mut(8) {
+            self.state ^= self.state >> 12;
+            self.state ^= self.state << 25;
+            self.state ^= self.state >> 27;
+            let v = self.state.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+        self.left -= n;
+        Ok(n)
+    }
+}
+
+/// SHA-256 (hex) of the first `len` pattern bytes, as `/bytes/<len>` serves them.
+pub fn pattern_sha256(len: usize) -> String {
+    let mut r = PatternReader::new(len);
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = r.read(&mut buf).expect("pattern read");
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    hex(&h.finalize())
+}

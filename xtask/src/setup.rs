@@ -1,0 +1,176 @@
+//! Idempotent installation of everything the build and the tests need:
+//! Debian packages, nightly `rust-src`, and `bpf-linker` linked against
+//! the nightly rustc's own libLLVM (there is no system LLVM of that version).
+use std::{
+    ffi::OsString,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+
+/// Debian packages: build (hyperscan, pkg-config), tests (clients, iproute2).
+const APT_PACKAGES: &[&str] = &[
+    "libhyperscan-dev",
+    "pkg-config",
+    "iproute2",
+    "curl",
+    "ruby",
+    "ruby-httparty",
+    "ruby-faraday",
+    "python3",
+    "util-linux",
+    "procps",
+];
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// Environment for cargo and the agent: PATH with the cached bpf-linker first.
+pub struct Env {
+    path: OsString,
+}
+
+impl Env {
+    pub fn vars(&self) -> Vec<(&'static str, OsString)> {
+        vec![("PATH", self.path.clone())]
+    }
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc_geteuid() == 0 }
+}
+
+unsafe extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+/// Installs what is missing and returns the environment to build with.
+pub fn ensure(_root: &Path) -> anyhow::Result<Env> {
+    let cache = cache_dir()?;
+    apt_packages()?;
+    rust_src()?;
+    let bin = bpf_linker(&cache)?;
+    let mut path = OsString::from(bin);
+    if let Some(old) = std::env::var_os("PATH") {
+        path.push(":");
+        path.push(old);
+    }
+    Ok(Env { path })
+}
+
+fn cache_dir() -> anyhow::Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("PIPELOCK_CACHE_DIR") {
+        return Ok(PathBuf::from(dir));
+    }
+    let home = std::env::var_os("HOME").context("HOME is not set")?;
+    Ok(PathBuf::from(home).join(".cache/pipelock-agent"))
+}
+
+fn apt_packages() -> anyhow::Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !dpkg_installed(p))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!("missing Debian packages {missing:?}: run as root, or `apt-get install {}`", missing.join(" "));
+    }
+    eprintln!("xtask: installing {}", missing.join(" "));
+    run(Command::new("apt-get").args(["update", "-qq"]))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn dpkg_installed(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", pkg])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .unwrap_or(false)
+}
+
+fn nightly_sysroot() -> anyhow::Result<PathBuf> {
+    let out = Command::new("rustc")
+        .args(["+nightly", "--print", "sysroot"])
+        .output()
+        .context("running rustc +nightly (is the nightly toolchain installed?)")?;
+    if !out.status.success() {
+        bail!(
+            "rustc +nightly failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+}
+
+fn rust_src() -> anyhow::Result<()> {
+    let sysroot = nightly_sysroot()?;
+    if sysroot.join("lib/rustlib/src/rust/library/core").is_dir() {
+        return Ok(());
+    }
+    eprintln!("xtask: adding rust-src to the nightly toolchain");
+    run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+/// Builds bpf-linker into `<cache>/bin` once; returns that bin directory.
+fn bpf_linker(cache: &Path) -> anyhow::Result<PathBuf> {
+    let bin_dir = cache.join("bin");
+    let linker = bin_dir.join("bpf-linker");
+    let ok = Command::new(&linker)
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if ok {
+        return Ok(bin_dir);
+    }
+    let lib = nightly_sysroot()?.join("lib");
+    let so = std::fs::read_dir(&lib)
+        .with_context(|| format!("reading {}", lib.display()))?
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.starts_with("libLLVM.so.") && n.contains("-rust-"))
+        .with_context(|| format!("no libLLVM.so.*-rust-* in {}", lib.display()))?;
+    // libLLVM.so.22.1-rust-1.97.0-nightly -> 22
+    let major = so
+        .trim_start_matches("libLLVM.so.")
+        .split('.')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let llvm = cache.join("llvm");
+    let llvm_lib = llvm.join("lib");
+    std::fs::create_dir_all(&llvm_lib).context("creating the LLVM prefix")?;
+    for name in ["libLLVM.so", so.as_str()] {
+        let link = llvm_lib.join(name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(lib.join(&so), &link)
+            .with_context(|| format!("linking {}", link.display()))?;
+    }
+    eprintln!("xtask: building bpf-linker {BPF_LINKER_VERSION} against rustc's LLVM {major} (once)");
+    run(Command::new("cargo")
+        .args(["+nightly", "install", "bpf-linker", "--locked", "--version", BPF_LINKER_VERSION])
+        .args(["--no-default-features", "--features"])
+        .arg(format!("llvm-{major}"))
+        .arg("--root")
+        .arg(cache)
+        .env("LLVM_PREFIX", &llvm))?;
+    Ok(bin_dir)
+}
+
+fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("running {:?}", cmd.get_program()))?;
+    if !status.success() {
+        bail!("{:?} failed ({status})", cmd.get_program());
+    }
+    Ok(())
+}
