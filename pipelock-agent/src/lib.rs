@@ -7,3 +7,4 @@ pub mod proxy;
 pub mod redirect;
 pub mod run;
 pub mod telemetry;
+pub mod tls;

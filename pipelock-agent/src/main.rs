@@ -3,7 +3,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use pipelock_agent::{
-    cli::{Cli, Command},
+    cli::{CaArgs, CaCommand, Cli, Command},
     run, telemetry,
 };
 
@@ -12,7 +12,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         None => start(cli.run),
         Some(Command::Run(args)) => start(args),
-        Some(Command::Ca(_)) => Err(anyhow::anyhow!("`ca` is not available in this build yet")),
+        Some(Command::Ca(CaCommand::Export(args))) => ca_export(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -27,4 +27,12 @@ fn start(args: pipelock_agent::cli::RunArgs) -> anyhow::Result<()> {
     telemetry::init(args.log_format);
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(run::run(args))
+}
+
+/// `ca export`: print the CA certificate PEM (creating the CA when missing).
+fn ca_export(args: &CaArgs) -> anyhow::Result<()> {
+    let provider = pipelock_agent::tls::config::provider();
+    let ca = pipelock_agent::tls::Ca::load_or_create(args, &provider)?;
+    print!("{}", ca.cert_pem());
+    Ok(())
 }

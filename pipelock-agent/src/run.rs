@@ -9,8 +9,9 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use crate::{
     cli::RunArgs,
     pipeline::AllowAll,
-    proxy::{ProxyContext, transparent},
+    proxy::{ProxyContext, passthrough::PassthroughDomains, transparent},
     redirect::{self, RedirectConfig, Redirector},
+    tls,
 };
 
 /// Runs the agent until a termination signal.
@@ -24,6 +25,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             args.redirect_addr
         );
     };
+    // The CA and trust store first: a bad --ca-cert or --upstream-ca stops here.
+    let tls = tls::load(&args.ca, args.upstream_ca.as_deref()).context("loading TLS material")?;
     let mount = redirect::cgroup2_mount()?;
     let cgroup_dir = redirect::resolve_cgroup(&mount, cgroup)?;
 
@@ -53,6 +56,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         non_http: args.non_http,
         self_addrs: listen.clone(),
         connect_timeout: Duration::from_secs(10),
+        tls,
+        passthrough: PassthroughDomains::new(&args.passthrough_domains),
+        sniff_timeout: Duration::from_millis(500),
     });
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();

@@ -1,20 +1,111 @@
-//! Decides how one redirected connection is served. For now: a blind relay to
-//! the original destination.
-use std::sync::Arc;
+//! Decides how one redirected connection is served, from its first bytes
+//! (`sniff`): a TLS ClientHello is intercepted (or relayed undecrypted for a
+//! passthrough domain), plaintext HTTP is proxied, anything else is relayed
+//! or reset per `--non-http`.
+//!
+//! ALPN: the agent connects to the upstream first, offering `h2` and
+//! `http/1.1` when the client offered `h2` (else `http/1.1` only), then
+//! offers the client exactly the protocol the upstream chose. When the client
+//! offered only `h2` but the upstream speaks HTTP/1.1 the agent translates
+//! (HTTP/2 towards the client, HTTP/1.1 connections upstream).
+use std::{sync::Arc, time::Duration};
 
+use http::uri::{Authority, Scheme};
+use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
+use tokio_util::task::TaskTracker;
 
-use super::{ConnSummary, Error, ProxyContext, relay};
-use crate::pipeline::ConnMeta;
+use super::{
+    ConnSummary, Error, ProxyContext,
+    counting::{Counters, CountingIo},
+    http::{self as proxy_http, HttpConn},
+    relay,
+    sniff::{self, ClientHelloInfo, Sniffed},
+    upstream::{self, Proto, Target, TlsTarget, UpstreamPool},
+};
+use crate::{
+    cli::NonHttpAction,
+    pipeline::ConnMeta,
+    tls::{
+        AlpnOffer, LeafName,
+        config::{H2, HTTP11},
+    },
+};
+
+/// How long the client's TLS handshake with the agent may take.
+const CLIENT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves one accepted, redirected connection whose original destination is known.
 pub async fn serve(
-    mut client: TcpStream,
+    client: TcpStream,
     meta: Arc<ConnMeta>,
     ctx: Arc<ProxyContext>,
     summary: &mut ConnSummary,
 ) -> Result<(), Error> {
     let dst = meta.orig_dst.ok_or(Error::NoOrigDst(meta.peer))?;
+    let sniffed = match sniff::sniff(&client, ctx.sniff_timeout).await {
+        Ok(s) => s,
+        Err(e) => {
+            summary.kind = "malformed";
+            relay::reset(client);
+            return Err(Error::Sniff(e));
+        }
+    };
+    match sniffed {
+        Sniffed::Closed => {
+            summary.kind = "empty";
+            Ok(())
+        }
+        Sniffed::Other => match ctx.non_http {
+            NonHttpAction::Relay => blind_relay(client, &ctx, dst, "relay", summary).await,
+            NonHttpAction::Reset => {
+                summary.kind = "reset";
+                relay::reset(client);
+                Err(Error::NonHttpRefused)
+            }
+        },
+        Sniffed::Http {
+            h2c_prior_knowledge,
+        } => {
+            summary.kind = "http";
+            let proto = if h2c_prior_knowledge {
+                Proto::Http2
+            } else {
+                Proto::Http1
+            };
+            let counters = Counters::default();
+            let r = plain_http(client, proto, &meta, &ctx, &counters).await;
+            (summary.bytes_up, summary.bytes_down) = counters.get();
+            r
+        }
+        Sniffed::Tls(hello) if ctx.passthrough.matches(hello.sni.as_deref(), dst.ip()) => {
+            tracing::info!(
+                target: "pipelock::tls",
+                conn = meta.id,
+                sni = hello.sni.as_deref().unwrap_or(""),
+                orig_dst = %dst,
+                "passthrough domain: relaying without decryption"
+            );
+            blind_relay(client, &ctx, dst, "passthrough", summary).await
+        }
+        Sniffed::Tls(hello) => {
+            summary.kind = "tls";
+            let counters = Counters::default();
+            let r = intercept(client, hello, &meta, &ctx, &counters).await;
+            (summary.bytes_up, summary.bytes_down) = counters.get();
+            r
+        }
+    }
+}
+
+async fn blind_relay(
+    mut client: TcpStream,
+    ctx: &ProxyContext,
+    dst: std::net::SocketAddr,
+    kind: &'static str,
+    summary: &mut ConnSummary,
+) -> Result<(), Error> {
+    summary.kind = kind;
     let mut upstream = match relay::connect_upstream(dst, ctx.connect_timeout).await {
         Ok(u) => u,
         Err(e) => {
@@ -22,9 +113,198 @@ pub async fn serve(
             return Err(e);
         }
     };
-    summary.kind = "relay";
     let (up, down) = relay::relay(&mut client, &mut upstream).await?;
     summary.bytes_up = up;
     summary.bytes_down = down;
     Ok(())
+}
+
+async fn plain_http(
+    client: TcpStream,
+    proto: Proto,
+    meta: &Arc<ConnMeta>,
+    ctx: &Arc<ProxyContext>,
+    counters: &Counters,
+) -> Result<(), Error> {
+    let dst = meta.orig_dst.ok_or(Error::NoOrigDst(meta.peer))?;
+    let target = Target {
+        addr: dst,
+        tls: None,
+        connect_timeout: ctx.connect_timeout,
+    };
+    let (io, up_proto) = match upstream::dial(&target, proto).await {
+        Ok(x) => x,
+        Err(e) => {
+            relay::reset(client);
+            return Err(e);
+        }
+    };
+    let pool = UpstreamPool::with_first(target, io, up_proto)
+        .await
+        .map(Arc::new)
+        .map_err(|e| e.to_string());
+    let conn = Arc::new(HttpConn {
+        meta: meta.clone(),
+        pipeline: ctx.pipeline.clone(),
+        upstream: pool,
+        scheme: Scheme::HTTP,
+        default_authority: Authority::try_from(dst.to_string()).ok(),
+        tasks: TaskTracker::new(),
+    });
+    let io = CountingIo::new(client, counters.clone());
+    let result = proxy_http::serve(io, proto, conn.clone()).await;
+    conn.tasks.close();
+    conn.tasks.wait().await;
+    result.map_err(downstream_http)
+}
+
+async fn intercept(
+    client: TcpStream,
+    hello: ClientHelloInfo,
+    meta: &Arc<ConnMeta>,
+    ctx: &Arc<ProxyContext>,
+    counters: &Counters,
+) -> Result<(), Error> {
+    let dst = meta.orig_dst.ok_or(Error::NoOrigDst(meta.peer))?;
+    let (leaf_name, server_name, authority) = match &hello.sni {
+        Some(sni) => {
+            let name = ServerName::try_from(sni.clone()).map_err(|e| Error::DownstreamTls {
+                sni: sni.clone(),
+                reason: format!("unusable SNI: {e}"),
+            })?;
+            let authority = if dst.port() == 443 {
+                sni.clone()
+            } else {
+                format!("{sni}:{}", dst.port())
+            };
+            (LeafName::dns(sni), name, authority)
+        }
+        None => (
+            LeafName::Ip(dst.ip()),
+            ServerName::IpAddress(dst.ip().into()),
+            dst.to_string(),
+        ),
+    };
+    let client_h2 = hello.alpn.iter().any(|p| p == H2);
+    let client_h1 = hello.alpn.is_empty() || hello.alpn.iter().any(|p| p == HTTP11);
+    let target = Target {
+        addr: dst,
+        tls: Some(TlsTarget {
+            tls: ctx.tls.clone(),
+            server_name,
+            offer: if client_h2 {
+                AlpnOffer::Both
+            } else {
+                AlpnOffer::Http11
+            },
+        }),
+        connect_timeout: ctx.connect_timeout,
+    };
+
+    // Upstream first: its ALPN choice decides what the client is offered, and
+    // a TCP-level failure is mirrored to the client as a reset.
+    let (upstream, up_proto) = match upstream::dial(&target, Proto::Http1).await {
+        Ok((io, proto)) => (Ok(io), proto),
+        Err(e @ (Error::Connect { .. } | Error::ConnectTimeout(_))) => {
+            relay::reset(client);
+            return Err(e);
+        }
+        Err(e) => {
+            tracing::warn!(
+                target: "pipelock::tls",
+                conn = meta.id,
+                sni = hello.sni.as_deref().unwrap_or(""),
+                orig_dst = %dst,
+                error = %e,
+                "upstream TLS failed; the client gets 502"
+            );
+            (Err(e), Proto::Http1)
+        }
+    };
+    let down_proto = match up_proto {
+        Proto::Http2 => Proto::Http2,
+        Proto::Http1 if client_h1 => Proto::Http1,
+        Proto::Http1 => Proto::Http2,
+    };
+    let alpn: Vec<&[u8]> = match (hello.alpn.is_empty(), down_proto) {
+        (true, _) => vec![],
+        (false, Proto::Http1) => vec![HTTP11],
+        (false, Proto::Http2) => vec![H2],
+    };
+    let server_cfg = match ctx.tls.server_config(&leaf_name, &alpn) {
+        Ok(c) => c,
+        Err(e) => {
+            relay::reset(client);
+            return Err(Error::Tls(e));
+        }
+    };
+    let io = CountingIo::new(client, counters.clone());
+    let accept = tokio_rustls::TlsAcceptor::from(server_cfg).accept(io);
+    let sni_text = hello.sni.clone().unwrap_or_else(|| dst.ip().to_string());
+    let stream = match tokio::time::timeout(CLIENT_HANDSHAKE_TIMEOUT, accept).await {
+        Err(_) => {
+            return Err(Error::DownstreamTls {
+                sni: sni_text,
+                reason: "client TLS handshake timed out".into(),
+            });
+        }
+        Ok(Err(e)) => {
+            return Err(Error::DownstreamTls {
+                sni: sni_text,
+                reason: client_tls_reason(&e),
+            });
+        }
+        Ok(Ok(s)) => s,
+    };
+    let negotiated = match stream.get_ref().1.alpn_protocol() {
+        Some(p) if p == H2 => Proto::Http2,
+        _ => Proto::Http1,
+    };
+    let (pool, upstream_failure) = match upstream {
+        Ok(io) => match UpstreamPool::with_first(target, io, up_proto).await {
+            Ok(p) => (Ok(Arc::new(p)), None),
+            Err(e) => (Err(e.to_string()), Some(e)),
+        },
+        Err(e) => (Err(e.to_string()), Some(e)),
+    };
+    let conn = Arc::new(HttpConn {
+        meta: meta.clone(),
+        pipeline: ctx.pipeline.clone(),
+        upstream: pool,
+        scheme: Scheme::HTTPS,
+        default_authority: Authority::try_from(authority).ok(),
+        tasks: TaskTracker::new(),
+    });
+    let result = proxy_http::serve(stream, negotiated, conn.clone()).await;
+    conn.tasks.close();
+    conn.tasks.wait().await;
+    if let Some(e) = upstream_failure {
+        return Err(e);
+    }
+    result.map_err(downstream_http)
+}
+
+fn downstream_http(e: hyper::Error) -> Error {
+    Error::DownstreamHttp(e.to_string())
+}
+
+/// Explains a failed client handshake, pointing at the CA when the client
+/// rejected the agent's certificate.
+fn client_tls_reason(e: &std::io::Error) -> String {
+    use rustls::AlertDescription as A;
+    match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+        Some(rustls::Error::AlertReceived(
+            alert @ (A::UnknownCA
+            | A::BadCertificate
+            | A::CertificateUnknown
+            | A::UnsupportedCertificate
+            | A::AccessDenied),
+        )) => format!(
+            "the client rejected the agent's certificate ({alert:?}): it does not trust the pipelock CA; \
+             give it the output of `pipelock-agent ca export` (SSL_CERT_FILE / SSL_CA_FILE), \
+             or list the domain with --passthrough-domain if it pins certificates"
+        ),
+        Some(other) => other.to_string(),
+        None => e.to_string(),
+    }
 }

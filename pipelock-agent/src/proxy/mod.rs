@@ -1,9 +1,14 @@
 //! Listeners and per-connection handling. The transparent listener accepts
 //! kernel-redirected connections; `dispatch` decides how each is served
 //! (relay, TLS interception, HTTP) and drives the shared [`Pipeline`].
+pub mod counting;
 pub mod dispatch;
+pub mod http;
+pub mod passthrough;
 pub mod relay;
+pub mod sniff;
 pub mod transparent;
+pub mod upstream;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -39,15 +44,40 @@ pub enum Error {
     Relay(std::io::Error),
     #[error("{side:?} I/O: {source}")]
     Io { side: Side, source: std::io::Error },
+    #[error("sniffing the client's first bytes: {0}")]
+    Sniff(sniff::SniffError),
+    #[error("traffic is neither TLS nor HTTP; refused (--non-http reset)")]
+    NonHttpRefused,
+    #[error("TLS setup: {0}")]
+    Tls(crate::tls::Error),
+    #[error("TLS handshake with the client for {sni} failed: {reason}")]
+    DownstreamTls { sni: String, reason: String },
+    #[error("TLS to upstream {addr} as {name}: {reason}")]
+    UpstreamTls {
+        addr: SocketAddr,
+        name: String,
+        reason: String,
+    },
+    #[error("HTTP with upstream {addr}: {reason}")]
+    UpstreamHttp { addr: SocketAddr, reason: String },
+    #[error("HTTP with the client: {0}")]
+    DownstreamHttp(String),
 }
 
 impl Error {
     /// Which side the error came from.
     pub fn side(&self) -> Side {
         match self {
-            Error::Connect { .. } | Error::ConnectTimeout(_) => Side::Upstream,
-            Error::SelfCall(_) | Error::NoOrigDst(_) => Side::Internal,
-            Error::Relay(_) => Side::Downstream,
+            Error::Connect { .. }
+            | Error::ConnectTimeout(_)
+            | Error::UpstreamTls { .. }
+            | Error::UpstreamHttp { .. } => Side::Upstream,
+            Error::SelfCall(_) | Error::NoOrigDst(_) | Error::Tls(_) => Side::Internal,
+            Error::Relay(_)
+            | Error::Sniff(_)
+            | Error::NonHttpRefused
+            | Error::DownstreamTls { .. }
+            | Error::DownstreamHttp(_) => Side::Downstream,
             Error::Io { side, .. } => *side,
         }
     }
@@ -74,6 +104,13 @@ pub struct ProxyContext {
     pub self_addrs: Vec<SocketAddr>,
     /// Upper bound for connecting to an upstream.
     pub connect_timeout: Duration,
+    /// CA, leaf cache and rustls configs for TLS interception.
+    pub tls: Arc<crate::tls::Tls>,
+    /// Names relayed without decryption.
+    pub passthrough: passthrough::PassthroughDomains,
+    /// How long to wait for a client's first bytes before treating the
+    /// connection as non-HTTP (server-speaks-first protocols).
+    pub sniff_timeout: Duration,
 }
 
 impl ProxyContext {

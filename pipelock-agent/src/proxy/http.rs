@@ -1,0 +1,560 @@
+//! HTTP proxying for intercepted TLS and plaintext HTTP alike: hyper serves
+//! the client (HTTP/1.1 or HTTP/2), every request drives the shared
+//! [`Pipeline`] (request_filter before the upstream is contacted, body
+//! filters per chunk both ways, response_filter, logging at the end) and is
+//! sent upstream through the connection's [`UpstreamPool`]. Bodies stream
+//! with backpressure (a chunk is read from one side only when the other side
+//! asks for one); hop-by-hop fields are dropped per RFC 9110 §7.6.1;
+//! `Upgrade` (WebSocket) is relayed as bytes after the 101.
+use std::{
+    convert::Infallible,
+    pin::Pin,
+    sync::{Arc, Mutex, MutexGuard},
+    task::{Context, Poll, ready},
+};
+
+use bytes::Bytes;
+use http::{
+    HeaderMap, HeaderValue, Method, StatusCode, Uri, Version,
+    header::{self, HeaderName},
+    uri::{Authority, PathAndQuery, Scheme},
+};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{BodyExt as _, Full, combinators::BoxBody};
+use hyper::{Request, Response, body::Incoming, service::service_fn};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::task::TaskTracker;
+
+use super::upstream::{Proto, UpstreamPool};
+use crate::pipeline::{Block, ConnMeta, Decision, Exchange, Outcome, Pipeline};
+
+/// Body type answered to the client.
+pub type DownBody = BoxBody<Bytes, BodyError>;
+
+/// Why a proxied body stream stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// A body filter blocked the exchange.
+    #[error("blocked by policy")]
+    Blocked,
+    /// The other side failed.
+    #[error("{0}")]
+    Io(#[from] hyper::Error),
+}
+
+/// Per client connection: what every request on it shares.
+pub struct HttpConn {
+    /// The client connection.
+    pub meta: Arc<ConnMeta>,
+    /// The shared pipeline.
+    pub pipeline: Arc<dyn Pipeline>,
+    /// Where requests go, or why they cannot (answered as 502).
+    pub upstream: Result<Arc<UpstreamPool>, String>,
+    /// `https` for intercepted TLS, `http` for plaintext.
+    pub scheme: Scheme,
+    /// Authority to use when a request names none (SNI, else ip:port).
+    pub default_authority: Option<Authority>,
+    /// Tasks that outlive a request (upgraded connections).
+    pub tasks: TaskTracker,
+}
+
+/// Serves one client connection speaking `proto` until it closes.
+pub async fn serve<IO>(io: IO, proto: Proto, conn: Arc<HttpConn>) -> Result<(), hyper::Error>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc_conn = conn.clone();
+    let svc = service_fn(move |req| {
+        let conn = svc_conn.clone();
+        async move { Ok::<_, Infallible>(conn.handle(req).await) }
+    });
+    let io = TokioIo::new(io);
+    match proto {
+        Proto::Http1 => {
+            hyper::server::conn::http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(io, svc)
+                .with_upgrades()
+                .await
+        }
+        Proto::Http2 => {
+            hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(io, svc)
+                .await
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Dir {
+    Request,
+    Response,
+}
+
+/// One exchange's hooks and what happened so far.
+struct ExchangeState {
+    exchange: Box<dyn Exchange>,
+    outcome: Outcome,
+    finished: bool,
+    conn: u64,
+    method: Method,
+    host: String,
+    path: String,
+}
+
+type Shared = Arc<Mutex<ExchangeState>>;
+
+fn lock(s: &Shared) -> MutexGuard<'_, ExchangeState> {
+    s.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl ExchangeState {
+    fn body_filter(&mut self, dir: Dir, chunk: &[u8], eos: bool) -> Decision {
+        let d = match dir {
+            Dir::Request => {
+                self.outcome.request_bytes += chunk.len() as u64;
+                self.exchange.request_body_filter(chunk, eos)
+            }
+            Dir::Response => {
+                self.outcome.response_bytes += chunk.len() as u64;
+                self.exchange.response_body_filter(chunk, eos)
+            }
+        };
+        if let Decision::Block(b) = &d {
+            self.outcome.blocked = Some(b.clone());
+        }
+        d
+    }
+
+    /// Calls the `logging` hook once and writes the per-request log line.
+    fn finish(&mut self) {
+        if std::mem::replace(&mut self.finished, true) {
+            return;
+        }
+        self.exchange.logging(&self.outcome);
+        let o = &self.outcome;
+        let blocked = o.blocked.as_ref().map(|b| b.reason.as_str());
+        tracing::info!(
+            target: "pipelock::http",
+            conn = self.conn,
+            method = %self.method,
+            host = %self.host,
+            path = %self.path,
+            status = o.status.unwrap_or(0),
+            request_bytes = o.request_bytes,
+            response_bytes = o.response_bytes,
+            blocked = blocked.unwrap_or(""),
+            error = o.error.as_deref().unwrap_or(""),
+            "request"
+        );
+    }
+}
+
+/// A body stream passed through the pipeline's body filters.
+struct ScannedBody {
+    inner: Incoming,
+    dir: Dir,
+    state: Shared,
+    eos_sent: bool,
+}
+
+impl Body for ScannedBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.get_mut();
+        let frame = match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+            Some(Ok(f)) => f,
+            Some(Err(e)) => {
+                let mut st = lock(&this.state);
+                st.outcome.error.get_or_insert_with(|| {
+                    let side = match this.dir {
+                        Dir::Request => "client",
+                        Dir::Response => "upstream",
+                    };
+                    format!("{side} body: {e}")
+                });
+                return Poll::Ready(Some(Err(BodyError::Io(e))));
+            }
+            None => {
+                if !std::mem::replace(&mut this.eos_sent, true)
+                    && lock(&this.state)
+                        .body_filter(this.dir, &[], true)
+                        .is_block()
+                {
+                    return Poll::Ready(Some(Err(BodyError::Blocked)));
+                }
+                if this.dir == Dir::Response {
+                    lock(&this.state).finish();
+                }
+                return Poll::Ready(None);
+            }
+        };
+        let eos_now = this.inner.is_end_stream();
+        let decision = if let Some(data) = frame.data_ref() {
+            this.eos_sent |= eos_now;
+            lock(&this.state).body_filter(this.dir, data, eos_now)
+        } else if !std::mem::replace(&mut this.eos_sent, true) {
+            // Trailers end the body.
+            lock(&this.state).body_filter(this.dir, &[], true)
+        } else {
+            Decision::Continue
+        };
+        if decision.is_block() {
+            return Poll::Ready(Some(Err(BodyError::Blocked)));
+        }
+        Poll::Ready(Some(Ok(frame)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for ScannedBody {
+    fn drop(&mut self) {
+        if self.dir == Dir::Response {
+            let mut st = lock(&self.state);
+            if !self.eos_sent && st.outcome.blocked.is_none() {
+                st.outcome
+                    .error
+                    .get_or_insert_with(|| "response body not completed".into());
+            }
+            st.finish();
+        }
+    }
+}
+
+impl HttpConn {
+    async fn handle(self: Arc<Self>, mut req: Request<Incoming>) -> Response<DownBody> {
+        let down_version = req.version();
+        let on_upgrade =
+            is_upgrade(req.headers(), down_version).then(|| hyper::upgrade::on(&mut req));
+        let (mut parts, body) = req.into_parts();
+        let state: Shared = Arc::new(Mutex::new(ExchangeState {
+            exchange: self.pipeline.exchange(&self.meta),
+            outcome: Outcome::default(),
+            finished: false,
+            conn: self.meta.id,
+            method: parts.method.clone(),
+            host: authority_of(&parts.uri, &parts.headers)
+                .map(|a| a.to_string())
+                .or_else(|| self.default_authority.as_ref().map(|a| a.to_string()))
+                .unwrap_or_default(),
+            path: parts.uri.path().to_owned(),
+        }));
+
+        let decision = lock(&state).exchange.request_filter(&parts);
+        if let Decision::Block(b) = decision {
+            return block_response(&state, b, down_version);
+        }
+        let pool = match &self.upstream {
+            Ok(p) => p.clone(),
+            Err(reason) => {
+                return error_response(&state, StatusCode::BAD_GATEWAY, reason, down_version);
+            }
+        };
+        let mut eos_sent = false;
+        if body.is_end_stream() {
+            eos_sent = true;
+            if let Decision::Block(b) = lock(&state).body_filter(Dir::Request, &[], true) {
+                return block_response(&state, b, down_version);
+            }
+        }
+        if let Err(reason) = self.prepare_request(&mut parts, pool.proto(), on_upgrade.is_some()) {
+            return error_response(&state, StatusCode::BAD_REQUEST, &reason, down_version);
+        }
+        let up_body = ScannedBody {
+            inner: body,
+            dir: Dir::Request,
+            state: state.clone(),
+            eos_sent,
+        }
+        .boxed();
+        let mut resp = match pool.send(Request::from_parts(parts, up_body)).await {
+            Ok(r) => r,
+            Err(e) => {
+                let blocked = lock(&state).outcome.blocked.clone();
+                if let Some(b) = blocked {
+                    return block_response(&state, b, down_version);
+                }
+                tracing::warn!(target: "pipelock::http", conn = self.meta.id, side = ?e.side(), error = %e, "upstream request failed");
+                return error_response(
+                    &state,
+                    StatusCode::BAD_GATEWAY,
+                    &format!("upstream request failed: {e}"),
+                    down_version,
+                );
+            }
+        };
+        let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        if let (true, Some(down)) = (switching, on_upgrade) {
+            let up = hyper::upgrade::on(&mut resp);
+            self.spawn_upgrade(down, up);
+        }
+        let (mut rparts, rbody) = resp.into_parts();
+        lock(&state).outcome.status = Some(rparts.status.as_u16());
+        let decision = lock(&state).exchange.response_filter(&rparts);
+        if let Decision::Block(b) = decision {
+            return block_response(&state, b, down_version);
+        }
+        strip_hop_by_hop(&mut rparts.headers, switching);
+        rparts.version = down_version;
+        let mut eos_sent = false;
+        if rbody.is_end_stream() {
+            eos_sent = true;
+            if let Decision::Block(b) = lock(&state).body_filter(Dir::Response, &[], true) {
+                return block_response(&state, b, down_version);
+            }
+        }
+        let body = ScannedBody {
+            inner: rbody,
+            dir: Dir::Response,
+            state,
+            eos_sent,
+        };
+        Response::from_parts(rparts, body.boxed())
+    }
+
+    /// Rewrites a client request for the upstream's HTTP version.
+    fn prepare_request(
+        &self,
+        parts: &mut http::request::Parts,
+        up: Proto,
+        upgrade: bool,
+    ) -> Result<(), String> {
+        let authority = authority_of(&parts.uri, &parts.headers)
+            .or_else(|| self.default_authority.clone())
+            .ok_or_else(|| "request names no host".to_string())?;
+        let path = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        strip_hop_by_hop(&mut parts.headers, upgrade);
+        // 100-continue is answered by the agent when it starts reading the body.
+        parts.headers.remove(header::EXPECT);
+        match up {
+            Proto::Http1 => {
+                parts.uri = Uri::from(path);
+                parts.version = Version::HTTP_11;
+                if !parts.headers.contains_key(header::HOST) {
+                    let host = HeaderValue::from_str(authority.as_str())
+                        .map_err(|e| format!("bad authority: {e}"))?;
+                    parts.headers.insert(header::HOST, host);
+                }
+            }
+            Proto::Http2 => {
+                parts.uri = Uri::builder()
+                    .scheme(self.scheme.clone())
+                    .authority(authority)
+                    .path_and_query(path)
+                    .build()
+                    .map_err(|e| format!("bad request target: {e}"))?;
+                parts.version = Version::HTTP_2;
+                parts.headers.remove(header::HOST);
+            }
+        }
+        Ok(())
+    }
+
+    fn spawn_upgrade(&self, down: hyper::upgrade::OnUpgrade, up: hyper::upgrade::OnUpgrade) {
+        let id = self.meta.id;
+        self.tasks.spawn(async move {
+            let (down, up) = match tokio::join!(down, up) {
+                (Ok(d), Ok(u)) => (d, u),
+                (d, u) => {
+                    tracing::warn!(conn = id, client = ?d.err(), upstream = ?u.err(), "upgrade failed");
+                    return;
+                }
+            };
+            let (mut down, mut up) = (TokioIo::new(down), TokioIo::new(up));
+            match tokio::io::copy_bidirectional(&mut down, &mut up).await {
+                Ok((c2u, u2c)) => {
+                    tracing::debug!(conn = id, c2u, u2c, "upgraded connection closed")
+                }
+                Err(e) => tracing::debug!(conn = id, error = %e, "upgraded connection failed"),
+            }
+        });
+    }
+}
+
+fn is_upgrade(headers: &HeaderMap, version: Version) -> bool {
+    version == Version::HTTP_11
+        && headers.contains_key(header::UPGRADE)
+        && connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"))
+}
+
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// Removes hop-by-hop fields (RFC 9110 §7.6.1): Connection and the fields it
+/// names, Keep-Alive, Proxy-Connection, TE (but `trailers`), Transfer-Encoding
+/// and Upgrade. For an upgrade, `Connection: upgrade` and `Upgrade` stay.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    let named: Vec<HeaderName> = connection_tokens(headers)
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .collect();
+    for name in named {
+        if !(upgrade && name == header::UPGRADE) {
+            headers.remove(name);
+        }
+    }
+    headers.remove(header::CONNECTION);
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+    headers.remove(header::TRANSFER_ENCODING);
+    let te_trailers = headers.get_all(header::TE).iter().any(|v| {
+        v.to_str().is_ok_and(|s| {
+            s.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        })
+    });
+    headers.remove(header::TE);
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    if upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+fn authority_of(uri: &Uri, headers: &HeaderMap) -> Option<Authority> {
+    uri.authority().cloned().or_else(|| {
+        headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.parse().ok())
+    })
+}
+
+fn json_response(
+    status: StatusCode,
+    body: serde_json::Value,
+    version: Version,
+) -> Response<DownBody> {
+    let bytes = Bytes::from(body.to_string());
+    let mut resp = Response::new(Full::new(bytes).map_err(|n: Infallible| match n {}).boxed());
+    *resp.status_mut() = status;
+    *resp.version_mut() = version;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp.headers_mut()
+        .insert("x-pipelock", HeaderValue::from_static("agent"));
+    resp
+}
+
+/// The answer for a blocked exchange (nothing was sent to the client yet).
+fn block_response(state: &Shared, b: Block, version: Version) -> Response<DownBody> {
+    let body = serde_json::json!({
+        "error": "blocked",
+        "reason": b.reason,
+        "rule_ids": b.rule_ids,
+    });
+    let status = b.status;
+    {
+        let mut st = lock(state);
+        st.outcome.status = Some(status.as_u16());
+        st.outcome.blocked = Some(b);
+        st.finish();
+    }
+    json_response(status, body, version)
+}
+
+/// The answer when the agent cannot proxy (upstream failure, bad request).
+fn error_response(
+    state: &Shared,
+    status: StatusCode,
+    reason: &str,
+    version: Version,
+) -> Response<DownBody> {
+    let kind = if status == StatusCode::BAD_GATEWAY {
+        "upstream_failure"
+    } else {
+        "bad_request"
+    };
+    let body = serde_json::json!({ "error": kind, "reason": reason });
+    {
+        let mut st = lock(state);
+        st.outcome.status = Some(status.as_u16());
+        st.outcome.error = Some(reason.to_owned());
+        st.finish();
+    }
+    json_response(status, body, version)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_fields_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, X-Private"),
+        );
+        h.insert("x-private", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert(header::TE, HeaderValue::from_static("gzip, trailers"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("x-end-to-end", HeaderValue::from_static("kept"));
+        strip_hop_by_hop(&mut h, false);
+        let names: Vec<_> = h.keys().map(|k| k.as_str().to_owned()).collect();
+        assert_eq!(
+            h.get(header::TE).map(|v| v.as_bytes()),
+            Some(&b"trailers"[..])
+        );
+        assert!(h.contains_key("x-end-to-end"));
+        for gone in [
+            "connection",
+            "x-private",
+            "keep-alive",
+            "transfer-encoding",
+            "upgrade",
+        ] {
+            assert!(!h.contains_key(gone), "{gone} kept: {names:?}");
+        }
+    }
+
+    #[test]
+    fn upgrade_fields_survive_for_an_upgrade() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(is_upgrade(&h, Version::HTTP_11));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(
+            h.get(header::UPGRADE).map(|v| v.as_bytes()),
+            Some(&b"websocket"[..])
+        );
+        assert_eq!(
+            h.get(header::CONNECTION).map(|v| v.as_bytes()),
+            Some(&b"upgrade"[..])
+        );
+    }
+}

@@ -1,0 +1,284 @@
+//! Protocol sniffing on a redirected connection, by peeking (nothing is
+//! consumed, so any branch can still relay the original bytes): a TLS
+//! ClientHello (parsed by rustls' `Acceptor` for SNI and ALPN), plaintext
+//! HTTP/1 (a known method token, or the h2c prior-knowledge preface), or
+//! anything else. A client that sends nothing within the sniff timeout (a
+//! server-speaks-first protocol) counts as "other".
+use std::time::Duration;
+
+use tokio::{net::TcpStream, time::Instant};
+
+/// Largest ClientHello the agent waits for (several records are allowed).
+const MAX_HELLO: usize = 64 * 1024;
+/// How long the rest of a started ClientHello or request line may take.
+const COMPLETE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The parts of a ClientHello the proxy decides on.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClientHelloInfo {
+    /// Server Name Indication (a DNS name), if sent.
+    pub sni: Option<String>,
+    /// ALPN protocols offered, in the client's order.
+    pub alpn: Vec<Vec<u8>>,
+}
+
+/// What the first bytes of a connection look like.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Sniffed {
+    /// A TLS handshake.
+    Tls(ClientHelloInfo),
+    /// Plaintext HTTP/1.x (`h2c_prior_knowledge`: the HTTP/2 preface instead).
+    Http { h2c_prior_knowledge: bool },
+    /// Something else (including a client that waits for the server).
+    Other,
+    /// The client closed before sending anything.
+    Closed,
+}
+
+/// Why sniffing gave up on a connection.
+#[derive(Debug, thiserror::Error)]
+pub enum SniffError {
+    #[error("reading the first bytes: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("malformed TLS ClientHello: {0}")]
+    BadHello(String),
+    #[error("TLS ClientHello larger than {MAX_HELLO} bytes")]
+    HelloTooLarge,
+    #[error("client stopped sending in the middle of its first message ({0} bytes)")]
+    Stalled(usize),
+}
+
+const METHODS: &[&[u8]] = &[
+    b"GET ",
+    b"POST ",
+    b"PUT ",
+    b"DELETE ",
+    b"HEAD ",
+    b"OPTIONS ",
+    b"PATCH ",
+    b"CONNECT ",
+    b"TRACE ",
+];
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+enum Verdict {
+    Done(Sniffed),
+    NeedMore,
+}
+
+/// Classifies `stream` by its first bytes; `idle` bounds the wait for the first byte.
+pub async fn sniff(stream: &TcpStream, idle: Duration) -> Result<Sniffed, SniffError> {
+    let mut buf = vec![0u8; 2048];
+    let first_deadline = Instant::now() + idle;
+    let mut complete_deadline: Option<Instant> = None;
+    let mut last_len = 0;
+    loop {
+        let deadline = complete_deadline.unwrap_or(first_deadline);
+        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
+            Err(_) if complete_deadline.is_none() => return Ok(Sniffed::Other),
+            Err(_) => return Err(SniffError::Stalled(last_len)),
+            Ok(r) => r?,
+        };
+        if n == 0 {
+            return Ok(if last_len == 0 {
+                Sniffed::Closed
+            } else {
+                Sniffed::Other
+            });
+        }
+        match classify(&buf[..n])? {
+            Verdict::Done(s) => return Ok(s),
+            Verdict::NeedMore => {}
+        }
+        complete_deadline.get_or_insert(Instant::now() + COMPLETE_TIMEOUT);
+        if n == buf.len() {
+            if buf.len() >= MAX_HELLO {
+                return Err(SniffError::HelloTooLarge);
+            }
+            buf.resize((buf.len() * 2).min(MAX_HELLO), 0);
+        } else if n == last_len {
+            // peek() returns at once while old data is queued: wait a little
+            // for more instead of spinning.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        last_len = n;
+    }
+}
+
+fn classify(data: &[u8]) -> Result<Verdict, SniffError> {
+    if data[0] == 0x16 {
+        // TLS handshake record; version major 3 (SSL3 .. TLS 1.3 all say 3).
+        if data.len() >= 2 && data[1] != 0x03 {
+            return Ok(Verdict::Done(Sniffed::Other));
+        }
+        return parse_hello(data);
+    }
+    if is_prefix_of_any(data, &[H2_PREFACE]) {
+        return Ok(if data.len() >= H2_PREFACE.len() {
+            Verdict::Done(Sniffed::Http {
+                h2c_prior_knowledge: true,
+            })
+        } else {
+            Verdict::NeedMore
+        });
+    }
+    for m in METHODS {
+        if data.starts_with(m) {
+            return Ok(Verdict::Done(Sniffed::Http {
+                h2c_prior_knowledge: false,
+            }));
+        }
+    }
+    if is_prefix_of_any(data, METHODS) {
+        return Ok(Verdict::NeedMore);
+    }
+    Ok(Verdict::Done(Sniffed::Other))
+}
+
+fn is_prefix_of_any(data: &[u8], candidates: &[&[u8]]) -> bool {
+    candidates
+        .iter()
+        .any(|c| c.starts_with(data) || data.starts_with(c))
+}
+
+fn parse_hello(data: &[u8]) -> Result<Verdict, SniffError> {
+    let mut acceptor = rustls::server::Acceptor::default();
+    let mut rest = data;
+    while !rest.is_empty() {
+        match acceptor.read_tls(&mut rest) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => return Err(SniffError::BadHello(e.to_string())),
+        }
+    }
+    match acceptor.accept() {
+        Ok(None) => Ok(Verdict::NeedMore),
+        Ok(Some(accepted)) => {
+            let hello = accepted.client_hello();
+            Ok(Verdict::Done(Sniffed::Tls(ClientHelloInfo {
+                sni: hello.server_name().map(str::to_owned),
+                alpn: hello
+                    .alpn()
+                    .map(|it| it.map(<[u8]>::to_vec).collect())
+                    .unwrap_or_default(),
+            })))
+        }
+        Err((e, _alert)) => Err(SniffError::BadHello(e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use tokio::io::AsyncWriteExt as _;
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let (c, s) = tokio::join!(TcpStream::connect(addr), l.accept());
+        (c.expect("connect"), s.expect("accept").0)
+    }
+
+    #[tokio::test]
+    async fn http_methods_and_other() {
+        for (bytes, want) in [
+            (
+                &b"GET / HTTP/1.1\r\n"[..],
+                Sniffed::Http {
+                    h2c_prior_knowledge: false,
+                },
+            ),
+            (
+                b"POST /x HTTP/1.1\r\n",
+                Sniffed::Http {
+                    h2c_prior_knowledge: false,
+                },
+            ),
+            (
+                H2_PREFACE,
+                Sniffed::Http {
+                    h2c_prior_knowledge: true,
+                },
+            ),
+            (b"SSH-2.0-OpenSSH_9\r\n", Sniffed::Other),
+            (b"\x00\x01\x02binary", Sniffed::Other),
+        ] {
+            let (mut c, s) = pair().await;
+            c.write_all(bytes).await.expect("write");
+            assert_eq!(
+                sniff(&s, Duration::from_secs(2)).await.expect("sniff"),
+                want
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn split_method_waits_for_more() {
+        let (mut c, s) = pair().await;
+        c.write_all(b"GE").await.expect("write");
+        let task = tokio::spawn(async move { sniff(&s, Duration::from_secs(2)).await });
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        c.write_all(b"T / HTTP/1.1\r\n").await.expect("write");
+        let got = task.await.expect("join").expect("sniff");
+        assert_eq!(
+            got,
+            Sniffed::Http {
+                h2c_prior_knowledge: false
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn silent_client_is_other_and_closed_is_closed() {
+        let (_c, s) = pair().await;
+        assert_eq!(
+            sniff(&s, Duration::from_millis(50)).await.expect("sniff"),
+            Sniffed::Other
+        );
+        let (c, s) = pair().await;
+        drop(c);
+        assert_eq!(
+            sniff(&s, Duration::from_secs(2)).await.expect("sniff"),
+            Sniffed::Closed
+        );
+    }
+
+    #[tokio::test]
+    async fn client_hello_gives_sni_and_alpn() {
+        let (c, s) = pair().await;
+        let mut roots = rustls::RootCertStore::empty();
+        let ck = rcgen::generate_simple_self_signed(vec!["x.test".into()]).expect("cert");
+        roots.add(ck.cert.der().clone()).expect("root");
+        let mut cfg = rustls::ClientConfig::builder_with_provider(crate::tls::config::provider())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+        let name = rustls_pki_types::ServerName::try_from("Api.Example.test").expect("name");
+        let client = tokio::spawn(async move { connector.connect(name, c).await.map(|_| ()) });
+        let got = sniff(&s, Duration::from_secs(2)).await.expect("sniff");
+        assert_eq!(
+            got,
+            Sniffed::Tls(ClientHelloInfo {
+                sni: Some("api.example.test".into()),
+                alpn: vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+            })
+        );
+        drop(s);
+        let _ = client.await;
+    }
+
+    #[tokio::test]
+    async fn garbage_after_tls_header_is_an_error() {
+        let (mut c, s) = pair().await;
+        c.write_all(b"\x16\x03\x01\x00\x05\x63\x00\x00\x01\x00")
+            .await
+            .expect("write");
+        assert!(sniff(&s, Duration::from_secs(2)).await.is_err());
+    }
+}

@@ -1,0 +1,260 @@
+//! Connections to the original destination: always its recorded ip:port
+//! (never a re-resolved name), TLS with the client's SNI (or the IP when it
+//! sent none) verified against the system roots plus `--upstream-ca`, HTTP/1.1
+//! or HTTP/2 as ALPN decided. One [`UpstreamPool`] per client connection keeps
+//! upstream connections alive for reuse by that client's next requests.
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use hyper::{Request, Response, body::Incoming, client::conn};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls_pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::{TlsConnector, client::TlsStream};
+use tokio_util::either::Either;
+
+use super::{Error, relay};
+use crate::tls::{AlpnOffer, Tls};
+
+/// The body type sent upstream (a scanned stream of the client's body).
+pub type UpBody = BoxBody<Bytes, super::http::BodyError>;
+
+/// A connected upstream byte stream.
+pub type UpStream = Either<TcpStream, TlsStream<TcpStream>>;
+
+/// How long an upstream TLS handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Idle HTTP/1.1 connections kept per client connection.
+const MAX_IDLE_H1: usize = 16;
+
+/// HTTP version spoken with the upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proto {
+    Http1,
+    Http2,
+}
+
+/// Where and how to connect.
+#[derive(Clone)]
+pub struct Target {
+    /// The original destination.
+    pub addr: SocketAddr,
+    /// TLS towards it, or plaintext.
+    pub tls: Option<TlsTarget>,
+    /// TCP connect timeout.
+    pub connect_timeout: Duration,
+}
+
+/// TLS parameters towards an upstream.
+#[derive(Clone)]
+pub struct TlsTarget {
+    pub tls: Arc<Tls>,
+    /// The client's SNI, else the destination IP.
+    pub server_name: ServerName<'static>,
+    pub offer: AlpnOffer,
+}
+
+/// Opens a connection; returns the stream and the protocol ALPN chose
+/// (HTTP/1.1 when the upstream selected none).
+pub async fn dial(target: &Target, plain_proto: Proto) -> Result<(UpStream, Proto), Error> {
+    let tcp = relay::connect_upstream(target.addr, target.connect_timeout).await?;
+    let Some(t) = &target.tls else {
+        return Ok((Either::Left(tcp), plain_proto));
+    };
+    let connector = TlsConnector::from(t.tls.client_config(t.offer));
+    let handshake = connector.connect(t.server_name.clone(), tcp);
+    let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+        .await
+        .map_err(|_| Error::UpstreamTls {
+            addr: target.addr,
+            name: name_str(&t.server_name),
+            reason: "TLS handshake timed out".into(),
+        })?
+        .map_err(|e| Error::UpstreamTls {
+            addr: target.addr,
+            name: name_str(&t.server_name),
+            reason: tls_reason(&e),
+        })?;
+    let proto = match stream.get_ref().1.alpn_protocol() {
+        Some(p) if p == crate::tls::config::H2 => Proto::Http2,
+        _ => Proto::Http1,
+    };
+    Ok((Either::Right(stream), proto))
+}
+
+/// The server name as text, for messages.
+pub fn name_str(name: &ServerName<'_>) -> String {
+    match name {
+        ServerName::DnsName(d) => d.as_ref().to_owned(),
+        ServerName::IpAddress(ip) => std::net::IpAddr::from(*ip).to_string(),
+        _ => "?".into(),
+    }
+}
+
+/// A readable reason for a TLS failure (certificate problems spelled out).
+fn tls_reason(e: &std::io::Error) -> String {
+    if let Some(inner) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+        return match inner {
+            rustls::Error::InvalidCertificate(c) => {
+                format!("certificate verification failed: {c:?}")
+            }
+            other => other.to_string(),
+        };
+    }
+    e.to_string()
+}
+
+enum Sender {
+    H1(conn::http1::SendRequest<UpBody>),
+    H2(conn::http2::SendRequest<UpBody>),
+}
+
+/// Upstream connections of one client connection.
+pub struct UpstreamPool {
+    target: Target,
+    proto: Proto,
+    h1_idle: Mutex<Vec<conn::http1::SendRequest<UpBody>>>,
+    h2: Mutex<Option<conn::http2::SendRequest<UpBody>>>,
+}
+
+impl UpstreamPool {
+    /// A pool that starts with the already connected `first` stream.
+    pub async fn with_first(target: Target, first: UpStream, proto: Proto) -> Result<Self, Error> {
+        let pool = Self {
+            target,
+            proto,
+            h1_idle: Mutex::new(Vec::new()),
+            h2: Mutex::new(None),
+        };
+        match pool.handshake(first).await? {
+            Sender::H1(s) => pool.lock_h1().push(s),
+            Sender::H2(s) => *pool.lock_h2() = Some(s),
+        }
+        Ok(pool)
+    }
+
+    /// The protocol spoken upstream.
+    pub fn proto(&self) -> Proto {
+        self.proto
+    }
+
+    fn lock_h1(&self) -> std::sync::MutexGuard<'_, Vec<conn::http1::SendRequest<UpBody>>> {
+        self.h1_idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_h2(&self) -> std::sync::MutexGuard<'_, Option<conn::http2::SendRequest<UpBody>>> {
+        self.h2.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn handshake(&self, io: UpStream) -> Result<Sender, Error> {
+        let io = TokioIo::new(io);
+        let addr = self.target.addr;
+        let fail = move |e: hyper::Error| Error::UpstreamHttp {
+            addr,
+            reason: e.to_string(),
+        };
+        match self.proto {
+            Proto::Http1 => {
+                let (send, conn) = conn::http1::Builder::new()
+                    .preserve_header_case(false)
+                    .handshake(io)
+                    .await
+                    .map_err(fail)?;
+                tokio::spawn(async move {
+                    if let Err(e) = conn.with_upgrades().await {
+                        tracing::debug!(upstream = %addr, error = %e, "upstream HTTP/1.1 connection ended");
+                    }
+                });
+                Ok(Sender::H1(send))
+            }
+            Proto::Http2 => {
+                let (send, conn) = conn::http2::Builder::new(TokioExecutor::new())
+                    .handshake(io)
+                    .await
+                    .map_err(fail)?;
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(upstream = %addr, error = %e, "upstream HTTP/2 connection ended");
+                    }
+                });
+                Ok(Sender::H2(send))
+            }
+        }
+    }
+
+    async fn connect_new(&self) -> Result<Sender, Error> {
+        let (io, proto) = dial(&self.target, self.proto).await?;
+        if proto != self.proto {
+            return Err(Error::UpstreamHttp {
+                addr: self.target.addr,
+                reason: format!(
+                    "upstream switched protocol on reconnect ({:?} -> {proto:?})",
+                    self.proto
+                ),
+            });
+        }
+        self.handshake(io).await
+    }
+
+    /// Sends `req` on a reusable connection (opening one when none is idle).
+    pub async fn send(&self, req: Request<UpBody>) -> Result<Response<Incoming>, Error> {
+        let addr = self.target.addr;
+        let fail = move |e: hyper::Error| Error::UpstreamHttp {
+            addr,
+            reason: e.to_string(),
+        };
+        match self.proto {
+            Proto::Http2 => {
+                let existing = self.lock_h2().clone().filter(|s| !s.is_closed());
+                let mut send = match existing {
+                    Some(s) => s,
+                    None => match self.connect_new().await? {
+                        Sender::H2(s) => {
+                            *self.lock_h2() = Some(s.clone());
+                            s
+                        }
+                        Sender::H1(_) => unreachable_proto(addr)?,
+                    },
+                };
+                send.ready().await.map_err(fail)?;
+                send.send_request(req).await.map_err(fail)
+            }
+            Proto::Http1 => {
+                let idle = {
+                    let mut idle = self.lock_h1();
+                    idle.retain(|s| !s.is_closed());
+                    idle.iter()
+                        .position(|s| s.is_ready())
+                        .map(|i| idle.swap_remove(i))
+                };
+                let mut send = match idle {
+                    Some(s) => s,
+                    None => match self.connect_new().await? {
+                        Sender::H1(s) => s,
+                        Sender::H2(_) => unreachable_proto(addr)?,
+                    },
+                };
+                send.ready().await.map_err(fail)?;
+                let resp = send.send_request(req).await.map_err(fail)?;
+                // Ready again once this response's body is consumed.
+                let mut idle = self.lock_h1();
+                if idle.len() < MAX_IDLE_H1 {
+                    idle.push(send);
+                }
+                Ok(resp)
+            }
+        }
+    }
+}
+
+fn unreachable_proto<T>(addr: SocketAddr) -> Result<T, Error> {
+    Err(Error::UpstreamHttp {
+        addr,
+        reason: "internal: protocol mismatch".into(),
+    })
+}
