@@ -27,12 +27,17 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// Environment for cargo and the agent: PATH with the cached bpf-linker first.
 pub struct Env {
-    path: OsString,
+    vars: Vec<(&'static str, OsString)>,
 }
 
 impl Env {
     pub fn vars(&self) -> Vec<(&'static str, OsString)> {
-        vec![("PATH", self.path.clone())]
+        self.vars.clone()
+    }
+
+    pub fn set(&mut self, name: &'static str, value: OsString) {
+        self.vars.retain(|(n, _)| *n != name);
+        self.vars.push((name, value));
     }
 }
 
@@ -57,7 +62,9 @@ pub fn ensure(_root: &Path) -> anyhow::Result<Env> {
         path.push(":");
         path.push(old);
     }
-    Ok(Env { path })
+    Ok(Env {
+        vars: vec![("PATH", path)],
+    })
 }
 
 fn cache_dir() -> anyhow::Result<PathBuf> {

@@ -1,0 +1,171 @@
+//! `cargo xtask bench relay`: bulk throughput and connection rate, direct vs
+//! through the kernel redirect + agent, same client and server, one run.
+//!
+//! The client is this binary re-executed (`--client …`) inside a throwaway
+//! cgroup: "direct" runs it with no agent attached, "agent" with the agent
+//! attached to that cgroup. Loopback only; every loop is bounded.
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    time::{Duration, Instant},
+};
+
+use pipelock_tests::{
+    agent::Agent,
+    cgroup::TestCgroup,
+    client::{self, Place},
+    free_port, require_root,
+};
+
+const BULK_BYTES: u64 = 2 << 30; // 2 GiB per bulk run
+const CONNS: u64 = 3_000; // connections per rate run
+const PARALLEL: u64 = 4; // client threads for the rate run
+const ROUNDS: usize = 3;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--client") {
+        client_main(&args[i + 1..]);
+        return;
+    }
+    if args.iter().any(|a| a == "--list") {
+        return; // cargo bench --list
+    }
+    require_root();
+    let bulk = start_server(serve_bulk);
+    let rate = start_server(serve_one_byte);
+    let cg = TestCgroup::new("bench");
+
+    let mut direct = (Vec::new(), Vec::new());
+    let mut agent = (Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        direct.0.push(run_client(&cg, "bulk", bulk));
+        direct.1.push(run_client(&cg, "rate", rate));
+        let redirect = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let mut a = Agent::start(&[
+            "--cgroup".into(),
+            cg.rel().into(),
+            "--redirect-addr".into(),
+            redirect.to_string(),
+        ]);
+        agent.0.push(run_client(&cg, "bulk", bulk));
+        agent.1.push(run_client(&cg, "rate", rate));
+        // Records are logged when each connection closes: give the last ones a moment.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut redirected = a.conn_records().len() as u64;
+        while redirected < CONNS && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+            redirected = a.conn_records().len() as u64;
+        }
+        a.stop();
+        assert!(
+            redirected >= CONNS,
+            "round {round}: only {redirected} connections went through the agent"
+        );
+    }
+    let (d_bulk, a_bulk) = (median(&mut direct.0), median(&mut agent.0));
+    let (d_rate, a_rate) = (median(&mut direct.1), median(&mut agent.1));
+    println!("relay benchmark (median of {ROUNDS} rounds, loopback, release agent)");
+    println!(
+        "  bulk {} MiB:        direct {:8.0} MiB/s   agent {:8.0} MiB/s   ratio {:.2}  (target >= 0.60)",
+        BULK_BYTES >> 20,
+        d_bulk,
+        a_bulk,
+        a_bulk / d_bulk
+    );
+    println!(
+        "  connections {CONNS} x{PARALLEL}: direct {:8.0} conn/s  agent {:8.0} conn/s  ratio {:.2}  (target >= 0.50)",
+        d_rate,
+        a_rate,
+        a_rate / d_rate
+    );
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn run_client(cg: &TestCgroup, mode: &str, server: SocketAddr) -> f64 {
+    let exe = std::env::current_exe().expect("current exe");
+    let exe = exe.to_str().expect("utf-8 path");
+    let addr = server.to_string();
+    let run = client::run(
+        Place {
+            cgroup: Some(cg),
+            netns: None,
+        },
+        exe,
+        &["--client", mode, &addr],
+        Duration::from_secs(300),
+    );
+    assert!(run.ok(), "client {mode} failed: {run:?}");
+    run.stdout.trim().parse().expect("client prints one number")
+}
+
+/// Client side: prints MiB/s (bulk) or connections/s (rate).
+fn client_main(args: &[String]) {
+    let (mode, addr) = (&args[0], args[1].parse::<SocketAddr>().expect("addr"));
+    match mode.as_str() {
+        "bulk" => {
+            let start = Instant::now();
+            let mut s = TcpStream::connect(addr).expect("connect");
+            let mut buf = vec![0u8; 256 * 1024];
+            let mut got = 0u64;
+            loop {
+                let n = s.read(&mut buf).expect("read");
+                if n == 0 {
+                    break;
+                }
+                got += n as u64;
+            }
+            assert_eq!(got, BULK_BYTES);
+            println!("{}", got as f64 / 1048576.0 / start.elapsed().as_secs_f64());
+        }
+        _ => {
+            let start = Instant::now();
+            let threads: Vec<_> = (0..PARALLEL)
+                .map(|_| {
+                    std::thread::spawn(move || {
+                        for _ in 0..CONNS / PARALLEL {
+                            let mut s = TcpStream::connect(addr).expect("connect");
+                            let mut b = [0u8; 1];
+                            s.read_exact(&mut b).expect("read");
+                        }
+                    })
+                })
+                .collect();
+            for t in threads {
+                t.join().expect("client thread");
+            }
+            println!("{}", CONNS as f64 / start.elapsed().as_secs_f64());
+        }
+    }
+}
+
+fn start_server(serve: fn(TcpStream)) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            std::thread::spawn(move || serve(s));
+        }
+    });
+    addr
+}
+
+fn serve_bulk(mut s: TcpStream) {
+    let buf = vec![0x5au8; 256 * 1024];
+    let mut left = BULK_BYTES;
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        if s.write_all(&buf[..n]).is_err() {
+            return;
+        }
+        left -= n as u64;
+    }
+}
+
+fn serve_one_byte(mut s: TcpStream) {
+    let _ = s.write_all(b"x");
+}
