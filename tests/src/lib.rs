@@ -7,6 +7,9 @@ pub mod agent;
 pub mod cgroup;
 pub mod client;
 pub mod netns;
+pub mod tls_client;
+pub mod tls_harness;
+pub mod tls_upstream;
 pub mod upstream;
 
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -147,7 +147,11 @@ impl InProcessAgent {
     }
 
     /// Waits (bounded) until a finished connection matches `pred`.
-    pub fn wait_record(&self, timeout: Duration, pred: impl Fn(&ConnRecord) -> bool) -> Option<ConnRecord> {
+    pub fn wait_record(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&ConnRecord) -> bool,
+    ) -> Option<ConnRecord> {
         let deadline = std::time::Instant::now() + timeout;
         while std::time::Instant::now() < deadline {
             if let Some(r) = self.records().into_iter().find(&pred) {

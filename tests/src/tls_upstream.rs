@@ -166,7 +166,9 @@ impl HttpsUpstream {
 type TestBody = BoxBody<Bytes, hyper::Error>;
 
 fn full(s: impl Into<Bytes>) -> TestBody {
-    Full::new(s.into()).map_err(|n: Infallible| match n {}).boxed()
+    Full::new(s.into())
+        .map_err(|n: Infallible| match n {})
+        .boxed()
 }
 
 async fn handle(mut req: Request<Incoming>, sni: &str) -> Response<TestBody> {
@@ -175,7 +177,10 @@ async fn handle(mut req: Request<Incoming>, sni: &str) -> Response<TestBody> {
     let mut resp = if path == "/hello" {
         Response::new(full("hello from upstream\n"))
     } else if let Some(code) = path.strip_prefix("/status/") {
-        let status = code.parse::<u16>().ok().and_then(|c| StatusCode::from_u16(c).ok());
+        let status = code
+            .parse::<u16>()
+            .ok()
+            .and_then(|c| StatusCode::from_u16(c).ok());
         let mut r = Response::new(full(format!("status {code}\n")));
         *r.status_mut() = status.unwrap_or(StatusCode::BAD_REQUEST);
         r
@@ -187,7 +192,14 @@ async fn handle(mut req: Request<Incoming>, sni: &str) -> Response<TestBody> {
                 serde_json::Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()),
             );
         }
-        map.insert(":authority".into(), req.uri().authority().map(|a| a.to_string()).unwrap_or_default().into());
+        map.insert(
+            ":authority".into(),
+            req.uri()
+                .authority()
+                .map(|a| a.to_string())
+                .unwrap_or_default()
+                .into(),
+        );
         Response::new(full(serde_json::Value::Object(map).to_string()))
     } else if let Some(n) = path.strip_prefix("/bytes/") {
         let n = n.parse().unwrap_or(0);
@@ -246,8 +258,10 @@ async fn handle(mut req: Request<Incoming>, sni: &str) -> Response<TestBody> {
         });
         let mut r = Response::new(full(""));
         *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-        r.headers_mut().insert("upgrade", HeaderValue::from_static("echo"));
-        r.headers_mut().insert("connection", HeaderValue::from_static("upgrade"));
+        r.headers_mut()
+            .insert("upgrade", HeaderValue::from_static("echo"));
+        r.headers_mut()
+            .insert("connection", HeaderValue::from_static("upgrade"));
         return r;
     } else {
         let mut r = Response::new(full("not found\n"));
@@ -255,8 +269,14 @@ async fn handle(mut req: Request<Incoming>, sni: &str) -> Response<TestBody> {
         r
     };
     let h = resp.headers_mut();
-    h.insert("x-upstream-version", HeaderValue::from_str(&version).expect("hv"));
-    h.insert("x-upstream-sni", HeaderValue::from_str(sni).unwrap_or(HeaderValue::from_static("")));
+    h.insert(
+        "x-upstream-version",
+        HeaderValue::from_str(&version).expect("hv"),
+    );
+    h.insert(
+        "x-upstream-sni",
+        HeaderValue::from_str(sni).unwrap_or(HeaderValue::from_static("")),
+    );
     h.insert("x-custom-response", HeaderValue::from_static("kept"));
     resp
 }
