@@ -35,7 +35,7 @@ pub fn client_config(ca_files: &[&Path], alpn: &[&[u8]]) -> Arc<rustls::ClientCo
 }
 
 impl Client {
-    /// Connects to `addr` (or via `proxy` with `CONNECT sni:port`), TLS as `sni`.
+    /// Connects to `addr` (or via `proxy` with `CONNECT <addr>`), TLS as `sni`.
     pub async fn connect(
         addr: SocketAddr,
         proxy: Option<SocketAddr>,
@@ -47,10 +47,7 @@ impl Client {
             .map_err(|e| format!("connect: {e}"))?;
         let _ = tcp.set_nodelay(true);
         if proxy.is_some() {
-            let req = format!(
-                "CONNECT {sni}:{port} HTTP/1.1\r\nHost: {sni}:{port}\r\n\r\n",
-                port = addr.port()
-            );
+            let req = format!("CONNECT {addr} HTTP/1.1\r\nHost: {addr}\r\n\r\n");
             tcp.write_all(req.as_bytes())
                 .await
                 .map_err(|e| e.to_string())?;

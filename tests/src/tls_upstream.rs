@@ -61,6 +61,7 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 pub struct TestCa {
     /// The CA certificate, PEM.
     pub cert_pem: String,
+    key_pem: String,
     issuer: Issuer<'static, KeyPair>,
 }
 
@@ -77,8 +78,14 @@ impl TestCa {
         let cert = params.self_signed(&key).expect("CA cert");
         TestCa {
             cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
             issuer: Issuer::new(params, key),
         }
+    }
+
+    /// (certificate PEM, PKCS#8 key PEM), for tools that need to sign (squid).
+    pub fn ca_pem_and_key(&self) -> (String, String) {
+        (self.cert_pem.clone(), self.key_pem.clone())
     }
 
     /// Writes the CA certificate to `path`.

@@ -767,3 +767,145 @@ fn ca_is_persisted_across_restart_with_key_0600() {
     }
     let _ = Path::new("");
 }
+
+/// The real agent binary under the real kernel redirect: clients in a test
+/// cgroup reach an HTTPS upstream on loopback through the agent, which
+/// intercepts (and logs with attribution), streams 100 MiB with flat RSS, and
+/// relays passthrough domains undecrypted.
+#[test]
+fn e2e_kernel_redirected_https_through_the_agent_binary() {
+    use pipelock_tests::{
+        agent::Agent,
+        cgroup::TestCgroup,
+        client::{self, Place},
+        free_port, require_root,
+    };
+    require_root();
+    let dir = temp_dir("e2e");
+    let upstream_ca = TestCa::new("pipelock e2e upstream CA");
+    let upstream_ca_file = dir.join("upstream-ca.pem");
+    upstream_ca.write_pem(&upstream_ca_file);
+    let up = HttpsUpstream::start(&upstream_ca, NAMES, BOTH, lo());
+    let cg = TestCgroup::new("tls");
+    let state = dir.join("state");
+    let redirect = format!("127.0.0.1:{}", free_port());
+    let args: Vec<String> = [
+        "--cgroup",
+        cg.rel(),
+        "--redirect-addr",
+        &redirect,
+        "--state-dir",
+        &state.display().to_string(),
+        "--upstream-ca",
+        &upstream_ca_file.display().to_string(),
+        "--passthrough-domain",
+        "*.pass.test",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let agent = Agent::start(&args);
+    let place = Place {
+        cgroup: Some(&cg),
+        netns: None,
+    };
+    let ca = state.join("ca.crt").display().to_string();
+    let port = up.addr.port();
+    let resolve = format!("upstream.test:{port}:127.0.0.1");
+    let url = format!("https://upstream.test:{port}/hello");
+    let limit = Duration::from_secs(120);
+
+    for flag in ["--http1.1", "--http2"] {
+        let run = client::run(
+            place,
+            "curl",
+            &[
+                "-sS",
+                flag,
+                "-D",
+                "-",
+                "--cacert",
+                &ca,
+                "--resolve",
+                &resolve,
+                &url,
+            ],
+            limit,
+        );
+        assert!(run.ok(), "{flag}: {run:?}\nagent:\n{}", agent.output());
+        assert!(run.stdout.contains("hello from upstream"), "{run:?}");
+        let rec = agent
+            .wait_for_conn(Duration::from_secs(10), |r| r["tgid"] == run.pid)
+            .unwrap_or_else(|| panic!("no conn record; agent:\n{}", agent.output()));
+        assert_eq!(rec["kind"], "tls", "{rec}");
+        assert!(rec["error"].is_null(), "{rec}");
+        assert_eq!(rec["orig_dst"], up.addr.to_string(), "{rec}");
+        assert_eq!(rec["comm"], "curl", "{rec}");
+    }
+    let http = agent
+        .records()
+        .into_iter()
+        .find(|r| r["target"] == "pipelock::http")
+        .unwrap_or_else(|| panic!("no per-request record; agent:\n{}", agent.output()));
+    assert_eq!(
+        http["fields"]["host"].as_str().or(http["host"].as_str()),
+        Some(&*format!("upstream.test:{port}")),
+        "{http}"
+    );
+
+    // 100 MiB through the agent process, sampling its RSS.
+    const N: u64 = 100 * 1024 * 1024;
+    let pid = agent.pid();
+    let base = rss_kib(pid);
+    let peak = Arc::new(AtomicU64::new(base));
+    let done = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (peak, done) = (peak.clone(), done.clone());
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                peak.fetch_max(rss_kib(pid), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let script = format!(
+        "curl -sS --cacert {ca} --resolve {resolve} https://upstream.test:{port}/bytes/{N} | sha256sum"
+    );
+    let run = client::run(place, "sh", &["-c", &script], limit);
+    done.store(true, Ordering::Relaxed);
+    sampler.join().expect("sampler");
+    assert!(run.stdout.starts_with(&pattern_sha256(N)), "{run:?}");
+    let grew_mib = peak.load(Ordering::Relaxed).saturating_sub(base) / 1024;
+    assert!(
+        grew_mib < 32,
+        "agent RSS grew by {grew_mib} MiB (base {base} KiB) streaming 100 MiB"
+    );
+
+    // Passthrough: the client sees the upstream's own certificate.
+    let pass_resolve = format!("www.pass.test:{port}:127.0.0.1");
+    let pass_url = format!("https://www.pass.test:{port}/hello");
+    let up_ca = upstream_ca_file.display().to_string();
+    let run = client::run(
+        place,
+        "curl",
+        &[
+            "-sS",
+            "--cacert",
+            &up_ca,
+            "--resolve",
+            &pass_resolve,
+            &pass_url,
+        ],
+        limit,
+    );
+    assert!(
+        run.ok() && run.stdout.contains("hello from upstream"),
+        "{run:?}"
+    );
+    let rec = agent
+        .wait_for_conn(Duration::from_secs(10), |r| r["tgid"] == run.pid)
+        .unwrap_or_else(|| panic!("no conn record; agent:\n{}", agent.output()));
+    assert_eq!(rec["kind"], "passthrough", "{rec}");
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&dir);
+}
