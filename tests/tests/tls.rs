@@ -506,6 +506,33 @@ fn non_http_traffic_is_relayed_or_reset_per_config() {
         "{rec2:?}"
     );
     let _ = rec;
+
+    // A server-speaks-first protocol: the greeting arrives well before the
+    // 500 ms sniff timeout (the agent notices the server talking first).
+    let greeter = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let greeter_addr = greeter.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        use std::io::Write as _;
+        for s in greeter.incoming().take(1) {
+            if let Ok(mut s) = s {
+                let _ = s.write_all(b"220 greeter ready\r\n");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    });
+    let agent = InProcessAgent::start(AgentOptions::new(greeter_addr, &dir.join("c")));
+    let started = std::time::Instant::now();
+    let mut c = std::net::TcpStream::connect(agent.addr).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut buf = [0u8; 19];
+    std::io::Read::read_exact(&mut c, &mut buf).expect("greeting");
+    assert_eq!(&buf, b"220 greeter ready\r\n");
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(300),
+        "server-first greeting took {took:?}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

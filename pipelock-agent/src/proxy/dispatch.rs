@@ -1,7 +1,9 @@
 //! Decides how one redirected connection is served, from its first bytes
 //! (`sniff`): a TLS ClientHello is intercepted (or relayed undecrypted for a
 //! passthrough domain), plaintext HTTP is proxied, anything else is relayed
-//! or reset per `--non-http`.
+//! or reset per `--non-http`. A client that stays silent briefly gets its
+//! upstream connected meanwhile, so server-speaks-first protocols are
+//! recognised (and relayed) as soon as the server talks.
 //!
 //! ALPN: the agent connects to the upstream first, offering `h2` and
 //! `http/1.1` when the client offered `h2` (else `http/1.1` only), then
@@ -32,6 +34,8 @@ use crate::{
     },
 };
 
+/// A client silent this long after connecting may be waiting for the server.
+const EARLY_DIAL: Duration = Duration::from_millis(20);
 /// How long the client's TLS handshake with the agent may take.
 const CLIENT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -43,12 +47,16 @@ pub async fn serve(
     summary: &mut ConnSummary,
 ) -> Result<(), Error> {
     let dst = meta.orig_dst.ok_or(Error::NoOrigDst(meta.peer))?;
-    let sniffed = match sniff::sniff(&client, ctx.sniff_timeout).await {
+    let (sniffed, pre) = match sniff_or_server_first(&client, &ctx, dst).await {
         Ok(s) => s,
         Err(e) => {
-            summary.kind = "malformed";
+            summary.kind = if matches!(e, Error::Sniff(_)) {
+                "malformed"
+            } else {
+                "relay"
+            };
             relay::reset(client);
-            return Err(Error::Sniff(e));
+            return Err(e);
         }
     };
     match sniffed {
@@ -57,7 +65,7 @@ pub async fn serve(
             Ok(())
         }
         Sniffed::Other => match ctx.non_http {
-            NonHttpAction::Relay => blind_relay(client, &ctx, dst, "relay", summary).await,
+            NonHttpAction::Relay => blind_relay(client, pre, &ctx, dst, "relay", summary).await,
             NonHttpAction::Reset => {
                 summary.kind = "reset";
                 relay::reset(client);
@@ -74,7 +82,7 @@ pub async fn serve(
                 Proto::Http1
             };
             let counters = Counters::default();
-            let r = plain_http(client, proto, &meta, &ctx, &counters).await;
+            let r = plain_http(client, pre, proto, &meta, &ctx, &counters).await;
             (summary.bytes_up, summary.bytes_down) = counters.get();
             r
         }
@@ -86,32 +94,64 @@ pub async fn serve(
                 orig_dst = %dst,
                 "passthrough domain: relaying without decryption"
             );
-            blind_relay(client, &ctx, dst, "passthrough", summary).await
+            blind_relay(client, pre, &ctx, dst, "passthrough", summary).await
         }
         Sniffed::Tls(hello) => {
             summary.kind = "tls";
             let counters = Counters::default();
-            let r = intercept(client, hello, &meta, &ctx, &counters).await;
+            let r = intercept(client, pre, hello, &meta, &ctx, &counters).await;
             (summary.bytes_up, summary.bytes_down) = counters.get();
             r
         }
     }
 }
 
+/// Sniffs the client's first bytes. A client silent for [`EARLY_DIAL`] may be
+/// waiting for a server-speaks-first protocol (SMTP, MySQL, …): the upstream
+/// is then connected meanwhile, and if it speaks first the connection is
+/// "other" at once instead of after the whole sniff timeout. The early
+/// upstream socket is returned for reuse.
+async fn sniff_or_server_first(
+    client: &TcpStream,
+    ctx: &ProxyContext,
+    dst: std::net::SocketAddr,
+) -> Result<(Sniffed, Option<TcpStream>), Error> {
+    let mut first = [0u8; 1];
+    if tokio::time::timeout(EARLY_DIAL, client.peek(&mut first))
+        .await
+        .is_ok()
+    {
+        let s = sniff::sniff(client, ctx.sniff_timeout)
+            .await
+            .map_err(Error::Sniff)?;
+        return Ok((s, None));
+    }
+    let upstream = relay::connect_upstream(dst, ctx.connect_timeout).await?;
+    let mut probe = [0u8; 1];
+    tokio::select! {
+        s = sniff::sniff(client, ctx.sniff_timeout) => Ok((s.map_err(Error::Sniff)?, Some(upstream))),
+        _ = upstream.peek(&mut probe) => Ok((Sniffed::Other, Some(upstream))),
+    }
+}
+
 async fn blind_relay(
     mut client: TcpStream,
+    pre: Option<TcpStream>,
     ctx: &ProxyContext,
     dst: std::net::SocketAddr,
     kind: &'static str,
     summary: &mut ConnSummary,
 ) -> Result<(), Error> {
     summary.kind = kind;
-    let mut upstream = match relay::connect_upstream(dst, ctx.connect_timeout).await {
-        Ok(u) => u,
-        Err(e) => {
-            relay::reset(client);
-            return Err(e);
-        }
+    let mut upstream = match pre {
+        Some(u) => u,
+        None => match relay::connect_upstream(dst, ctx.connect_timeout).await {
+            Ok(u) => u,
+            Err(e) => {
+                relay::reset(client);
+                return Err(e);
+            }
+        },
     };
     let (up, down) = relay::relay(&mut client, &mut upstream).await?;
     summary.bytes_up = up;
@@ -121,6 +161,7 @@ async fn blind_relay(
 
 async fn plain_http(
     client: TcpStream,
+    pre: Option<TcpStream>,
     proto: Proto,
     meta: &Arc<ConnMeta>,
     ctx: &Arc<ProxyContext>,
@@ -132,7 +173,7 @@ async fn plain_http(
         tls: None,
         connect_timeout: ctx.connect_timeout,
     };
-    let (io, up_proto) = match upstream::dial(&target, proto).await {
+    let (io, up_proto) = match upstream::dial(&target, proto, pre).await {
         Ok(x) => x,
         Err(e) => {
             relay::reset(client);
@@ -160,6 +201,7 @@ async fn plain_http(
 
 async fn intercept(
     client: TcpStream,
+    pre: Option<TcpStream>,
     hello: ClientHelloInfo,
     meta: &Arc<ConnMeta>,
     ctx: &Arc<ProxyContext>,
@@ -203,7 +245,7 @@ async fn intercept(
 
     // Upstream first: its ALPN choice decides what the client is offered, and
     // a TCP-level failure is mirrored to the client as a reset.
-    let (upstream, up_proto) = match upstream::dial(&target, Proto::Http1).await {
+    let (upstream, up_proto) = match upstream::dial(&target, Proto::Http1, pre).await {
         Ok((io, proto)) => (Ok(io), proto),
         Err(e @ (Error::Connect { .. } | Error::ConnectTimeout(_))) => {
             relay::reset(client);

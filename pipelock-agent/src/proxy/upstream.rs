@@ -59,10 +59,18 @@ pub struct TlsTarget {
     pub offer: AlpnOffer,
 }
 
-/// Opens a connection; returns the stream and the protocol ALPN chose
-/// (HTTP/1.1 when the upstream selected none).
-pub async fn dial(target: &Target, plain_proto: Proto) -> Result<(UpStream, Proto), Error> {
-    let tcp = relay::connect_upstream(target.addr, target.connect_timeout).await?;
+/// Opens a connection (over `pre`, an already connected socket, if given);
+/// returns the stream and the protocol ALPN chose (HTTP/1.1 when the upstream
+/// selected none).
+pub async fn dial(
+    target: &Target,
+    plain_proto: Proto,
+    pre: Option<TcpStream>,
+) -> Result<(UpStream, Proto), Error> {
+    let tcp = match pre {
+        Some(t) => t,
+        None => relay::connect_upstream(target.addr, target.connect_timeout).await?,
+    };
     let Some(t) = &target.tls else {
         return Ok((Either::Left(tcp), plain_proto));
     };
@@ -188,7 +196,7 @@ impl UpstreamPool {
     }
 
     async fn connect_new(&self) -> Result<Sender, Error> {
-        let (io, proto) = dial(&self.target, self.proto).await?;
+        let (io, proto) = dial(&self.target, self.proto, None).await?;
         if proto != self.proto {
             return Err(Error::UpstreamHttp {
                 addr: self.target.addr,
