@@ -2,9 +2,12 @@
 //! `redirect`) sends a cgroup's outbound TCP connections to the agent's
 //! listeners (`proxy`), which pass every exchange through one `pipeline`.
 pub mod cli;
+pub mod findings;
 pub mod pipeline;
 pub mod proxy;
 pub mod redirect;
 pub mod run;
+pub mod scan;
 pub mod telemetry;
 pub mod tls;
+pub mod verdict;

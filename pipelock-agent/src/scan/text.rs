@@ -1,0 +1,473 @@
+//! A text stream under scan: feeds decoded bytes to the DLP Hyperscan stream,
+//! the numeric pass and the encoded-run decoder, and (for responses) the
+//! normaliser and the injection stream. Turns raw hits into [`Hit`]s with a
+//! redacted excerpt. Per stream it keeps a fixed-size ring of recent bytes
+//! (to recover a hit's span) and at most one bounded encoded run.
+use std::{borrow::Cow, sync::Arc};
+
+use super::{
+    Error,
+    decode::{self, SecretEncoding},
+    engine::{Engine, EngineStream, RUN_ID, RUN_MIN_LEN, Reveal, RuleMeta},
+    normalize::Normalizer,
+    numeric::{NumericHit, NumericScanner},
+    patterns::{self, Detector},
+};
+
+/// Bytes of history kept per stream; also the longest span an excerpt can recover.
+const RING: usize = 512;
+/// Context bytes shown before a match in an excerpt.
+const EXCERPT_CTX: usize = 16;
+/// Normalised text shown for an injection hit.
+const INJ_EXCERPT: usize = 80;
+
+/// Limits for decoding encoded secret candidates.
+#[derive(Clone, Copy, Debug)]
+pub struct RunLimits {
+    /// Longest run decoded (longer runs are decoded up to this length).
+    pub max_run: usize,
+    /// Nesting depth (base64 of hex of …).
+    pub max_depth: u8,
+}
+
+impl Default for RunLimits {
+    fn default() -> Self {
+        RunLimits {
+            max_run: 4096,
+            max_depth: 3,
+        }
+    }
+}
+
+/// One detection, before policy.
+#[derive(Clone, Debug)]
+pub struct Hit {
+    pub meta: RuleMeta,
+    /// Redacted excerpt: never contains the secret.
+    pub excerpt: String,
+    /// Where it was found (`body`, `body+base64`, `sse`, …).
+    pub location: Cow<'static, str>,
+}
+
+/// Recent bytes of a stream.
+#[derive(Clone, Debug, Default)]
+struct Ring {
+    buf: Vec<u8>,
+}
+
+impl Ring {
+    fn push(&mut self, data: &[u8]) {
+        if data.len() >= RING {
+            self.buf.clear();
+            self.buf.extend_from_slice(&data[data.len() - RING..]);
+        } else {
+            let excess = (self.buf.len() + data.len()).saturating_sub(RING);
+            self.buf.drain(..excess);
+            self.buf.extend_from_slice(data);
+        }
+    }
+}
+
+/// Bytes `[start, end)` of a stream whose current chunk `data` begins at `base`
+/// and whose earlier bytes are (partly) in `ring`.
+fn window(ring: &Ring, data: &[u8], base: u64, start: u64, end: u64) -> Vec<u8> {
+    let ring_start = base - ring.buf.len() as u64;
+    let start = start.max(ring_start);
+    let mut out = Vec::with_capacity((end - start) as usize);
+    if start < base {
+        let from = (start - ring_start) as usize;
+        let to = (end.min(base) - ring_start) as usize;
+        out.extend_from_slice(&ring.buf[from..to]);
+    }
+    if end > base {
+        let from = start.saturating_sub(base) as usize;
+        let to = ((end - base) as usize).min(data.len());
+        if from < to {
+            out.extend_from_slice(&data[from..to]);
+        }
+    }
+    out
+}
+
+/// Printable ASCII with everything else as `.` (JSON- and log-safe).
+pub fn sanitize(b: &[u8]) -> String {
+    b.iter()
+        .map(|&c| {
+            if (0x20..0x7f).contains(&c) && c != b'"' && c != b'\\' {
+                c as char
+            } else {
+                '.'
+            }
+        })
+        .collect()
+}
+
+/// Excerpt of a match at `window[start..]`: a little context, a public prefix
+/// when allowed, and the redacted length. Never the secret itself.
+pub fn redacted_excerpt(window: &[u8], start: Option<usize>, reveal: Reveal) -> String {
+    match start {
+        Some(s) if s <= window.len() => {
+            let m = &window[s..];
+            let ctx = sanitize(&window[s.saturating_sub(EXCERPT_CTX)..s]);
+            let shown = match reveal {
+                Reveal::Prefix => (m.len() / 4).min(4),
+                Reveal::Nothing => 0,
+            };
+            format!(
+                "{ctx}{}[REDACTED {} bytes]",
+                sanitize(&m[..shown]),
+                m.len() - shown
+            )
+        }
+        _ => "[REDACTED]".to_owned(),
+    }
+}
+
+fn numeric_meta(hit: &NumericHit) -> Option<RuleMeta> {
+    patterns::dlp::DLP_RULES
+        .iter()
+        .find(|r| r.detector == Detector::Numeric(hit.kind))
+        .map(RuleMeta::builtin)
+}
+
+fn numeric_excerpt(hit: &NumericHit) -> String {
+    let shown = (hit.value.len() / 4).min(4);
+    format!(
+        "{}[REDACTED {} chars]",
+        sanitize(&hit.value[..shown]),
+        hit.value.len() - shown
+    )
+}
+
+/// Scans decoded bytes (not a stream) with the DLP block database, the numeric
+/// pass and nested encoded runs, appending hits.
+pub fn scan_dlp_block(
+    engine: &Engine,
+    data: &[u8],
+    location: &str,
+    limits: RunLimits,
+    depth: u8,
+    out: &mut Vec<Hit>,
+) -> Result<(), Error> {
+    let mut hits = Vec::new();
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    engine.scan_dlp_block(data, &mut |id, to| collect(id, to, &mut hits, &mut runs))?;
+    for (id, to) in hits {
+        let Some(meta) = engine.meta(id) else {
+            continue;
+        };
+        let end = to as usize;
+        let from = end.saturating_sub(RING);
+        let win = &data[from..end];
+        let start = engine.span_start(id, win);
+        out.push(Hit {
+            meta: meta.clone(),
+            excerpt: redacted_excerpt(win, start, meta.reveal),
+            location: Cow::Owned(location.to_owned()),
+        });
+    }
+    let mut num = NumericScanner::default();
+    let mut nh = Vec::new();
+    num.feed(data, &mut nh);
+    num.finish(&mut nh);
+    for h in nh {
+        if let Some(meta) = numeric_meta(&h) {
+            out.push(Hit {
+                meta,
+                excerpt: numeric_excerpt(&h),
+                location: Cow::Owned(location.to_owned()),
+            });
+        }
+    }
+    if depth < limits.max_depth {
+        for (first, last) in runs {
+            let start = (first as usize).saturating_sub(RUN_MIN_LEN);
+            let end = (last as usize).min(start + limits.max_run);
+            scan_run(engine, &data[start..end], location, limits, depth + 1, out)?;
+        }
+    }
+    Ok(())
+}
+
+/// Decodes one encoded run every plausible way and scans the results.
+fn scan_run(
+    engine: &Engine,
+    run: &[u8],
+    location: &str,
+    limits: RunLimits,
+    depth: u8,
+    out: &mut Vec<Hit>,
+) -> Result<(), Error> {
+    for (enc, decoded) in decode::decode_candidates(run) {
+        let loc = format!("{location}+{}", SecretEncoding::as_str(enc));
+        scan_dlp_block(engine, &decoded, &loc, limits, depth, out)?;
+    }
+    Ok(())
+}
+
+#[inline]
+fn collect(id: u32, to: u64, hits: &mut Vec<(u32, u64)>, runs: &mut Vec<(u64, u64)>) {
+    if id == RUN_ID {
+        match runs.last_mut() {
+            Some(last) if last.1 + 1 == to => last.1 = to,
+            _ => runs.push((to, to)),
+        }
+    } else {
+        hits.push((id, to));
+    }
+}
+
+/// DLP state of one text stream.
+struct DlpText {
+    stream: EngineStream,
+    numeric: NumericScanner,
+    ring: Ring,
+    offset: u64,
+    /// Open encoded run: (start offset, bytes so far (≤ max_run), last end).
+    run: Option<(u64, Vec<u8>, u64)>,
+    hits: Vec<(u32, u64)>,
+    runs: Vec<(u64, u64)>,
+    num_hits: Vec<NumericHit>,
+}
+
+/// Injection state of one text stream.
+struct InjText {
+    norm: Normalizer,
+    stream: EngineStream,
+    ring: Ring,
+    offset: u64,
+    buf: Vec<u8>,
+    hits: Vec<(u32, u64)>,
+}
+
+/// One text stream under scan (request body, response body, SSE content).
+pub struct TextScanner {
+    engine: Arc<Engine>,
+    dlp: Option<DlpText>,
+    inj: Option<InjText>,
+    location: &'static str,
+    limits: RunLimits,
+}
+
+impl std::fmt::Debug for TextScanner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TextScanner")
+            .field("location", &self.location)
+            .field("dlp", &self.dlp.is_some())
+            .field("inj", &self.inj.is_some())
+            .finish()
+    }
+}
+
+impl TextScanner {
+    /// Opens the streams: DLP and/or injection.
+    pub fn new(
+        engine: &Arc<Engine>,
+        dlp: bool,
+        injection: bool,
+        location: &'static str,
+        limits: RunLimits,
+    ) -> Result<Self, Error> {
+        let dlp = if dlp {
+            Some(DlpText {
+                stream: engine.open_dlp_stream()?,
+                numeric: NumericScanner::default(),
+                ring: Ring::default(),
+                offset: 0,
+                run: None,
+                hits: Vec::new(),
+                runs: Vec::new(),
+                num_hits: Vec::new(),
+            })
+        } else {
+            None
+        };
+        let inj = if injection {
+            Some(InjText {
+                norm: Normalizer::default(),
+                stream: engine.open_inj_stream()?,
+                ring: Ring::default(),
+                offset: 0,
+                buf: Vec::new(),
+                hits: Vec::new(),
+            })
+        } else {
+            None
+        };
+        Ok(TextScanner {
+            engine: Arc::clone(engine),
+            dlp,
+            inj,
+            location,
+            limits,
+        })
+    }
+
+    /// Scans the next decoded bytes.
+    pub fn feed(&mut self, data: &[u8], out: &mut Vec<Hit>) -> Result<(), Error> {
+        if let Some(d) = self.dlp.as_mut() {
+            dlp_feed(&self.engine, d, data, self.location, self.limits, out)?;
+        }
+        if let Some(i) = self.inj.as_mut() {
+            i.buf.clear();
+            i.norm.feed(data, &mut i.buf);
+            inj_scan(&self.engine, i, self.location, out, false)?;
+        }
+        Ok(())
+    }
+
+    /// Ends the streams (matches anchored at the end are reported now).
+    pub fn finish(&mut self, out: &mut Vec<Hit>) -> Result<(), Error> {
+        if let Some(d) = self.dlp.as_mut() {
+            d.hits.clear();
+            d.runs.clear();
+            let (hits, runs) = (&mut d.hits, &mut d.runs);
+            d.stream.close(&mut |id, to| collect(id, to, hits, runs))?;
+            let hits = std::mem::take(&mut d.hits);
+            report_dlp_hits(&self.engine, d, &hits, &[], self.location, out);
+            d.num_hits.clear();
+            d.numeric.finish(&mut d.num_hits);
+            report_numeric(d, self.location, out);
+            if let Some((_, bytes, _)) = d.run.take() {
+                scan_run(&self.engine, &bytes, self.location, self.limits, 1, out)?;
+            }
+        }
+        if let Some(i) = self.inj.as_mut() {
+            i.buf.clear();
+            i.norm.finish(&mut i.buf);
+            inj_scan(&self.engine, i, self.location, out, true)?;
+        }
+        Ok(())
+    }
+}
+
+fn report_dlp_hits(
+    engine: &Engine,
+    d: &DlpText,
+    hits: &[(u32, u64)],
+    data: &[u8],
+    location: &'static str,
+    out: &mut Vec<Hit>,
+) {
+    for &(id, to) in hits {
+        let Some(meta) = engine.meta(id) else {
+            continue;
+        };
+        let win = window(&d.ring, data, d.offset, to.saturating_sub(RING as u64), to);
+        let start = engine.span_start(id, &win);
+        out.push(Hit {
+            meta: meta.clone(),
+            excerpt: redacted_excerpt(&win, start, meta.reveal),
+            location: Cow::Borrowed(location),
+        });
+    }
+}
+
+fn report_numeric(d: &mut DlpText, location: &'static str, out: &mut Vec<Hit>) {
+    for h in d.num_hits.drain(..) {
+        if let Some(meta) = numeric_meta(&h) {
+            out.push(Hit {
+                meta,
+                excerpt: numeric_excerpt(&h),
+                location: Cow::Borrowed(location),
+            });
+        }
+    }
+}
+
+fn dlp_feed(
+    engine: &Engine,
+    d: &mut DlpText,
+    data: &[u8],
+    location: &'static str,
+    limits: RunLimits,
+    out: &mut Vec<Hit>,
+) -> Result<(), Error> {
+    d.hits.clear();
+    d.runs.clear();
+    {
+        let (hits, runs) = (&mut d.hits, &mut d.runs);
+        d.stream
+            .scan(data, &mut |id, to| collect(id, to, hits, runs))?;
+    }
+    if !d.hits.is_empty() {
+        let hits = std::mem::take(&mut d.hits);
+        report_dlp_hits(engine, d, &hits, data, location, out);
+        d.hits = hits;
+    }
+    d.numeric.feed(data, &mut d.num_hits);
+    report_numeric(d, location, out);
+
+    // Encoded runs: continue the open one, decode the finished ones.
+    let chunk_end = d.offset + data.len() as u64;
+    let runs = std::mem::take(&mut d.runs);
+    for &(first, last) in &runs {
+        let continues = matches!(&d.run, Some((_, _, prev_last)) if *prev_last + 1 == first && *prev_last == d.offset);
+        if continues {
+            if let Some((_, bytes, prev_last)) = d.run.as_mut() {
+                let room = limits.max_run.saturating_sub(bytes.len());
+                let add = window(&d.ring, data, d.offset, *prev_last, last);
+                bytes.extend_from_slice(&add[..add.len().min(room)]);
+                *prev_last = last;
+            }
+        } else {
+            if let Some((_, bytes, _)) = d.run.take() {
+                scan_run(engine, &bytes, location, limits, 1, out)?;
+            }
+            let start = first.saturating_sub(RUN_MIN_LEN as u64);
+            let end = last.min(start + limits.max_run as u64);
+            let bytes = window(&d.ring, data, d.offset, start, end);
+            d.run = Some((start, bytes, last));
+        }
+    }
+    d.runs = runs;
+    if let Some((_, _, last)) = &d.run
+        && *last < chunk_end
+        && let Some((_, bytes, _)) = d.run.take()
+    {
+        scan_run(engine, &bytes, location, limits, 1, out)?;
+    }
+    d.ring.push(data);
+    d.offset = chunk_end;
+    Ok(())
+}
+
+fn inj_scan(
+    engine: &Engine,
+    i: &mut InjText,
+    location: &'static str,
+    out: &mut Vec<Hit>,
+    close: bool,
+) -> Result<(), Error> {
+    i.hits.clear();
+    {
+        let hits = &mut i.hits;
+        let mut on = |id: u32, to: u64| hits.push((id, to));
+        if !i.buf.is_empty() {
+            i.stream.scan(&i.buf, &mut on)?;
+        }
+        if close {
+            i.stream.close(&mut on)?;
+        }
+    }
+    for &(id, to) in &i.hits {
+        let Some(meta) = engine.meta(id) else {
+            continue;
+        };
+        let win = window(
+            &i.ring,
+            &i.buf,
+            i.offset,
+            to.saturating_sub(INJ_EXCERPT as u64),
+            to,
+        );
+        out.push(Hit {
+            meta: meta.clone(),
+            excerpt: String::from_utf8_lossy(&win).replace(['\n', '\r'], " "),
+            location: Cow::Borrowed(location),
+        });
+    }
+    i.ring.push(&i.buf);
+    i.offset += i.buf.len() as u64;
+    Ok(())
+}

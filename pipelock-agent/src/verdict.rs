@@ -1,0 +1,156 @@
+//! Verdicts: which action a finding gets under a mode (strict blocks
+//! everything, balanced blocks high-confidence findings and warns on the
+//! rest, audit only logs), per-cgroup mode overrides, and the shape of a
+//! block (403 with a short, JSON-safe reason naming rule ids, never data).
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+use crate::{
+    cli::Mode,
+    pipeline::Block,
+    scan::patterns::{Confidence, Severity},
+};
+
+/// What happens because of a finding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Logged only.
+    Log,
+    /// Logged as a warning; traffic continues.
+    Warn,
+    /// The request is refused (403) or the response cut.
+    Block,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Log => "log",
+            Action::Warn => "warn",
+            Action::Block => "block",
+        }
+    }
+}
+
+/// The action for a finding of `severity`/`confidence` under `mode`.
+pub fn action_for(mode: Mode, _severity: Severity, confidence: Confidence) -> Action {
+    match mode {
+        Mode::Strict => Action::Block,
+        Mode::Balanced if confidence == Confidence::High => Action::Block,
+        Mode::Balanced => Action::Warn,
+        Mode::Audit => Action::Log,
+    }
+}
+
+/// Mode selection: a default plus overrides by cgroup v2 id.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    pub default_mode: Mode,
+    pub cgroup_modes: HashMap<u64, Mode>,
+}
+
+impl Policy {
+    pub fn new(default_mode: Mode) -> Self {
+        Policy {
+            default_mode,
+            cgroup_modes: HashMap::new(),
+        }
+    }
+
+    /// The mode for a connection from `cgroup_id` (`None`: not attributed).
+    pub fn mode_for(&self, cgroup_id: Option<u64>) -> Mode {
+        cgroup_id
+            .and_then(|id| self.cgroup_modes.get(&id).copied())
+            .unwrap_or(self.default_mode)
+    }
+}
+
+/// At most this many rule ids are named in a reason.
+const MAX_REASON_IDS: usize = 8;
+
+/// Keeps only characters that are safe inside JSON strings and headers.
+fn json_safe(s: &str) -> String {
+    s.chars()
+        .filter(|c| c.is_ascii_alphanumeric() || "._:-/ ,()".contains(*c))
+        .collect()
+}
+
+/// A 403 block naming the rules that caused it.
+pub fn block(direction: &str, rule_ids: &[String]) -> Block {
+    let mut ids: Vec<String> = rule_ids.iter().map(|id| json_safe(id)).collect();
+    ids.dedup();
+    let shown: Vec<&str> = ids
+        .iter()
+        .take(MAX_REASON_IDS)
+        .map(String::as_str)
+        .collect();
+    let more = ids.len().saturating_sub(MAX_REASON_IDS);
+    let mut reason = format!(
+        "pipelock blocked {} ({})",
+        json_safe(direction),
+        shown.join(", ")
+    );
+    if more > 0 {
+        reason.push_str(&format!(" and {more} more"));
+    }
+    Block {
+        status: http::StatusCode::FORBIDDEN,
+        reason,
+        rule_ids: ids,
+    }
+}
+
+/// The JSON body for a 403 answer: `{"error":"blocked","reason":…,"rule_ids":[…]}`.
+pub fn block_json(b: &Block) -> String {
+    serde_json::json!({
+        "error": "blocked",
+        "reason": b.reason,
+        "rule_ids": b.rule_ids,
+    })
+    .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn actions_per_mode() {
+        use Confidence::*;
+        let s = Severity::High;
+        assert_eq!(action_for(Mode::Strict, s, Low), Action::Block);
+        assert_eq!(action_for(Mode::Strict, s, High), Action::Block);
+        assert_eq!(action_for(Mode::Balanced, s, High), Action::Block);
+        assert_eq!(action_for(Mode::Balanced, s, Medium), Action::Warn);
+        assert_eq!(action_for(Mode::Balanced, s, Low), Action::Warn);
+        assert_eq!(
+            action_for(Mode::Audit, Severity::Critical, High),
+            Action::Log
+        );
+    }
+
+    #[test]
+    fn cgroup_override() {
+        let mut p = Policy::new(Mode::Balanced);
+        p.cgroup_modes.insert(42, Mode::Audit);
+        assert_eq!(p.mode_for(Some(42)), Mode::Audit);
+        assert_eq!(p.mode_for(Some(7)), Mode::Balanced);
+        assert_eq!(p.mode_for(None), Mode::Balanced);
+    }
+
+    #[test]
+    fn block_reason_is_json_safe_and_short() {
+        let ids: Vec<String> = (0..12).map(|i| format!("dlp.rule_{i}")).collect();
+        let mut with_bad = ids.clone();
+        with_bad.push("known_secret:env:\"X\\".into());
+        let b = block("request", &with_bad);
+        assert_eq!(b.status, http::StatusCode::FORBIDDEN);
+        assert!(b.reason.contains("dlp.rule_0"));
+        assert!(b.reason.contains("and 5 more"), "{}", b.reason);
+        assert!(!b.reason.contains('"') && !b.reason.contains('\\'));
+        let v: serde_json::Value = serde_json::from_str(&block_json(&b)).unwrap();
+        assert_eq!(v["rule_ids"].as_array().unwrap().len(), 13);
+    }
+}
