@@ -25,10 +25,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             args.redirect_addr
         );
     };
-    // The CA and trust store first: a bad --ca-cert or --upstream-ca stops here.
-    let tls = tls::load(&args.ca, args.upstream_ca.as_deref()).context("loading TLS material")?;
     let mount = redirect::cgroup2_mount()?;
     let cgroup_dir = redirect::resolve_cgroup(&mount, cgroup)?;
+    redirect::check_privilege()?;
+    // The CA and trust store next: a bad --ca-cert or --upstream-ca stops here.
+    let tls = tls::load(&args.ca, args.upstream_ca.as_deref()).context("loading TLS material")?;
 
     // Listen before attaching, so no connection is ever sent to a dead port.
     let listen = args.listen_addrs();

@@ -31,6 +31,7 @@ struct Log {
 pub struct Agent {
     child: Option<Child>,
     log: Arc<(Mutex<Log>, Condvar)>,
+    state_dir: Option<PathBuf>,
 }
 
 impl Agent {
@@ -51,12 +52,23 @@ impl Agent {
         agent
     }
 
-    /// Spawns the agent without waiting for anything.
+    /// Spawns the agent without waiting for anything. Unless `args` name a
+    /// `--state-dir`, the agent gets a fresh one of its own (never the
+    /// system's /var/lib/pipelock), removed on drop.
     pub fn spawn(args: &[String]) -> Agent {
         let bin = agent_bin();
-        let mut child = Command::new(&bin)
-            .args(args)
-            .args(["--log-format", "json"])
+        let mut cmd = Command::new(&bin);
+        cmd.args(args).args(["--log-format", "json"]);
+        let state_dir = (!args.iter().any(|a| a == "--state-dir")).then(|| {
+            let dir = std::env::temp_dir().join(format!(
+                "plk-agent-state-{}-{}",
+                std::process::id(),
+                crate::unique_index()
+            ));
+            cmd.arg("--state-dir").arg(&dir);
+            dir
+        });
+        let mut child = cmd
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -83,6 +95,7 @@ impl Agent {
         Agent {
             child: Some(child),
             log,
+            state_dir,
         }
     }
 
@@ -194,6 +207,9 @@ impl Drop for Agent {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        if let Some(dir) = self.state_dir.take() {
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
 }

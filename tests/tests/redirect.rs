@@ -74,7 +74,7 @@ fn clients_in_the_cgroup_are_redirected_with_attribution() {
 
     // (name, program, args, expected comm prefix, prints its own pid)
     let py = "import os,sys,urllib.request\nprint(os.getpid())\nprint(urllib.request.urlopen(sys.argv[1], timeout=20).read().decode())";
-    let clients: [(&str, &str, Vec<&str>, &str); 3] = [
+    let clients: [(&str, &str, Vec<&str>, &str); 4] = [
         ("python", "python3", vec!["-c", py], "python"),
         (
             "net_http",
@@ -86,6 +86,12 @@ fn clients_in_the_cgroup_are_redirected_with_attribution() {
             "httparty",
             "ruby",
             vec!["-rhttparty", "-e", "puts Process.pid; puts HTTParty.get(ARGV[0]).body"],
+            "ruby",
+        ),
+        (
+            "faraday",
+            "ruby",
+            vec!["-rfaraday", "-e", "puts Process.pid; puts Faraday.get(ARGV[0]).body"],
             "ruby",
         ),
     ];

@@ -210,7 +210,7 @@ const CAP_SYS_ADMIN: u64 = 21;
 const CAP_BPF: u64 = 39;
 
 /// Fails early, with a readable message, when the process cannot load eBPF.
-fn check_privilege() -> Result<(), Error> {
+pub fn check_privilege() -> Result<(), Error> {
     let status = std::fs::read_to_string("/proc/self/status").map_err(Error::Proc)?;
     let caps = status
         .lines()

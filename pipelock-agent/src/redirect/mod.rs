@@ -5,7 +5,7 @@ mod loader;
 mod origdst;
 
 pub use cgroup::{cgroup2_mount, resolve_cgroup};
-pub use loader::{RedirectConfig, Redirector};
+pub use loader::{RedirectConfig, Redirector, check_privilege};
 pub use origdst::{OrigDstTable, sock_key};
 
 /// Errors of the redirect subsystem; each says what to check.
