@@ -237,7 +237,11 @@ async fn handle(mut req: Request<Incoming>, sni: &str) -> Response<TestBody> {
             Ok::<_, hyper::Error>(Frame::data(Bytes::from_static(b"body-before-trailers"))),
             Ok(Frame::trailers(trailers)),
         ];
-        Response::new(FramesBody(frames.into_iter().collect()).boxed())
+        let mut r = Response::new(FramesBody(frames.into_iter().collect()).boxed());
+        // HTTP/1.1 trailers must be announced (hyper sends only declared ones).
+        r.headers_mut()
+            .insert("trailer", HeaderValue::from_static("x-trailer"));
+        r
     } else if path == "/inject" {
         let mut body = vec![b'a'; 64 * 1024];
         body.extend_from_slice(b"INJECT");

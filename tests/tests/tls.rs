@@ -608,9 +608,17 @@ fn pipeline_blocks_requests_bodies_and_cuts_responses() {
 #[test]
 fn trailers_and_upgrade_are_relayed() {
     let s = Setup::new("trailers", BOTH, |_| {});
-    let out = s.curl(&["--http2", "-D", "-", "-o", "/dev/null"], "/trailers");
-    assert!(out.ok(), "{out:?}");
-    assert_eq!(header(&out.stdout, "x-trailer"), Some("done"), "{out:?}");
+    for extra in [&["--http2"][..], &["--http1.1", "-H", "TE: trailers"][..]] {
+        let mut args = extra.to_vec();
+        args.extend_from_slice(&["-D", "-", "-o", "/dev/null"]);
+        let out = s.curl(&args, "/trailers");
+        assert!(out.ok(), "{extra:?}: {out:?}");
+        assert_eq!(
+            header(&out.stdout, "x-trailer"),
+            Some("done"),
+            "{extra:?}: {out:?}"
+        );
+    }
     // Upgrade over HTTP/1.1 through the intercepted TLS connection (python ssl socket).
     let script = format!(
         r#"

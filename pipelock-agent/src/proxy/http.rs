@@ -408,6 +408,12 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 /// names, Keep-Alive, Proxy-Connection, TE (but `trailers`), Transfer-Encoding
 /// and Upgrade. For an upgrade, `Connection: upgrade` and `Upgrade` stay.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    let te_trailers = headers.get_all(header::TE).iter().any(|v| {
+        v.to_str().is_ok_and(|s| {
+            s.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        })
+    });
     let named: Vec<HeaderName> = connection_tokens(headers)
         .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect();
@@ -420,12 +426,6 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     headers.remove("keep-alive");
     headers.remove("proxy-connection");
     headers.remove(header::TRANSFER_ENCODING);
-    let te_trailers = headers.get_all(header::TE).iter().any(|v| {
-        v.to_str().is_ok_and(|s| {
-            s.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-        })
-    });
     headers.remove(header::TE);
     if te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
