@@ -83,6 +83,18 @@ pub struct RunArgs {
     /// Enforcement mode.
     #[arg(long, value_enum, default_value_t = Mode::Balanced)]
     pub mode: Mode,
+    /// Mode for one cgroup subtree, overriding --mode (repeatable), e.g.
+    /// `--mode-override /sure/worker=strict`. Paths are relative to the cgroup2 mount.
+    #[arg(long = "mode-override", value_parser = parse_mode_override)]
+    pub mode_overrides: Vec<(String, Mode)>,
+    /// Environment variable whose value must never leave (repeatable), optionally
+    /// `NAME@host,host` for hosts it legitimately goes to.
+    #[arg(long = "known-secret-env")]
+    pub known_secret_env: Vec<String>,
+    /// File (one value) or directory (one value per file, e.g. a mounted Kubernetes
+    /// Secret) whose values must never leave (repeatable), optionally `PATH@host,host`.
+    #[arg(long = "known-secret-file")]
+    pub known_secret_files: Vec<String>,
     #[command(flatten)]
     pub ca: CaArgs,
     /// Extra CA bundle (PEM) trusted for upstream servers, besides the system roots.
@@ -135,4 +147,14 @@ pub enum NonHttpAction {
     Relay,
     /// Close the connection.
     Reset,
+}
+
+/// Parses `CGROUP=MODE` for `--mode-override`.
+fn parse_mode_override(s: &str) -> Result<(String, Mode), String> {
+    let (cgroup, mode) = s
+        .rsplit_once('=')
+        .ok_or_else(|| format!("expected CGROUP=MODE, got {s:?}"))?;
+    let mode = Mode::from_str(mode, true)
+        .map_err(|_| format!("unknown mode {mode:?}: expected strict, balanced or audit"))?;
+    Ok((cgroup.to_string(), mode))
 }

@@ -1,6 +1,6 @@
 //! The `run` command: resolve the cgroup, bind the listeners, attach the
 //! kernel redirect, serve until SIGTERM/SIGINT, then detach and drain.
-use std::{net::IpAddr, sync::Arc, time::Duration};
+use std::{net::IpAddr, os::unix::fs::MetadataExt, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, bail};
 use tokio::signal::unix::{SignalKind, signal};
@@ -8,9 +8,9 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     cli::RunArgs,
-    pipeline::AllowAll,
     proxy::{ProxyContext, passthrough::PassthroughDomains, transparent},
     redirect::{self, RedirectConfig, Redirector},
+    scan::{ScanConfig, ScanPipeline, known_secrets::KnownSecretsConfig},
     tls,
 };
 
@@ -30,6 +30,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     redirect::check_privilege()?;
     // The CA and trust store next: a bad --ca-cert or --upstream-ca stops here.
     let tls = tls::load(&args.ca, args.upstream_ca.as_deref()).context("loading TLS material")?;
+
+    let pipeline = scan_pipeline(&args, &mount)?;
 
     // Listen before attaching, so no connection is ever sent to a dead port.
     let listen = args.listen_addrs();
@@ -53,7 +55,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let table = Arc::new(table);
 
     let ctx = Arc::new(ProxyContext {
-        pipeline: Arc::new(AllowAll),
+        pipeline: Arc::new(pipeline),
         non_http: args.non_http,
         self_addrs: listen.clone(),
         connect_timeout: Duration::from_secs(10),
@@ -100,6 +102,38 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Builds the one scan pipeline every listener shares, from the flags.
+fn scan_pipeline(args: &RunArgs, mount: &std::path::Path) -> anyhow::Result<ScanPipeline> {
+    let mut cgroup_modes = std::collections::HashMap::new();
+    for (path, mode) in &args.mode_overrides {
+        let dir = redirect::resolve_cgroup(mount, path)
+            .with_context(|| format!("--mode-override {path}"))?;
+        let id = std::fs::metadata(&dir)
+            .with_context(|| format!("--mode-override {path}: reading {}", dir.display()))?
+            .ino();
+        cgroup_modes.insert(id, *mode);
+    }
+    let defaults = ScanConfig::default();
+    let cfg = ScanConfig {
+        mode: args.mode,
+        cgroup_modes,
+        known_secrets: KnownSecretsConfig {
+            env: args.known_secret_env.clone(),
+            files: args.known_secret_files.clone(),
+            ..defaults.known_secrets.clone()
+        },
+        ..defaults
+    };
+    let started = std::time::Instant::now();
+    let pipeline = ScanPipeline::new(cfg).context("building the scan engine")?;
+    tracing::info!(
+        mode = ?args.mode,
+        compile_ms = started.elapsed().as_millis() as u64,
+        "scan engine ready"
+    );
+    Ok(pipeline)
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {

@@ -1,0 +1,150 @@
+//! Scanning end to end through the real agent under the real kernel
+//! redirect: secrets in request bodies are blocked (strict, balanced) or only
+//! logged (audit); injected responses are cut; clean traffic is untouched.
+//! Plaintext HTTP upstream here; the HTTPS variants live in tls.rs.
+use std::{net::SocketAddr, time::Duration};
+
+use pipelock_tests::{
+    agent::Agent,
+    cgroup::TestCgroup,
+    client::{self, ClientRun, Place},
+    free_port, require_root,
+    upstream::{INJECTION, Upstream, hex, pattern_sha256},
+};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+/// An Anthropic-shaped key (critical, high confidence); not a real one.
+const SECRET: &str = "sk-ant-api03-Zq3xT7vLmN4pR8sK2wYbC6dF0hJ9gA1eUoViXnMtQrSy";
+
+fn start(mode: &str) -> (Agent, Upstream, TestCgroup) {
+    let cg = TestCgroup::new(&format!("scan-{mode}"));
+    let up = Upstream::start("127.0.0.1:0".parse().unwrap());
+    let redirect = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let args: Vec<String> = [
+        "--cgroup",
+        cg.rel(),
+        "--redirect-addr",
+        &redirect.to_string(),
+        "--mode",
+        mode,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    (Agent::start(&args), up, cg)
+}
+
+fn curl(cg: &TestCgroup, args: &[&str]) -> ClientRun {
+    let mut all = vec!["-sS", "--max-time", "20"];
+    all.extend_from_slice(args);
+    client::run(
+        Place {
+            cgroup: Some(cg),
+            netns: None,
+        },
+        "curl",
+        &all,
+        TIMEOUT,
+    )
+}
+
+fn findings(agent: &Agent) -> Vec<Value> {
+    agent
+        .records()
+        .into_iter()
+        .filter(|r| r["target"] == "pipelock::finding")
+        .collect()
+}
+
+fn wait_finding(agent: &Agent, pred: impl Fn(&Value) -> bool) -> Value {
+    let line = agent.wait_for_line(Duration::from_secs(10), |l| {
+        serde_json::from_str::<Value>(l)
+            .map(|v| v["target"] == "pipelock::finding" && pred(&v))
+            .unwrap_or(false)
+    });
+    let line = line.unwrap_or_else(|| panic!("no matching finding; agent log:\n{}", agent.output()));
+    serde_json::from_str(&line).unwrap()
+}
+
+#[test]
+fn secret_in_request_body_is_blocked_in_strict_and_balanced() {
+    require_root();
+    for mode in ["strict", "balanced"] {
+        let (agent, up, cg) = start(mode);
+        let body = format!("{{\"note\":\"my key is {SECRET}\"}}");
+        let run = curl(
+            &cg,
+            &["-w", "\n%{http_code}", "--data-binary", &body, &up.url("/leak")],
+        );
+        assert!(run.ok(), "{mode}: curl failed: {run:?}");
+        let (resp, code) = run.stdout.rsplit_once('\n').unwrap();
+        assert_eq!(code, "403", "{mode}: {run:?}");
+        let json: Value = serde_json::from_str(resp).unwrap_or_else(|e| panic!("{mode}: {resp:?}: {e}"));
+        assert!(json["rule_ids"].to_string().contains("dlp.anthropic_api_key"), "{mode}: {json}");
+        assert!(!resp.contains(SECRET), "{mode}: block answer leaks the secret");
+        assert!(!up.seen().contains(&"/leak".to_string()), "{mode}: upstream got the request");
+        let f = wait_finding(&agent, |f| f["rule_id"] == "dlp.anthropic_api_key");
+        assert_eq!(f["direction"], "request");
+        assert_eq!(f["action"], "block");
+        assert_eq!(f["comm"], "curl");
+        assert_eq!(f["cgroup_id"], cg.id());
+        assert!(!agent.output().contains(SECRET), "{mode}: the agent log holds the secret");
+    }
+}
+
+#[test]
+fn secret_in_request_body_passes_but_is_logged_in_audit() {
+    require_root();
+    let (agent, up, cg) = start("audit");
+    let body = format!("token={SECRET}&x=1");
+    let run = curl(&cg, &["--data-binary", &body, &up.url("/audit")]);
+    assert!(run.ok(), "{run:?}");
+    let json: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(json["body_sha256"], hex(&Sha256::digest(body.as_bytes())), "body altered");
+    let f = wait_finding(&agent, |f| f["rule_id"] == "dlp.anthropic_api_key");
+    assert_eq!(f["action"], "log");
+    assert!(!agent.output().contains(SECRET), "the agent log holds the secret");
+}
+
+#[test]
+fn injected_responses_are_cut_in_strict_mode() {
+    require_root();
+    let (agent, up, cg) = start("strict");
+    for path in ["/inject", "/inject-gzip", "/sse-inject"] {
+        let run = curl(&cg, &["--compressed", &up.url(path)]);
+        let got = run.stdout.replace('\n', "");
+        assert!(
+            !got.contains("previous instructions"),
+            "{path}: injected text reached the client: {run:?}"
+        );
+        let f = wait_finding(&agent, |f| f["direction"] == "response" && f["path"] == path);
+        assert_eq!(f["action"], "block", "{f}");
+        assert_eq!(f["class"], "injection", "{f}");
+    }
+    // Clean traffic through the same agent is untouched, byte for byte.
+    let n = 1 << 20;
+    let out = std::env::temp_dir().join(format!("plk-clean-{}", std::process::id()));
+    let path = out.to_str().unwrap();
+    let run = curl(&cg, &["-o", path, &up.url(&format!("/bytes/{n}"))]);
+    assert!(run.ok(), "{run:?}");
+    let bytes = std::fs::read(&out).unwrap();
+    let _ = std::fs::remove_file(&out);
+    assert_eq!(hex(&Sha256::digest(&bytes)), pattern_sha256(n));
+    assert!(
+        !findings(&agent).iter().any(|f| f["path"] == format!("/bytes/{n}")),
+        "false positive on clean bytes"
+    );
+}
+
+#[test]
+fn injected_responses_pass_in_audit_mode_but_are_logged() {
+    require_root();
+    let (agent, up, cg) = start("audit");
+    let run = curl(&cg, &["--compressed", &up.url("/inject-gzip")]);
+    assert!(run.ok(), "{run:?}");
+    assert!(run.stdout.contains(INJECTION), "audit must not alter: {run:?}");
+    let f = wait_finding(&agent, |f| f["direction"] == "response");
+    assert_eq!(f["action"], "log");
+}
