@@ -114,15 +114,6 @@ async fn handshake_cost(t: &Target, n: usize) -> Option<Duration> {
     Some(start.elapsed() / n as u32)
 }
 
-fn have(cmd: &str, arg: &str) -> bool {
-    Command::new(cmd)
-        .arg(arg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 fn wait_port(addr: SocketAddr, limit: Duration) -> bool {
     let end = Instant::now() + limit;
     while Instant::now() < end {

@@ -513,11 +513,9 @@ fn non_http_traffic_is_relayed_or_reset_per_config() {
     let greeter_addr = greeter.local_addr().expect("addr");
     std::thread::spawn(move || {
         use std::io::Write as _;
-        for s in greeter.incoming().take(1) {
-            if let Ok(mut s) = s {
-                let _ = s.write_all(b"220 greeter ready\r\n");
-                std::thread::sleep(Duration::from_millis(200));
-            }
+        if let Ok((mut s, _)) = greeter.accept() {
+            let _ = s.write_all(b"220 greeter ready\r\n");
+            std::thread::sleep(Duration::from_millis(200));
         }
     });
     let agent = InProcessAgent::start(AgentOptions::new(greeter_addr, &dir.join("c")));

@@ -210,30 +210,64 @@ impl UpstreamPool {
     }
 
     /// Sends `req` on a reusable connection (opening one when none is idle).
+    /// A request that never left (the reused connection had just closed) is
+    /// sent again once on a fresh connection.
     pub async fn send(&self, req: Request<UpBody>) -> Result<Response<Incoming>, Error> {
+        match self.send_once(req, false).await {
+            Ok(r) => Ok(r),
+            Err(Attempt::Unsent(req, e)) => {
+                tracing::debug!(upstream = %self.target.addr, error = %e, "reused connection was closed; retrying on a new one");
+                match self.send_once(*req, true).await {
+                    Ok(r) => Ok(r),
+                    Err(Attempt::Unsent(_, e) | Attempt::Failed(e)) => Err(e),
+                }
+            }
+            Err(Attempt::Failed(e)) => Err(e),
+        }
+    }
+
+    async fn send_once(
+        &self,
+        req: Request<UpBody>,
+        fresh: bool,
+    ) -> Result<Response<Incoming>, Attempt> {
         let addr = self.target.addr;
         let fail = move |e: hyper::Error| Error::UpstreamHttp {
             addr,
             reason: e.to_string(),
         };
+        let unsent = move |mut e: hyper::client::conn::TrySendError<Request<UpBody>>| match e
+            .take_message()
+        {
+            Some(req) => Attempt::Unsent(Box::new(req), fail(e.into_error())),
+            None => Attempt::Failed(fail(e.into_error())),
+        };
         match self.proto {
             Proto::Http2 => {
-                let existing = self.lock_h2().clone().filter(|s| !s.is_closed());
+                let existing = if fresh {
+                    None
+                } else {
+                    self.lock_h2().clone().filter(|s| !s.is_closed())
+                };
                 let mut send = match existing {
                     Some(s) => s,
-                    None => match self.connect_new().await? {
+                    None => match self.connect_new().await.map_err(Attempt::Failed)? {
                         Sender::H2(s) => {
                             *self.lock_h2() = Some(s.clone());
                             s
                         }
-                        Sender::H1(_) => unreachable_proto(addr)?,
+                        Sender::H1(_) => return Err(Attempt::Failed(proto_mismatch(addr))),
                     },
                 };
-                send.ready().await.map_err(fail)?;
-                send.send_request(req).await.map_err(fail)
+                if let Err(e) = send.ready().await {
+                    return Err(Attempt::Unsent(Box::new(req), fail(e)));
+                }
+                send.try_send_request(req).await.map_err(unsent)
             }
             Proto::Http1 => {
-                let idle = {
+                let idle = if fresh {
+                    None
+                } else {
                     let mut idle = self.lock_h1();
                     idle.retain(|s| !s.is_closed());
                     idle.iter()
@@ -242,13 +276,15 @@ impl UpstreamPool {
                 };
                 let mut send = match idle {
                     Some(s) => s,
-                    None => match self.connect_new().await? {
+                    None => match self.connect_new().await.map_err(Attempt::Failed)? {
                         Sender::H1(s) => s,
-                        Sender::H2(_) => unreachable_proto(addr)?,
+                        Sender::H2(_) => return Err(Attempt::Failed(proto_mismatch(addr))),
                     },
                 };
-                send.ready().await.map_err(fail)?;
-                let resp = send.send_request(req).await.map_err(fail)?;
+                if let Err(e) = send.ready().await {
+                    return Err(Attempt::Unsent(Box::new(req), fail(e)));
+                }
+                let resp = send.try_send_request(req).await.map_err(unsent)?;
                 // Ready again once this response's body is consumed.
                 let mut idle = self.lock_h1();
                 if idle.len() < MAX_IDLE_H1 {
@@ -260,9 +296,17 @@ impl UpstreamPool {
     }
 }
 
-fn unreachable_proto<T>(addr: SocketAddr) -> Result<T, Error> {
-    Err(Error::UpstreamHttp {
+/// How one send attempt failed.
+enum Attempt {
+    /// The request never left: it may be sent again.
+    Unsent(Box<Request<UpBody>>, Error),
+    /// It may have left: not retried.
+    Failed(Error),
+}
+
+fn proto_mismatch(addr: SocketAddr) -> Error {
+    Error::UpstreamHttp {
         addr,
         reason: "internal: protocol mismatch".into(),
-    })
+    }
 }
