@@ -267,7 +267,7 @@ fn start_squid(dir: &Path, up_ca: &Path) -> Result<(Proc, SocketAddr, PathBuf), 
          cache_log {dir}/cache.log\n\
          pid_filename {dir}/squid.pid\n\
          coredump_dir {dir}\n\
-         cache_effective_user root\n\
+         cache_effective_user proxy\n\
          shutdown_lifetime 1 seconds\n",
         ca = ca_file.display(),
         db = db.display(),
@@ -276,8 +276,13 @@ fn start_squid(dir: &Path, up_ca: &Path) -> Result<(Proc, SocketAddr, PathBuf), 
     );
     let conf_file = sq.join("squid.conf");
     std::fs::write(&conf_file, conf).map_err(|e| e.to_string())?;
+    // squid refuses to run as root: it drops to `proxy`, which must own its files.
+    let _ = Command::new("chown")
+        .args(["-R", "proxy:proxy", &sq.display().to_string()])
+        .status();
+    let service = format!("plkbench{}", std::process::id());
     let child = Command::new(bin)
-        .args(["-N", "-f", &conf_file.display().to_string()])
+        .args(["-N", "-n", &service, "-f", &conf_file.display().to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -1,9 +1,9 @@
 //! Decides how one redirected connection is served, from its first bytes
 //! (`sniff`): a TLS ClientHello is intercepted (or relayed undecrypted for a
 //! passthrough domain), plaintext HTTP is proxied, anything else is relayed
-//! or reset per `--non-http`. A client that stays silent briefly gets its
-//! upstream connected meanwhile, so server-speaks-first protocols are
-//! recognised (and relayed) as soon as the server talks.
+//! or reset per `--non-http`. The upstream is connected while the client's
+//! first bytes are awaited, so server-speaks-first protocols are recognised
+//! (and relayed) as soon as the server talks.
 //!
 //! ALPN: the agent connects to the upstream first, offering `h2` and
 //! `http/1.1` when the client offered `h2` (else `http/1.1` only), then
@@ -34,8 +34,6 @@ use crate::{
     },
 };
 
-/// A client silent this long after connecting may be waiting for the server.
-const EARLY_DIAL: Duration = Duration::from_millis(20);
 /// How long the client's TLS handshake with the agent may take.
 const CLIENT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -106,30 +104,32 @@ pub async fn serve(
     }
 }
 
-/// Sniffs the client's first bytes. A client silent for [`EARLY_DIAL`] may be
-/// waiting for a server-speaks-first protocol (SMTP, MySQL, …): the upstream
-/// is then connected meanwhile, and if it speaks first the connection is
-/// "other" at once instead of after the whole sniff timeout. The early
-/// upstream socket is returned for reuse.
+/// Sniffs the client's first bytes while connecting to the upstream (every
+/// branch but a refused or empty connection needs that socket, and the
+/// connect overlaps the client's first flight). If the upstream speaks before
+/// the client (SMTP, MySQL, …: server-speaks-first protocols), the connection
+/// is "other" at once instead of after the whole sniff timeout.
 async fn sniff_or_server_first(
     client: &TcpStream,
     ctx: &ProxyContext,
     dst: std::net::SocketAddr,
 ) -> Result<(Sniffed, Option<TcpStream>), Error> {
-    let mut first = [0u8; 1];
-    if tokio::time::timeout(EARLY_DIAL, client.peek(&mut first))
-        .await
-        .is_ok()
-    {
-        let s = sniff::sniff(client, ctx.sniff_timeout)
-            .await
-            .map_err(Error::Sniff)?;
-        return Ok((s, None));
-    }
-    let upstream = relay::connect_upstream(dst, ctx.connect_timeout).await?;
+    let sniffing = sniff::sniff(client, ctx.sniff_timeout);
+    let connecting = relay::connect_upstream(dst, ctx.connect_timeout);
+    tokio::pin!(sniffing, connecting);
+    let upstream = tokio::select! {
+        s = &mut sniffing => {
+            let s = s.map_err(Error::Sniff)?;
+            if matches!(s, Sniffed::Closed) {
+                return Ok((s, None));
+            }
+            return Ok((s, Some(connecting.await?)));
+        }
+        c = &mut connecting => c?,
+    };
     let mut probe = [0u8; 1];
     tokio::select! {
-        s = sniff::sniff(client, ctx.sniff_timeout) => Ok((s.map_err(Error::Sniff)?, Some(upstream))),
+        s = &mut sniffing => Ok((s.map_err(Error::Sniff)?, Some(upstream))),
         _ = upstream.peek(&mut probe) => Ok((Sniffed::Other, Some(upstream))),
     }
 }
