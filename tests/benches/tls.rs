@@ -37,6 +37,8 @@ struct Stats {
 
 struct Target {
     name: &'static str,
+    /// Host header: the upstream's name and port, as a redirected client sends it.
+    authority: String,
     connect_to: SocketAddr,
     proxy: Option<SocketAddr>,
     cfg: Arc<rustls::ClientConfig>,
@@ -49,6 +51,7 @@ async fn load(t: &Target, concurrency: usize) -> Stats {
     let stop = measure_from + RUN_FOR;
     for _ in 0..concurrency {
         let (addr, proxy, cfg) = (t.connect_to, t.proxy, t.cfg.clone());
+        let authority = t.authority.clone();
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             let mut errors = 0u64;
@@ -66,7 +69,7 @@ async fn load(t: &Target, concurrency: usize) -> Stats {
                 }
                 let Some(c) = client.as_mut() else { continue };
                 let t0 = Instant::now();
-                match c.get("upstream.test", "/hello").await {
+                match c.get(&authority, "/hello").await {
                     Ok(r) if r.status() == 200 => {
                         if t0 >= measure_from {
                             lat.push(t0.elapsed());
@@ -104,12 +107,13 @@ async fn load(t: &Target, concurrency: usize) -> Stats {
 
 /// Average time of a fresh connection (TCP + TLS handshake) plus one request.
 async fn handshake_cost(t: &Target, n: usize) -> Option<Duration> {
+    let authority = t.authority.clone();
     let start = Instant::now();
     for _ in 0..n {
         let mut c = Client::connect(t.connect_to, t.proxy, "upstream.test", t.cfg.clone())
             .await
             .ok()?;
-        c.get("upstream.test", "/hello").await.ok()?;
+        c.get(&authority, "/hello").await.ok()?;
     }
     Some(start.elapsed() / n as u32)
 }
@@ -268,12 +272,14 @@ fn start_squid(dir: &Path, up_ca: &Path) -> Result<(Proc, SocketAddr, PathBuf), 
          pid_filename {dir}/squid.pid\n\
          coredump_dir {dir}\n\
          cache_effective_user proxy\n\
+         hosts_file {dir}/hosts\n\
          shutdown_lifetime 1 seconds\n",
         ca = ca_file.display(),
         db = db.display(),
         up_ca = up_ca.display(),
         dir = sq.display(),
     );
+    std::fs::write(sq.join("hosts"), "127.0.0.1 upstream.test\n").map_err(|e| e.to_string())?;
     let conf_file = sq.join("squid.conf");
     std::fs::write(&conf_file, conf).map_err(|e| e.to_string())?;
     // squid refuses to run as root: it drops to `proxy`, which must own its files.
@@ -311,15 +317,18 @@ fn main() {
     opts.upstream_ca = Some(up_ca_file.clone());
     let agent = InProcessAgent::start(opts);
     let h1: &[&[u8]] = &[b"http/1.1"];
+    let authority = format!("upstream.test:{}", up.addr.port());
 
     let mut targets = vec![
         Target {
+            authority: authority.clone(),
             name: "direct",
             connect_to: up.addr,
             proxy: None,
             cfg: client_config(&[&up_ca_file], h1),
         },
         Target {
+            authority: authority.clone(),
             name: "pipelock-agent",
             connect_to: agent.addr,
             proxy: None,
@@ -331,6 +340,7 @@ fn main() {
         Ok((p, addr, ca)) => {
             keep.push(p);
             targets.push(Target {
+                authority: authority.clone(),
                 name: "mitmproxy",
                 connect_to: up.addr,
                 proxy: Some(addr),
@@ -343,6 +353,7 @@ fn main() {
         Ok((p, addr, ca)) => {
             keep.push(p);
             targets.push(Target {
+                authority: authority.clone(),
                 name: "squid-ssl-bump",
                 connect_to: up.addr,
                 proxy: Some(addr),
@@ -367,14 +378,35 @@ fn main() {
     let mut results: Vec<(&str, usize, Stats)> = Vec::new();
     for t in &targets {
         // Sanity first: one request must work.
+        let authority = t.authority.clone();
         let ok = rt.block_on(async {
             let mut c =
                 Client::connect(t.connect_to, t.proxy, "upstream.test", t.cfg.clone()).await?;
-            c.get("upstream.test", "/hello").await.map(|r| r.status())
+            c.get(&authority, "/hello").await
         });
-        if !matches!(ok, Ok(s) if s == 200) {
-            println!("{:<16} unusable: {ok:?}", t.name);
-            continue;
+        match ok {
+            Ok(r) if r.status() == 200 => {}
+            Ok(r) => {
+                let body = String::from_utf8_lossy(r.body());
+                // Squid's error pages: keep the error id and message lines.
+                let excerpt: String = body
+                    .lines()
+                    .filter(|l| l.contains("ERR_") || l.contains("<p>") || l.contains("<b>"))
+                    .take(8)
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                println!("{:<16} unusable: HTTP {}: {excerpt}", t.name, r.status());
+                continue;
+            }
+            Err(e) => {
+                println!("{:<16} unusable: {e}", t.name);
+                continue;
+            }
+        }
+        if let Ok(only) = std::env::var("PIPELOCK_BENCH_TARGETS") {
+            if !only.split(',').any(|n| n == t.name) {
+                continue;
+            }
         }
         for conc in [1usize, 50] {
             let s = rt.block_on(load(t, conc));
