@@ -302,6 +302,15 @@ async fn intercept(
         Some(p) if p == H2 => Proto::Http2,
         _ => Proto::Http1,
     };
+    tracing::debug!(
+        target: "pipelock::tls",
+        conn = meta.id,
+        sni = hello.sni.as_deref().unwrap_or(""),
+        orig_dst = %dst,
+        client = ?negotiated,
+        upstream = ?up_proto,
+        "intercepting"
+    );
     let (pool, upstream_failure) = match upstream {
         Ok(io) => match UpstreamPool::with_first(target, io, up_proto).await {
             Ok(p) => (Ok(Arc::new(p)), None),
