@@ -20,12 +20,6 @@ use super::{
     patterns::{self, Confidence, Detector, Rule, RuleClass, Severity},
 };
 
-/// Hyperscan id of the encoded-run detector (base64/hex/base32/percent runs).
-pub const RUN_ID: u32 = 1_000_000;
-/// Minimum length of an encoded run worth decoding.
-pub const RUN_MIN_LEN: usize = 24;
-const RUN_EXPR: &str = "[A-Za-z0-9+/=_%-]{24}";
-
 /// How an excerpt of a match may be shown.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reveal {
@@ -84,7 +78,7 @@ pub struct ExtraLiteral {
 /// The compiled engine. Immutable and shared (`Arc`) by every exchange.
 pub struct Engine {
     id: u64,
-    /// Indexed by Hyperscan id for ids below `RUN_ID`.
+    /// Indexed by Hyperscan id.
     metas: Vec<RuleMeta>,
     dlp_block: BlockDatabase,
     dlp_stream: StreamingDatabase,
@@ -206,19 +200,13 @@ impl Engine {
             span.push(span_pattern(&expr, false, false, id)?);
         }
         let dlp_rules = dlp.len();
-        let mut dlp_stream_set = dlp.clone();
-        dlp_stream_set.push(hs_pattern(RUN_EXPR, false, false, RUN_ID as usize, false)?);
+        let dlp_stream_set = dlp;
         let mut inj = Vec::new();
         for rule in &spec.injection {
             let id = metas.len();
             metas.push(RuleMeta::builtin(rule));
-            inj.push(hs_pattern(
-                rule.expr,
-                rule.caseless,
-                rule.multiline,
-                id,
-                true,
-            )?);
+            let expr = optional_whitespace(rule.expr);
+            inj.push(hs_pattern(&expr, rule.caseless, rule.multiline, id, true)?);
         }
         let inj_rules = inj.len();
 
@@ -264,7 +252,7 @@ impl Engine {
         })
     }
 
-    /// Metadata of a Hyperscan id (`None` for the run detector).
+    /// Metadata of a Hyperscan id.
     pub fn meta(&self, id: u32) -> Option<&RuleMeta> {
         self.metas.get(id as usize)
     }
@@ -298,7 +286,7 @@ impl Engine {
         Ok(result)
     }
 
-    /// Block-mode DLP scan; `on(id, end)` for each hit (`RUN_ID` hits included).
+    /// Block-mode DLP scan; `on(id, end)` for each hit.
     pub fn scan_dlp_block(&self, data: &[u8], on: &mut dyn FnMut(u32, u64)) -> Result<(), Error> {
         self.scan_block(&self.dlp_block, data, on)
     }
@@ -382,6 +370,13 @@ impl Engine {
     pub fn id(&self) -> u64 {
         self.id
     }
+}
+
+/// Injection rules match with optional whitespace between words (`\s+` →
+/// `\s*`), so words glued together by a removed zero-width character
+/// (`ignore\u{200b}all`) still match, as Pipelock's whitespace-variant pass.
+pub fn optional_whitespace(expr: &str) -> String {
+    expr.replace(r"\s+", r"\s*")
 }
 
 fn span_pattern(expr: &str, caseless: bool, multiline: bool, id: usize) -> Result<Pattern, Error> {

@@ -10,6 +10,7 @@ pub mod normalize;
 pub mod numeric;
 pub mod patterns;
 pub mod pipeline;
+pub mod runs;
 pub mod sse;
 pub mod text;
 pub mod validators;

@@ -114,10 +114,6 @@ pub struct Normalizer {
 impl Normalizer {
     /// Normalises the next chunk, appending to `out`.
     pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) {
-        if self.carry_len == 0 && self.pending.is_empty() && input.is_ascii() {
-            self.ascii(input, out);
-            return;
-        }
         let mut input = input;
         // Complete a UTF-8 sequence carried from the previous chunk.
         while self.carry_len > 0 && !input.is_empty() {
@@ -127,9 +123,8 @@ impl Normalizer {
             let carry = self.carry;
             match std::str::from_utf8(&carry[..self.carry_len]) {
                 Ok(s) => {
-                    let s = s.to_owned();
                     self.carry_len = 0;
-                    self.chars(&s, out);
+                    self.chars(s, out);
                 }
                 Err(e) if e.error_len().is_some() || self.carry_len == 4 => {
                     // Invalid sequence: drop it.
@@ -138,28 +133,36 @@ impl Normalizer {
                 Err(_) => {}
             }
         }
-        let mut rest = input;
-        while !rest.is_empty() {
-            match std::str::from_utf8(rest) {
+        while !input.is_empty() {
+            let n = ascii_prefix(input);
+            if n > 0 {
+                self.flush_pending(out);
+                ascii_into(&input[..n], &mut self.last_space, out);
+                input = &input[n..];
+                continue;
+            }
+            // A non-ASCII segment, up to the next ASCII byte.
+            let m = input.iter().position(u8::is_ascii).unwrap_or(input.len());
+            match std::str::from_utf8(&input[..m]) {
                 Ok(s) => {
                     self.chars(s, out);
-                    rest = &[];
+                    input = &input[m..];
                 }
                 Err(e) => {
                     let valid = e.valid_up_to();
-                    // SAFETY-free: `valid_up_to` bytes are valid UTF-8.
-                    if let Ok(s) = std::str::from_utf8(&rest[..valid]) {
+                    if let Ok(s) = std::str::from_utf8(&input[..valid]) {
                         self.chars(s, out);
                     }
                     match e.error_len() {
-                        Some(bad) => rest = &rest[valid + bad..],
-                        None => {
-                            // Incomplete sequence at the end: carry it.
-                            let tail = &rest[valid..];
+                        Some(bad) => input = &input[valid + bad..],
+                        None if m == input.len() => {
+                            // Incomplete sequence at the end of the chunk: carry it.
+                            let tail = &input[valid..];
                             self.carry[..tail.len()].copy_from_slice(tail);
                             self.carry_len = tail.len();
-                            rest = &[];
+                            input = &[];
                         }
+                        None => input = &input[m..],
                     }
                 }
             }
@@ -169,26 +172,14 @@ impl Normalizer {
     /// Flushes held-back characters at the end of the stream.
     pub fn finish(&mut self, out: &mut Vec<u8>) {
         self.carry_len = 0;
-        let pending = std::mem::take(&mut self.pending);
-        self.emit_nfkc(&pending, out);
+        self.flush_pending(out);
     }
 
-    fn ascii(&mut self, input: &[u8], out: &mut Vec<u8>) {
-        out.reserve(input.len());
-        let mut last_space = self.last_space;
-        for &b in input {
-            let m = ASCII_MAP[usize::from(b & 0x7f)];
-            if m == b' ' {
-                if !last_space {
-                    out.push(b' ');
-                    last_space = true;
-                }
-            } else if m != 0 {
-                out.push(m);
-                last_space = false;
-            }
+    fn flush_pending(&mut self, out: &mut Vec<u8>) {
+        if !self.pending.is_empty() {
+            emit_nfkc(&self.pending, &mut self.last_space, out);
+            self.pending.clear();
         }
-        self.last_space = last_space;
     }
 
     fn chars(&mut self, s: &str, out: &mut Vec<u8>) {
@@ -196,34 +187,63 @@ impl Normalizer {
             if is_invisible(c) {
                 continue;
             }
-            if canonical_combining_class(c) == 0 && !self.pending.is_empty() {
+            if canonical_combining_class(c) == 0 {
                 // A starter: everything before it is stable.
-                let pending = std::mem::take(&mut self.pending);
-                self.emit_nfkc(&pending, out);
+                self.flush_pending(out);
             }
             self.pending.push(c);
             if self.pending.len() >= MAX_PENDING {
-                let pending = std::mem::take(&mut self.pending);
-                self.emit_nfkc(&pending, out);
+                self.flush_pending(out);
             }
         }
     }
+}
 
-    fn emit_nfkc(&mut self, s: &str, out: &mut Vec<u8>) {
-        let mut buf = [0u8; 4];
-        for c in s.nfkc() {
-            if is_invisible(c) || canonical_combining_class(c) != 0 {
-                continue;
+/// Length of the leading ASCII part of `b`.
+fn ascii_prefix(b: &[u8]) -> usize {
+    let mut i = 0;
+    while i + 32 <= b.len() && b[i..i + 32].is_ascii() {
+        i += 32;
+    }
+    i + b[i..]
+        .iter()
+        .position(|c| !c.is_ascii())
+        .unwrap_or(b.len() - i)
+}
+
+/// Maps ASCII bytes through [`ASCII_MAP`], collapsing whitespace runs.
+fn ascii_into(input: &[u8], last_space: &mut bool, out: &mut Vec<u8>) {
+    out.reserve(input.len());
+    let mut ls = *last_space;
+    for &b in input {
+        let m = ASCII_MAP[usize::from(b & 0x7f)];
+        if m == b' ' {
+            if !ls {
+                out.push(b' ');
+                ls = true;
             }
-            let c = fold_homoglyph(c);
-            if c.is_ascii() {
-                self.ascii(&[c as u8], out);
-            } else if c.is_whitespace() {
-                self.ascii(b" ", out);
-            } else {
-                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
-                self.last_space = false;
-            }
+        } else if m != 0 {
+            out.push(m);
+            ls = false;
+        }
+    }
+    *last_space = ls;
+}
+
+fn emit_nfkc(s: &str, last_space: &mut bool, out: &mut Vec<u8>) {
+    let mut buf = [0u8; 4];
+    for c in s.nfkc() {
+        if is_invisible(c) || canonical_combining_class(c) != 0 {
+            continue;
+        }
+        let c = fold_homoglyph(c);
+        if c.is_ascii() {
+            ascii_into(&[c as u8], last_space, out);
+        } else if c.is_whitespace() {
+            ascii_into(b" ", last_space, out);
+        } else {
+            out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+            *last_space = false;
         }
     }
 }
@@ -251,7 +271,11 @@ mod tests {
         assert_eq!(norm("іgnоrе"), "ignore", "Cyrillic homoglyphs");
         assert_eq!(norm("ｉｇｎｏｒｅ"), "ignore", "fullwidth via NFKC");
         assert_eq!(norm("1gn0r3 pr3v10u5"), "ignore previous");
-        assert_eq!(norm("e\u{301}x"), "éx", "composed");
+        assert_eq!(
+            norm("caf\u{e9} e\u{301}x"),
+            "café ex",
+            "combining marks dropped"
+        );
         assert_eq!(norm("忽略之前的指令"), "忽略之前的指令");
     }
 

@@ -8,10 +8,11 @@ use std::{borrow::Cow, sync::Arc};
 use super::{
     Error,
     decode::{self, SecretEncoding},
-    engine::{Engine, EngineStream, RUN_ID, RUN_MIN_LEN, Reveal, RuleMeta},
+    engine::{Engine, EngineStream, Reveal, RuleMeta},
     normalize::Normalizer,
     numeric::{NumericHit, NumericScanner},
     patterns::{self, Detector},
+    runs::{RunScanner, runs_in},
 };
 
 /// Bytes of history kept per stream; also the longest span an excerpt can recover.
@@ -150,8 +151,7 @@ pub fn scan_dlp_block(
     out: &mut Vec<Hit>,
 ) -> Result<(), Error> {
     let mut hits = Vec::new();
-    let mut runs: Vec<(u64, u64)> = Vec::new();
-    engine.scan_dlp_block(data, &mut |id, to| collect(id, to, &mut hits, &mut runs))?;
+    engine.scan_dlp_block(data, &mut |id, to| hits.push((id, to)))?;
     for (id, to) in hits {
         let Some(meta) = engine.meta(id) else {
             continue;
@@ -180,10 +180,8 @@ pub fn scan_dlp_block(
         }
     }
     if depth < limits.max_depth {
-        for (first, last) in runs {
-            let start = (first as usize).saturating_sub(RUN_MIN_LEN);
-            let end = (last as usize).min(start + limits.max_run);
-            scan_run(engine, &data[start..end], location, limits, depth + 1, out)?;
+        for run in runs_in(data, limits.max_run) {
+            scan_run(engine, &run, location, limits, depth + 1, out)?;
         }
     }
     Ok(())
@@ -205,28 +203,15 @@ fn scan_run(
     Ok(())
 }
 
-#[inline]
-fn collect(id: u32, to: u64, hits: &mut Vec<(u32, u64)>, runs: &mut Vec<(u64, u64)>) {
-    if id == RUN_ID {
-        match runs.last_mut() {
-            Some(last) if last.1 + 1 == to => last.1 = to,
-            _ => runs.push((to, to)),
-        }
-    } else {
-        hits.push((id, to));
-    }
-}
-
 /// DLP state of one text stream.
 struct DlpText {
     stream: EngineStream,
     numeric: NumericScanner,
+    runs: RunScanner,
     ring: Ring,
     offset: u64,
-    /// Open encoded run: (start offset, bytes so far (≤ max_run), last end).
-    run: Option<(u64, Vec<u8>, u64)>,
     hits: Vec<(u32, u64)>,
-    runs: Vec<(u64, u64)>,
+    found_runs: Vec<Vec<u8>>,
     num_hits: Vec<NumericHit>,
 }
 
@@ -272,11 +257,11 @@ impl TextScanner {
             Some(DlpText {
                 stream: engine.open_dlp_stream()?,
                 numeric: NumericScanner::default(),
+                runs: RunScanner::new(limits.max_run),
                 ring: Ring::default(),
                 offset: 0,
-                run: None,
                 hits: Vec::new(),
-                runs: Vec::new(),
+                found_runs: Vec::new(),
                 num_hits: Vec::new(),
             })
         } else {
@@ -320,16 +305,17 @@ impl TextScanner {
     pub fn finish(&mut self, out: &mut Vec<Hit>) -> Result<(), Error> {
         if let Some(d) = self.dlp.as_mut() {
             d.hits.clear();
-            d.runs.clear();
-            let (hits, runs) = (&mut d.hits, &mut d.runs);
-            d.stream.close(&mut |id, to| collect(id, to, hits, runs))?;
+            let hits = &mut d.hits;
+            d.stream.close(&mut |id, to| hits.push((id, to)))?;
             let hits = std::mem::take(&mut d.hits);
             report_dlp_hits(&self.engine, d, &hits, &[], self.location, out);
             d.num_hits.clear();
             d.numeric.finish(&mut d.num_hits);
             report_numeric(d, self.location, out);
-            if let Some((_, bytes, _)) = d.run.take() {
-                scan_run(&self.engine, &bytes, self.location, self.limits, 1, out)?;
+            d.found_runs.clear();
+            d.runs.finish(&mut d.found_runs);
+            for run in std::mem::take(&mut d.found_runs) {
+                scan_run(&self.engine, &run, self.location, self.limits, 1, out)?;
             }
         }
         if let Some(i) = self.inj.as_mut() {
@@ -384,11 +370,9 @@ fn dlp_feed(
     out: &mut Vec<Hit>,
 ) -> Result<(), Error> {
     d.hits.clear();
-    d.runs.clear();
     {
-        let (hits, runs) = (&mut d.hits, &mut d.runs);
-        d.stream
-            .scan(data, &mut |id, to| collect(id, to, hits, runs))?;
+        let hits = &mut d.hits;
+        d.stream.scan(data, &mut |id, to| hits.push((id, to)))?;
     }
     if !d.hits.is_empty() {
         let hits = std::mem::take(&mut d.hits);
@@ -397,38 +381,12 @@ fn dlp_feed(
     }
     d.numeric.feed(data, &mut d.num_hits);
     report_numeric(d, location, out);
-
-    // Encoded runs: continue the open one, decode the finished ones.
-    let chunk_end = d.offset + data.len() as u64;
-    let runs = std::mem::take(&mut d.runs);
-    for &(first, last) in &runs {
-        let continues = matches!(&d.run, Some((_, _, prev_last)) if *prev_last + 1 == first && *prev_last == d.offset);
-        if continues {
-            if let Some((_, bytes, prev_last)) = d.run.as_mut() {
-                let room = limits.max_run.saturating_sub(bytes.len());
-                let add = window(&d.ring, data, d.offset, *prev_last, last);
-                bytes.extend_from_slice(&add[..add.len().min(room)]);
-                *prev_last = last;
-            }
-        } else {
-            if let Some((_, bytes, _)) = d.run.take() {
-                scan_run(engine, &bytes, location, limits, 1, out)?;
-            }
-            let start = first.saturating_sub(RUN_MIN_LEN as u64);
-            let end = last.min(start + limits.max_run as u64);
-            let bytes = window(&d.ring, data, d.offset, start, end);
-            d.run = Some((start, bytes, last));
-        }
-    }
-    d.runs = runs;
-    if let Some((_, _, last)) = &d.run
-        && *last < chunk_end
-        && let Some((_, bytes, _)) = d.run.take()
-    {
-        scan_run(engine, &bytes, location, limits, 1, out)?;
+    d.runs.feed(data, &mut d.found_runs);
+    for run in std::mem::take(&mut d.found_runs) {
+        scan_run(engine, &run, location, limits, 1, out)?;
     }
     d.ring.push(data);
-    d.offset = chunk_end;
+    d.offset += data.len() as u64;
     Ok(())
 }
 

@@ -128,7 +128,7 @@ pub static INJECTION_RULES: &[Rule] = &[
         Injection,
         S::High,
         C::Medium,
-        r"\b(?:send|provide|paste|return|include|supply|submit|share|reveal|output|print)\b[^\n]{0,80}\b(?:your|the\s+user's|the\s+system)\s+(?:\w+\s+)?(?:password|passwd|api[\s_-]?keys?|secret\s+keys?|credentials|private\s+keys?|ssh\s+keys?|session\s+cookies?|access\s+tokens?|auth(?:entication)?\s+tokens?|environment\s+variables)\b",
+        r"\b(?:send|provide|paste|return|include|supply|submit|share|reveal|output|print)\s+(?:(?:me|us|it|back|over|along|all|of|here|now|please|immediately)\s+){0,3}(?:your|the\s+user's|the\s+system's?)\s+(?:\w+\s+)?(?:password|passwd|api[\s_-]?keys?|secret\s+keys?|credentials|private\s+keys?|ssh\s+keys?|session\s+cookies?|access\s+tokens?|auth(?:entication)?\s+tokens?|environment\s+variables)\b",
     ),
     rule(
         "inj.credential_path",

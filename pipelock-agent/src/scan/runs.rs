@@ -1,0 +1,157 @@
+//! Encoded-run detection for secret decoding: finds runs of base64 /
+//! base64url / hex / base32 / percent-encoding characters that are at
+//! least [`RUN_MIN_LEN`] long and contain a digit (virtually every encoded
+//! secret does; English words do not). Like the numeric pass it jumps from
+//! digit to digit, so clean text costs little; state per stream is a
+//! 64-byte tail and one run buffer of at most `max_run` bytes.
+use super::numeric::next_digit;
+
+/// Shortest run worth decoding.
+pub const RUN_MIN_LEN: usize = 24;
+const TAIL: usize = 64;
+
+#[inline]
+fn is_run_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'_' | b'%' | b'-')
+}
+
+/// Streaming encoded-run finder.
+#[derive(Clone, Debug)]
+pub struct RunScanner {
+    tail: [u8; TAIL],
+    tail_len: usize,
+    in_run: bool,
+    buf: Vec<u8>,
+    max_run: usize,
+}
+
+impl RunScanner {
+    /// A scanner keeping at most `max_run` bytes of a run.
+    pub fn new(max_run: usize) -> Self {
+        RunScanner {
+            tail: [0; TAIL],
+            tail_len: 0,
+            in_run: false,
+            buf: Vec::new(),
+            max_run: max_run.max(RUN_MIN_LEN),
+        }
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        let room = self.max_run.saturating_sub(self.buf.len());
+        self.buf.extend_from_slice(&bytes[..bytes.len().min(room)]);
+    }
+
+    fn end_run(&mut self, out: &mut Vec<Vec<u8>>) {
+        self.in_run = false;
+        if self.buf.len() >= RUN_MIN_LEN {
+            out.push(std::mem::take(&mut self.buf));
+        } else {
+            self.buf.clear();
+        }
+    }
+
+    /// Scans the next chunk; completed runs are appended to `out`.
+    pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<Vec<u8>>) {
+        let len = chunk.len();
+        let mut i = 0;
+        while i < len {
+            if !self.in_run {
+                let Some(p) = next_digit(chunk, i) else {
+                    break;
+                };
+                let mut s = p;
+                while s > i && is_run_byte(chunk[s - 1]) && p - s < self.max_run {
+                    s -= 1;
+                }
+                self.buf.clear();
+                if s == 0 && i == 0 {
+                    let k = self.tail[..self.tail_len]
+                        .iter()
+                        .rev()
+                        .take_while(|&&b| is_run_byte(b))
+                        .count();
+                    let tail = self.tail;
+                    self.push(&tail[self.tail_len - k..self.tail_len]);
+                }
+                self.push(&chunk[s..p]);
+                self.in_run = true;
+                i = p;
+            }
+            let start = i;
+            while i < len && is_run_byte(chunk[i]) {
+                i += 1;
+            }
+            self.push(&chunk[start..i]);
+            if i < len {
+                self.end_run(out);
+                i += 1;
+            }
+        }
+        self.save_tail(chunk);
+    }
+
+    /// Ends the stream.
+    pub fn finish(&mut self, out: &mut Vec<Vec<u8>>) {
+        if self.in_run {
+            self.end_run(out);
+        }
+    }
+
+    fn save_tail(&mut self, chunk: &[u8]) {
+        if chunk.len() >= TAIL {
+            self.tail.copy_from_slice(&chunk[chunk.len() - TAIL..]);
+            self.tail_len = TAIL;
+        } else {
+            let keep = (TAIL - chunk.len()).min(self.tail_len);
+            let mut next = [0u8; TAIL];
+            next[..keep].copy_from_slice(&self.tail[self.tail_len - keep..self.tail_len]);
+            next[keep..keep + chunk.len()].copy_from_slice(chunk);
+            self.tail = next;
+            self.tail_len = keep + chunk.len();
+        }
+    }
+}
+
+/// All runs of a whole buffer.
+pub fn runs_in(data: &[u8], max_run: usize) -> Vec<Vec<u8>> {
+    let mut s = RunScanner::new(max_run);
+    let mut out = Vec::new();
+    s.feed(data, &mut out);
+    s.finish(&mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_runs_with_digits_across_splits() {
+        let run = "Z2hwX2FCM2RFNWdIN2pLOW1OMXBRMnNUNHZXNnlaOA==";
+        let text = format!("blob: {run}, words without digits aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa end");
+        let b = text.as_bytes();
+        for cut in 0..=b.len() {
+            let mut s = RunScanner::new(4096);
+            let mut out = Vec::new();
+            s.feed(&b[..cut], &mut out);
+            s.feed(&b[cut..], &mut out);
+            s.finish(&mut out);
+            assert_eq!(out, vec![run.as_bytes().to_vec()], "split at {cut}");
+        }
+    }
+
+    #[test]
+    fn short_runs_and_plain_text_ignored() {
+        assert!(runs_in(b"version 1.2.3 of 2024-01-01, abc123 ok", 4096).is_empty());
+        assert_eq!(runs_in(b"x deadbeefdeadbeefdeadbeef01 y", 4096).len(), 1);
+    }
+
+    #[test]
+    fn long_runs_are_truncated() {
+        let long = "ab1".repeat(1000);
+        let got = runs_in(long.as_bytes(), 100);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].len(), 100);
+    }
+}
