@@ -12,7 +12,7 @@ const TAIL: usize = 64;
 
 #[inline]
 fn is_run_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'_' | b'%' | b'-')
+    b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'_' | b'%' | b'-' | b'.')
 }
 
 /// Streaming encoded-run finder.
@@ -113,6 +113,34 @@ impl RunScanner {
     }
 }
 
+/// A Discord bot token: `[MNO]` + 23–25 alnum, `.`, 6, `.`, 27+ of
+/// `[A-Za-z0-9_-]` (trailing dots allowed: sentence end).
+pub fn discord_token(run: &[u8]) -> bool {
+    let run = run.strip_suffix(b".").unwrap_or(run);
+    let mut parts = run.split(|&b| b == b'.');
+    let (Some(a), Some(b), Some(c), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    let tok = |s: &[u8]| {
+        s.iter()
+            .all(|&x| x.is_ascii_alphanumeric() || x == b'_' || x == b'-')
+    };
+    (24..=26).contains(&a.len())
+        && matches!(a[0], b'M' | b'N' | b'O')
+        && a.iter().all(u8::is_ascii_alphanumeric)
+        && b.len() == 6
+        && tok(b)
+        && c.len() >= 27
+        && tok(c)
+}
+
+/// The parts of a run worth decoding (split at `.`; at least [`RUN_MIN_LEN`]).
+pub fn decodable_parts(run: &[u8]) -> impl Iterator<Item = &[u8]> {
+    run.split(|&b| b == b'.').filter(|p| p.len() >= RUN_MIN_LEN)
+}
+
 /// All runs of a whole buffer.
 pub fn runs_in(data: &[u8], max_run: usize) -> Vec<Vec<u8>> {
     let mut s = RunScanner::new(max_run);
@@ -130,6 +158,7 @@ mod tests {
     fn finds_runs_with_digits_across_splits() {
         let run = "Z2hwX2FCM2RFNWdIN2pLOW1OMXBRMnNUNHZXNnlaOA==";
         let text = format!("blob: {run}, words without digits aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa end");
+        assert!(!discord_token(run.as_bytes()));
         let b = text.as_bytes();
         for cut in 0..=b.len() {
             let mut s = RunScanner::new(4096);

@@ -12,7 +12,7 @@ use super::{
     normalize::Normalizer,
     numeric::{NumericHit, NumericScanner},
     patterns::{self, Detector},
-    runs::{RunScanner, runs_in},
+    runs::{RunScanner, decodable_parts, discord_token, runs_in},
 };
 
 /// Bytes of history kept per stream; also the longest span an excerpt can recover.
@@ -181,8 +181,36 @@ pub fn scan_dlp_block(
     }
     if depth < limits.max_depth {
         for run in runs_in(data, limits.max_run) {
-            scan_run(engine, &run, location, limits, depth + 1, out)?;
+            handle_run(engine, &run, location, limits, depth + 1, out)?;
         }
+    }
+    Ok(())
+}
+
+/// Checks an encoded run for token shapes without a literal (Discord), then
+/// decodes its parts and scans the results.
+fn handle_run(
+    engine: &Engine,
+    run: &[u8],
+    location: &str,
+    limits: RunLimits,
+    depth: u8,
+    out: &mut Vec<Hit>,
+) -> Result<(), Error> {
+    if discord_token(run)
+        && let Some(meta) = patterns::dlp::DLP_RULES
+            .iter()
+            .find(|r| r.detector == Detector::Numeric(patterns::NumericKind::DiscordToken))
+            .map(RuleMeta::builtin)
+    {
+        out.push(Hit {
+            meta,
+            excerpt: format!("{}[REDACTED {} bytes]", sanitize(&run[..4]), run.len() - 4),
+            location: Cow::Owned(location.to_owned()),
+        });
+    }
+    for part in decodable_parts(run) {
+        scan_run(engine, part, location, limits, depth, out)?;
     }
     Ok(())
 }
@@ -315,7 +343,7 @@ impl TextScanner {
             d.found_runs.clear();
             d.runs.finish(&mut d.found_runs);
             for run in std::mem::take(&mut d.found_runs) {
-                scan_run(&self.engine, &run, self.location, self.limits, 1, out)?;
+                handle_run(&self.engine, &run, self.location, self.limits, 1, out)?;
             }
         }
         if let Some(i) = self.inj.as_mut() {
@@ -383,7 +411,7 @@ fn dlp_feed(
     report_numeric(d, location, out);
     d.runs.feed(data, &mut d.found_runs);
     for run in std::mem::take(&mut d.found_runs) {
-        scan_run(engine, &run, location, limits, 1, out)?;
+        handle_run(engine, &run, location, limits, 1, out)?;
     }
     d.ring.push(data);
     d.offset += data.len() as u64;

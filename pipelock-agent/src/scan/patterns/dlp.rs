@@ -58,7 +58,7 @@ pub static DLP_RULES: &[Rule] = &[
     rule("dlp.slack_token", "Slack token", Dlp, S::Critical, C::High, r"\bxox[bpras]-[0-9A-Za-z-]{15,}").home(SLACK),
     rule("dlp.slack_app_token", "Slack app-level token", Dlp, S::Critical, C::High, r"\bxapp-\d+-[A-Z0-9]+-\d+-[a-f0-9]{20,}").home(SLACK),
     rule("dlp.slack_webhook_url", "Slack incoming-webhook URL", Dlp, S::High, C::High, r"hooks\.slack\.com/services/T[A-Z0-9]{6,}/B[A-Z0-9]{6,}/[A-Za-z0-9]{20,}").case_sensitive().home(SLACK),
-    rule("dlp.discord_bot_token", "Discord bot token", Dlp, S::Critical, C::Medium, r"\b[MNO][A-Za-z0-9]{23,25}\.[A-Za-z0-9_-]{6}\.[A-Za-z0-9_-]{27,}").case_sensitive().home(&["discord.com"]),
+    rule("dlp.discord_bot_token", "Discord bot token", Dlp, S::Critical, C::Medium, r"\b[MNO][A-Za-z0-9]{23,25}\.[A-Za-z0-9_-]{6}\.[A-Za-z0-9_-]{27,}").case_sensitive().numeric(NumericKind::DiscordToken).home(&["discord.com"]),
     rule("dlp.stripe_key", "Stripe secret or restricted key", Dlp, S::Critical, C::High, r"\b[sr]k_(?:live|test)_[A-Za-z0-9]{20,}").case_sensitive().home(STRIPE),
     rule("dlp.stripe_webhook_secret", "Stripe webhook secret", Dlp, S::Critical, C::High, r"\bwhsec_[A-Za-z0-9_-]{20,}").case_sensitive().home(STRIPE),
     rule("dlp.twilio_api_key", "Twilio API key", Dlp, S::High, C::High, r"\bSK[0-9a-f]{32}\b").case_sensitive().home(&["twilio.com"]),
@@ -67,7 +67,7 @@ pub static DLP_RULES: &[Rule] = &[
     rule("dlp.newrelic_api_key", "New Relic API key", Dlp, S::Critical, C::High, r"\bNRAK-[A-Z0-9]{27,}").home(&["newrelic.com"]),
     // --- key material ---
     rule("dlp.private_key_block", "Private key block", Dlp, S::Critical, C::High, r"-----BEGIN (?:RSA |EC |DSA |OPENSSH |ENCRYPTED |PGP )?PRIVATE KEY(?: BLOCK)?-----").case_sensitive(),
-    rule("dlp.jwt", "JSON Web Token", Dlp, S::High, C::Medium, r"\bey[A-Za-z0-9_-]{10,}\.ey[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}").case_sensitive(),
+    rule("dlp.jwt", "JSON Web Token", Dlp, S::High, C::Medium, r"\beyJ[A-Za-z0-9_-]{10,}\.eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}").case_sensitive(),
     rule("dlp.crypto_wif_private_key", "Bitcoin WIF private key", Dlp, S::Critical, C::High, r"\b(?:5[1-9A-HJ-NP-Za-km-z]{50}|[KL][1-9A-HJ-NP-Za-km-z]{51})\b").case_sensitive().numeric(NumericKind::Wif),
     rule("dlp.crypto_extended_private_key", "BIP-32 extended private key", Dlp, S::Critical, C::High, r"\b[xyzt]prv[1-9A-HJ-NP-Za-km-z]{107,108}\b").case_sensitive(),
     rule("dlp.ethereum_private_key", "Ethereum private key (0x + 64 hex)", Dlp, S::Critical, C::Medium, r"\b0x[0-9a-f]{64}\b"),

@@ -42,8 +42,9 @@ pub enum RuleClass {
 pub enum Detector {
     /// Compiled into the Hyperscan databases (detection without SOM).
     Hyperscan,
-    /// The cheap digit/base58 pass in `scan::numeric` with a validator; `expr`
-    /// is then only the regex form used by the benchmark baseline.
+    /// A cheap digit-triggered pass (`scan::numeric`, or `scan::runs` for
+    /// Discord tokens) with a validator; `expr` is then only the regex form
+    /// used by the benchmark baseline.
     Numeric(NumericKind),
     /// Raised by the scanner itself (no expression).
     Internal,
@@ -57,6 +58,8 @@ pub enum NumericKind {
     Iban,
     Wif,
     AbaRouting,
+    /// Found by the encoded-run pass (no literal for Hyperscan to anchor on).
+    DiscordToken,
 }
 
 /// One detection rule.
