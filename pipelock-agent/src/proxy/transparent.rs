@@ -103,44 +103,32 @@ async fn handle(
 fn log_connection(meta: &ConnMeta, s: &ConnSummary, took: Duration, error: Option<&Error>) {
     let who = meta.attribution.as_ref();
     let dst = meta.orig_dst.map(|d| d.to_string()).unwrap_or_default();
-    let fields = (
-        who.map_or(0, |w| w.pid),
-        who.map_or(0, |w| w.tgid),
-        who.map_or("", |w| w.comm.as_str()),
-        who.map_or(0, |w| w.cgroup_id),
-    );
-    match error {
-        None => tracing::info!(
-            target: "pipelock::conn",
-            conn = meta.id,
-            peer = %meta.peer,
-            orig_dst = %dst,
-            pid = fields.0,
-            tgid = fields.1,
-            comm = fields.2,
-            cgroup_id = fields.3,
-            kind = s.kind,
-            bytes_up = s.bytes_up,
-            bytes_down = s.bytes_down,
-            duration_ms = took.as_millis() as u64,
-            "connection closed"
-        ),
-        Some(e) => tracing::warn!(
-            target: "pipelock::conn",
-            conn = meta.id,
-            peer = %meta.peer,
-            orig_dst = %dst,
-            pid = fields.0,
-            tgid = fields.1,
-            comm = fields.2,
-            cgroup_id = fields.3,
-            kind = s.kind,
-            bytes_up = s.bytes_up,
-            bytes_down = s.bytes_down,
-            duration_ms = took.as_millis() as u64,
-            side = ?e.side(),
-            error = %e,
-            "connection failed"
-        ),
+    let side = error.map(|e| tracing::field::debug(e.side()));
+    let error = error.map(tracing::field::display);
+    macro_rules! emit {
+        ($level:ident, $message:literal) => {
+            tracing::$level!(
+                target: "pipelock::conn",
+                conn = meta.id,
+                peer = %meta.peer,
+                orig_dst = %dst,
+                pid = who.map_or(0, |w| w.pid),
+                tgid = who.map_or(0, |w| w.tgid),
+                comm = who.map_or("", |w| w.comm.as_str()),
+                cgroup_id = who.map_or(0, |w| w.cgroup_id),
+                kind = s.kind,
+                bytes_up = s.bytes_up,
+                bytes_down = s.bytes_down,
+                duration_ms = took.as_millis() as u64,
+                side,
+                error,
+                $message
+            )
+        };
+    }
+    if error.is_some() {
+        emit!(warn, "connection failed");
+    } else {
+        emit!(info, "connection closed");
     }
 }
