@@ -355,7 +355,7 @@ pub fn decode_candidates(run: &[u8]) -> Vec<(SecretEncoding, Vec<u8>)> {
     if body.contains(&b'=') {
         return out;
     }
-    if body.len() >= 16 && body.len() % 2 == 0 && body.iter().all(u8::is_ascii_hexdigit) {
+    if body.len() >= 16 && body.len().is_multiple_of(2) && body.iter().all(u8::is_ascii_hexdigit) {
         let mut bytes = Vec::with_capacity(body.len() / 2);
         for pair in body.chunks(2) {
             let hex = |b: u8| (b as char).to_digit(16).unwrap_or(0) as u8;

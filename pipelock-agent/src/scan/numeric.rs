@@ -184,8 +184,8 @@ impl NumericScanner {
             let b = self.tail[self.tail_len - from_tail + k];
             self.push_raw(b);
         }
-        for k in s..p {
-            self.push_raw(chunk[k]);
+        for &b in &chunk[s..p] {
+            self.push_raw(b);
         }
         // Left context (for "routing number: ..."), up to CTX bytes.
         let mut ctx = [0u8; CTX];

@@ -18,7 +18,7 @@ pub fn luhn(digits: &[u8]) -> bool {
         }
         sum += v;
     }
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 fn prefix_num(digits: &[u8], n: usize) -> u32 {
@@ -193,7 +193,7 @@ pub fn aba_routing(d: &[u8]) -> bool {
     }
     let v: Vec<u32> = d.iter().map(|b| u32::from(b - b'0')).collect();
     let sum = 3 * (v[0] + v[3] + v[6]) + 7 * (v[1] + v[4] + v[7]) + (v[2] + v[5] + v[8]);
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// US SSN `AAA-GG-SSSS` digits (9): area not 000/666/9xx, group and serial not zero.
