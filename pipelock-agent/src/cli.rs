@@ -26,7 +26,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Attach to a cgroup and intercept its outbound TCP connections (default).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Certificate authority operations.
     #[command(subcommand)]
     Ca(CaCommand),

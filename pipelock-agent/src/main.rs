@@ -11,7 +11,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         None => start(cli.run),
-        Some(Command::Run(args)) => start(args),
+        Some(Command::Run(args)) => start(*args),
         Some(Command::Ca(CaCommand::Export(args))) => ca_export(&args),
     };
     match result {

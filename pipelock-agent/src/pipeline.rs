@@ -55,6 +55,18 @@ pub struct Block {
     pub rule_ids: Vec<String>,
 }
 
+impl Block {
+    /// The JSON body every listener answers a block with:
+    /// `{"error":"blocked","reason":…,"rule_ids":[…]}`.
+    pub fn json_body(&self) -> serde_json::Value {
+        serde_json::json!({
+            "error": "blocked",
+            "reason": self.reason,
+            "rule_ids": self.rule_ids,
+        })
+    }
+}
+
 /// What a phase hook decided.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decision {

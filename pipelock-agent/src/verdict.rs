@@ -102,16 +102,6 @@ pub fn block(direction: &str, rule_ids: &[String]) -> Block {
     }
 }
 
-/// The JSON body for a 403 answer: `{"error":"blocked","reason":…,"rule_ids":[…]}`.
-pub fn block_json(b: &Block) -> String {
-    serde_json::json!({
-        "error": "blocked",
-        "reason": b.reason,
-        "rule_ids": b.rule_ids,
-    })
-    .to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,7 +140,7 @@ mod tests {
         assert!(b.reason.contains("dlp.rule_0"));
         assert!(b.reason.contains("and 5 more"), "{}", b.reason);
         assert!(!b.reason.contains('"') && !b.reason.contains('\\'));
-        let v: serde_json::Value = serde_json::from_str(&block_json(&b)).unwrap();
+        let v = b.json_body();
         assert_eq!(v["rule_ids"].as_array().unwrap().len(), 13);
     }
 }

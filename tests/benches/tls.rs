@@ -403,10 +403,10 @@ fn main() {
                 continue;
             }
         }
-        if let Ok(only) = std::env::var("PIPELOCK_BENCH_TARGETS") {
-            if !only.split(',').any(|n| n == t.name) {
-                continue;
-            }
+        if let Ok(only) = std::env::var("PIPELOCK_BENCH_TARGETS")
+            && !only.split(',').any(|n| n == t.name)
+        {
+            continue;
         }
         for conc in [1usize, 50] {
             let s = rt.block_on(load(t, conc));

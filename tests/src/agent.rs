@@ -74,7 +74,12 @@ impl Agent {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap_or_else(|e| panic!("spawning {}: {e} (build it with cargo xtask test)", bin.display()));
+            .unwrap_or_else(|e| {
+                panic!(
+                    "spawning {}: {e} (build it with cargo xtask test)",
+                    bin.display()
+                )
+            });
         let log: Arc<(Mutex<Log>, Condvar)> = Arc::default();
         let mut readers = Vec::new();
         if let Some(out) = child.stdout.take() {

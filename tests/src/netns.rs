@@ -57,13 +57,24 @@ impl TestNetns {
         let (h6, p6) = (format!("{}/64", ns.host_v6), format!("{}/64", ns.pod_v6));
         let steps: Vec<Vec<&str>> = vec![
             vec!["netns", "add", &ns.name],
-            vec!["link", "add", &ns.host_if, "type", "veth", "peer", "name", &pod_if],
+            vec![
+                "link",
+                "add",
+                &ns.host_if,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &pod_if,
+            ],
             vec!["link", "set", &pod_if, "netns", &ns.name],
             vec!["addr", "add", &h4, "dev", &ns.host_if],
             vec!["-6", "addr", "add", &h6, "dev", &ns.host_if, "nodad"],
             vec!["link", "set", &ns.host_if, "up"],
             vec!["-n", &ns.name, "addr", "add", &p4, "dev", &pod_if],
-            vec!["-n", &ns.name, "-6", "addr", "add", &p6, "dev", &pod_if, "nodad"],
+            vec![
+                "-n", &ns.name, "-6", "addr", "add", &p6, "dev", &pod_if, "nodad",
+            ],
             vec!["-n", &ns.name, "link", "set", &pod_if, "up"],
             vec!["-n", &ns.name, "link", "set", "lo", "up"],
         ];

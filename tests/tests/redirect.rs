@@ -48,7 +48,12 @@ fn pid_and_body(run: &ClientRun) -> (u32, Value) {
 }
 
 fn curl(place: Place<'_>, url: &str) -> (u32, Value) {
-    let run = client::run(place, "curl", &["-sS", "-g", "--max-time", "20", url], CLIENT_TIMEOUT);
+    let run = client::run(
+        place,
+        "curl",
+        &["-sS", "-g", "--max-time", "20", url],
+        CLIENT_TIMEOUT,
+    );
     assert!(run.ok(), "curl {url} failed: {run:?}");
     let json = serde_json::from_str(&run.stdout)
         .unwrap_or_else(|e| panic!("bad body {:?}: {e}", run.stdout));
@@ -58,7 +63,12 @@ fn curl(place: Place<'_>, url: &str) -> (u32, Value) {
 fn conn_for(agent: &Agent, tgid: u32) -> Value {
     agent
         .wait_for_conn(LOG_WAIT, |r| r["tgid"] == tgid)
-        .unwrap_or_else(|| panic!("no connection record for tgid {tgid}; agent log:\n{}", agent.output()))
+        .unwrap_or_else(|| {
+            panic!(
+                "no connection record for tgid {tgid}; agent log:\n{}",
+                agent.output()
+            )
+        })
 }
 
 #[test]
@@ -79,19 +89,31 @@ fn clients_in_the_cgroup_are_redirected_with_attribution() {
         (
             "net_http",
             "ruby",
-            vec!["-rnet/http", "-e", "puts Process.pid; puts Net::HTTP.get(URI(ARGV[0]))"],
+            vec![
+                "-rnet/http",
+                "-e",
+                "puts Process.pid; puts Net::HTTP.get(URI(ARGV[0]))",
+            ],
             "ruby",
         ),
         (
             "httparty",
             "ruby",
-            vec!["-rhttparty", "-e", "puts Process.pid; puts HTTParty.get(ARGV[0]).body"],
+            vec![
+                "-rhttparty",
+                "-e",
+                "puts Process.pid; puts HTTParty.get(ARGV[0]).body",
+            ],
             "ruby",
         ),
         (
             "faraday",
             "ruby",
-            vec!["-rfaraday", "-e", "puts Process.pid; puts Faraday.get(ARGV[0]).body"],
+            vec![
+                "-rfaraday",
+                "-e",
+                "puts Process.pid; puts Faraday.get(ARGV[0]).body",
+            ],
             "ruby",
         ),
     ];
@@ -182,7 +204,12 @@ fn outside_cgroup_bypassed_and_agent_traffic_are_not_redirected() {
     let agent = Agent::start(&agent_args(
         &cg,
         loopback_redirect(),
-        &["--bypass-cidr", "127.0.0.2/32", "--bypass-port", &bypass_port],
+        &[
+            "--bypass-cidr",
+            "127.0.0.2/32",
+            "--bypass-port",
+            &bypass_port,
+        ],
     ));
     let inside = Place {
         cgroup: Some(&cg),
@@ -218,7 +245,11 @@ fn after_the_agent_stops_connections_go_direct() {
     conn_for(&agent, pid);
 
     let status = agent.stop().expect("agent exit status");
-    assert!(status.success(), "agent exit {status:?}:\n{}", agent.output());
+    assert!(
+        status.success(),
+        "agent exit {status:?}:\n{}",
+        agent.output()
+    );
     assert!(agent.output().contains("detached"), "{}", agent.output());
     // If the programs were still attached this would hit the dead redirect port.
     let (_, body) = curl(inside, &up.url("/after"));
@@ -236,7 +267,11 @@ fn hundred_megabytes_arrive_byte_identical_both_ways() {
         cgroup: Some(&cg),
         netns: None,
     };
-    let dir = std::env::temp_dir().join(format!("plk-bulk-{}-{}", std::process::id(), unique_index()));
+    let dir = std::env::temp_dir().join(format!(
+        "plk-bulk-{}-{}",
+        std::process::id(),
+        unique_index()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("payload");
     let expected = pattern_sha256(LEN);
@@ -244,7 +279,12 @@ fn hundred_megabytes_arrive_byte_identical_both_ways() {
     // Download through the agent.
     let url = up.url(&format!("/bytes/{LEN}"));
     let path = file.to_str().unwrap();
-    let run = client::run(inside, "curl", &["-sS", "--max-time", "120", "-o", path, &url], CLIENT_TIMEOUT * 3);
+    let run = client::run(
+        inside,
+        "curl",
+        &["-sS", "--max-time", "120", "-o", path, &url],
+        CLIENT_TIMEOUT * 3,
+    );
     assert!(run.ok(), "download failed: {run:?}");
     let got = pipelock_tests::upstream::hex(&sha2_file(&file));
     assert_eq!(got, expected, "downloaded bytes differ");
@@ -256,7 +296,14 @@ fn hundred_megabytes_arrive_byte_identical_both_ways() {
     let run = client::run(
         inside,
         "curl",
-        &["-sS", "--max-time", "120", "--data-binary", &data_arg, &up.url("/upload")],
+        &[
+            "-sS",
+            "--max-time",
+            "120",
+            "--data-binary",
+            &data_arg,
+            &up.url("/upload"),
+        ],
         CLIENT_TIMEOUT * 3,
     );
     assert!(run.ok(), "upload failed: {run:?}");
@@ -315,12 +362,26 @@ fn direct_connection_to_the_agent_port_is_refused_and_logged() {
     let redirect = loopback_redirect();
     let agent = Agent::start(&agent_args(&cg, redirect, &[]));
     let url = format!("http://{redirect}/");
-    let run = client::run(Place::default(), "curl", &["-sS", "--max-time", "10", &url], CLIENT_TIMEOUT);
-    assert!(!run.ok(), "a connection the kernel did not redirect must not be proxied: {run:?}");
+    let run = client::run(
+        Place::default(),
+        "curl",
+        &["-sS", "--max-time", "10", &url],
+        CLIENT_TIMEOUT,
+    );
+    assert!(
+        !run.ok(),
+        "a connection the kernel did not redirect must not be proxied: {run:?}"
+    );
     let rec = agent
         .wait_for_conn(LOG_WAIT, |r| r["message"] == "connection failed")
         .unwrap_or_else(|| panic!("no failure record:\n{}", agent.output()));
-    assert!(rec["error"].as_str().unwrap().contains("no original destination"), "{rec}");
+    assert!(
+        rec["error"]
+            .as_str()
+            .unwrap()
+            .contains("no original destination"),
+        "{rec}"
+    );
 }
 
 fn expect_startup_error(args: &[String], needle: &str) {
@@ -343,7 +404,13 @@ fn missing_cgroup_is_a_clear_error() {
         .chain([loopback_redirect().to_string()])
         .collect();
     expect_startup_error(&args, "cgroup /plk-no-such-cgroup not found");
-    expect_startup_error(&["--redirect-addr".to_string(), loopback_redirect().to_string()], "missing --cgroup");
+    expect_startup_error(
+        &[
+            "--redirect-addr".to_string(),
+            loopback_redirect().to_string(),
+        ],
+        "missing --cgroup",
+    );
 }
 
 #[test]
@@ -352,7 +419,10 @@ fn busy_redirect_port_is_a_clear_error() {
     let cg = TestCgroup::new("busy");
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
-    expect_startup_error(&agent_args(&cg, addr, &[]), &format!("cannot listen on {addr}"));
+    expect_startup_error(
+        &agent_args(&cg, addr, &[]),
+        &format!("cannot listen on {addr}"),
+    );
 }
 
 #[test]
@@ -361,13 +431,21 @@ fn missing_privilege_is_a_clear_error() {
     let cg = TestCgroup::new("priv");
     let bin = pipelock_tests::agent::agent_bin();
     let out = std::process::Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
         .arg(&bin)
         .args(agent_args(&cg, loopback_redirect(), &[]))
         .output()
         .expect("running setpriv (util-linux)");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "unprivileged agent must fail: {stderr}");
+    assert!(
+        !out.status.success(),
+        "unprivileged agent must fail: {stderr}"
+    );
     assert!(stderr.contains("missing privilege"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }

@@ -64,7 +64,8 @@ fn wait_finding(agent: &Agent, pred: impl Fn(&Value) -> bool) -> Value {
             .map(|v| v["target"] == "pipelock::finding" && pred(&v))
             .unwrap_or(false)
     });
-    let line = line.unwrap_or_else(|| panic!("no matching finding; agent log:\n{}", agent.output()));
+    let line =
+        line.unwrap_or_else(|| panic!("no matching finding; agent log:\n{}", agent.output()));
     serde_json::from_str(&line).unwrap()
 }
 
@@ -76,21 +77,42 @@ fn secret_in_request_body_is_blocked_in_strict_and_balanced() {
         let body = format!("{{\"note\":\"my key is {SECRET}\"}}");
         let run = curl(
             &cg,
-            &["-w", "\n%{http_code}", "--data-binary", &body, &up.url("/leak")],
+            &[
+                "-w",
+                "\n%{http_code}",
+                "--data-binary",
+                &body,
+                &up.url("/leak"),
+            ],
         );
         assert!(run.ok(), "{mode}: curl failed: {run:?}");
         let (resp, code) = run.stdout.rsplit_once('\n').unwrap();
         assert_eq!(code, "403", "{mode}: {run:?}");
-        let json: Value = serde_json::from_str(resp).unwrap_or_else(|e| panic!("{mode}: {resp:?}: {e}"));
-        assert!(json["rule_ids"].to_string().contains("dlp.anthropic_api_key"), "{mode}: {json}");
-        assert!(!resp.contains(SECRET), "{mode}: block answer leaks the secret");
-        assert!(!up.seen().contains(&"/leak".to_string()), "{mode}: upstream got the request");
+        let json: Value =
+            serde_json::from_str(resp).unwrap_or_else(|e| panic!("{mode}: {resp:?}: {e}"));
+        assert!(
+            json["rule_ids"]
+                .to_string()
+                .contains("dlp.anthropic_api_key"),
+            "{mode}: {json}"
+        );
+        assert!(
+            !resp.contains(SECRET),
+            "{mode}: block answer leaks the secret"
+        );
+        assert!(
+            !up.seen().contains(&"/leak".to_string()),
+            "{mode}: upstream got the request"
+        );
         let f = wait_finding(&agent, |f| f["rule_id"] == "dlp.anthropic_api_key");
         assert_eq!(f["direction"], "request");
         assert_eq!(f["action"], "block");
         assert_eq!(f["comm"], "curl");
         assert_eq!(f["cgroup_id"], cg.id());
-        assert!(!agent.output().contains(SECRET), "{mode}: the agent log holds the secret");
+        assert!(
+            !agent.output().contains(SECRET),
+            "{mode}: the agent log holds the secret"
+        );
     }
 }
 
@@ -102,10 +124,17 @@ fn secret_in_request_body_passes_but_is_logged_in_audit() {
     let run = curl(&cg, &["--data-binary", &body, &up.url("/audit")]);
     assert!(run.ok(), "{run:?}");
     let json: Value = serde_json::from_str(&run.stdout).unwrap();
-    assert_eq!(json["body_sha256"], hex(&Sha256::digest(body.as_bytes())), "body altered");
+    assert_eq!(
+        json["body_sha256"],
+        hex(&Sha256::digest(body.as_bytes())),
+        "body altered"
+    );
     let f = wait_finding(&agent, |f| f["rule_id"] == "dlp.anthropic_api_key");
     assert_eq!(f["action"], "log");
-    assert!(!agent.output().contains(SECRET), "the agent log holds the secret");
+    assert!(
+        !agent.output().contains(SECRET),
+        "the agent log holds the secret"
+    );
 }
 
 #[test]
@@ -119,7 +148,9 @@ fn injected_responses_are_cut_in_strict_mode() {
             !got.contains("previous instructions"),
             "{path}: injected text reached the client: {run:?}"
         );
-        let f = wait_finding(&agent, |f| f["direction"] == "response" && f["path"] == path);
+        let f = wait_finding(&agent, |f| {
+            f["direction"] == "response" && f["path"] == path
+        });
         assert_eq!(f["action"], "block", "{f}");
         assert_eq!(f["class"], "injection", "{f}");
     }
@@ -133,7 +164,9 @@ fn injected_responses_are_cut_in_strict_mode() {
     let _ = std::fs::remove_file(&out);
     assert_eq!(hex(&Sha256::digest(&bytes)), pattern_sha256(n));
     assert!(
-        !findings(&agent).iter().any(|f| f["path"] == format!("/bytes/{n}")),
+        !findings(&agent)
+            .iter()
+            .any(|f| f["path"] == format!("/bytes/{n}")),
         "false positive on clean bytes"
     );
 }
@@ -144,7 +177,10 @@ fn injected_responses_pass_in_audit_mode_but_are_logged() {
     let (agent, up, cg) = start("audit");
     let run = curl(&cg, &["--compressed", &up.url("/inject-gzip")]);
     assert!(run.ok(), "{run:?}");
-    assert!(run.stdout.contains(INJECTION), "audit must not alter: {run:?}");
+    assert!(
+        run.stdout.contains(INJECTION),
+        "audit must not alter: {run:?}"
+    );
     let f = wait_finding(&agent, |f| f["direction"] == "response");
     assert_eq!(f["action"], "log");
 }

@@ -64,7 +64,9 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Test { args } => {
             if !setup::is_root() {
-                bail!("the test suite attaches eBPF programs and creates cgroups and network namespaces: run it as root");
+                bail!(
+                    "the test suite attaches eBPF programs and creates cgroups and network namespaces: run it as root"
+                );
             }
             cargo(&root, &env, &["build", "-p", "pipelock-agent"])?;
             // Default members: everything but the eBPF crate, which only
@@ -77,7 +79,11 @@ fn main() -> anyhow::Result<()> {
             cargo(&root, &env, &cmd)
         }
         Cmd::Bench { name } => {
-            let package = if name == "scan" { "pipelock-agent" } else { "pipelock-tests" };
+            let package = if name == "scan" {
+                "pipelock-agent"
+            } else {
+                "pipelock-tests"
+            };
             cargo(&root, &env, &["build", "--release", "-p", "pipelock-agent"])?;
             let bin = root.join("target/release/pipelock-agent");
             let mut env = env;

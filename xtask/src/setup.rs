@@ -85,7 +85,10 @@ fn apt_packages() -> anyhow::Result<()> {
         return Ok(());
     }
     if !is_root() {
-        bail!("missing Debian packages {missing:?}: run as root, or `apt-get install {}`", missing.join(" "));
+        bail!(
+            "missing Debian packages {missing:?}: run as root, or `apt-get install {}`",
+            missing.join(" ")
+        );
     }
     eprintln!("xtask: installing {}", missing.join(" "));
     run(Command::new("apt-get").args(["update", "-qq"]))?;
@@ -161,9 +164,18 @@ fn bpf_linker(cache: &Path) -> anyhow::Result<PathBuf> {
         std::os::unix::fs::symlink(lib.join(&so), &link)
             .with_context(|| format!("linking {}", link.display()))?;
     }
-    eprintln!("xtask: building bpf-linker {BPF_LINKER_VERSION} against rustc's LLVM {major} (once)");
+    eprintln!(
+        "xtask: building bpf-linker {BPF_LINKER_VERSION} against rustc's LLVM {major} (once)"
+    );
     run(Command::new("cargo")
-        .args(["+nightly", "install", "bpf-linker", "--locked", "--version", BPF_LINKER_VERSION])
+        .args([
+            "+nightly",
+            "install",
+            "bpf-linker",
+            "--locked",
+            "--version",
+            BPF_LINKER_VERSION,
+        ])
         .args(["--no-default-features", "--features"])
         .arg(format!("llvm-{major}"))
         .arg("--root")

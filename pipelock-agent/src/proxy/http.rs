@@ -466,11 +466,7 @@ fn json_response(
 
 /// The answer for a blocked exchange (nothing was sent to the client yet).
 fn block_response(state: &Shared, b: Block, version: Version) -> Response<DownBody> {
-    let body = serde_json::json!({
-        "error": "blocked",
-        "reason": b.reason,
-        "rule_ids": b.rule_ids,
-    });
+    let body = b.json_body();
     let status = b.status;
     {
         let mut st = lock(state);
