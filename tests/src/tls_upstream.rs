@@ -26,31 +26,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-/// The byte at offset `i` of every pattern body.
-pub fn pattern_byte(i: u64) -> u8 {
-    ((i.wrapping_mul(31).wrapping_add(7)) % 251) as u8
-}
-
-/// SHA-256 (hex) of the first `n` pattern bytes.
-pub fn pattern_sha256(n: u64) -> String {
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut off = 0;
-    while off < n {
-        let len = (n - off).min(buf.len() as u64) as usize;
-        for (j, b) in buf[..len].iter_mut().enumerate() {
-            *b = pattern_byte(off + j as u64);
-        }
-        h.update(&buf[..len]);
-        off += len as u64;
-    }
-    hex(&h.finalize())
-}
-
-/// Lower-case hex.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+pub use crate::upstream::{hex, pattern_byte, pattern_sha256};
 
 /// The rustls crypto provider the tests use.
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {

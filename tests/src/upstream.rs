@@ -147,7 +147,7 @@ fn handle(mut req: tiny_http::Request) {
         let resp = tiny_http::Response::new(
             tiny_http::StatusCode(200),
             vec![],
-            PatternReader::new(n),
+            PatternReader::new(n as u64),
             Some(n),
             None,
         );
@@ -188,39 +188,36 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Deterministic pseudo-random bytes (xorshift64*), so both ends can check content.
+/// The byte at offset `i` of every pattern body (all test upstreams use it).
+pub fn pattern_byte(i: u64) -> u8 {
+    ((i.wrapping_mul(31).wrapping_add(7)) % 251) as u8
+}
+
+/// The first `len` pattern bytes as a reader, as `/bytes/<len>` serves them.
 pub struct PatternReader {
-    left: usize,
-    state: u64,
+    offset: u64,
+    len: u64,
 }
 
 impl PatternReader {
-    pub fn new(len: usize) -> Self {
-        PatternReader {
-            left: len,
-            state: 0x9E37_79B9_7F4A_7C15,
-        }
+    pub fn new(len: u64) -> Self {
+        PatternReader { offset: 0, len }
     }
 }
 
 impl Read for PatternReader {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = buf.len().min(self.left) / 8 * 8;
-        let n = if n == 0 { buf.len().min(self.left) } else { n };
-        for chunk in buf[..n].chunks_mut(8) {
-            self.state ^= self.state >> 12;
-            self.state ^= self.state << 25;
-            self.state ^= self.state >> 27;
-            let v = self.state.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes();
-            chunk.copy_from_slice(&v[..chunk.len()]);
+        let n = buf.len().min((self.len - self.offset) as usize);
+        for (j, b) in buf[..n].iter_mut().enumerate() {
+            *b = pattern_byte(self.offset + j as u64);
         }
-        self.left -= n;
+        self.offset += n as u64;
         Ok(n)
     }
 }
 
-/// SHA-256 (hex) of the first `len` pattern bytes, as `/bytes/<len>` serves them.
-pub fn pattern_sha256(len: usize) -> String {
+/// SHA-256 (hex) of the first `len` pattern bytes.
+pub fn pattern_sha256(len: u64) -> String {
     let mut r = PatternReader::new(len);
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 64 * 1024];

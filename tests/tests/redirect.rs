@@ -259,7 +259,7 @@ fn after_the_agent_stops_connections_go_direct() {
 #[test]
 fn hundred_megabytes_arrive_byte_identical_both_ways() {
     require_root();
-    const LEN: usize = 100 * 1024 * 1024;
+    const LEN: u64 = 100 * 1024 * 1024;
     let cg = TestCgroup::new("bulk");
     let up = Upstream::start("127.0.0.1:0".parse().unwrap());
     let agent = Agent::start(&agent_args(&cg, loopback_redirect(), &[]));
@@ -289,7 +289,7 @@ fn hundred_megabytes_arrive_byte_identical_both_ways() {
     let got = pipelock_tests::upstream::hex(&sha2_file(&file));
     assert_eq!(got, expected, "downloaded bytes differ");
     let rec = conn_for(&agent, run.pid);
-    assert!(rec["bytes_down"].as_u64().unwrap() >= LEN as u64, "{rec}");
+    assert!(rec["bytes_down"].as_u64().unwrap() >= LEN, "{rec}");
 
     // Upload the same bytes through the agent; the upstream hashes what it got.
     let data_arg = format!("@{path}");
@@ -308,10 +308,10 @@ fn hundred_megabytes_arrive_byte_identical_both_ways() {
     );
     assert!(run.ok(), "upload failed: {run:?}");
     let body: Value = serde_json::from_str(&run.stdout).unwrap();
-    assert_eq!(body["body_len"], LEN as u64);
+    assert_eq!(body["body_len"], LEN);
     assert_eq!(body["body_sha256"], expected, "uploaded bytes differ");
     let rec = conn_for(&agent, run.pid);
-    assert!(rec["bytes_up"].as_u64().unwrap() >= LEN as u64, "{rec}");
+    assert!(rec["bytes_up"].as_u64().unwrap() >= LEN, "{rec}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

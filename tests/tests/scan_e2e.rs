@@ -155,7 +155,7 @@ fn injected_responses_are_cut_in_strict_mode() {
         assert_eq!(f["class"], "injection", "{f}");
     }
     // Clean traffic through the same agent is untouched, byte for byte.
-    let n = 1 << 20;
+    let n: u64 = 1 << 20;
     let out = std::env::temp_dir().join(format!("plk-clean-{}", std::process::id()));
     let path = out.to_str().unwrap();
     let run = curl(&cg, &["-o", path, &up.url(&format!("/bytes/{n}"))]);
