@@ -267,13 +267,8 @@ fn hundred_megabytes_arrive_byte_identical_both_ways() {
         cgroup: Some(&cg),
         netns: None,
     };
-    let dir = std::env::temp_dir().join(format!(
-        "plk-bulk-{}-{}",
-        std::process::id(),
-        unique_index()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("payload");
+    let dir = TempDir::new("plk-bulk");
+    let file = dir.0.join("payload");
     let expected = pattern_sha256(LEN);
 
     // Download through the agent.
@@ -312,7 +307,24 @@ fn hundred_megabytes_arrive_byte_identical_both_ways() {
     assert_eq!(body["body_sha256"], expected, "uploaded bytes differ");
     let rec = conn_for(&agent, run.pid);
     assert!(rec["bytes_up"].as_u64().unwrap() >= LEN, "{rec}");
-    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A directory under the system temp dir, removed on drop (even when the test fails).
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("{tag}-{}-{}", std::process::id(), unique_index()));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 fn sha2_file(path: &std::path::Path) -> Vec<u8> {
