@@ -4,12 +4,11 @@
 //! on, so instead of regexes a vectorisable digit search skips clean text and
 //! a tiny state machine runs only around digits. State is constant per
 //! stream (a 64-byte token, its 40-byte left context and a 64-byte tail).
-use super::{patterns::NumericKind, validators};
+use super::{patterns::NumericKind, tail::Tail, validators};
 
 const MAX_TOK: usize = 64;
 const MAX_SEGS: usize = 12;
 const CTX: usize = 40;
-const TAIL: usize = 64;
 /// Longest alnum run looked back over when a digit is found.
 const LOOKBACK: usize = 60;
 
@@ -27,8 +26,7 @@ pub struct NumericHit {
 #[derive(Clone, Debug)]
 pub struct NumericScanner {
     offset: u64,
-    tail: [u8; TAIL],
-    tail_len: usize,
+    tail: Tail,
     active: bool,
     skip_alnum: bool,
     tok: [u8; MAX_TOK],
@@ -48,8 +46,7 @@ impl Default for NumericScanner {
     fn default() -> Self {
         NumericScanner {
             offset: 0,
-            tail: [0; TAIL],
-            tail_len: 0,
+            tail: Tail::default(),
             active: false,
             skip_alnum: false,
             tok: [0; MAX_TOK],
@@ -123,7 +120,7 @@ impl NumericScanner {
                 self.end_token(out);
             }
         }
-        self.save_tail(chunk);
+        self.tail.push(chunk);
         self.offset += len as u64;
     }
 
@@ -134,22 +131,10 @@ impl NumericScanner {
         }
     }
 
-    fn save_tail(&mut self, chunk: &[u8]) {
-        if chunk.len() >= TAIL {
-            self.tail.copy_from_slice(&chunk[chunk.len() - TAIL..]);
-            self.tail_len = TAIL;
-        } else {
-            let keep = (TAIL - chunk.len()).min(self.tail_len);
-            let mut next = [0u8; TAIL];
-            next[..keep].copy_from_slice(&self.tail[self.tail_len - keep..self.tail_len]);
-            next[keep..keep + chunk.len()].copy_from_slice(chunk);
-            self.tail = next;
-            self.tail_len = keep + chunk.len();
-        }
-    }
-
     /// Starts a token at the alnum run containing the digit at `p`.
     fn begin_token(&mut self, chunk: &[u8], p: usize) {
+        let kept = self.tail;
+        let tail = kept.bytes();
         // Walk left over the alnum run (in this chunk, then the previous tail).
         let mut s = p;
         while s > 0 && is_alnum(chunk[s - 1]) && p - s < LOOKBACK {
@@ -157,8 +142,8 @@ impl NumericScanner {
         }
         let mut from_tail = 0;
         if s == 0 {
-            while from_tail < self.tail_len
-                && is_alnum(self.tail[self.tail_len - 1 - from_tail])
+            while from_tail < tail.len()
+                && is_alnum(tail[tail.len() - 1 - from_tail])
                 && p + from_tail < LOOKBACK
             {
                 from_tail += 1;
@@ -166,9 +151,7 @@ impl NumericScanner {
         }
         let run = (p - s) + from_tail;
         let at_limit = (s > 0 && is_alnum(chunk[s - 1]))
-            || (s == 0
-                && from_tail < self.tail_len
-                && is_alnum(self.tail[self.tail_len - 1 - from_tail]));
+            || (s == 0 && from_tail < tail.len() && is_alnum(tail[tail.len() - 1 - from_tail]));
         if run >= LOOKBACK || at_limit {
             // Part of a long alnum run (hash, base64): nothing we look for.
             self.skip_alnum = true;
@@ -181,7 +164,7 @@ impl NumericScanner {
         self.pending_sep = None;
         self.tok_start = self.offset + p as u64 - run as u64;
         for k in 0..from_tail {
-            let b = self.tail[self.tail_len - from_tail + k];
+            let b = tail[tail.len() - from_tail + k];
             self.push_raw(b);
         }
         for &b in &chunk[s..p] {
@@ -192,12 +175,12 @@ impl NumericScanner {
         let mut n = 0;
         let in_chunk = s.min(CTX);
         let from_prev = if s < CTX {
-            (CTX - s).min(self.tail_len - from_tail)
+            (CTX - s).min(tail.len() - from_tail)
         } else {
             0
         };
-        let tail_end = self.tail_len - from_tail;
-        ctx[..from_prev].copy_from_slice(&self.tail[tail_end - from_prev..tail_end]);
+        let tail_end = tail.len() - from_tail;
+        ctx[..from_prev].copy_from_slice(&tail[tail_end - from_prev..tail_end]);
         n += from_prev;
         ctx[n..n + in_chunk].copy_from_slice(&chunk[s - in_chunk..s]);
         n += in_chunk;

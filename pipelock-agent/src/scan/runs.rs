@@ -4,11 +4,10 @@
 //! secret does; English words do not). Like the numeric pass it jumps from
 //! digit to digit, so clean text costs little; state per stream is a
 //! 64-byte tail and one run buffer of at most `max_run` bytes.
-use super::numeric::next_digit;
+use super::{numeric::next_digit, tail::Tail};
 
 /// Shortest run worth decoding.
 pub const RUN_MIN_LEN: usize = 24;
-const TAIL: usize = 64;
 
 #[inline]
 fn is_run_byte(b: u8) -> bool {
@@ -18,8 +17,7 @@ fn is_run_byte(b: u8) -> bool {
 /// Streaming encoded-run finder.
 #[derive(Clone, Debug)]
 pub struct RunScanner {
-    tail: [u8; TAIL],
-    tail_len: usize,
+    tail: Tail,
     in_run: bool,
     buf: Vec<u8>,
     max_run: usize,
@@ -29,8 +27,7 @@ impl RunScanner {
     /// A scanner keeping at most `max_run` bytes of a run.
     pub fn new(max_run: usize) -> Self {
         RunScanner {
-            tail: [0; TAIL],
-            tail_len: 0,
+            tail: Tail::default(),
             in_run: false,
             buf: Vec::new(),
             max_run: max_run.max(RUN_MIN_LEN),
@@ -66,13 +63,10 @@ impl RunScanner {
                 }
                 self.buf.clear();
                 if s == 0 && i == 0 {
-                    let k = self.tail[..self.tail_len]
-                        .iter()
-                        .rev()
-                        .take_while(|&&b| is_run_byte(b))
-                        .count();
-                    let tail = self.tail;
-                    self.push(&tail[self.tail_len - k..self.tail_len]);
+                    let kept = self.tail;
+                    let tail = kept.bytes();
+                    let k = tail.iter().rev().take_while(|&&b| is_run_byte(b)).count();
+                    self.push(&tail[tail.len() - k..]);
                 }
                 self.push(&chunk[s..p]);
                 self.in_run = true;
@@ -88,27 +82,13 @@ impl RunScanner {
                 i += 1;
             }
         }
-        self.save_tail(chunk);
+        self.tail.push(chunk);
     }
 
     /// Ends the stream.
     pub fn finish(&mut self, out: &mut Vec<Vec<u8>>) {
         if self.in_run {
             self.end_run(out);
-        }
-    }
-
-    fn save_tail(&mut self, chunk: &[u8]) {
-        if chunk.len() >= TAIL {
-            self.tail.copy_from_slice(&chunk[chunk.len() - TAIL..]);
-            self.tail_len = TAIL;
-        } else {
-            let keep = (TAIL - chunk.len()).min(self.tail_len);
-            let mut next = [0u8; TAIL];
-            next[..keep].copy_from_slice(&self.tail[self.tail_len - keep..self.tail_len]);
-            next[keep..keep + chunk.len()].copy_from_slice(chunk);
-            self.tail = next;
-            self.tail_len = keep + chunk.len();
         }
     }
 }
