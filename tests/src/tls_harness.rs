@@ -83,15 +83,10 @@ impl InProcessAgent {
         let tls = pipelock_agent::tls::load(&ca_args, opts.upstream_ca.as_deref())
             .expect("loading TLS material");
         let ca_file = opts.state_dir.join(pipelock_agent::tls::ca::CA_CERT_FILE);
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let listener = rt
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
+        let (rt, listener, addr) = crate::tls_upstream::listen_on_runtime(
+            std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            2,
+        );
         let pipeline: Arc<dyn Pipeline> = if opts.test_pipeline {
             Arc::new(TestPipeline)
         } else {

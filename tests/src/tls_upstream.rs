@@ -28,6 +28,24 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 pub use crate::upstream::{hex, pattern_byte, pattern_sha256};
 
+/// A multi-thread runtime of `workers` threads with a listener bound on it
+/// (port 0 for any); the runtime must outlive the servers spawned on it.
+pub fn listen_on_runtime(
+    bind: SocketAddr,
+    workers: usize,
+) -> (tokio::runtime::Runtime, tokio::net::TcpListener, SocketAddr) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind(bind))
+        .unwrap_or_else(|e| panic!("binding {bind}: {e}"));
+    let addr = listener.local_addr().expect("addr");
+    (rt, listener, addr)
+}
+
 /// The rustls crypto provider the tests use.
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -104,15 +122,7 @@ impl HttpsUpstream {
             .expect("upstream cert");
         cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let listener = rt
-            .block_on(tokio::net::TcpListener::bind(bind))
-            .expect("upstream bind");
-        let addr = listener.local_addr().expect("addr");
+        let (rt, listener, addr) = listen_on_runtime(bind, 2);
         rt.spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 let acceptor = acceptor.clone();
@@ -333,15 +343,7 @@ pub struct TcpEcho {
 impl TcpEcho {
     /// Listens on `bind`.
     pub fn start(bind: SocketAddr) -> TcpEcho {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let listener = rt
-            .block_on(tokio::net::TcpListener::bind(bind))
-            .expect("echo bind");
-        let addr = listener.local_addr().expect("addr");
+        let (rt, listener, addr) = listen_on_runtime(bind, 1);
         rt.spawn(async move {
             while let Ok((mut s, _)) = listener.accept().await {
                 tokio::spawn(async move {
