@@ -3,6 +3,7 @@
 //! (`patterns`), validators and the numeric pass, Unicode normalisation,
 //! content and secret decoding, SSE reassembly, known secrets, and the
 //! [`ScanPipeline`] that plugs all of it into `crate::pipeline`.
+pub mod blocks;
 pub mod decode;
 pub mod engine;
 pub mod known_secrets;

@@ -1,16 +1,28 @@
 //! The cheap numeric pass: finds digit-bearing tokens (card numbers, SSNs,
 //! IBANs, WIF keys, ABA routing numbers) in a byte stream and confirms them
 //! with `validators`. These shapes have no literal for Hyperscan to anchor
-//! on, so instead of regexes a vectorisable digit search skips clean text and
+//! on, so instead of regexes a block classifier (`blocks`) skips clean text and
 //! a tiny state machine runs only around digits. State is constant per
 //! stream (a 64-byte token, its 40-byte left context and a 64-byte tail).
-use super::{patterns::NumericKind, tail::Tail, validators};
+use super::{
+    blocks::{HotRule, next_hot_digit},
+    patterns::NumericKind,
+    tail::Tail,
+    validators,
+};
 
 const MAX_TOK: usize = 64;
 const MAX_SEGS: usize = 12;
 const CTX: usize = 40;
 /// Longest alnum run looked back over when a digit is found.
 const LOOKBACK: usize = 60;
+/// Blocks worth the byte-level pass: every reported shape has at least 9
+/// digits within 42 bytes (SSN, ABA, card, grouped IBAN) or is one token of
+/// at least 15 characters (compact IBAN, WIF).
+const HOT: HotRule = HotRule {
+    min_digits: 9,
+    run_len: 15,
+};
 
 /// A validated numeric finding.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,24 +79,6 @@ fn is_alnum(b: u8) -> bool {
     b.is_ascii_alphanumeric()
 }
 
-/// Position of the next ASCII digit at or after `from` (block-wise, vectorisable).
-#[inline]
-pub fn next_digit(buf: &[u8], from: usize) -> Option<usize> {
-    const BLK: usize = 64;
-    let mut i = from;
-    while i + BLK <= buf.len() {
-        let blk = &buf[i..i + BLK];
-        let any = blk
-            .iter()
-            .fold(0u8, |acc, &b| acc | u8::from(b.wrapping_sub(b'0') < 10));
-        if any != 0 {
-            return blk.iter().position(u8::is_ascii_digit).map(|p| i + p);
-        }
-        i += BLK;
-    }
-    buf[i..].iter().position(u8::is_ascii_digit).map(|p| i + p)
-}
-
 impl NumericScanner {
     /// Scans the next chunk; validated hits are appended to `out`.
     pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<NumericHit>) {
@@ -101,7 +95,7 @@ impl NumericScanner {
                 self.skip_alnum = false;
             }
             if !self.active {
-                let Some(p) = next_digit(chunk, i) else {
+                let Some(p) = next_hot_digit(chunk, i, HOT) else {
                     break;
                 };
                 self.begin_token(chunk, p);
@@ -434,6 +428,41 @@ mod tests {
     }
 
     #[test]
+    fn found_anywhere_in_long_text_with_quiet_blocks() {
+        // Prose with sparse numbers, so most blocks are skipped by `blocks`.
+        let prose = b"Version 2 of the licence, see section 7 for the terms. ".repeat(40);
+        for (token, kind) in [
+            (&b"4111 1111 1111 1111"[..], NumericKind::CreditCard),
+            (b"123-45-6789", NumericKind::Ssn),
+            (b"GB82WEST12345698765432", NumericKind::Iban),
+            (b"GB82 WEST 1234 5698 7654 32", NumericKind::Iban),
+            (b"routing 021000021", NumericKind::AbaRouting),
+            (
+                b"5HueCGU8rMjxEXxiPuD5BDku4MkFqeZyd4dZ1jvhTVqvbTLvyTJ",
+                NumericKind::Wif,
+            ),
+        ] {
+            for at in 1000..1000 + 2 * crate::scan::blocks::BLOCK {
+                let mut text = prose[..at].to_vec();
+                text.extend_from_slice(b"\n");
+                text.extend_from_slice(token);
+                text.extend_from_slice(b"\n");
+                text.extend_from_slice(&prose[at..]);
+                for chunk in [text.len(), 4096, 1000] {
+                    let parts: Vec<&[u8]> = text.chunks(chunk).collect();
+                    let got: Vec<_> = scan(&parts).into_iter().map(|h| h.kind).collect();
+                    assert_eq!(
+                        got,
+                        vec![kind],
+                        "{:?} at {at}, chunks of {chunk}",
+                        String::from_utf8_lossy(token)
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
     fn split_at_every_offset() {
         for text in [
             "pay with 4111 1111 1111 1111 now",
@@ -452,15 +481,5 @@ mod tests {
                 assert_eq!(got, whole, "{text:?} split at {cut}");
             }
         }
-    }
-
-    #[test]
-    fn next_digit_finds_first() {
-        let mut buf = vec![b'a'; 300];
-        assert_eq!(next_digit(&buf, 0), None);
-        buf[200] = b'7';
-        buf[250] = b'1';
-        assert_eq!(next_digit(&buf, 0), Some(200));
-        assert_eq!(next_digit(&buf, 201), Some(250));
     }
 }

@@ -2,12 +2,21 @@
 //! base64url / hex / base32 / percent-encoding characters that are at
 //! least [`RUN_MIN_LEN`] long and contain a digit (virtually every encoded
 //! secret does; English words do not). Like the numeric pass it jumps from
-//! digit to digit, so clean text costs little; state per stream is a
+//! digit to digit, skipping 64-byte blocks with no long token nearby
+//! (`blocks`), so clean text costs little; state per stream is a
 //! 64-byte tail and one run buffer of at most `max_run` bytes.
-use super::{numeric::next_digit, tail::Tail};
+use super::{
+    blocks::{HotRule, next_hot_digit},
+    tail::Tail,
+};
 
 /// Shortest run worth decoding.
 pub const RUN_MIN_LEN: usize = 24;
+/// Blocks worth the byte-level pass: a long enough token ends nearby.
+const HOT: HotRule = HotRule {
+    min_digits: u32::MAX,
+    run_len: RUN_MIN_LEN as u32,
+};
 
 #[inline]
 fn is_run_byte(b: u8) -> bool {
@@ -54,7 +63,7 @@ impl RunScanner {
         let mut i = 0;
         while i < len {
             if !self.in_run {
-                let Some(p) = next_digit(chunk, i) else {
+                let Some(p) = next_hot_digit(chunk, i, HOT) else {
                     break;
                 };
                 let mut s = p;
@@ -147,6 +156,28 @@ mod tests {
             s.feed(&b[cut..], &mut out);
             s.finish(&mut out);
             assert_eq!(out, vec![run.as_bytes().to_vec()], "split at {cut}");
+        }
+    }
+
+    #[test]
+    fn found_anywhere_in_long_text_with_quiet_blocks() {
+        let prose = b"Version 2 of the licence, see section 7 for the terms. ".repeat(40);
+        let run = b"Z2hwX2FCM2RFNWdIN2pLOW1OMXBRMnNUNHZXNnlaOA==";
+        for at in 1000..1000 + 2 * crate::scan::blocks::BLOCK {
+            let mut text = prose[..at].to_vec();
+            text.extend_from_slice(b"\n");
+            text.extend_from_slice(run);
+            text.extend_from_slice(b"\n");
+            text.extend_from_slice(&prose[at..]);
+            for chunk in [text.len(), 4096, 1000] {
+                let mut s = RunScanner::new(4096);
+                let mut out = Vec::new();
+                for c in text.chunks(chunk) {
+                    s.feed(c, &mut out);
+                }
+                s.finish(&mut out);
+                assert_eq!(out, vec![run.to_vec()], "at {at}, chunks of {chunk}");
+            }
         }
     }
 
