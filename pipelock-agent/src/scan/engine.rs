@@ -372,11 +372,15 @@ impl Engine {
     }
 }
 
-/// Injection rules match with optional whitespace between words (`\s+` →
-/// `\s*`), so words glued together by a removed zero-width character
-/// (`ignore\u{200b}all`) still match, as Pipelock's whitespace-variant pass.
+/// Injection rules match with optional whitespace between words, so words
+/// glued together by a removed zero-width character (`ignore\u{200b}all`)
+/// still match, as Pipelock's whitespace-variant pass. The normaliser turns
+/// every whitespace run into exactly one byte (a space, or `\n` when the run
+/// held a line break), so `\s+` and `\s*` both become `[ \n]?`: the same
+/// matches as `\s*` on that text, and bounded, which keeps the combined
+/// database several times faster than with unbounded repeats.
 pub fn optional_whitespace(expr: &str) -> String {
-    expr.replace(r"\s+", r"\s*")
+    expr.replace(r"\s+", r"[ \n]?").replace(r"\s*", r"[ \n]?")
 }
 
 fn span_pattern(expr: &str, caseless: bool, multiline: bool, id: usize) -> Result<Pattern, Error> {

@@ -1,9 +1,13 @@
 //! Streaming text normalisation for injection matching: UTF-8 decoding
 //! across chunk boundaries, removal of zero-width/invisible and control
 //! characters, NFKC, homoglyph (Cyrillic/Greek/Armenian/small-caps) and
-//! leetspeak folding, combining marks dropped, whitespace runs collapsed.
-//! Pure-ASCII input takes a table-driven fast path. State is constant: at
-//! most 3 carried UTF-8 bytes and a short pending run of characters.
+//! leetspeak folding, combining marks dropped, and every whitespace run
+//! collapsed to one byte (`\n` if it held a line break, else a space).
+//! Pure-ASCII input takes a table-driven fast path that copies whole 16-byte
+//! blocks when nothing in them changes (SSE2 test on x86_64); invalid UTF-8
+//! (binary bodies) is skipped byte by byte at constant cost. State is
+//! constant: at most 3 carried UTF-8 bytes, one deferred whitespace byte and
+//! a short pending run of characters.
 use unicode_normalization::{UnicodeNormalization, char::canonical_combining_class};
 
 /// Pending characters held back for NFKC composition (bounded).
@@ -103,98 +107,168 @@ pub fn fold_homoglyph(c: char) -> char {
 }
 
 /// Streaming normaliser (one per text stream).
+///
+/// Output invariant the injection expressions rely on: every run of
+/// whitespace (after invisibles are dropped) becomes exactly one byte, `\n`
+/// when the run held a line break and a space otherwise. The byte is held
+/// back until the next visible character (or [`Normalizer::finish`]), so the
+/// invariant holds across chunk boundaries.
 #[derive(Clone, Debug, Default)]
 pub struct Normalizer {
     carry: [u8; 4],
     carry_len: usize,
     pending: String,
-    last_space: bool,
+    /// Whitespace byte held back between calls: 0, `b' '` or `b'\n'`.
+    ws: u8,
+    /// Within a call: the last byte written to `out` is whitespace (and may
+    /// still be merged with more whitespace).
+    in_ws: bool,
+}
+
+/// One step of UTF-8 decoding at a non-ASCII byte.
+enum Utf8 {
+    /// A character and its encoded length.
+    Char(char, usize),
+    /// Not the start of a valid sequence: skip one byte.
+    Invalid,
+    /// A valid but truncated sequence (end of the buffer).
+    Incomplete,
+}
+
+/// Decodes the character at the start of `s` (`s[0]` is not ASCII).
+#[inline]
+fn decode_utf8(s: &[u8]) -> Utf8 {
+    let b0 = s[0];
+    let (len, lo, hi) = match b0 {
+        0xC2..=0xDF => (2, 0x80, 0xBF),
+        0xE0 => (3, 0xA0, 0xBF),
+        0xE1..=0xEC | 0xEE..=0xEF => (3, 0x80, 0xBF),
+        0xED => (3, 0x80, 0x9F),
+        0xF0 => (4, 0x90, 0xBF),
+        0xF1..=0xF3 => (4, 0x80, 0xBF),
+        0xF4 => (4, 0x80, 0x8F),
+        _ => return Utf8::Invalid,
+    };
+    let mut cp = u32::from(b0) & (0x7F >> len);
+    for i in 1..len {
+        let Some(&b) = s.get(i) else {
+            return Utf8::Incomplete;
+        };
+        let ok = if i == 1 {
+            (lo..=hi).contains(&b)
+        } else {
+            b & 0xC0 == 0x80
+        };
+        if !ok {
+            return Utf8::Invalid;
+        }
+        cp = (cp << 6) | u32::from(b & 0x3F);
+    }
+    match char::from_u32(cp) {
+        Some(c) => Utf8::Char(c, len),
+        None => Utf8::Invalid,
+    }
 }
 
 impl Normalizer {
     /// Normalises the next chunk, appending to `out`.
     pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        out.reserve(input.len() + 1);
+        self.resume(out);
         let mut input = input;
         // Complete a UTF-8 sequence carried from the previous chunk.
         while self.carry_len > 0 && !input.is_empty() {
-            self.carry[self.carry_len] = input[0];
-            self.carry_len += 1;
-            input = &input[1..];
-            let carry = self.carry;
-            match std::str::from_utf8(&carry[..self.carry_len]) {
-                Ok(s) => {
+            let mut tmp = [0u8; 4];
+            let have = self.carry_len;
+            let take = (4 - have).min(input.len());
+            tmp[..have].copy_from_slice(&self.carry[..have]);
+            tmp[have..have + take].copy_from_slice(&input[..take]);
+            match decode_utf8(&tmp[..have + take]) {
+                Utf8::Char(c, len) => {
                     self.carry_len = 0;
-                    self.chars(s, out);
+                    input = &input[len - have..];
+                    self.char(c, out);
                 }
-                Err(e) if e.error_len().is_some() || self.carry_len == 4 => {
-                    // Invalid sequence: drop it.
-                    self.carry_len = 0;
+                // The carried bytes cannot start a character: drop them
+                // (their continuation bytes are invalid on their own too).
+                Utf8::Invalid => self.carry_len = 0,
+                Utf8::Incomplete => {
+                    self.carry[have..have + take].copy_from_slice(&input[..take]);
+                    self.carry_len = have + take;
+                    input = &[];
                 }
-                Err(_) => {}
             }
         }
         while !input.is_empty() {
             let n = ascii_prefix(input);
             if n > 0 {
                 self.flush_pending(out);
-                ascii_into(&input[..n], &mut self.last_space, out);
+                ascii_into(&input[..n], &mut self.in_ws, out);
                 input = &input[n..];
                 continue;
             }
-            // A non-ASCII segment, up to the next ASCII byte.
-            let m = input.iter().position(u8::is_ascii).unwrap_or(input.len());
-            match std::str::from_utf8(&input[..m]) {
-                Ok(s) => {
-                    self.chars(s, out);
-                    input = &input[m..];
+            // Non-ASCII characters, one at a time up to the next ASCII byte.
+            while let Some(&b) = input.first() {
+                if b.is_ascii() {
+                    break;
                 }
-                Err(e) => {
-                    let valid = e.valid_up_to();
-                    if let Ok(s) = std::str::from_utf8(&input[..valid]) {
-                        self.chars(s, out);
+                match decode_utf8(input) {
+                    Utf8::Char(c, len) => {
+                        self.char(c, out);
+                        input = &input[len..];
                     }
-                    match e.error_len() {
-                        Some(bad) => input = &input[valid + bad..],
-                        None if m == input.len() => {
-                            // Incomplete sequence at the end of the chunk: carry it.
-                            let tail = &input[valid..];
-                            self.carry[..tail.len()].copy_from_slice(tail);
-                            self.carry_len = tail.len();
-                            input = &[];
-                        }
-                        None => input = &input[m..],
+                    Utf8::Invalid => input = &input[1..],
+                    Utf8::Incomplete => {
+                        self.carry[..input.len()].copy_from_slice(input);
+                        self.carry_len = input.len();
+                        input = &[];
                     }
                 }
             }
+        }
+        // A trailing whitespace byte waits: the run may go on in the next chunk.
+        if self.in_ws {
+            self.ws = out.pop().unwrap_or(0);
+            self.in_ws = false;
+        }
+    }
+
+    /// Puts back the whitespace byte held from the previous call.
+    fn resume(&mut self, out: &mut Vec<u8>) {
+        if self.ws != 0 {
+            out.push(self.ws);
+            self.ws = 0;
+            self.in_ws = true;
         }
     }
 
     /// Flushes held-back characters at the end of the stream.
     pub fn finish(&mut self, out: &mut Vec<u8>) {
         self.carry_len = 0;
+        self.resume(out);
         self.flush_pending(out);
+        self.in_ws = false;
     }
 
     fn flush_pending(&mut self, out: &mut Vec<u8>) {
         if !self.pending.is_empty() {
-            emit_nfkc(&self.pending, &mut self.last_space, out);
+            emit_nfkc(&self.pending, &mut self.in_ws, out);
             self.pending.clear();
         }
     }
 
-    fn chars(&mut self, s: &str, out: &mut Vec<u8>) {
-        for c in s.chars() {
-            if is_invisible(c) {
-                continue;
-            }
-            if canonical_combining_class(c) == 0 {
-                // A starter: everything before it is stable.
-                self.flush_pending(out);
-            }
-            self.pending.push(c);
-            if self.pending.len() >= MAX_PENDING {
-                self.flush_pending(out);
-            }
+    #[inline]
+    fn char(&mut self, c: char, out: &mut Vec<u8>) {
+        if is_invisible(c) {
+            return;
+        }
+        if canonical_combining_class(c) == 0 {
+            // A starter: everything before it is stable.
+            self.flush_pending(out);
+        }
+        self.pending.push(c);
+        if self.pending.len() >= MAX_PENDING {
+            self.flush_pending(out);
         }
     }
 }
@@ -211,26 +285,136 @@ fn ascii_prefix(b: &[u8]) -> usize {
         .unwrap_or(b.len() - i)
 }
 
-/// Maps ASCII bytes through [`ASCII_MAP`], collapsing whitespace runs.
-fn ascii_into(input: &[u8], last_space: &mut bool, out: &mut Vec<u8>) {
-    out.reserve(input.len());
-    let mut ls = *last_space;
-    for &b in input {
-        let m = ASCII_MAP[usize::from(b & 0x7f)];
-        if m == b' ' {
-            if !ls {
-                out.push(b' ');
-                ls = true;
-            }
-        } else if m != 0 {
-            out.push(m);
-            ls = false;
-        }
+/// One mapped byte (from [`ASCII_MAP`]) into the output: dropped when 0,
+/// merged into the previous byte when both are whitespace (a line break wins).
+#[inline]
+fn put(m: u8, in_ws: &mut bool, out: &mut Vec<u8>) {
+    if m == 0 {
+        return;
     }
-    *last_space = ls;
+    let w = m == b' ' || m == b'\n';
+    match out.last_mut() {
+        Some(last) if w && *in_ws => *last = (*last).min(m),
+        _ => out.push(m),
+    }
+    *in_ws = w;
 }
 
-fn emit_nfkc(s: &str, last_space: &mut bool, out: &mut Vec<u8>) {
+/// [`put`] for a short run of ASCII bytes, without data-dependent branches
+/// (and without reading back what it wrote, which would chain the bytes).
+fn put_ascii(bytes: &[u8], in_ws: &mut bool, out: &mut Vec<u8>) {
+    let mut j = out.len();
+    let mut last = out.last().copied().unwrap_or(0);
+    out.resize(j + bytes.len(), 0);
+    let buf = out.as_mut_slice();
+    let mut iw = usize::from(*in_ws);
+    for &b in bytes {
+        let m = ASCII_MAP[usize::from(b & 0x7f)];
+        let w = usize::from(m == b' ') | usize::from(m == b'\n');
+        let keep = usize::from(m != 0);
+        // Whitespace after whitespace overwrites it (`' ' > '\n'`, so `min`
+        // keeps a line break); `iw == 1` implies a byte was written before.
+        let merge = w & iw & keep;
+        let v = if merge != 0 { last.min(m) } else { m };
+        if let Some(slot) = buf.get_mut(j.saturating_sub(merge)) {
+            *slot = v;
+        }
+        last = if keep != 0 { v } else { last };
+        j = j + keep - merge;
+        iw = if keep != 0 { w } else { iw };
+    }
+    out.truncate(j);
+    *in_ws = iw != 0;
+}
+
+/// Two masks over a 16-byte ASCII block: bit `i` of the first is set when
+/// byte `i` is one the map changes or drops, of the second when it is
+/// whitespace (`' '` or `'\n'`).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+fn block_masks(block: &[u8; 16]) -> (u32, u32) {
+    use std::arch::x86_64::{
+        __m128i, _mm_and_si128, _mm_andnot_si128, _mm_cmpeq_epi8, _mm_cmpgt_epi8, _mm_cmplt_epi8,
+        _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8,
+    };
+    // SAFETY: SSE2 is part of the x86_64 baseline; the load reads exactly the
+    // 16 bytes of `block`.
+    let (special, ws) = unsafe {
+        let v = _mm_loadu_si128(block.as_ptr().cast::<__m128i>());
+        let nl = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'\n' as i8));
+        let sp = _mm_cmpeq_epi8(v, _mm_set1_epi8(b' ' as i8));
+        // Controls other than '\n' (bytes are ASCII, so the signed compare works).
+        let ctrl = _mm_andnot_si128(nl, _mm_cmplt_epi8(v, _mm_set1_epi8(0x20)));
+        // '0'..='7' (covers the leet digits; 2 and 6 just take the slow path).
+        let digit = _mm_and_si128(
+            _mm_cmpgt_epi8(v, _mm_set1_epi8(b'0' as i8 - 1)),
+            _mm_cmplt_epi8(v, _mm_set1_epi8(b'8' as i8)),
+        );
+        let other = _mm_or_si128(
+            _mm_or_si128(
+                _mm_cmpeq_epi8(v, _mm_set1_epi8(b'@' as i8)),
+                _mm_cmpeq_epi8(v, _mm_set1_epi8(b'$' as i8)),
+            ),
+            _mm_cmpeq_epi8(v, _mm_set1_epi8(0x7f)),
+        );
+        let special = _mm_or_si128(_mm_or_si128(ctrl, digit), other);
+        (
+            _mm_movemask_epi8(special) as u32,
+            _mm_movemask_epi8(_mm_or_si128(nl, sp)) as u32,
+        )
+    };
+    (special, ws)
+}
+
+/// Portable version of the block test.
+#[cfg(not(target_arch = "x86_64"))]
+#[inline]
+fn block_masks(block: &[u8; 16]) -> (u32, u32) {
+    let mut special = 0u32;
+    let mut ws = 0u32;
+    for (i, &b) in block.iter().enumerate() {
+        special |= u32::from(ASCII_MAP[usize::from(b & 0x7f)] != b) << i;
+        ws |= u32::from(b == b' ' || b == b'\n') << i;
+    }
+    (special, ws)
+}
+
+/// Maps ASCII bytes through [`ASCII_MAP`], collapsing whitespace runs.
+/// Blocks of 16 bytes that the map leaves alone are copied whole, less the
+/// bytes that extend a whitespace run.
+fn ascii_into(input: &[u8], in_ws: &mut bool, out: &mut Vec<u8>) {
+    out.reserve(input.len() + 1);
+    let mut chunks = input.chunks_exact(16);
+    for chunk in &mut chunks {
+        let Ok(block) = <&[u8; 16]>::try_from(chunk) else {
+            break;
+        };
+        let (special, wsmask) = block_masks(block);
+        if special != 0 {
+            put_ascii(block, in_ws, out);
+            continue;
+        }
+        // Whitespace following whitespace is merged into the byte before it.
+        let mut adjacent = wsmask & ((wsmask << 1) | u32::from(*in_ws));
+        let mut start = 0;
+        while adjacent != 0 {
+            let i = adjacent.trailing_zeros() as usize;
+            out.extend_from_slice(&block[start..i]);
+            if block[i] == b'\n'
+                && let Some(last) = out.last_mut()
+            {
+                *last = b'\n';
+            }
+            start = i + 1;
+            adjacent &= adjacent - 1;
+        }
+        out.extend_from_slice(&block[start..]);
+        *in_ws = wsmask & 0x8000 != 0;
+    }
+    put_ascii(chunks.remainder(), in_ws, out);
+}
+
+fn emit_nfkc(s: &str, in_ws: &mut bool, out: &mut Vec<u8>) {
     let mut buf = [0u8; 4];
     for c in s.nfkc() {
         if is_invisible(c) || canonical_combining_class(c) != 0 {
@@ -238,12 +422,12 @@ fn emit_nfkc(s: &str, last_space: &mut bool, out: &mut Vec<u8>) {
         }
         let c = fold_homoglyph(c);
         if c.is_ascii() {
-            ascii_into(&[c as u8], last_space, out);
+            put(ASCII_MAP[c as usize], in_ws, out);
         } else if c.is_whitespace() {
-            ascii_into(b" ", last_space, out);
+            put(b' ', in_ws, out);
         } else {
             out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
-            *last_space = false;
+            *in_ws = false;
         }
     }
 }
@@ -251,7 +435,7 @@ fn emit_nfkc(s: &str, last_space: &mut bool, out: &mut Vec<u8>) {
 /// Normalises a whole buffer (block mode).
 pub fn normalize(input: &[u8]) -> Vec<u8> {
     let mut n = Normalizer::default();
-    let mut out = Vec::with_capacity(input.len());
+    let mut out = Vec::with_capacity(input.len() + 1);
     n.feed(input, &mut out);
     n.finish(&mut out);
     out
@@ -277,6 +461,111 @@ mod tests {
             "combining marks dropped"
         );
         assert_eq!(norm("忽略之前的指令"), "忽略之前的指令");
+    }
+
+    /// Byte-at-a-time reference for ASCII input.
+    fn reference(input: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut ws = 0u8;
+        for &b in input {
+            match ASCII_MAP[usize::from(b)] {
+                0 => {}
+                b' ' if ws == 0 => ws = b' ',
+                b' ' => {}
+                b'\n' => ws = b'\n',
+                m => {
+                    if ws != 0 {
+                        out.push(ws);
+                        ws = 0;
+                    }
+                    out.push(m);
+                }
+            }
+        }
+        if ws != 0 {
+            out.push(ws);
+        }
+        out
+    }
+
+    /// Deterministic pseudo-random bytes (xorshift).
+    fn random_bytes(n: usize, mut seed: u64) -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                (seed >> 24) as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn whitespace_runs_become_one_byte() {
+        assert_eq!(norm("a  \t b"), "a b");
+        assert_eq!(norm("a \n\r\n  b"), "a\nb", "a line break wins");
+        assert_eq!(
+            norm("a\u{200b} \u{200b}\n b"),
+            "a\nb",
+            "invisibles inside a run"
+        );
+        assert_eq!(norm("a\u{a0}\u{3000} b"), "a b", "Unicode spaces");
+        assert_eq!(norm("  a  "), " a ");
+        // Across chunk boundaries: the run is held back until it ends.
+        let mut n = Normalizer::default();
+        let mut out = Vec::new();
+        for part in ["ignore ", " ", "\n", "\t", "previous"] {
+            n.feed(part.as_bytes(), &mut out);
+        }
+        n.finish(&mut out);
+        assert_eq!(out, b"ignore\nprevious");
+    }
+
+    #[test]
+    fn ascii_fast_path_equals_reference() {
+        // Letters, whitespace, leet digits, controls, DEL: every block kind.
+        let alphabet = b"abcXYZ .,;:!  \n\n\t\r0123456789@$\x00\x07\x1b\x7f-_/";
+        let raw = random_bytes(20_000, 0x9e37_79b9_7f4a_7c15);
+        let text: Vec<u8> = raw
+            .iter()
+            .map(|b| alphabet[usize::from(*b) % alphabet.len()])
+            .collect();
+        for len in [0, 1, 15, 16, 17, 31, 33, 100, 1000, text.len()] {
+            assert_eq!(
+                normalize(&text[..len]),
+                reference(&text[..len]),
+                "len {len}"
+            );
+        }
+        let words = b"The quick brown fox jumps over the lazy dog.  Version 1.2.3\n\n".repeat(50);
+        assert_eq!(normalize(&words), reference(&words));
+    }
+
+    #[test]
+    fn binary_input_is_bounded_and_splits_cleanly() {
+        let data = random_bytes(64 * 1024, 0x2545_f491_4f6c_dd1d);
+        let whole = normalize(&data);
+        // Random bytes are mostly invalid UTF-8 and controls: output stays
+        // smaller than the input (NFKC expansion of the rare valid
+        // characters is far from filling it).
+        assert!(
+            whole.len() <= data.len(),
+            "{} > {}",
+            whole.len(),
+            data.len()
+        );
+        for chunk in [1, 2, 3, 7, 64, 4096] {
+            let mut n = Normalizer::default();
+            let mut out = Vec::new();
+            for c in data.chunks(chunk) {
+                n.feed(c, &mut out);
+            }
+            n.finish(&mut out);
+            assert_eq!(out, whole, "chunk size {chunk}");
+        }
+        // Truncated and invalid sequences around ASCII.
+        assert_eq!(normalize(b"a\xe2\x82b\xff\xc3"), b"ab");
+        assert_eq!(normalize("x\u{20ac}y".as_bytes()), "x\u{20ac}y".as_bytes());
     }
 
     #[test]
