@@ -12,6 +12,7 @@ pub mod numeric;
 pub mod patterns;
 pub mod pipeline;
 pub mod runs;
+pub mod seed;
 pub mod sse;
 pub mod tail;
 pub mod text;

@@ -1,0 +1,1048 @@
+//! Streaming BIP-39 seed-phrase detector (English word list): 12, 15, 18, 21
+//! or 24 consecutive list words, case-insensitive, separated by whitespace,
+//! commas or numbering ("1. word 2) word"), whose checksum is valid.
+//!
+//! A phrase spans at least 47 bytes with none of the "break" positions a
+//! 64-byte block classification finds cheaply (punctuation, words shorter
+//! than 3 or longer than 8 letters, long digit runs), so blocks are skipped
+//! until such a clean run is long enough, and only then the exact tokeniser
+//! runs. After a break position the tokeniser's state does not depend on
+//! earlier bytes, which makes skipping exact. State is constant per stream:
+//! the last 24 word indices, one partial word and fewer than 47 pending bytes.
+use std::sync::OnceLock;
+
+use sha2::{Digest, Sha256};
+
+/// Bytes per classified block.
+const BLOCK: usize = 64;
+/// Shortest phrase, in words.
+const MIN_WORDS: usize = 12;
+/// Longest phrase, in words (longer runs are cut into phrases).
+const MAX_WORDS: usize = 24;
+/// Phrase lengths tried, longest first.
+const LENGTHS: [usize; 5] = [24, 21, 18, 15, 12];
+/// Longest BIP-39 English word.
+const MAX_WORD: u8 = 8;
+/// Longest numbering ("24.").
+const MAX_NUM: u8 = 2;
+/// Shortest byte span of a phrase: 12 three-letter words, 11 separators.
+const MIN_SPAN: usize = 47;
+
+/// A seed phrase found in the stream (the words themselves are not kept).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SeedHit {
+    /// Absolute stream offset of the first word.
+    pub start: u64,
+    /// Number of words (12, 15, 18, 21 or 24).
+    pub words: usize,
+}
+
+// ---------------------------------------------------------------- word list
+
+/// Open-addressing table: word packed little-endian in a `u64` → index.
+const SLOTS: usize = 4096;
+
+struct Table {
+    keys: Vec<u64>,
+    idx: Vec<u16>,
+}
+
+#[inline]
+fn slot(key: u64) -> usize {
+    (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - 12)) as usize
+}
+
+fn pack(word: &str) -> u64 {
+    word.bytes()
+        .take(8)
+        .enumerate()
+        .fold(0, |acc, (i, b)| acc | u64::from(b) << (8 * i))
+}
+
+fn table() -> &'static Table {
+    static T: OnceLock<Table> = OnceLock::new();
+    T.get_or_init(|| {
+        let mut t = Table {
+            keys: vec![0; SLOTS],
+            idx: vec![0; SLOTS],
+        };
+        for (i, w) in bip39::Language::English.word_list().iter().enumerate() {
+            let key = pack(w);
+            let mut s = slot(key);
+            while t.keys[s] != 0 {
+                s = (s + 1) % SLOTS;
+            }
+            t.keys[s] = key;
+            t.idx[s] = i as u16;
+        }
+        t
+    })
+}
+
+/// Index of a lowercase word packed by [`pack`], if it is a BIP-39 word.
+#[inline]
+fn lookup(t: &Table, key: u64) -> Option<u16> {
+    let mut s = slot(key);
+    loop {
+        let k = t.keys[s];
+        if k == key {
+            return Some(t.idx[s]);
+        }
+        if k == 0 {
+            return None;
+        }
+        s = (s + 1) % SLOTS;
+    }
+}
+
+/// BIP-39 checksum of a 12/15/18/21/24-word sequence of indices.
+fn checksum_ok(idx: &[u16]) -> bool {
+    let n = idx.len();
+    let mut buf = [0u8; 33];
+    let mut acc: u32 = 0;
+    let mut bits = 0u32;
+    let mut k = 0;
+    for &i in idx {
+        acc = (acc << 11) | u32::from(i & 0x7ff);
+        bits += 11;
+        while bits >= 8 {
+            bits -= 8;
+            buf[k] = (acc >> bits) as u8;
+            k += 1;
+        }
+        acc &= (1 << bits) - 1;
+    }
+    let ent = n * 4 / 3;
+    let cs_bits = n / 3;
+    let cs = if bits == 0 { u32::from(buf[32]) } else { acc };
+    let h = Sha256::digest(&buf[..ent]);
+    u32::from(h[0] >> (8 - cs_bits)) == cs
+}
+
+// ------------------------------------------------------------ classification
+
+const C_OTHER: u8 = 0;
+const C_LETTER: u8 = 1;
+const C_DIGIT: u8 = 2;
+const C_SEP: u8 = 3;
+/// `.` or `)`: ends a numbering, otherwise a break.
+const C_DOT: u8 = 4;
+
+const CLASS: [u8; 256] = {
+    let mut t = [C_OTHER; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = if c.is_ascii_alphabetic() {
+            C_LETTER
+        } else if c.is_ascii_digit() {
+            C_DIGIT
+        } else if (c >= 9 && c <= 13) || c == b' ' || c == b',' {
+            C_SEP
+        } else if c == b'.' || c == b')' {
+            C_DOT
+        } else {
+            C_OTHER
+        };
+        b += 1;
+    }
+    t
+};
+
+/// Bit `i` set when byte `i` of a block is in the class.
+#[derive(Clone, Copy, Debug, Default)]
+struct Masks {
+    letter: u64,
+    digit: u64,
+    sep: u64,
+    dot: u64,
+}
+
+/// Unsigned range check `lo <= v < lo + len` as a signed compare:
+/// `v + (0x80 - lo) < -128 + len`. Returns (bias, limit).
+#[cfg(target_arch = "x86_64")]
+const fn range(lo: u8, len: u8) -> (i8, i8) {
+    (0x80u8.wrapping_sub(lo) as i8, i8::MIN + len as i8)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[inline]
+fn classify_sse2(b: &[u8; BLOCK]) -> Masks {
+    use std::arch::x86_64::{
+        __m128i, _mm_add_epi8, _mm_cmpeq_epi8, _mm_cmplt_epi8, _mm_loadu_si128, _mm_movemask_epi8,
+        _mm_or_si128, _mm_set1_epi8,
+    };
+    // SAFETY: SSE2 is part of the x86_64 baseline; every load reads 16 bytes
+    // inside the 64-byte array.
+    unsafe {
+        let (lb, ll) = range(b'a', 26);
+        let (db, dl) = range(b'0', 10);
+        let (wb, wl) = range(9, 5);
+        let (lb, ll, db, dl, wb, wl) = (
+            _mm_set1_epi8(lb),
+            _mm_set1_epi8(ll),
+            _mm_set1_epi8(db),
+            _mm_set1_epi8(dl),
+            _mm_set1_epi8(wb),
+            _mm_set1_epi8(wl),
+        );
+        let case = _mm_set1_epi8(0x20);
+        let space = _mm_set1_epi8(b' ' as i8);
+        let comma = _mm_set1_epi8(b',' as i8);
+        let dot = _mm_set1_epi8(b'.' as i8);
+        let paren = _mm_set1_epi8(b')' as i8);
+        let mut m = Masks::default();
+        for i in 0..BLOCK / 16 {
+            let v = _mm_loadu_si128(b.as_ptr().add(16 * i).cast::<__m128i>());
+            let l = _mm_cmplt_epi8(_mm_add_epi8(_mm_or_si128(v, case), lb), ll);
+            let d = _mm_cmplt_epi8(_mm_add_epi8(v, db), dl);
+            let s = _mm_or_si128(
+                _mm_cmplt_epi8(_mm_add_epi8(v, wb), wl),
+                _mm_or_si128(_mm_cmpeq_epi8(v, space), _mm_cmpeq_epi8(v, comma)),
+            );
+            let p = _mm_or_si128(_mm_cmpeq_epi8(v, dot), _mm_cmpeq_epi8(v, paren));
+            let sh = 16 * i;
+            m.letter |= u64::from(_mm_movemask_epi8(l) as u16) << sh;
+            m.digit |= u64::from(_mm_movemask_epi8(d) as u16) << sh;
+            m.sep |= u64::from(_mm_movemask_epi8(s) as u16) << sh;
+            m.dot |= u64::from(_mm_movemask_epi8(p) as u16) << sh;
+        }
+        m
+    }
+}
+
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn classify_avx2(b: &[u8; BLOCK]) -> Masks {
+    use std::arch::x86_64::{
+        __m256i, _mm256_add_epi8, _mm256_cmpeq_epi8, _mm256_cmpgt_epi8, _mm256_loadu_si256,
+        _mm256_movemask_epi8, _mm256_or_si256, _mm256_set1_epi8,
+    };
+    // SAFETY: every load reads 32 bytes inside the 64-byte array; AVX2 is
+    // the caller's promise.
+    unsafe {
+        let (lb, ll) = range(b'a', 26);
+        let (db, dl) = range(b'0', 10);
+        let (wb, wl) = range(9, 5);
+        let (lb, ll, db, dl, wb, wl) = (
+            _mm256_set1_epi8(lb),
+            _mm256_set1_epi8(ll),
+            _mm256_set1_epi8(db),
+            _mm256_set1_epi8(dl),
+            _mm256_set1_epi8(wb),
+            _mm256_set1_epi8(wl),
+        );
+        let case = _mm256_set1_epi8(0x20);
+        let space = _mm256_set1_epi8(b' ' as i8);
+        let comma = _mm256_set1_epi8(b',' as i8);
+        let dot = _mm256_set1_epi8(b'.' as i8);
+        let paren = _mm256_set1_epi8(b')' as i8);
+        let mut m = Masks::default();
+        for i in 0..BLOCK / 32 {
+            let v = _mm256_loadu_si256(b.as_ptr().add(32 * i).cast::<__m256i>());
+            let l = _mm256_cmpgt_epi8(ll, _mm256_add_epi8(_mm256_or_si256(v, case), lb));
+            let d = _mm256_cmpgt_epi8(dl, _mm256_add_epi8(v, db));
+            let s = _mm256_or_si256(
+                _mm256_cmpgt_epi8(wl, _mm256_add_epi8(v, wb)),
+                _mm256_or_si256(_mm256_cmpeq_epi8(v, space), _mm256_cmpeq_epi8(v, comma)),
+            );
+            let p = _mm256_or_si256(_mm256_cmpeq_epi8(v, dot), _mm256_cmpeq_epi8(v, paren));
+            let sh = 32 * i;
+            m.letter |= u64::from(_mm256_movemask_epi8(l) as u32) << sh;
+            m.digit |= u64::from(_mm256_movemask_epi8(d) as u32) << sh;
+            m.sep |= u64::from(_mm256_movemask_epi8(s) as u32) << sh;
+            m.dot |= u64::from(_mm256_movemask_epi8(p) as u32) << sh;
+        }
+        m
+    }
+}
+
+/// Portable classification (also the reference the SIMD versions are tested against).
+#[cfg_attr(target_arch = "x86_64", allow(dead_code))]
+fn classify_scalar(b: &[u8; BLOCK]) -> Masks {
+    let mut m = Masks::default();
+    for (i, &c) in b.iter().enumerate() {
+        let k = CLASS[usize::from(c)];
+        m.letter |= u64::from(k == C_LETTER) << i;
+        m.digit |= u64::from(k == C_DIGIT) << i;
+        m.sep |= u64::from(k == C_SEP) << i;
+        m.dot |= u64::from(k == C_DOT) << i;
+    }
+    m
+}
+
+/// Block classifier chosen once per stream.
+#[derive(Clone, Copy, Debug)]
+enum Simd {
+    #[cfg(target_arch = "x86_64")]
+    Sse2,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    #[cfg(not(target_arch = "x86_64"))]
+    Scalar,
+}
+
+impl Simd {
+    fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") {
+                Simd::Avx2
+            } else {
+                Simd::Sse2
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            Simd::Scalar
+        }
+    }
+
+    #[inline]
+    fn classify(self, b: &[u8; BLOCK]) -> Masks {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Simd::Sse2 => classify_sse2(b),
+            // SAFETY: chosen only when the CPU has AVX2.
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx2 => unsafe { classify_avx2(b) },
+            #[cfg(not(target_arch = "x86_64"))]
+            Simd::Scalar => classify_scalar(b),
+        }
+    }
+}
+
+/// `m` shifted `k` bytes later, the previous block's bytes (`h`, most
+/// recent at bit 63) shifted in.
+#[inline]
+fn later(m: u64, h: u64, k: u32) -> u64 {
+    (m << k) | (h >> (64 - k))
+}
+
+/// A run of at least `len` zero bits in `x`.
+#[inline]
+fn has_zero_run(x: u64, len: usize) -> bool {
+    let mut r = !x;
+    let mut have = 1;
+    while have < len {
+        let s = (len - have).min(have);
+        r &= r >> s;
+        have += s;
+    }
+    r != 0
+}
+
+// ------------------------------------------------------------------ tokeniser
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Tok {
+    /// Between tokens.
+    None,
+    /// Inside a letter run of at most 8 letters.
+    Word,
+    /// Inside a numbering of at most 2 digits.
+    Num,
+    /// Right after a numbering's `.` or `)`.
+    NumEnd,
+    /// Inside a token that is neither (the run was broken when it turned bad).
+    Bad,
+}
+
+/// The exact byte-level tokeniser and the current run of list words.
+#[derive(Clone, Debug)]
+struct Tokenizer {
+    /// Absolute offset of the next byte.
+    pos: u64,
+    tok: Tok,
+    word: u64,
+    word_len: u8,
+    word_start: u64,
+    num_len: u8,
+    /// Current run (oldest first): word indices and start offsets.
+    idx: [u16; MAX_WORDS],
+    starts: [u64; MAX_WORDS],
+    len: usize,
+}
+
+impl Default for Tokenizer {
+    fn default() -> Self {
+        Tokenizer {
+            pos: 0,
+            tok: Tok::None,
+            word: 0,
+            word_len: 0,
+            word_start: 0,
+            num_len: 0,
+            idx: [0; MAX_WORDS],
+            starts: [0; MAX_WORDS],
+            len: 0,
+        }
+    }
+}
+
+impl Tokenizer {
+    /// Restarts at `pos` in one of the two context-free states.
+    fn reset(&mut self, pos: u64, bad: bool) {
+        self.pos = pos;
+        self.tok = if bad { Tok::Bad } else { Tok::None };
+        self.len = 0;
+    }
+
+    /// Steps over every byte of `bytes`.
+    #[inline(never)]
+    fn run(&mut self, bytes: &[u8], t: &Table, out: &mut Vec<SeedHit>) {
+        for &b in bytes {
+            self.step(b, t, out);
+        }
+    }
+
+    #[inline(always)]
+    fn step(&mut self, b: u8, t: &Table, out: &mut Vec<SeedHit>) {
+        match CLASS[usize::from(b)] {
+            C_LETTER => match self.tok {
+                Tok::None | Tok::NumEnd => {
+                    self.tok = Tok::Word;
+                    self.word = u64::from(b | 0x20);
+                    self.word_len = 1;
+                    self.word_start = self.pos;
+                }
+                Tok::Word => {
+                    if self.word_len == MAX_WORD {
+                        self.bad(out);
+                    } else {
+                        self.word |= u64::from(b | 0x20) << (8 * self.word_len);
+                        self.word_len += 1;
+                    }
+                }
+                Tok::Num => self.bad(out),
+                Tok::Bad => {}
+            },
+            C_DIGIT => match self.tok {
+                Tok::None => {
+                    self.tok = Tok::Num;
+                    self.num_len = 1;
+                }
+                Tok::Num => {
+                    if self.num_len == MAX_NUM {
+                        self.bad(out);
+                    } else {
+                        self.num_len += 1;
+                    }
+                }
+                Tok::Word | Tok::NumEnd => self.bad(out),
+                Tok::Bad => {}
+            },
+            C_SEP => {
+                if self.tok == Tok::Word {
+                    self.end_word(t, out);
+                }
+                self.tok = Tok::None;
+            }
+            C_DOT if self.tok == Tok::Num => self.tok = Tok::NumEnd,
+            // Any other `.` or `)`, and everything else: the run ends here.
+            _ => {
+                if self.tok == Tok::Word {
+                    self.end_word(t, out);
+                }
+                self.break_run(out);
+                self.tok = Tok::None;
+            }
+        }
+        self.pos += 1;
+    }
+
+    fn bad(&mut self, out: &mut Vec<SeedHit>) {
+        self.break_run(out);
+        self.tok = Tok::Bad;
+    }
+
+    fn end_word(&mut self, t: &Table, out: &mut Vec<SeedHit>) {
+        let found = if self.word_len >= 3 {
+            lookup(t, self.word)
+        } else {
+            None
+        };
+        match found {
+            Some(i) => {
+                self.idx[self.len] = i;
+                self.starts[self.len] = self.word_start;
+                self.len += 1;
+                if self.len == MAX_WORDS {
+                    self.settle(out);
+                }
+            }
+            None => self.break_run(out),
+        }
+    }
+
+    /// Decides the oldest word of the run: the longest valid phrase starting
+    /// there is reported and dropped, otherwise just that word is dropped.
+    fn settle(&mut self, out: &mut Vec<SeedHit>) {
+        let mut drop = 1;
+        for n in LENGTHS {
+            if n <= self.len && checksum_ok(&self.idx[..n]) {
+                out.push(SeedHit {
+                    start: self.starts[0],
+                    words: n,
+                });
+                drop = n;
+                break;
+            }
+        }
+        self.idx.copy_within(drop..self.len, 0);
+        self.starts.copy_within(drop..self.len, 0);
+        self.len -= drop;
+    }
+
+    fn break_run(&mut self, out: &mut Vec<SeedHit>) {
+        while self.len >= MIN_WORDS {
+            self.settle(out);
+        }
+        self.len = 0;
+    }
+
+    fn finish(&mut self, t: &Table, out: &mut Vec<SeedHit>) {
+        if self.tok == Tok::Word {
+            self.end_word(t, out);
+        }
+        self.break_run(out);
+        self.tok = Tok::None;
+    }
+}
+
+// -------------------------------------------------------------------- scanner
+
+/// Streaming state of the seed-phrase pass.
+#[derive(Clone, Debug)]
+pub struct SeedScanner {
+    /// Absolute offset of the next byte fed.
+    offset: u64,
+    /// Class bits of the previous 64 bytes (most recent at bit 63).
+    hist_letter: u64,
+    hist_digit: u64,
+    /// The tokeniser is running (a clean run of `MIN_SPAN` bytes was seen).
+    tokenizing: bool,
+    tk: Tokenizer,
+    /// While skipping: the bytes since the last break position that came
+    /// in earlier chunks (fewer than `MIN_SPAN`).
+    pend: [u8; BLOCK],
+    pend_len: usize,
+    /// The state after that break position is `Tok::Bad` (else `Tok::None`).
+    pend_bad: bool,
+    simd: Simd,
+}
+
+impl Default for SeedScanner {
+    fn default() -> Self {
+        SeedScanner {
+            offset: 0,
+            hist_letter: 0,
+            hist_digit: 0,
+            tokenizing: false,
+            tk: Tokenizer::default(),
+            pend: [0; BLOCK],
+            pend_len: 0,
+            pend_bad: false,
+            simd: Simd::detect(),
+        }
+    }
+}
+
+impl SeedScanner {
+    /// Scans the next chunk; phrases found are appended to `out`.
+    pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<SeedHit>) {
+        let base = self.offset;
+        // While skipping: absolute offset just after the last break position.
+        let mut pstart = base - self.pend_len as u64;
+        let mut pos = 0;
+        while pos < chunk.len() {
+            let n = (chunk.len() - pos).min(BLOCK);
+            let blk = &chunk[pos..pos + n];
+            let (x, tok) = self.breaks(blk);
+            let babs = base + pos as u64;
+            if !self.tokenizing {
+                let valid = if n == BLOCK { !0 } else { (1u64 << n) - 1 };
+                let clean = (babs - pstart) as usize + (x.trailing_zeros() as usize).min(n);
+                if clean < MIN_SPAN && !has_zero_run(x | !valid, MIN_SPAN) {
+                    // No clean run long enough to hold a phrase here.
+                    if x != 0 {
+                        let last = 63 - x.leading_zeros() as usize;
+                        pstart = babs + last as u64 + 1;
+                        self.pend_bad = tok >> last & 1 == 1;
+                    }
+                    pos += n;
+                    continue;
+                }
+                // Tokenise from the last break position on.
+                self.tokenizing = true;
+                let t = table();
+                self.tk.reset(pstart, self.pend_bad);
+                let from = if pstart < base {
+                    self.tk.run(&self.pend[..self.pend_len], t, out);
+                    0
+                } else {
+                    (pstart - base) as usize
+                };
+                self.tk.run(&chunk[from..pos], t, out);
+            }
+            self.tk.run(blk, table(), out);
+            if x != 0 {
+                let last = 63 - x.leading_zeros() as usize;
+                if n - 1 - last < MIN_SPAN {
+                    // The tokeniser's state after `last` is context-free and
+                    // what follows is too short to matter: skip again.
+                    self.tokenizing = false;
+                    pstart = babs + last as u64 + 1;
+                    self.pend_bad = tok >> last & 1 == 1;
+                }
+            }
+            pos += n;
+        }
+        self.offset = base + chunk.len() as u64;
+        if self.tokenizing {
+            self.pend_len = 0;
+        } else if pstart >= base {
+            let rest = &chunk[(pstart - base) as usize..];
+            self.pend[..rest.len()].copy_from_slice(rest);
+            self.pend_len = rest.len();
+        } else {
+            // The clean run started in an earlier chunk and spans this one.
+            let end = self.pend_len + chunk.len();
+            self.pend[self.pend_len..end].copy_from_slice(chunk);
+            self.pend_len = end;
+        }
+    }
+
+    /// Ends the stream: a run reaching the end is evaluated.
+    pub fn finish(&mut self, out: &mut Vec<SeedHit>) {
+        if self.tokenizing {
+            self.tk.finish(table(), out);
+            self.tokenizing = false;
+        }
+        self.pend_len = 0;
+    }
+
+    /// Break positions of a block (at most 64 bytes) as a bitmask: after
+    /// such a byte the tokeniser's state is context-free with an empty run.
+    /// Also returns the letter|digit mask (which of the two states).
+    #[inline(always)]
+    fn breaks(&mut self, blk: &[u8]) -> (u64, u64) {
+        let n = blk.len();
+        let m = match <&[u8; BLOCK]>::try_from(blk) {
+            Ok(a) => self.simd.classify(a),
+            Err(_) => {
+                let mut a = [0u8; BLOCK];
+                a[..n].copy_from_slice(blk);
+                self.simd.classify(&a)
+            }
+        };
+        let (hl, hd) = (self.hist_letter, self.hist_digit);
+        let (l, d) = (m.letter, m.digit);
+        let l1 = later(l, hl, 1);
+        let l2 = later(l, hl, 2);
+        let l3 = later(l, hl, 3);
+        let d1 = later(d, hd, 1);
+        let d2 = later(d, hd, 2);
+        let d3 = later(d, hd, 3);
+        let tok = l | d;
+        // Nine letters/digits in a row: the token is bad whatever came before.
+        let c = (u128::from(tok) << 64) | u128::from(hl | hd);
+        let mut r = c & (c << 1);
+        r &= r << 2;
+        r &= r << 4;
+        r &= c << 8;
+        let t9 = (r >> 64) as u64;
+        let other = !(tok | m.sep | m.dot);
+        let x = other | (m.dot & !d1) | (m.sep & l1 & !(l2 & l3)) | (m.sep & d1 & d2 & d3) | t9;
+        if n == BLOCK {
+            self.hist_letter = l;
+            self.hist_digit = d;
+            (x, tok)
+        } else {
+            let s = (BLOCK - n) as u32;
+            self.hist_letter = (hl >> n) | (l << s);
+            self.hist_digit = (hd >> n) | (d << s);
+            (x & ((1u64 << n) - 1), tok)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const V12: &[&str] = &[
+        "abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon about",
+        "legal winner thank year wave sausage worth useful legal winner thank yellow",
+        "letter advice cage absurd amount doctor acoustic avoid letter advice cage above",
+        "zoo zoo zoo zoo zoo zoo zoo zoo zoo zoo zoo wrong",
+        "scheme spot photo card baby mountain device kick cradle pact join borrow",
+    ];
+    const V18: &str = "abandon abandon abandon abandon abandon abandon abandon abandon abandon \
+                       abandon abandon abandon abandon abandon abandon abandon abandon agent";
+    const V24: &[&str] = &[
+        "abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon \
+         abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon \
+         abandon art",
+        "zoo zoo zoo zoo zoo zoo zoo zoo zoo zoo zoo zoo zoo zoo zoo zoo zoo zoo zoo zoo zoo zoo \
+         zoo vote",
+        "void come effort suffer camp survey warrior heavy shoot primary clutch crush open amazing \
+         screen patrol group space point ten exist slush involve unfold",
+    ];
+    const PROSE: &str = "Permission is hereby granted, free of charge, to any person obtaining a \
+        copy of this software and associated documentation files (the \"Software\"), to deal in \
+        the Software without restriction. Seed words like abandon ability able about above \
+        absent absorb abstract and the rest of the list: twelve words make up a wallet \
+        recovery phrase, which should never leave your computer, never travel over the \
+        network and never be typed into a website asking for your seed words again. ";
+
+    fn scan_chunks(data: &[u8], sizes: &mut dyn FnMut() -> usize) -> Vec<SeedHit> {
+        let mut s = SeedScanner::default();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < data.len() {
+            let n = sizes().max(1).min(data.len() - i);
+            s.feed(&data[i..i + n], &mut out);
+            i += n;
+        }
+        s.finish(&mut out);
+        out
+    }
+
+    fn scan(data: &[u8]) -> Vec<SeedHit> {
+        scan_chunks(data, &mut || 4096)
+    }
+
+    /// The tokeniser alone over the whole input (no block skipping).
+    fn reference(data: &[u8]) -> Vec<SeedHit> {
+        let t = table();
+        let mut tk = Tokenizer::default();
+        let mut out = Vec::new();
+        for &b in data {
+            tk.step(b, t, &mut out);
+        }
+        tk.finish(t, &mut out);
+        out
+    }
+
+    fn hit(start: usize, words: usize) -> SeedHit {
+        SeedHit {
+            start: start as u64,
+            words,
+        }
+    }
+
+    /// Small deterministic PRNG (xorshift).
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    fn mnemonic(words: usize, rng: &mut Rng) -> String {
+        let mut ent = [0u8; 32];
+        for b in ent.iter_mut() {
+            *b = rng.next() as u8;
+        }
+        let m = bip39::Mnemonic::from_entropy_in(bip39::Language::English, &ent[..words * 4 / 3]);
+        m.map(|m| m.to_string()).unwrap_or_default()
+    }
+
+    #[test]
+    fn official_vectors_found() {
+        for v in V12.iter().chain(V24).chain([&V18]) {
+            let n = v.split_whitespace().count();
+            let text = format!("mnemonic: \"{v}\"\n");
+            assert_eq!(scan(text.as_bytes()), vec![hit(11, n)], "{v}");
+            assert_eq!(scan(v.as_bytes()), vec![hit(0, n)], "{v}");
+        }
+    }
+
+    #[test]
+    fn generated_phrases_of_every_length_found() {
+        let mut rng = Rng(0x1234_5678_9abc_def1);
+        for words in [12, 15, 18, 21, 24] {
+            for _ in 0..20 {
+                let m = mnemonic(words, &mut rng);
+                assert!(bip39::Mnemonic::parse_in_normalized(bip39::Language::English, &m).is_ok());
+                let text = format!("The key is {m}. Keep it safe.");
+                assert_eq!(scan(text.as_bytes()), vec![hit(11, words)], "{m}");
+            }
+        }
+    }
+
+    #[test]
+    fn bad_checksum_not_found() {
+        // "abandon x11 abandon": the checksum wants "about".
+        let v = ["abandon"; 12].join(" ");
+        assert!(scan(v.as_bytes()).is_empty());
+        let v = V12[1].replace("yellow", "year");
+        assert!(scan(v.as_bytes()).is_empty());
+        for v in V12 {
+            let (head, _) = v.rsplit_once(' ').unwrap_or_default();
+            for last in ["abandon", "zoo", "wallet"] {
+                let w = format!("{head} {last}");
+                if w != *v {
+                    assert!(scan(w.as_bytes()).is_empty(), "{w}");
+                }
+            }
+        }
+        // A 24-word phrase with a wrong last word is not reported as one
+        // (its 12- to 21-word prefixes are random windows: 1 in 16 to 1 in
+        // 128 of those pass by chance, as with any BIP-39 checker).
+        let v = V24[2].replace("unfold", "zoo");
+        assert!(scan(v.as_bytes()).iter().all(|h| h.words < 24));
+    }
+
+    #[test]
+    fn eleven_words_not_found() {
+        let v: Vec<&str> = V12[1].split(' ').skip(1).collect();
+        assert!(scan(v.join(" ").as_bytes()).is_empty());
+        // A non-list word in the middle breaks the phrase.
+        let v = V12[1].replace("wave", "waves");
+        assert!(scan(v.as_bytes()).is_empty());
+        // So does punctuation.
+        let v = V12[1].replace("wave ", "wave; ");
+        assert!(scan(v.as_bytes()).is_empty());
+    }
+
+    #[test]
+    fn prose_not_found() {
+        assert!(scan(PROSE.repeat(50).as_bytes()).is_empty());
+        for f in [
+            "/usr/share/common-licenses/GPL-3",
+            "/usr/share/common-licenses/Apache-2.0",
+        ] {
+            if let Ok(b) = std::fs::read(f) {
+                assert!(scan(&b).is_empty(), "{f}");
+            }
+        }
+    }
+
+    #[test]
+    fn case_and_separators() {
+        let v = V12[2].to_uppercase().replace(' ', "\n");
+        assert_eq!(scan(v.as_bytes()), vec![hit(0, 12)]);
+        let v = V12[2].replace(' ', ",\t ");
+        assert_eq!(scan(v.as_bytes()), vec![hit(0, 12)]);
+        let words: Vec<&str> = V24[2].split(' ').collect();
+        let numbered: String = words
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                if i % 2 == 0 {
+                    format!("{}. {w}\n", i + 1)
+                } else {
+                    format!("{}) {w} ", i + 1)
+                }
+            })
+            .collect();
+        assert_eq!(scan(numbered.as_bytes()), vec![hit(3, 24)]);
+        let v = format!("<p>{}</p>", V12[0].replace(' ', "\r\n"));
+        assert_eq!(scan(v.as_bytes()), vec![hit(3, 12)]);
+        // Mixed case within a word.
+        let v = V12[4].replace("mountain", "MounTain");
+        assert_eq!(scan(v.as_bytes()), vec![hit(0, 12)]);
+    }
+
+    #[test]
+    fn longest_reported_once_and_long_runs_cut() {
+        // 24-word vector: its 12-word prefix is not reported separately.
+        assert_eq!(scan(V24[2].as_bytes()), vec![hit(0, 24)]);
+        // Two phrases back to back (one run of 36 words).
+        let v = format!("{} {}", V24[2], V12[1]);
+        let second = V24[2].len() + 1;
+        assert_eq!(scan(v.as_bytes()), vec![hit(0, 24), hit(second, 12)]);
+        let v = format!("{} {}", V12[1], V12[3]);
+        assert_eq!(
+            scan(v.as_bytes()),
+            vec![hit(0, 12), hit(V12[1].len() + 1, 12)]
+        );
+        // The same phrase twice, separately.
+        let v = format!("{}\n\"{}\"", V12[0], V12[0]);
+        assert_eq!(
+            scan(v.as_bytes()),
+            vec![hit(0, 12), hit(V12[0].len() + 2, 12)]
+        );
+    }
+
+    #[test]
+    fn words_glued_to_other_tokens_do_not_count() {
+        for v in [
+            format!("x{}", V12[1]),
+            format!("{}x", V12[1]),
+            format!("1{}", V12[1]),
+            format!("{}1", V12[1]),
+        ] {
+            assert!(scan(v.as_bytes()).is_empty(), "{v}");
+        }
+        // Words around the phrase that are not list words do not hurt.
+        let v = format!("seedphrase {} thereafter", V12[1]);
+        assert_eq!(scan(v.as_bytes()), vec![hit(11, 12)]);
+    }
+
+    #[test]
+    fn every_split_point_and_byte_chunks() {
+        let text = format!("{}wallet backup:\n{}\nend of it. ", PROSE, V24[2]);
+        let data = text.as_bytes();
+        let want = vec![hit(PROSE.len() + 15, 24)];
+        assert_eq!(scan(data), want);
+        for split in 0..=data.len() {
+            let mut s = SeedScanner::default();
+            let mut out = Vec::new();
+            s.feed(&data[..split], &mut out);
+            s.feed(&data[split..], &mut out);
+            s.finish(&mut out);
+            assert_eq!(out, want, "split at {split}");
+        }
+        assert_eq!(scan_chunks(data, &mut || 1), want);
+        let mut rng = Rng(77);
+        for _ in 0..200 {
+            assert_eq!(scan_chunks(data, &mut || rng.below(130)), want);
+        }
+    }
+
+    #[test]
+    fn skipping_matches_the_plain_tokeniser() {
+        // Random mixtures of list words, English words, numbering and
+        // punctuation, with phrases planted: the block-skipping scanner must
+        // agree with the tokeniser run over every byte.
+        let list = bip39::Language::English.word_list();
+        let extra = [
+            "a",
+            "of",
+            "to",
+            "in",
+            "the",
+            "is",
+            "software",
+            "copyright",
+            "2024",
+            "12",
+            "3.",
+            "7)",
+            "x1",
+            "abc123",
+            "longerword",
+            "zz",
+            "—",
+            "ünï",
+        ];
+        let seps = [
+            " ", " ", " ", "\n", ", ", "\t", ". ", "; ", "\"", "(", ")", "..", " 1. ",
+        ];
+        let mut rng = Rng(0xdead_beef_cafe_f00d);
+        let mut found = 0;
+        for round in 0..300 {
+            let mut text = String::new();
+            while text.len() < 3000 {
+                match rng.below(20) {
+                    0 => text.push_str(&mnemonic([12, 15, 18, 21, 24][rng.below(5)], &mut rng)),
+                    1..=11 => text.push_str(list[rng.below(2048)]),
+                    12..=13 => text.push_str(&list[rng.below(2048)].to_uppercase()),
+                    _ => text.push_str(extra[rng.below(extra.len())]),
+                }
+                let sep = if rng.below(4) == 0 {
+                    seps[rng.below(seps.len())]
+                } else {
+                    " "
+                };
+                text.push_str(sep);
+            }
+            let mut data = text.into_bytes();
+            if round % 10 == 0 {
+                for _ in 0..20 {
+                    let i = rng.below(data.len());
+                    data[i] = rng.next() as u8;
+                }
+            }
+            let want = reference(&data);
+            found += want.len();
+            assert_eq!(scan(&data), want, "round {round}");
+            let mut r2 = Rng(round + 1);
+            assert_eq!(
+                scan_chunks(&data, &mut || r2.below(100)),
+                want,
+                "round {round}"
+            );
+        }
+        assert!(found > 100, "only {found} phrases");
+    }
+
+    #[test]
+    fn binary_input_no_panic() {
+        let mut rng = Rng(99);
+        let data: Vec<u8> = (0..200_000).map(|_| rng.next() as u8).collect();
+        assert!(scan(&data).is_empty());
+        assert_eq!(scan(&data), reference(&data));
+        // Long runs of letters, spaces, digits.
+        for fill in [&b"a"[..], b" ", b"1", b"aaa ", b"1. ", b"\n"] {
+            let d = fill.repeat(5000);
+            assert!(scan(&d).is_empty());
+        }
+        let mut s = SeedScanner::default();
+        let mut out = Vec::new();
+        s.feed(&[], &mut out);
+        s.finish(&mut out);
+        s.finish(&mut out);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn simd_classification_matches_scalar() {
+        let all: Vec<u8> = (0..=255).collect();
+        for blk in all.chunks_exact(BLOCK) {
+            let Ok(a) = <&[u8; BLOCK]>::try_from(blk) else {
+                continue;
+            };
+            let want = classify_scalar(a);
+            let got = Simd::detect().classify(a);
+            assert_eq!(
+                (got.letter, got.digit, got.sep, got.dot),
+                (want.letter, want.digit, want.sep, want.dot)
+            );
+            #[cfg(target_arch = "x86_64")]
+            {
+                let got = classify_sse2(a);
+                assert_eq!(
+                    (got.letter, got.digit, got.sep, got.dot),
+                    (want.letter, want.digit, want.sep, want.dot)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn checksum_matches_bip39_crate() {
+        let mut rng = Rng(5);
+        let list = bip39::Language::English.word_list();
+        for words in [12, 15, 18, 21, 24] {
+            for _ in 0..200 {
+                let idx: Vec<u16> = (0..words).map(|_| rng.below(2048) as u16).collect();
+                let phrase: Vec<&str> = idx.iter().map(|&i| list[usize::from(i)]).collect();
+                let crate_ok = bip39::Mnemonic::parse_in_normalized(
+                    bip39::Language::English,
+                    &phrase.join(" "),
+                )
+                .is_ok();
+                assert_eq!(checksum_ok(&idx), crate_ok);
+            }
+        }
+        let t = table();
+        for (i, w) in list.iter().enumerate() {
+            assert_eq!(lookup(t, pack(w)), Some(i as u16));
+        }
+        assert_eq!(lookup(t, pack("abando")), None);
+        assert_eq!(lookup(t, pack("the")), None);
+    }
+}
