@@ -5,7 +5,7 @@
 //! a tiny state machine runs only around digits. State is constant per
 //! stream (a 64-byte token, its 40-byte left context and a 64-byte tail).
 use super::{
-    blocks::{HotRule, next_hot_digit},
+    blocks::{HotBlocks, Pass},
     patterns::NumericKind,
     tail::Tail,
     validators,
@@ -16,13 +16,6 @@ const MAX_SEGS: usize = 12;
 const CTX: usize = 40;
 /// Longest alnum run looked back over when a digit is found.
 const LOOKBACK: usize = 60;
-/// Blocks worth the byte-level pass: every reported shape has at least 9
-/// digits within 42 bytes (SSN, ABA, card, grouped IBAN) or is one token of
-/// at least 15 characters (compact IBAN, WIF).
-const HOT: HotRule = HotRule {
-    min_digits: 9,
-    run_len: 15,
-};
 
 /// A validated numeric finding.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -82,6 +75,14 @@ fn is_alnum(b: u8) -> bool {
 impl NumericScanner {
     /// Scans the next chunk; validated hits are appended to `out`.
     pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<NumericHit>) {
+        let mut hot = HotBlocks::default();
+        hot.compute(chunk);
+        self.feed_with(chunk, &hot, out);
+    }
+
+    /// [`Self::feed`] with the chunk's blocks already classified (shared with
+    /// the encoded-run pass).
+    pub fn feed_with(&mut self, chunk: &[u8], hot: &HotBlocks, out: &mut Vec<NumericHit>) {
         let len = chunk.len();
         let mut i = 0;
         while i < len {
@@ -95,7 +96,7 @@ impl NumericScanner {
                 self.skip_alnum = false;
             }
             if !self.active {
-                let Some(p) = next_hot_digit(chunk, i, HOT) else {
+                let Some(p) = hot.next_digit(chunk, i, Pass::Numeric) else {
                     break;
                 };
                 self.begin_token(chunk, p);

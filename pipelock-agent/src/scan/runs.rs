@@ -6,17 +6,12 @@
 //! (`blocks`), so clean text costs little; state per stream is a
 //! 64-byte tail and one run buffer of at most `max_run` bytes.
 use super::{
-    blocks::{HotRule, next_hot_digit},
+    blocks::{HotBlocks, Pass},
     tail::Tail,
 };
 
 /// Shortest run worth decoding.
 pub const RUN_MIN_LEN: usize = 24;
-/// Blocks worth the byte-level pass: a long enough token ends nearby.
-const HOT: HotRule = HotRule {
-    min_digits: u32::MAX,
-    run_len: RUN_MIN_LEN as u32,
-};
 
 #[inline]
 fn is_run_byte(b: u8) -> bool {
@@ -59,11 +54,19 @@ impl RunScanner {
 
     /// Scans the next chunk; completed runs are appended to `out`.
     pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<Vec<u8>>) {
+        let mut hot = HotBlocks::default();
+        hot.compute(chunk);
+        self.feed_with(chunk, &hot, out);
+    }
+
+    /// [`Self::feed`] with the chunk's blocks already classified (shared with
+    /// the numeric pass).
+    pub fn feed_with(&mut self, chunk: &[u8], hot: &HotBlocks, out: &mut Vec<Vec<u8>>) {
         let len = chunk.len();
         let mut i = 0;
         while i < len {
             if !self.in_run {
-                let Some(p) = next_hot_digit(chunk, i, HOT) else {
+                let Some(p) = hot.next_digit(chunk, i, Pass::Runs) else {
                     break;
                 };
                 let mut s = p;
