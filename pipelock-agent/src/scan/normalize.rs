@@ -379,9 +379,102 @@ fn block_masks(block: &[u8; 16]) -> (u32, u32) {
     (special, ws)
 }
 
+/// The block mapped through [`ASCII_MAP`] and its whitespace mask, unless
+/// some byte of it is dropped (a control other than whitespace, DEL).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+fn block_map(block: &[u8; 16]) -> Option<([u8; 16], u32)> {
+    use std::arch::x86_64::{
+        __m128i, _mm_and_si128, _mm_andnot_si128, _mm_cmpeq_epi8, _mm_cmpgt_epi8, _mm_cmplt_epi8,
+        _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8, _mm_storeu_si128,
+    };
+    const PAIRS: [(u8, u8); 8] = [
+        (b'0', b'o'),
+        (b'1', b'i'),
+        (b'3', b'e'),
+        (b'4', b'a'),
+        (b'5', b's'),
+        (b'7', b't'),
+        (b'@', b'a'),
+        (b'$', b's'),
+    ];
+    let mut mapped = [0u8; 16];
+    // SAFETY: SSE2 is part of the x86_64 baseline; the load reads exactly the
+    // 16 bytes of `block` and the store writes exactly the 16 of `mapped`.
+    let (drop, ws) = unsafe {
+        let v = _mm_loadu_si128(block.as_ptr().cast::<__m128i>());
+        let nl = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'\n' as i8));
+        // \t \v \f \r (9..=13 but not \n) become a space.
+        let blank = _mm_andnot_si128(
+            nl,
+            _mm_and_si128(
+                _mm_cmpgt_epi8(v, _mm_set1_epi8(8)),
+                _mm_cmplt_epi8(v, _mm_set1_epi8(14)),
+            ),
+        );
+        let ctrl = _mm_cmplt_epi8(v, _mm_set1_epi8(0x20));
+        let drop = _mm_or_si128(
+            _mm_andnot_si128(_mm_or_si128(nl, blank), ctrl),
+            _mm_cmpeq_epi8(v, _mm_set1_epi8(0x7f)),
+        );
+        let space = _mm_set1_epi8(b' ' as i8);
+        let mut m = _mm_or_si128(_mm_andnot_si128(blank, v), _mm_and_si128(blank, space));
+        for (from, to) in PAIRS {
+            let eq = _mm_cmpeq_epi8(v, _mm_set1_epi8(from as i8));
+            m = _mm_or_si128(
+                _mm_andnot_si128(eq, m),
+                _mm_and_si128(eq, _mm_set1_epi8(to as i8)),
+            );
+        }
+        _mm_storeu_si128(mapped.as_mut_ptr().cast::<__m128i>(), m);
+        let ws = _mm_or_si128(nl, _mm_cmpeq_epi8(m, space));
+        (_mm_movemask_epi8(drop), _mm_movemask_epi8(ws) as u32)
+    };
+    (drop == 0).then_some((mapped, ws))
+}
+
+/// Portable version of the block mapping.
+#[cfg(not(target_arch = "x86_64"))]
+#[inline]
+fn block_map(block: &[u8; 16]) -> Option<([u8; 16], u32)> {
+    let mut mapped = [0u8; 16];
+    let mut ws = 0u32;
+    for (i, &b) in block.iter().enumerate() {
+        let m = ASCII_MAP[usize::from(b & 0x7f)];
+        if m == 0 {
+            return None;
+        }
+        mapped[i] = m;
+        ws |= u32::from(m == b' ' || m == b'\n') << i;
+    }
+    Some((mapped, ws))
+}
+
+/// Copies a block the map leaves alone, less the bytes that extend a
+/// whitespace run (merged into the byte before them; a line break wins).
+#[inline]
+fn copy_block(block: &[u8; 16], wsmask: u32, in_ws: &mut bool, out: &mut Vec<u8>) {
+    let mut adjacent = wsmask & ((wsmask << 1) | u32::from(*in_ws));
+    let mut start = 0;
+    while adjacent != 0 {
+        let i = adjacent.trailing_zeros() as usize;
+        out.extend_from_slice(&block[start..i]);
+        if block[i] == b'\n'
+            && let Some(last) = out.last_mut()
+        {
+            *last = b'\n';
+        }
+        start = i + 1;
+        adjacent &= adjacent - 1;
+    }
+    out.extend_from_slice(&block[start..]);
+    *in_ws = wsmask & 0x8000 != 0;
+}
+
 /// Maps ASCII bytes through [`ASCII_MAP`], collapsing whitespace runs.
-/// Blocks of 16 bytes that the map leaves alone are copied whole, less the
-/// bytes that extend a whitespace run.
+/// Blocks of 16 bytes are mapped and copied whole (SSE2 on x86_64), less
+/// the bytes that extend a whitespace run; only blocks with bytes to drop
+/// go byte by byte.
 fn ascii_into(input: &[u8], in_ws: &mut bool, out: &mut Vec<u8>) {
     out.reserve(input.len() + 1);
     let mut chunks = input.chunks_exact(16);
@@ -390,26 +483,13 @@ fn ascii_into(input: &[u8], in_ws: &mut bool, out: &mut Vec<u8>) {
             break;
         };
         let (special, wsmask) = block_masks(block);
-        if special != 0 {
+        if special == 0 {
+            copy_block(block, wsmask, in_ws, out);
+        } else if let Some((mapped, wsmask)) = block_map(block) {
+            copy_block(&mapped, wsmask, in_ws, out);
+        } else {
             put_ascii(block, in_ws, out);
-            continue;
         }
-        // Whitespace following whitespace is merged into the byte before it.
-        let mut adjacent = wsmask & ((wsmask << 1) | u32::from(*in_ws));
-        let mut start = 0;
-        while adjacent != 0 {
-            let i = adjacent.trailing_zeros() as usize;
-            out.extend_from_slice(&block[start..i]);
-            if block[i] == b'\n'
-                && let Some(last) = out.last_mut()
-            {
-                *last = b'\n';
-            }
-            start = i + 1;
-            adjacent &= adjacent - 1;
-        }
-        out.extend_from_slice(&block[start..]);
-        *in_ws = wsmask & 0x8000 != 0;
     }
     put_ascii(chunks.remainder(), in_ws, out);
 }
