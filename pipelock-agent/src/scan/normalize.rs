@@ -455,6 +455,12 @@ fn block_map(block: &[u8; 16]) -> Option<([u8; 16], u32)> {
 #[inline]
 fn copy_block(block: &[u8; 16], wsmask: u32, in_ws: &mut bool, out: &mut Vec<u8>) {
     let mut adjacent = wsmask & ((wsmask << 1) | u32::from(*in_ws));
+    *in_ws = wsmask & 0x8000 != 0;
+    if adjacent == 0 {
+        // The common case: a fixed-size copy the compiler inlines.
+        out.extend_from_slice(block);
+        return;
+    }
     let mut start = 0;
     while adjacent != 0 {
         let i = adjacent.trailing_zeros() as usize;
@@ -468,7 +474,6 @@ fn copy_block(block: &[u8; 16], wsmask: u32, in_ws: &mut bool, out: &mut Vec<u8>
         adjacent &= adjacent - 1;
     }
     out.extend_from_slice(&block[start..]);
-    *in_ws = wsmask & 0x8000 != 0;
 }
 
 /// Maps ASCII bytes through [`ASCII_MAP`], collapsing whitespace runs.
