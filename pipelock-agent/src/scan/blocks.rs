@@ -15,51 +15,174 @@ struct Masks {
     lower: u64,
     space: u64,
     dash: u64,
-    /// `+ / = _ %`: the other bytes of encoded runs.
-    enc: u64,
+    /// `+ / =`: base64 beyond the alphanumerics.
+    std_extra: u64,
+    /// `- _ =`: base64url beyond the alphanumerics.
+    url_extra: u64,
+    pct: u64,
 }
 
 #[cfg(target_arch = "x86_64")]
-#[inline]
-fn classify(b: &[u8; BLOCK]) -> Masks {
+mod sse2 {
+    //! SSE2 (x86_64 baseline) byte-class masks of one block.
     use std::arch::x86_64::{
         __m128i, _mm_cmpeq_epi8, _mm_cmplt_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128,
         _mm_set1_epi8, _mm_sub_epi8, _mm_xor_si128,
     };
-    // SAFETY: SSE2 is part of the x86_64 baseline; every load reads 16 bytes
-    // inside the 64-byte array.
-    unsafe {
-        let bias = _mm_set1_epi8(i8::MIN);
-        // Unsigned range check lo..lo+len: (v - lo) ^ 0x80 < i8::MIN + len, signed.
-        let range = |v: __m128i, lo: u8, len: i8| {
+
+    use super::{BLOCK, Masks};
+
+    /// Unsigned range check `lo..lo + len`: `(v - lo) ^ 0x80 < i8::MIN + len`, signed.
+    #[inline(always)]
+    unsafe fn range(v: __m128i, lo: u8, len: i8) -> __m128i {
+        unsafe {
             _mm_cmplt_epi8(
-                _mm_xor_si128(_mm_sub_epi8(v, _mm_set1_epi8(lo as i8)), bias),
+                _mm_xor_si128(
+                    _mm_sub_epi8(v, _mm_set1_epi8(lo as i8)),
+                    _mm_set1_epi8(i8::MIN),
+                ),
                 _mm_set1_epi8(i8::MIN + len),
             )
-        };
-        let eq = |v: __m128i, c: u8| _mm_cmpeq_epi8(v, _mm_set1_epi8(c as i8));
-        let bits = |x: __m128i| u64::from(_mm_movemask_epi8(x) as u16);
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn eq(v: __m128i, c: u8) -> __m128i {
+        unsafe { _mm_cmpeq_epi8(v, _mm_set1_epi8(c as i8)) }
+    }
+
+    #[inline(always)]
+    unsafe fn bits(x: __m128i, lane: usize) -> u64 {
+        unsafe { u64::from(_mm_movemask_epi8(x) as u16) << (16 * lane) }
+    }
+
+    #[inline(always)]
+    unsafe fn load(b: &[u8; BLOCK], lane: usize) -> __m128i {
+        // SAFETY (caller): lane < 4, so the 16 bytes are inside the block.
+        unsafe { _mm_loadu_si128(b.as_ptr().add(16 * lane).cast::<__m128i>()) }
+    }
+
+    #[inline]
+    pub(super) fn digits(b: &[u8; BLOCK]) -> u64 {
+        // SAFETY: SSE2 is always present on x86_64; lanes 0..4 stay in the block.
+        unsafe { (0..4).fold(0, |m, l| m | bits(range(load(b, l), b'0', 10), l)) }
+    }
+
+    #[inline]
+    pub(super) fn classify(b: &[u8; BLOCK]) -> Masks {
         let mut m = Masks::default();
-        for i in 0..BLOCK / 16 {
-            let v = _mm_loadu_si128(b.as_ptr().add(16 * i).cast::<__m128i>());
-            let sh = 16 * i;
-            m.digit |= bits(range(v, b'0', 10)) << sh;
-            m.upper |= bits(range(v, b'A', 26)) << sh;
-            m.lower |= bits(range(v, b'a', 26)) << sh;
-            m.space |= bits(eq(v, b' ')) << sh;
-            m.dash |= bits(eq(v, b'-')) << sh;
-            let enc = _mm_or_si128(
-                _mm_or_si128(eq(v, b'+'), eq(v, b'/')),
-                _mm_or_si128(_mm_or_si128(eq(v, b'='), eq(v, b'_')), eq(v, b'%')),
-            );
-            m.enc |= bits(enc) << sh;
+        // SAFETY: as in `digits`.
+        unsafe {
+            for l in 0..4 {
+                let v = load(b, l);
+                let equals = eq(v, b'=');
+                let dash = eq(v, b'-');
+                m.digit |= bits(range(v, b'0', 10), l);
+                m.upper |= bits(range(v, b'A', 26), l);
+                m.lower |= bits(range(v, b'a', 26), l);
+                m.space |= bits(eq(v, b' '), l);
+                m.dash |= bits(dash, l);
+                m.std_extra |= bits(
+                    _mm_or_si128(_mm_or_si128(eq(v, b'+'), eq(v, b'/')), equals),
+                    l,
+                );
+                m.url_extra |= bits(_mm_or_si128(_mm_or_si128(dash, eq(v, b'_')), equals), l);
+                m.pct |= bits(eq(v, b'%'), l);
+            }
         }
         m
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    //! AVX2 byte-class masks of one block (two 32-byte lanes); only called
+    //! from code compiled with AVX2 enabled, after a runtime check.
+    use std::arch::x86_64::{
+        __m256i, _mm256_cmpeq_epi8, _mm256_cmpgt_epi8, _mm256_loadu_si256, _mm256_movemask_epi8,
+        _mm256_or_si256, _mm256_set1_epi8, _mm256_sub_epi8, _mm256_xor_si256,
+    };
+
+    use super::{BLOCK, Masks};
+
+    /// Unsigned range check `lo..lo + len`, as in `sse2::range`.
+    #[inline(always)]
+    unsafe fn range(v: __m256i, lo: u8, len: i8) -> __m256i {
+        unsafe {
+            let t = _mm256_xor_si256(
+                _mm256_sub_epi8(v, _mm256_set1_epi8(lo as i8)),
+                _mm256_set1_epi8(i8::MIN),
+            );
+            _mm256_cmpgt_epi8(_mm256_set1_epi8(i8::MIN + len), t)
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn eq(v: __m256i, c: u8) -> __m256i {
+        unsafe { _mm256_cmpeq_epi8(v, _mm256_set1_epi8(c as i8)) }
+    }
+
+    #[inline(always)]
+    unsafe fn bits(x: __m256i, lane: usize) -> u64 {
+        unsafe { u64::from(_mm256_movemask_epi8(x) as u32) << (32 * lane) }
+    }
+
+    #[inline(always)]
+    unsafe fn load(b: &[u8; BLOCK], lane: usize) -> __m256i {
+        // SAFETY (caller): lane < 2, so the 32 bytes are inside the block.
+        unsafe { _mm256_loadu_si256(b.as_ptr().add(32 * lane).cast::<__m256i>()) }
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn digits(b: &[u8; BLOCK]) -> u64 {
+        unsafe { bits(range(load(b, 0), b'0', 10), 0) | bits(range(load(b, 1), b'0', 10), 1) }
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn classify(b: &[u8; BLOCK]) -> Masks {
+        let mut m = Masks::default();
+        unsafe {
+            for l in 0..2 {
+                let v = load(b, l);
+                let equals = eq(v, b'=');
+                let dash = eq(v, b'-');
+                m.digit |= bits(range(v, b'0', 10), l);
+                m.upper |= bits(range(v, b'A', 26), l);
+                m.lower |= bits(range(v, b'a', 26), l);
+                m.space |= bits(eq(v, b' '), l);
+                m.dash |= bits(dash, l);
+                m.std_extra |= bits(
+                    _mm256_or_si256(_mm256_or_si256(eq(v, b'+'), eq(v, b'/')), equals),
+                    l,
+                );
+                m.url_extra |= bits(
+                    _mm256_or_si256(_mm256_or_si256(dash, eq(v, b'_')), equals),
+                    l,
+                );
+                m.pct |= bits(eq(v, b'%'), l);
+            }
+        }
+        m
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+use sse2::{classify, digits};
+
 #[cfg(not(target_arch = "x86_64"))]
-#[inline]
+fn digits(b: &[u8; BLOCK]) -> u64 {
+    b.iter()
+        .enumerate()
+        .fold(0, |m, (i, c)| m | u64::from(c.is_ascii_digit()) << i)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
 fn classify(b: &[u8; BLOCK]) -> Masks {
     let mut m = Masks::default();
     for (i, &c) in b.iter().enumerate() {
@@ -68,7 +191,9 @@ fn classify(b: &[u8; BLOCK]) -> Masks {
         m.lower |= u64::from(c.is_ascii_lowercase()) << i;
         m.space |= u64::from(c == b' ') << i;
         m.dash |= u64::from(c == b'-') << i;
-        m.enc |= u64::from(matches!(c, b'+' | b'/' | b'=' | b'_' | b'%')) << i;
+        m.std_extra |= u64::from(matches!(c, b'+' | b'/' | b'=')) << i;
+        m.url_extra |= u64::from(matches!(c, b'-' | b'_' | b'=')) << i;
+        m.pct |= u64::from(c == b'%') << i;
     }
     m
 }
@@ -115,16 +240,21 @@ fn numeric_hot(lo: Masks, hi: Masks) -> bool {
         != 0
 }
 
-/// Digits of the window that sit in a run of at least `RUN` encoded-run bytes
-/// (alphanumerics and `+ / = _ % -`), give or take a few bytes before it.
+/// Digits of the window that sit in a run of at least `run` bytes of one
+/// encoded alphabet (base64: alphanumerics and `+ / =`; base64url:
+/// alphanumerics and `- _ =`; with a `%` nearby, any of them and `%`), give
+/// or take a few bytes before it. A run mixing `/` and `-` without `%`
+/// decodes no way, so a path or URL is not worth reading.
 fn run_digits(lo: Masks, hi: Masks, run: u32) -> u128 {
     let d = wide(lo.digit, hi.digit);
-    let rb = d | wide(
-        lo.upper | lo.lower | lo.dash | lo.enc,
-        hi.upper | hi.lower | hi.dash | hi.enc,
-    );
+    let al = d | wide(lo.upper | lo.lower, hi.upper | hi.lower);
+    let std = al | wide(lo.std_extra, hi.std_extra);
+    let url = al | wide(lo.url_extra, hi.url_extra);
+    let mut x = run_ends(std, run) | run_ends(url, run);
+    if lo.pct | hi.pct != 0 {
+        x |= run_ends(std | url | wide(lo.pct, hi.pct), run);
+    }
     // Smear every run end back over the run (31 >= run - 1 bytes).
-    let mut x = run_ends(rb, run);
     x |= x >> 1;
     x |= x >> 2;
     x |= x >> 4;
@@ -161,6 +291,35 @@ fn set(bits: &mut [u64], k: usize) {
 impl HotBlocks {
     /// Classifies `buf`.
     pub fn compute(&mut self, buf: &[u8]) {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: AVX2 was just detected.
+            unsafe { self.compute_avx2(buf) };
+            return;
+        }
+        self.compute_with(buf, digits, classify);
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn compute_avx2(&mut self, buf: &[u8]) {
+        // SAFETY: the caller checked AVX2.
+        self.compute_with(
+            buf,
+            |b| unsafe { avx2::digits(b) },
+            |b| unsafe { avx2::classify(b) },
+        );
+    }
+
+    #[inline(always)]
+    fn compute_with(
+        &mut self,
+        buf: &[u8],
+        digits: impl Fn(&[u8; BLOCK]) -> u64,
+        classify: impl Fn(&[u8; BLOCK]) -> Masks,
+    ) {
         let nblocks = buf.len().div_ceil(BLOCK);
         let words = nblocks.div_ceil(64);
         for v in [&mut self.numeric, &mut self.runs] {
@@ -168,15 +327,6 @@ impl HotBlocks {
             v.resize(words, 0);
         }
         let full = buf.len() / BLOCK;
-        let block = |k: usize| -> Masks {
-            match buf
-                .get(k * BLOCK..(k + 1) * BLOCK)
-                .map(<&[u8; BLOCK]>::try_from)
-            {
-                Some(Ok(b)) => classify(b),
-                _ => Masks::default(),
-            }
-        };
         // Edges: the first block and everything from the last full one on.
         for k in (0..nblocks.min(1)).chain(full.saturating_sub(1)..nblocks) {
             set(&mut self.numeric, k);
@@ -185,22 +335,41 @@ impl HotBlocks {
         if full < 3 {
             return;
         }
-        let mut prev = block(0);
-        let mut cur = block(1);
-        for k in 1..full - 1 {
-            let next = block(k + 1);
-            if cur.digit != 0 {
-                if numeric_hot(prev, cur) || numeric_hot(cur, next) {
+        let mut blocks = buf
+            .chunks_exact(BLOCK)
+            .filter_map(|b| <&[u8; BLOCK]>::try_from(b).ok());
+        let Some(mut cur) = blocks.next() else {
+            return;
+        };
+        // Windows of two blocks (k, k + 1); block k is hot when the window
+        // before or after it is. Full masks only where a digit is near.
+        let mut d_cur = digits(cur);
+        let mut m_cur: Option<Masks> = None;
+        let mut prev_numeric = false;
+        let mut prev_runs = 0u64;
+        for (k, next) in blocks.take(full - 1).enumerate() {
+            let d_next = digits(next);
+            let mut m_next = None;
+            let (w_numeric, w_runs) = if d_cur | d_next != 0 {
+                let mc = *m_cur.get_or_insert_with(|| classify(cur));
+                let mn = *m_next.insert(classify(next));
+                (numeric_hot(mc, mn), run_digits(mc, mn, RUN))
+            } else {
+                (false, 0)
+            };
+            if k > 0 && d_cur != 0 {
+                if prev_numeric || w_numeric {
                     set(&mut self.numeric, k);
                 }
-                if (run_digits(prev, cur, RUN) >> 64) != 0
-                    || (run_digits(cur, next, RUN) as u64) != 0
-                {
+                if prev_runs != 0 || w_runs as u64 != 0 {
                     set(&mut self.runs, k);
                 }
             }
-            prev = cur;
+            prev_numeric = w_numeric;
+            prev_runs = (w_runs >> 64) as u64;
             cur = next;
+            d_cur = d_next;
+            m_cur = m_next;
         }
     }
 
@@ -261,7 +430,17 @@ mod tests {
                 assert_eq!(bit(m.lower), c.is_ascii_lowercase(), "{c:#x}");
                 assert_eq!(bit(m.space), c == b' ', "{c:#x}");
                 assert_eq!(bit(m.dash), c == b'-', "{c:#x}");
-                assert_eq!(bit(m.enc), b"+/=_%".contains(&c), "{c:#x}");
+                assert_eq!(bit(m.std_extra), b"+/=".contains(&c), "{c:#x}");
+                assert_eq!(bit(m.url_extra), b"-_=".contains(&c), "{c:#x}");
+                assert_eq!(bit(m.pct), c == b'%', "{c:#x}");
+                assert_eq!(digits(&b), m.digit);
+                #[cfg(target_arch = "x86_64")]
+                if std::is_x86_feature_detected!("avx2") {
+                    // SAFETY: AVX2 was just detected.
+                    let a = unsafe { avx2::classify(&b) };
+                    assert_eq!(format!("{a:?}"), format!("{m:?}"));
+                    assert_eq!(unsafe { avx2::digits(&b) }, m.digit);
+                }
             }
         }
     }
@@ -290,7 +469,9 @@ mod tests {
     #[test]
     fn quiet_blocks_are_skipped_and_hot_ones_found() {
         // Dates, versions and years in prose: nothing the passes report.
-        let prose = b"Copyright 1999-2005, 2007 Foo; version 2.0 of 2019-03-14 ok. ".repeat(30);
+        let prose = b"Copyright 1999-2005, 2007 Foo; version 2.0 of 2019-03-14 ok. \
+            See /usr/share/common-licenses/GPL-2 and https://example.org/doc/copyright-format/1.0/ "
+            .repeat(15);
         let n = prose.len();
         let edge = |p: &usize| *p < BLOCK || *p >= (n / BLOCK - 1) * BLOCK;
         assert!(hot_digits(&prose, Pass::Numeric).iter().all(edge));
@@ -308,6 +489,9 @@ mod tests {
             ),
             (b"aGVsbG8gd29ybGQgaGVsbG8gd2xk", Pass::Runs),
             (b"ghp_aB3dE5gH7jK9mN1pQ2sT4vW6yZ8", Pass::Runs),
+            (b"d2hvYW1pP/9+dGhlcmU/Pz8/Pz8/", Pass::Runs),
+            (b"d2hvYW1pP_9-dGhlcmU_Pz8_Pz8_", Pass::Runs),
+            (b"secret%3Dabc%26token%3Dxyz123", Pass::Runs),
         ] {
             for at in 5 * BLOCK..7 * BLOCK {
                 let mut text = prose.clone();

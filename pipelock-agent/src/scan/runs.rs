@@ -45,7 +45,7 @@ impl RunScanner {
 
     fn end_run(&mut self, out: &mut Vec<Vec<u8>>) {
         self.in_run = false;
-        if self.buf.len() >= RUN_MIN_LEN {
+        if self.buf.len() >= RUN_MIN_LEN && decodable_parts(&self.buf).any(may_decode) {
             out.push(std::mem::take(&mut self.buf));
         } else {
             self.buf.clear();
@@ -128,6 +128,28 @@ pub fn discord_token(run: &[u8]) -> bool {
         && tok(c)
 }
 
+/// Whether one part of a run (no `.`) can be an encoding worth decoding:
+/// percent-encoded, or of one base64 alphabet (not mixing `+ /` with `- _`)
+/// and not path-like (`/` at least every 12 bytes: base64 of binary has one
+/// in 64, base64 of ASCII text almost none).
+pub fn may_decode(part: &[u8]) -> bool {
+    let mut slashes = 0usize;
+    let (mut std, mut url, mut pct) = (false, false, false);
+    for &b in part {
+        match b {
+            b'/' => {
+                slashes += 1;
+                std = true;
+            }
+            b'+' => std = true,
+            b'-' | b'_' => url = true,
+            b'%' => pct = true,
+            _ => {}
+        }
+    }
+    pct || !((std && url) || (slashes >= 3 && slashes * 12 >= part.len()))
+}
+
 /// The parts of a run worth decoding (split at `.`; at least [`RUN_MIN_LEN`]).
 pub fn decodable_parts(run: &[u8]) -> impl Iterator<Item = &[u8]> {
     run.split(|&b| b == b'.').filter(|p| p.len() >= RUN_MIN_LEN)
@@ -188,6 +210,26 @@ mod tests {
     fn short_runs_and_plain_text_ignored() {
         assert!(runs_in(b"version 1.2.3 of 2024-01-01, abc123 ok", 4096).is_empty());
         assert_eq!(runs_in(b"x deadbeefdeadbeefdeadbeef01 y", 4096).len(), 1);
+    }
+
+    #[test]
+    fn paths_and_mixed_alphabets_are_not_decoded() {
+        for path in [
+            "/usr/share/common-licenses/GPL-2",
+            "libs/fusion/include/boost/fusion/container/vector/detail/cpp03",
+            "41/Adwaita/scalable/ui/pan-down-symbolic",
+        ] {
+            assert!(!may_decode(path.as_bytes()), "{path}");
+            assert!(runs_in(format!("see {path} ok").as_bytes(), 4096).is_empty());
+        }
+        for enc in [
+            "Z2hwX2FCM2RFNWdIN2pLOW1OMXBRMnNUNHZXNnlaOA==",
+            "nzv/fiHApNXm9wgZKjtMXf5vcIHyo7TF1uf4CRorPE0=",
+            "nzv_fiHApNXm9wgZKjtMXf5vcIHyo7TF1uf4CRorPE0",
+            "secret%3Dabc%2Fdef%26token%3Dxyz123",
+        ] {
+            assert!(may_decode(enc.as_bytes()), "{enc}");
+        }
     }
 
     #[test]
