@@ -95,6 +95,23 @@ fn lookup(t: &Table, key: u64) -> Option<u16> {
     }
 }
 
+/// At least a third of the words are distinct. Generated phrases always are
+/// (12 random words of 2048); repetitive text ("test test test …", padding)
+/// would otherwise pass the 4–8-bit checksum by chance, and so do the
+/// all-`abandon` / all-`zoo` test vectors, which are public anyway.
+fn varied(idx: &[u16]) -> bool {
+    let mut seen = [0u64; 32];
+    let mut distinct = 0;
+    for &i in idx {
+        let (w, b) = (usize::from(i / 64) % 32, i % 64);
+        if seen[w] >> b & 1 == 0 {
+            seen[w] |= 1 << b;
+            distinct += 1;
+        }
+    }
+    distinct * 3 >= idx.len()
+}
+
 /// BIP-39 checksum of a 12/15/18/21/24-word sequence of indices.
 fn checksum_ok(idx: &[u16]) -> bool {
     let n = idx.len();
@@ -483,7 +500,7 @@ impl Tokenizer {
     fn settle(&mut self, out: &mut Vec<SeedHit>) {
         let mut drop = 1;
         for n in LENGTHS {
-            if n <= self.len && checksum_ok(&self.idx[..n]) {
+            if n <= self.len && varied(&self.idx[..n]) && checksum_ok(&self.idx[..n]) {
                 out.push(SeedHit {
                     start: self.starts[0],
                     words: n,
@@ -761,6 +778,11 @@ mod tests {
     #[test]
     fn official_vectors_found() {
         for v in V12.iter().chain(V24).chain([&V18]) {
+            if v.starts_with("abandon abandon") || v.starts_with("zoo zoo") {
+                // Valid, but repetitive: not reported (see `varied`).
+                assert!(scan(v.as_bytes()).is_empty(), "{v}");
+                continue;
+            }
             let n = v.split_whitespace().count();
             let text = format!("mnemonic: \"{v}\"\n");
             assert_eq!(scan(text.as_bytes()), vec![hit(11, n)], "{v}");
@@ -783,7 +805,8 @@ mod tests {
 
     #[test]
     fn bad_checksum_not_found() {
-        // "abandon x11 abandon": the checksum wants "about".
+        // "abandon x11 abandon": the checksum wants "about" (and the phrase
+        // is too repetitive to report anyway).
         let v = ["abandon"; 12].join(" ");
         assert!(scan(v.as_bytes()).is_empty());
         let v = V12[1].replace("yellow", "year");
@@ -848,7 +871,7 @@ mod tests {
             })
             .collect();
         assert_eq!(scan(numbered.as_bytes()), vec![hit(3, 24)]);
-        let v = format!("<p>{}</p>", V12[0].replace(' ', "\r\n"));
+        let v = format!("<p>{}</p>", V12[4].replace(' ', "\r\n"));
         assert_eq!(scan(v.as_bytes()), vec![hit(3, 12)]);
         // Mixed case within a word.
         let v = V12[4].replace("mountain", "MounTain");
@@ -863,16 +886,16 @@ mod tests {
         let v = format!("{} {}", V24[2], V12[1]);
         let second = V24[2].len() + 1;
         assert_eq!(scan(v.as_bytes()), vec![hit(0, 24), hit(second, 12)]);
-        let v = format!("{} {}", V12[1], V12[3]);
+        let v = format!("{} {}", V12[1], V12[2]);
         assert_eq!(
             scan(v.as_bytes()),
             vec![hit(0, 12), hit(V12[1].len() + 1, 12)]
         );
         // The same phrase twice, separately.
-        let v = format!("{}\n\"{}\"", V12[0], V12[0]);
+        let v = format!("{}\n\"{}\"", V12[4], V12[4]);
         assert_eq!(
             scan(v.as_bytes()),
-            vec![hit(0, 12), hit(V12[0].len() + 2, 12)]
+            vec![hit(0, 12), hit(V12[4].len() + 2, 12)]
         );
     }
 

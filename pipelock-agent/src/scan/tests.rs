@@ -77,6 +77,7 @@ pub(crate) fn samples() -> Vec<(&'static str, String, String)> {
         s("dlp.private_key_block", "-----BEGIN OPENSSH PRIVATE KEY-----\nb3Blbn".into(), "-----BEGIN PUBLIC KEY-----".into()),
         s("dlp.jwt", " eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U".into(), " eyJhbGciOi.notajwt".into()),
         s("dlp.crypto_wif_private_key", "wif 5HueCGU8rMjxEXxiPuD5BDku4MkFqeZyd4dZ1jvhTVqvbTLvyTJ end".into(), "wif 5HueCGU8rMjxEXxiPuD5BDku4MkFqeZyd4dZ1jvhTVqvbTLvyTK end".into()),
+        s("dlp.crypto_seed_phrase", "my wallet: scheme spot photo card baby mountain device kick cradle pact join borrow\n".into(), "my wallet: scheme spot photo card baby mountain device kick cradle pact join border\n".into()),
         s("dlp.crypto_extended_private_key", "xprv9s21ZrQH143K3QTDL4LXw2F7HEK3wJUD2nW2nRk4stbPy6cq3jPPqjiChkVvvNKmPGJxWUtg6LnF5kejMRNNU3TGtRBeJgk33yuGBxrMPHi".into(), format!("xprv{}", alnum(50))),
         s("dlp.ethereum_private_key", format!(" 0x{} ", hex(64)), format!(" 0x{} ", hex(40))),
         s("dlp.env_secret_assignment", "DATABASE_PASSWORD=hunter2hunter2".into(), "DATABASE_PASSWORD=${DB_PASS} database_password=hunter2hunter2".into()),

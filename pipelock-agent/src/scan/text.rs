@@ -14,6 +14,7 @@ use super::{
     numeric::{NumericHit, NumericScanner},
     patterns::{self, Detector},
     runs::{RunScanner, decodable_parts, discord_token, runs_in},
+    seed::{SeedHit, SeedScanner},
 };
 
 /// Bytes of history kept per stream; also the longest span an excerpt can recover.
@@ -132,6 +133,18 @@ fn numeric_meta(hit: &NumericHit) -> Option<RuleMeta> {
         .map(RuleMeta::builtin)
 }
 
+fn seed_hit(hit: &SeedHit, location: Cow<'static, str>) -> Option<Hit> {
+    let meta = patterns::dlp::DLP_RULES
+        .iter()
+        .find(|r| r.detector == Detector::Numeric(patterns::NumericKind::SeedPhrase))
+        .map(RuleMeta::builtin)?;
+    Some(Hit {
+        meta,
+        excerpt: format!("[REDACTED seed phrase, {} words]", hit.words),
+        location,
+    })
+}
+
 fn numeric_excerpt(hit: &NumericHit) -> String {
     let shown = (hit.value.len() / 4).min(4);
     format!(
@@ -173,6 +186,14 @@ pub fn scan_dlp_block(
     let mut nh = Vec::new();
     num.feed_with(data, &hot, &mut nh);
     num.finish(&mut nh);
+    let mut seeds = SeedScanner::default();
+    let mut sh = Vec::new();
+    seeds.feed(data, &mut sh);
+    seeds.finish(&mut sh);
+    out.extend(
+        sh.iter()
+            .filter_map(|h| seed_hit(h, Cow::Owned(location.to_owned()))),
+    );
     for h in nh {
         if let Some(meta) = numeric_meta(&h) {
             out.push(Hit {
@@ -250,6 +271,8 @@ struct DlpText {
     hits: Vec<(u32, u64)>,
     found_runs: Vec<Vec<u8>>,
     num_hits: Vec<NumericHit>,
+    seed: SeedScanner,
+    seed_hits: Vec<SeedHit>,
 }
 
 /// Injection state of one text stream.
@@ -306,6 +329,8 @@ impl TextScanner {
                 hits: Vec::new(),
                 found_runs: Vec::new(),
                 num_hits: Vec::new(),
+                seed: SeedScanner::default(),
+                seed_hits: Vec::new(),
             })
         } else {
             None
@@ -369,6 +394,8 @@ impl TextScanner {
             d.num_hits.clear();
             d.numeric.finish(&mut d.num_hits);
             report_numeric(d, self.location, out);
+            d.seed.finish(&mut d.seed_hits);
+            report_seeds(d, self.location, out);
             d.found_runs.clear();
             d.runs.finish(&mut d.found_runs);
             for run in &d.found_runs {
@@ -418,6 +445,14 @@ fn report_dlp_hits(
     }
 }
 
+fn report_seeds(d: &mut DlpText, location: &'static str, out: &mut Vec<Hit>) {
+    out.extend(
+        d.seed_hits
+            .drain(..)
+            .filter_map(|h| seed_hit(&h, Cow::Borrowed(location))),
+    );
+}
+
 fn report_numeric(d: &mut DlpText, location: &'static str, out: &mut Vec<Hit>) {
     for h in d.num_hits.drain(..) {
         if let Some(meta) = numeric_meta(&h) {
@@ -451,6 +486,8 @@ fn dlp_feed(
     d.hot.compute(data);
     d.numeric.feed_with(data, &d.hot, &mut d.num_hits);
     report_numeric(d, location, out);
+    d.seed.feed(data, &mut d.seed_hits);
+    report_seeds(d, location, out);
     // The runs stay in `found_runs` until the next chunk: the injection
     // pass decodes them too.
     d.found_runs.clear();

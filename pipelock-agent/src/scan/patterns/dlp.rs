@@ -69,6 +69,7 @@ pub static DLP_RULES: &[Rule] = &[
     rule("dlp.private_key_block", "Private key block", Dlp, S::Critical, C::High, r"-----BEGIN (?:RSA |EC |DSA |OPENSSH |ENCRYPTED |PGP )?PRIVATE KEY(?: BLOCK)?-----").case_sensitive(),
     rule("dlp.jwt", "JSON Web Token", Dlp, S::High, C::Medium, r"\beyJ[A-Za-z0-9_-]{10,}\.eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}").case_sensitive(),
     rule("dlp.crypto_wif_private_key", "Bitcoin WIF private key", Dlp, S::Critical, C::High, r"\b(?:5[1-9A-HJ-NP-Za-km-z]{50}|[KL][1-9A-HJ-NP-Za-km-z]{51})\b").case_sensitive().numeric(NumericKind::Wif),
+    rule("dlp.crypto_seed_phrase", "BIP-39 seed phrase (checksum)", Dlp, S::Critical, C::High, "").case_sensitive().numeric(NumericKind::SeedPhrase),
     rule("dlp.crypto_extended_private_key", "BIP-32 extended private key", Dlp, S::Critical, C::High, r"\b[xyzt]prv[1-9A-HJ-NP-Za-km-z]{107,108}\b").case_sensitive(),
     rule("dlp.ethereum_private_key", "Ethereum private key (0x + 64 hex)", Dlp, S::Critical, C::Medium, r"\b0x[0-9a-f]{64}\b"),
     // --- assignments and URLs ---

@@ -60,6 +60,9 @@ pub enum NumericKind {
     AbaRouting,
     /// Found by the encoded-run pass (no literal for Hyperscan to anchor on).
     DiscordToken,
+    /// Found by the seed-phrase pass (`scan::seed`): 12–24 BIP-39 words with
+    /// a valid checksum. No regex form (`expr` is empty).
+    SeedPhrase,
 }
 
 /// One detection rule.
