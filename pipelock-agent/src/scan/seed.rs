@@ -173,6 +173,13 @@ struct Masks {
     digit: u64,
     sep: u64,
     dot: u64,
+    /// The letters of the stop words `the` and `and`, any case.
+    t: u64,
+    h: u64,
+    e: u64,
+    a: u64,
+    n: u64,
+    d: u64,
 }
 
 /// Unsigned range check `lo <= v < lo + len` as a signed compare:
@@ -223,6 +230,17 @@ fn classify_sse2(b: &[u8; BLOCK]) -> Masks {
             m.digit |= u64::from(_mm_movemask_epi8(d) as u16) << sh;
             m.sep |= u64::from(_mm_movemask_epi8(s) as u16) << sh;
             m.dot |= u64::from(_mm_movemask_epi8(p) as u16) << sh;
+            let lower = _mm_or_si128(v, case);
+            let is = |c: u8| {
+                u64::from(_mm_movemask_epi8(_mm_cmpeq_epi8(lower, _mm_set1_epi8(c as i8))) as u16)
+                    << sh
+            };
+            m.t |= is(b't');
+            m.h |= is(b'h');
+            m.e |= is(b'e');
+            m.a |= is(b'a');
+            m.n |= is(b'n');
+            m.d |= is(b'd');
         }
         m
     }
@@ -272,6 +290,19 @@ unsafe fn classify_avx2(b: &[u8; BLOCK]) -> Masks {
             m.digit |= u64::from(_mm256_movemask_epi8(d) as u32) << sh;
             m.sep |= u64::from(_mm256_movemask_epi8(s) as u32) << sh;
             m.dot |= u64::from(_mm256_movemask_epi8(p) as u32) << sh;
+            let lower = _mm256_or_si256(v, case);
+            let is = |c: u8| {
+                u64::from(
+                    _mm256_movemask_epi8(_mm256_cmpeq_epi8(lower, _mm256_set1_epi8(c as i8)))
+                        as u32,
+                ) << sh
+            };
+            m.t |= is(b't');
+            m.h |= is(b'h');
+            m.e |= is(b'e');
+            m.a |= is(b'a');
+            m.n |= is(b'n');
+            m.d |= is(b'd');
         }
         m
     }
@@ -287,6 +318,13 @@ fn classify_scalar(b: &[u8; BLOCK]) -> Masks {
         m.digit |= u64::from(k == C_DIGIT) << i;
         m.sep |= u64::from(k == C_SEP) << i;
         m.dot |= u64::from(k == C_DOT) << i;
+        let lower = c | 0x20;
+        m.t |= u64::from(lower == b't') << i;
+        m.h |= u64::from(lower == b'h') << i;
+        m.e |= u64::from(lower == b'e') << i;
+        m.a |= u64::from(lower == b'a') << i;
+        m.n |= u64::from(lower == b'n') << i;
+        m.d |= u64::from(lower == b'd') << i;
     }
     m
 }
@@ -673,7 +711,13 @@ impl SeedScanner {
         r &= c << 8;
         let t9 = (r >> 64) as u64;
         let other = !(tok | m.sep | m.dot);
-        let x = other | (m.dot & !d1) | (m.sep & l1 & !(l2 & l3)) | (m.sep & d1 & d2 & d3) | t9;
+        // A separator after the stop word `the` or `and` (not in the list, so
+        // the run restarts). Within the block only: a break missed at the
+        // block start just means more bytes are read.
+        let stop = ((m.t << 3) & (m.h << 2) & (m.e << 1)) | ((m.a << 3) & (m.n << 2) & (m.d << 1));
+        let stop = stop & m.sep & !later(tok, hl | hd, 4);
+        let x =
+            other | (m.dot & !d1) | (m.sep & l1 & !(l2 & l3)) | (m.sep & d1 & d2 & d3) | t9 | stop;
         if n == BLOCK {
             self.hist_letter = l;
             self.hist_digit = d;
@@ -947,6 +991,12 @@ mod tests {
             "to",
             "in",
             "the",
+            "The",
+            "and",
+            "AND",
+            "hand",
+            "sand",
+            "bathe",
             "is",
             "software",
             "copyright",
@@ -1030,18 +1080,16 @@ mod tests {
             };
             let want = classify_scalar(a);
             let got = Simd::detect().classify(a);
-            assert_eq!(
-                (got.letter, got.digit, got.sep, got.dot),
-                (want.letter, want.digit, want.sep, want.dot)
-            );
+            assert_eq!(format!("{got:?}"), format!("{want:?}"));
             #[cfg(target_arch = "x86_64")]
             {
                 let got = classify_sse2(a);
-                assert_eq!(
-                    (got.letter, got.digit, got.sep, got.dot),
-                    (want.letter, want.digit, want.sep, want.dot)
-                );
+                assert_eq!(format!("{got:?}"), format!("{want:?}"));
             }
+        }
+        // The stop words really are breaks: not in the list.
+        for w in ["the", "and"] {
+            assert!(lookup(table(), pack(w)).is_none(), "{w}");
         }
     }
 
