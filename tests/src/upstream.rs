@@ -12,11 +12,18 @@ use std::{
 
 use sha2::{Digest, Sha256};
 
+/// Request bodies received (path, first [`KEEP_BODY`] bytes), even cut ones.
+type Bodies = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
+/// How much of each request body the upstream keeps for inspection.
+const KEEP_BODY: usize = 1 << 20;
+
 /// A running upstream server; stops on drop.
 pub struct Upstream {
     server: Arc<tiny_http::Server>,
     workers: Vec<JoinHandle<()>>,
     seen: Arc<Mutex<Vec<String>>>,
+    bodies: Bodies,
     /// Bound address.
     pub addr: SocketAddr,
 }
@@ -32,14 +39,16 @@ impl Upstream {
             .to_ip()
             .expect("upstream bound to an IP address");
         let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+        let bodies = Bodies::default();
         let workers = (0..4)
             .map(|_| {
                 let server = server.clone();
                 let seen = seen.clone();
+                let bodies = bodies.clone();
                 std::thread::spawn(move || {
                     while let Ok(req) = server.recv() {
                         seen.lock().expect("seen lock").push(req.url().to_string());
-                        handle(req);
+                        handle(req, &bodies);
                     }
                 })
             })
@@ -48,8 +57,19 @@ impl Upstream {
             server,
             workers,
             seen,
+            bodies,
             addr,
         }
+    }
+
+    /// Whether any request body received so far (complete or cut) contains
+    /// `needle` in its first [`KEEP_BODY`] bytes.
+    pub fn body_seen_containing(&self, needle: &[u8]) -> bool {
+        self.bodies
+            .lock()
+            .expect("bodies lock")
+            .iter()
+            .any(|(_, b)| b.windows(needle.len()).any(|w| w == needle))
     }
 
     /// Request paths received so far.
@@ -126,7 +146,7 @@ fn injected(path: &str) -> Option<(Vec<u8>, Vec<tiny_http::Header>)> {
     }
 }
 
-fn handle(mut req: tiny_http::Request) {
+fn handle(mut req: tiny_http::Request, bodies: &Bodies) {
     let path = req.url().to_string();
     if let Some((body, headers)) = injected(&path) {
         let len = body.len();
@@ -157,6 +177,7 @@ fn handle(mut req: tiny_http::Request) {
     let mut hasher = Sha256::new();
     let mut len = 0u64;
     let mut buf = vec![0u8; 64 * 1024];
+    let mut kept = Vec::new();
     let reader = req.as_reader();
     loop {
         match reader.read(&mut buf) {
@@ -164,10 +185,16 @@ fn handle(mut req: tiny_http::Request) {
             Ok(n) => {
                 hasher.update(&buf[..n]);
                 len += n as u64;
+                let room = KEEP_BODY.saturating_sub(kept.len());
+                kept.extend_from_slice(&buf[..n.min(room)]);
             }
             Err(_) => break,
         }
     }
+    bodies
+        .lock()
+        .expect("bodies lock")
+        .push((path.clone(), kept));
     let body = serde_json::json!({
         "peer": req.remote_addr().map(|a| a.to_string()),
         "method": req.method().as_str(),

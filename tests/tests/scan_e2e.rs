@@ -117,6 +117,52 @@ fn secret_in_request_body_is_blocked_in_strict_and_balanced() {
 }
 
 #[test]
+fn secrets_deep_inside_large_bodies_are_blocked() {
+    // Tens of KB of prose around each secret, so the scan crosses many
+    // chunks and its block classifier skips most of the text.
+    require_root();
+    let (agent, up, cg) = start("strict");
+    let prose = "Version 2 of the licence, see section 7 for the terms and the \
+                 conditions that apply to copies made before 2019-03-14. "
+        .repeat(200);
+    let b64_key = "c2stYW50LWFwaTAzLVpxM3hUN3ZMbU40cFI4c0syd1liQzZkRjBoSjlnQTFlVW9WaVhuTXRRclN5";
+    for (i, (secret, rule)) in [
+        (
+            "scheme spot photo card baby mountain device kick cradle pact join borrow",
+            "dlp.crypto_seed_phrase",
+        ),
+        ("4111 1111 1111 1111", "dlp.credit_card"),
+        (b64_key, "dlp.anthropic_api_key"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let body = format!("{prose}\n{secret}\n{prose}");
+        let path = format!("/deep{i}");
+        let run = curl(
+            &cg,
+            &[
+                "-w",
+                "\n%{http_code}",
+                "--data-binary",
+                &body,
+                &up.url(&path),
+            ],
+        );
+        assert!(run.ok(), "{rule}: curl failed: {run:?}");
+        let (resp, code) = run.stdout.rsplit_once('\n').unwrap();
+        assert_eq!(code, "403", "{rule}: {resp}");
+        assert!(resp.contains(rule), "{rule}: {resp}");
+        // The head may have gone ahead (bodies stream), the secret not.
+        wait_finding(&agent, |f| f["rule_id"] == rule);
+        assert!(
+            !up.body_seen_containing(secret.as_bytes()),
+            "{rule}: the secret reached the upstream"
+        );
+    }
+}
+
+#[test]
 fn secret_in_request_body_passes_but_is_logged_in_audit() {
     require_root();
     let (agent, up, cg) = start("audit");
