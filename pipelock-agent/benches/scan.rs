@@ -10,6 +10,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+#[path = "common/mod.rs"]
+mod common;
+
 use pipelock_agent::scan::{
     engine::{Engine, EngineSpec, RuleMeta},
     patterns,
@@ -24,21 +27,8 @@ const CHUNK: usize = 4096;
 /// Real English text from the machine (licenses, copyright files), in a
 /// stable order; generated text only if too little is found.
 fn corpus(target: usize) -> Vec<u8> {
-    let mut files: Vec<std::path::PathBuf> = Vec::new();
-    for dir in ["/usr/share/common-licenses"] {
-        if let Ok(rd) = std::fs::read_dir(dir) {
-            files.extend(rd.filter_map(Result::ok).map(|e| e.path()));
-        }
-    }
-    if let Ok(rd) = std::fs::read_dir("/usr/share/doc") {
-        files.extend(
-            rd.filter_map(Result::ok)
-                .map(|e| e.path().join("copyright")),
-        );
-    }
-    files.sort();
     let mut text = Vec::new();
-    for f in files {
+    for f in common::real_text_files() {
         if let Ok(b) = std::fs::read(&f) {
             text.extend_from_slice(&b);
             text.push(b'\n');
@@ -103,18 +93,6 @@ fn with_secrets(clean: &[u8], every: usize) -> Vec<u8> {
     out
 }
 
-/// CPU time of this thread: unlike wall time it does not count the time
-/// other processes on a shared machine hold the core.
-fn thread_cpu() -> Duration {
-    let mut t = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `t` is a valid timespec to write into.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
-    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
-}
-
 /// Measures MB/s of `f` over `bodies` (cycled) for about `MEASURE`, per
 /// second of this thread's CPU time.
 fn throughput(bodies: &[Vec<u8>], mut f: impl FnMut(&[u8]) -> usize) -> f64 {
@@ -124,7 +102,7 @@ fn throughput(bodies: &[Vec<u8>], mut f: impl FnMut(&[u8]) -> usize) -> f64 {
     for b in bodies.iter().take(4) {
         sink += f(b);
     }
-    let cpu = thread_cpu();
+    let cpu = common::thread_cpu();
     let start = Instant::now();
     let mut i = 0;
     while start.elapsed() < MEASURE {
@@ -136,7 +114,7 @@ fn throughput(bodies: &[Vec<u8>], mut f: impl FnMut(&[u8]) -> usize) -> f64 {
         }
     }
     black_box(sink);
-    bytes as f64 / (thread_cpu() - cpu).as_secs_f64() / 1e6
+    bytes as f64 / (common::thread_cpu() - cpu).as_secs_f64() / 1e6
 }
 
 /// Hyperscan/PCRE syntax to `regex` syntax with ASCII classes (`(?i-u)`).

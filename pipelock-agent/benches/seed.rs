@@ -7,6 +7,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+#[path = "common/mod.rs"]
+mod common;
+
 use pipelock_agent::scan::seed::{SeedHit, SeedScanner};
 
 /// Time spent measuring each configuration.
@@ -23,19 +26,8 @@ const PHRASE: &str = "void come effort suffer camp survey warrior heavy shoot pr
 /// Real English text from the machine (licenses, copyright files), in a
 /// stable order, repeated up to `target` bytes.
 fn corpus(target: usize) -> Vec<u8> {
-    let mut files: Vec<std::path::PathBuf> = Vec::new();
-    if let Ok(rd) = std::fs::read_dir("/usr/share/common-licenses") {
-        files.extend(rd.filter_map(Result::ok).map(|e| e.path()));
-    }
-    if let Ok(rd) = std::fs::read_dir("/usr/share/doc") {
-        files.extend(
-            rd.filter_map(Result::ok)
-                .map(|e| e.path().join("copyright")),
-        );
-    }
-    files.sort();
     let mut text = Vec::new();
-    for f in files {
+    for f in common::real_text_files() {
         if let Ok(b) = std::fs::read(&f) {
             text.extend_from_slice(&b);
             text.push(b'\n');
@@ -66,15 +58,9 @@ fn scan(body: &[u8], out: &mut Vec<SeedHit>) -> usize {
     out.len()
 }
 
-/// This thread's CPU time in seconds (immune to other load on the machine).
+/// This thread's CPU time in seconds.
 fn cpu_time() -> f64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid out-pointer for the duration of the call.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+    common::thread_cpu().as_secs_f64()
 }
 
 /// MB/s (wall clock, thread CPU time) over repeated full passes of `body` through `f`.
