@@ -1,8 +1,8 @@
 //! 64-byte block classification for the digit-driven passes (`numeric`,
-//! `runs`): each block becomes two bitmasks (ASCII digits, printable
-//! non-space ASCII) with SSE2 on x86_64, and a block whose neighbourhood
-//! cannot hold anything those passes report is skipped without looking at
-//! its bytes one by one. Stateless; works on one buffer.
+//! `runs`): each block becomes byte-class bitmasks (digits, letters,
+//! separators, base64 extras) with SSE2 or AVX2, once per chunk
+//! ([`HotBlocks`]), and a block whose two-block neighbourhood cannot hold a
+//! token those passes report is skipped without reading its bytes one by one.
 
 /// Bytes per block.
 pub const BLOCK: usize = 64;
@@ -268,9 +268,9 @@ const RUN: u32 = super::runs::RUN_MIN_LEN as u32;
 
 /// Which 64-byte blocks of one buffer the numeric and encoded-run passes must
 /// look at byte by byte: one bit per block, computed in one classification
-/// pass and shared by both. The first and the last two blocks are always
-/// marked (their neighbours lie in other chunks), so nothing split across
-/// chunks is missed. Reused across chunks; its size follows the chunk size.
+/// pass and shared by both. The first block, the last full one and a partial
+/// tail are always marked (their neighbours lie in other chunks), so nothing
+/// split across chunks is missed. Reused across chunks; its size follows the chunk size.
 #[derive(Clone, Debug, Default)]
 pub struct HotBlocks {
     numeric: Vec<u64>,
