@@ -554,6 +554,32 @@ fn looks_like_text(d: &[u8]) -> bool {
             .is_ok_and(|s| s.chars().all(|c| !c.is_control() || c.is_whitespace()))
 }
 
+/// Normalises `raw` (not a stream: a header value, a decoded run) and scans
+/// it with the injection block database, appending hits.
+pub fn scan_inj_text(
+    engine: &Engine,
+    raw: &[u8],
+    location: &str,
+    out: &mut Vec<Hit>,
+) -> Result<(), Error> {
+    let text = normalize(raw);
+    let mut hits = Vec::new();
+    engine.scan_inj_block(&text, &mut |id, to| hits.push((id, to)))?;
+    for (id, to) in hits {
+        let Some(meta) = engine.meta(id) else {
+            continue;
+        };
+        let end = (to as usize).min(text.len());
+        let win = &text[end.saturating_sub(INJ_EXCERPT)..end];
+        out.push(Hit {
+            meta: meta.clone(),
+            excerpt: String::from_utf8_lossy(win).replace(['\n', '\r'], " "),
+            location: Cow::Owned(location.to_owned()),
+        });
+    }
+    Ok(())
+}
+
 /// Pipelock's "senary" pass: an encoded run (base64, base64url or hex) is
 /// decoded, and decoded text is normalised and scanned with the injection
 /// block database; runs inside it are decoded in turn up to
@@ -577,21 +603,7 @@ fn inj_scan_run(
                 continue;
             }
             let loc = format!("{location}+{}", enc.as_str());
-            let text = normalize(&decoded);
-            let mut hits = Vec::new();
-            engine.scan_inj_block(&text, &mut |id, to| hits.push((id, to)))?;
-            for (id, to) in hits {
-                let Some(meta) = engine.meta(id) else {
-                    continue;
-                };
-                let end = (to as usize).min(text.len());
-                let win = &text[end.saturating_sub(INJ_EXCERPT)..end];
-                out.push(Hit {
-                    meta: meta.clone(),
-                    excerpt: String::from_utf8_lossy(win).replace(['\n', '\r'], " "),
-                    location: Cow::Owned(loc.clone()),
-                });
-            }
+            scan_inj_text(engine, &decoded, &loc, out)?;
             if depth < limits.max_depth {
                 for inner in runs_in(&decoded, limits.max_run) {
                     inj_scan_run(engine, &inner, &loc, limits, depth + 1, out)?;
