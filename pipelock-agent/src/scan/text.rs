@@ -12,7 +12,7 @@ use super::{
     engine::{Engine, EngineStream, Reveal, RuleMeta},
     normalize::{Normalizer, normalize},
     numeric::{NumericHit, NumericScanner},
-    patterns::{self, Detector},
+    patterns::{self, Detector, NumericKind},
     runs::{RunScanner, decodable_parts, discord_token, runs_in},
     seed::{SeedHit, SeedScanner},
 };
@@ -126,18 +126,16 @@ pub fn redacted_excerpt(window: &[u8], start: Option<usize>, reveal: Reveal) -> 
     }
 }
 
-fn numeric_meta(hit: &NumericHit) -> Option<RuleMeta> {
+/// The DLP rule a validating pass (numeric, encoded-run, seed) reports as.
+fn pass_rule_meta(kind: NumericKind) -> Option<RuleMeta> {
     patterns::dlp::DLP_RULES
         .iter()
-        .find(|r| r.detector == Detector::Numeric(hit.kind))
+        .find(|r| r.detector == Detector::Numeric(kind))
         .map(RuleMeta::builtin)
 }
 
 fn seed_hit(hit: &SeedHit, location: Cow<'static, str>) -> Option<Hit> {
-    let meta = patterns::dlp::DLP_RULES
-        .iter()
-        .find(|r| r.detector == Detector::Numeric(patterns::NumericKind::SeedPhrase))
-        .map(RuleMeta::builtin)?;
+    let meta = pass_rule_meta(NumericKind::SeedPhrase)?;
     Some(Hit {
         meta,
         excerpt: format!("[REDACTED seed phrase, {} words]", hit.words),
@@ -145,13 +143,17 @@ fn seed_hit(hit: &SeedHit, location: Cow<'static, str>) -> Option<Hit> {
     })
 }
 
-fn numeric_excerpt(hit: &NumericHit) -> String {
+fn numeric_hit(hit: &NumericHit, location: Cow<'static, str>) -> Option<Hit> {
     let shown = (hit.value.len() / 4).min(4);
-    format!(
-        "{}[REDACTED {} chars]",
-        sanitize(&hit.value[..shown]),
-        hit.value.len() - shown
-    )
+    Some(Hit {
+        meta: pass_rule_meta(hit.kind)?,
+        excerpt: format!(
+            "{}[REDACTED {} chars]",
+            sanitize(&hit.value[..shown]),
+            hit.value.len() - shown
+        ),
+        location,
+    })
 }
 
 /// Scans decoded bytes (not a stream) with the DLP block database, the numeric
@@ -194,15 +196,10 @@ pub fn scan_dlp_block(
         sh.iter()
             .filter_map(|h| seed_hit(h, Cow::Owned(location.to_owned()))),
     );
-    for h in nh {
-        if let Some(meta) = numeric_meta(&h) {
-            out.push(Hit {
-                meta,
-                excerpt: numeric_excerpt(&h),
-                location: Cow::Owned(location.to_owned()),
-            });
-        }
-    }
+    out.extend(
+        nh.iter()
+            .filter_map(|h| numeric_hit(h, Cow::Owned(location.to_owned()))),
+    );
     if depth < limits.max_depth {
         let mut runs = RunScanner::new(limits.max_run);
         let mut found = Vec::new();
@@ -226,10 +223,7 @@ fn handle_run(
     out: &mut Vec<Hit>,
 ) -> Result<(), Error> {
     if discord_token(run)
-        && let Some(meta) = patterns::dlp::DLP_RULES
-            .iter()
-            .find(|r| r.detector == Detector::Numeric(patterns::NumericKind::DiscordToken))
-            .map(RuleMeta::builtin)
+        && let Some(meta) = pass_rule_meta(NumericKind::DiscordToken)
     {
         out.push(Hit {
             meta,
@@ -454,15 +448,11 @@ fn report_seeds(d: &mut DlpText, location: &'static str, out: &mut Vec<Hit>) {
 }
 
 fn report_numeric(d: &mut DlpText, location: &'static str, out: &mut Vec<Hit>) {
-    for h in d.num_hits.drain(..) {
-        if let Some(meta) = numeric_meta(&h) {
-            out.push(Hit {
-                meta,
-                excerpt: numeric_excerpt(&h),
-                location: Cow::Borrowed(location),
-            });
-        }
-    }
+    out.extend(
+        d.num_hits
+            .drain(..)
+            .filter_map(|h| numeric_hit(&h, Cow::Borrowed(location))),
+    );
 }
 
 fn dlp_feed(
