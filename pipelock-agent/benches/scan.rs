@@ -27,16 +27,7 @@ const CHUNK: usize = 4096;
 /// Real English text from the machine (licenses, copyright files), in a
 /// stable order; generated text only if too little is found.
 fn corpus(target: usize) -> Vec<u8> {
-    let mut text = Vec::new();
-    for f in common::real_text_files() {
-        if let Ok(b) = std::fs::read(&f) {
-            text.extend_from_slice(&b);
-            text.push(b'\n');
-        }
-        if text.len() >= target {
-            break;
-        }
-    }
+    let mut text = common::real_text(target);
     let real = text.len();
     let words = [
         "the",

@@ -26,13 +26,7 @@ const PHRASE: &str = "void come effort suffer camp survey warrior heavy shoot pr
 /// Real English text from the machine (licenses, copyright files), in a
 /// stable order, repeated up to `target` bytes.
 fn corpus(target: usize) -> Vec<u8> {
-    let mut text = Vec::new();
-    for f in common::real_text_files() {
-        if let Ok(b) = std::fs::read(&f) {
-            text.extend_from_slice(&b);
-            text.push(b'\n');
-        }
-    }
+    let mut text = common::real_text(target);
     if text.is_empty() {
         text.extend_from_slice(b"The software is provided as is, without warranty of any kind.\n");
     }

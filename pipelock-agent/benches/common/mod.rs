@@ -2,9 +2,25 @@
 //! is immune to other load on a shared machine.
 use std::{path::PathBuf, time::Duration};
 
+/// The files of [`real_text_files`] concatenated (one newline after each),
+/// stopping once at least `limit` bytes are read; may be shorter.
+pub fn real_text(limit: usize) -> Vec<u8> {
+    let mut text = Vec::new();
+    for f in real_text_files() {
+        if text.len() >= limit {
+            break;
+        }
+        if let Ok(b) = std::fs::read(&f) {
+            text.extend_from_slice(&b);
+            text.push(b'\n');
+        }
+    }
+    text
+}
+
 /// Real English text on the machine: the common licenses and every package's
 /// copyright file, in a stable order.
-pub fn real_text_files() -> Vec<PathBuf> {
+fn real_text_files() -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = Vec::new();
     if let Ok(rd) = std::fs::read_dir("/usr/share/common-licenses") {
         files.extend(rd.filter_map(Result::ok).map(|e| e.path()));
