@@ -50,6 +50,17 @@ fn curl(cg: &TestCgroup, args: &[&str]) -> ClientRun {
     )
 }
 
+/// POSTs `body` with curl from the cgroup: (response body, status code).
+fn post(cg: &TestCgroup, body: &str, url: &str) -> (String, String) {
+    let run = curl(cg, &["-w", "\n%{http_code}", "--data-binary", body, url]);
+    assert!(run.ok(), "curl failed: {run:?}");
+    let (resp, code) = run
+        .stdout
+        .rsplit_once('\n')
+        .unwrap_or_else(|| panic!("no status line: {run:?}"));
+    (resp.to_owned(), code.to_owned())
+}
+
 fn findings(agent: &Agent) -> Vec<Value> {
     agent
         .records()
@@ -75,21 +86,10 @@ fn secret_in_request_body_is_blocked_in_strict_and_balanced() {
     for mode in ["strict", "balanced"] {
         let (agent, up, cg) = start(mode);
         let body = format!("{{\"note\":\"my key is {SECRET}\"}}");
-        let run = curl(
-            &cg,
-            &[
-                "-w",
-                "\n%{http_code}",
-                "--data-binary",
-                &body,
-                &up.url("/leak"),
-            ],
-        );
-        assert!(run.ok(), "{mode}: curl failed: {run:?}");
-        let (resp, code) = run.stdout.rsplit_once('\n').unwrap();
-        assert_eq!(code, "403", "{mode}: {run:?}");
+        let (resp, code) = post(&cg, &body, &up.url("/leak"));
+        assert_eq!(code, "403", "{mode}: {resp}");
         let json: Value =
-            serde_json::from_str(resp).unwrap_or_else(|e| panic!("{mode}: {resp:?}: {e}"));
+            serde_json::from_str(&resp).unwrap_or_else(|e| panic!("{mode}: {resp:?}: {e}"));
         assert!(
             json["rule_ids"]
                 .to_string()
@@ -139,18 +139,7 @@ fn secrets_deep_inside_large_bodies_are_blocked() {
     {
         let body = format!("{prose}\n{secret}\n{prose}");
         let path = format!("/deep{i}");
-        let run = curl(
-            &cg,
-            &[
-                "-w",
-                "\n%{http_code}",
-                "--data-binary",
-                &body,
-                &up.url(&path),
-            ],
-        );
-        assert!(run.ok(), "{rule}: curl failed: {run:?}");
-        let (resp, code) = run.stdout.rsplit_once('\n').unwrap();
+        let (resp, code) = post(&cg, &body, &up.url(&path));
         assert_eq!(code, "403", "{rule}: {resp}");
         assert!(resp.contains(rule), "{rule}: {resp}");
         // The head may have gone ahead (bodies stream), the secret not.
