@@ -7,6 +7,9 @@
 /// Bytes per block.
 pub const BLOCK: usize = 64;
 
+#[cfg(target_arch = "x86_64")]
+use super::simd::{Avx2, Lanes, Sse2};
+
 /// Bit `i` set when byte `i` of a block is in the class.
 #[derive(Clone, Copy, Debug, Default)]
 struct Masks {
@@ -22,158 +25,73 @@ struct Masks {
     pct: u64,
 }
 
+/// Digit mask of a block, one generic body for every lane width.
+///
+/// # Safety
+/// As for [`Lanes`].
 #[cfg(target_arch = "x86_64")]
-mod sse2 {
-    //! SSE2 (x86_64 baseline) byte-class masks of one block.
-    use std::arch::x86_64::{
-        __m128i, _mm_cmpeq_epi8, _mm_cmplt_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128,
-        _mm_set1_epi8, _mm_sub_epi8, _mm_xor_si128,
-    };
+#[inline(always)]
+unsafe fn digits_with<L: Lanes>(b: &[u8; BLOCK]) -> u64 {
+    unsafe { (0..L::N).fold(0, |m, l| m | L::bits(L::range(L::load(b, l), b'0', 10), l)) }
+}
 
-    use super::{BLOCK, Masks};
-
-    /// Unsigned range check `lo..lo + len`: `(v - lo) ^ 0x80 < i8::MIN + len`, signed.
-    #[inline(always)]
-    unsafe fn range(v: __m128i, lo: u8, len: i8) -> __m128i {
-        unsafe {
-            _mm_cmplt_epi8(
-                _mm_xor_si128(
-                    _mm_sub_epi8(v, _mm_set1_epi8(lo as i8)),
-                    _mm_set1_epi8(i8::MIN),
-                ),
-                _mm_set1_epi8(i8::MIN + len),
-            )
+/// All masks of a block, one generic body for every lane width.
+///
+/// # Safety
+/// As for [`Lanes`].
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn classify_with<L: Lanes>(b: &[u8; BLOCK]) -> Masks {
+    let mut m = Masks::default();
+    unsafe {
+        for l in 0..L::N {
+            let v = L::load(b, l);
+            let equals = L::eq(v, b'=');
+            let dash = L::eq(v, b'-');
+            m.digit |= L::bits(L::range(v, b'0', 10), l);
+            m.upper |= L::bits(L::range(v, b'A', 26), l);
+            m.lower |= L::bits(L::range(v, b'a', 26), l);
+            m.space |= L::bits(L::eq(v, b' '), l);
+            m.dash |= L::bits(dash, l);
+            m.std_extra |= L::bits(L::or(L::or(L::eq(v, b'+'), L::eq(v, b'/')), equals), l);
+            m.url_extra |= L::bits(L::or(L::or(dash, L::eq(v, b'_')), equals), l);
+            m.pct |= L::bits(L::eq(v, b'%'), l);
         }
     }
-
-    #[inline(always)]
-    unsafe fn eq(v: __m128i, c: u8) -> __m128i {
-        unsafe { _mm_cmpeq_epi8(v, _mm_set1_epi8(c as i8)) }
-    }
-
-    #[inline(always)]
-    unsafe fn bits(x: __m128i, lane: usize) -> u64 {
-        unsafe { u64::from(_mm_movemask_epi8(x) as u16) << (16 * lane) }
-    }
-
-    #[inline(always)]
-    unsafe fn load(b: &[u8; BLOCK], lane: usize) -> __m128i {
-        // SAFETY (caller): lane < 4, so the 16 bytes are inside the block.
-        unsafe { _mm_loadu_si128(b.as_ptr().add(16 * lane).cast::<__m128i>()) }
-    }
-
-    #[inline]
-    pub(super) fn digits(b: &[u8; BLOCK]) -> u64 {
-        // SAFETY: SSE2 is always present on x86_64; lanes 0..4 stay in the block.
-        unsafe { (0..4).fold(0, |m, l| m | bits(range(load(b, l), b'0', 10), l)) }
-    }
-
-    #[inline]
-    pub(super) fn classify(b: &[u8; BLOCK]) -> Masks {
-        let mut m = Masks::default();
-        // SAFETY: as in `digits`.
-        unsafe {
-            for l in 0..4 {
-                let v = load(b, l);
-                let equals = eq(v, b'=');
-                let dash = eq(v, b'-');
-                m.digit |= bits(range(v, b'0', 10), l);
-                m.upper |= bits(range(v, b'A', 26), l);
-                m.lower |= bits(range(v, b'a', 26), l);
-                m.space |= bits(eq(v, b' '), l);
-                m.dash |= bits(dash, l);
-                m.std_extra |= bits(
-                    _mm_or_si128(_mm_or_si128(eq(v, b'+'), eq(v, b'/')), equals),
-                    l,
-                );
-                m.url_extra |= bits(_mm_or_si128(_mm_or_si128(dash, eq(v, b'_')), equals), l);
-                m.pct |= bits(eq(v, b'%'), l);
-            }
-        }
-        m
-    }
+    m
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
-    //! AVX2 byte-class masks of one block (two 32-byte lanes); only called
-    //! from code compiled with AVX2 enabled, after a runtime check.
-    use std::arch::x86_64::{
-        __m256i, _mm256_cmpeq_epi8, _mm256_cmpgt_epi8, _mm256_loadu_si256, _mm256_movemask_epi8,
-        _mm256_or_si256, _mm256_set1_epi8, _mm256_sub_epi8, _mm256_xor_si256,
-    };
-
-    use super::{BLOCK, Masks};
-
-    /// Unsigned range check `lo..lo + len`, as in `sse2::range`.
-    #[inline(always)]
-    unsafe fn range(v: __m256i, lo: u8, len: i8) -> __m256i {
-        unsafe {
-            let t = _mm256_xor_si256(
-                _mm256_sub_epi8(v, _mm256_set1_epi8(lo as i8)),
-                _mm256_set1_epi8(i8::MIN),
-            );
-            _mm256_cmpgt_epi8(_mm256_set1_epi8(i8::MIN + len), t)
-        }
-    }
-
-    #[inline(always)]
-    unsafe fn eq(v: __m256i, c: u8) -> __m256i {
-        unsafe { _mm256_cmpeq_epi8(v, _mm256_set1_epi8(c as i8)) }
-    }
-
-    #[inline(always)]
-    unsafe fn bits(x: __m256i, lane: usize) -> u64 {
-        unsafe { u64::from(_mm256_movemask_epi8(x) as u32) << (32 * lane) }
-    }
-
-    #[inline(always)]
-    unsafe fn load(b: &[u8; BLOCK], lane: usize) -> __m256i {
-        // SAFETY (caller): lane < 2, so the 32 bytes are inside the block.
-        unsafe { _mm256_loadu_si256(b.as_ptr().add(32 * lane).cast::<__m256i>()) }
-    }
-
-    /// # Safety
-    /// The CPU must support AVX2.
-    #[inline]
-    #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn digits(b: &[u8; BLOCK]) -> u64 {
-        unsafe { bits(range(load(b, 0), b'0', 10), 0) | bits(range(load(b, 1), b'0', 10), 1) }
-    }
-
-    /// # Safety
-    /// The CPU must support AVX2.
-    #[inline]
-    #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn classify(b: &[u8; BLOCK]) -> Masks {
-        let mut m = Masks::default();
-        unsafe {
-            for l in 0..2 {
-                let v = load(b, l);
-                let equals = eq(v, b'=');
-                let dash = eq(v, b'-');
-                m.digit |= bits(range(v, b'0', 10), l);
-                m.upper |= bits(range(v, b'A', 26), l);
-                m.lower |= bits(range(v, b'a', 26), l);
-                m.space |= bits(eq(v, b' '), l);
-                m.dash |= bits(dash, l);
-                m.std_extra |= bits(
-                    _mm256_or_si256(_mm256_or_si256(eq(v, b'+'), eq(v, b'/')), equals),
-                    l,
-                );
-                m.url_extra |= bits(
-                    _mm256_or_si256(_mm256_or_si256(dash, eq(v, b'_')), equals),
-                    l,
-                );
-                m.pct |= bits(eq(v, b'%'), l);
-            }
-        }
-        m
-    }
+#[inline]
+fn digits(b: &[u8; BLOCK]) -> u64 {
+    // SAFETY: SSE2 is always present on x86_64.
+    unsafe { digits_with::<Sse2>(b) }
 }
 
 #[cfg(target_arch = "x86_64")]
-use sse2::{classify, digits};
+#[inline]
+fn classify(b: &[u8; BLOCK]) -> Masks {
+    // SAFETY: SSE2 is always present on x86_64.
+    unsafe { classify_with::<Sse2>(b) }
+}
+
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn digits_avx2(b: &[u8; BLOCK]) -> u64 {
+    unsafe { digits_with::<Avx2>(b) }
+}
+
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn classify_avx2(b: &[u8; BLOCK]) -> Masks {
+    unsafe { classify_with::<Avx2>(b) }
+}
 
 #[cfg(not(target_arch = "x86_64"))]
 fn digits(b: &[u8; BLOCK]) -> u64 {
@@ -308,8 +226,8 @@ impl HotBlocks {
         // SAFETY: the caller checked AVX2.
         self.compute_with(
             buf,
-            |b| unsafe { avx2::digits(b) },
-            |b| unsafe { avx2::classify(b) },
+            |b| unsafe { digits_avx2(b) },
+            |b| unsafe { classify_avx2(b) },
         );
     }
 
@@ -437,9 +355,9 @@ mod tests {
                 #[cfg(target_arch = "x86_64")]
                 if std::is_x86_feature_detected!("avx2") {
                     // SAFETY: AVX2 was just detected.
-                    let a = unsafe { avx2::classify(&b) };
+                    let a = unsafe { classify_avx2(&b) };
                     assert_eq!(format!("{a:?}"), format!("{m:?}"));
-                    assert_eq!(unsafe { avx2::digits(&b) }, m.digit);
+                    assert_eq!(unsafe { digits_avx2(&b) }, m.digit);
                 }
             }
         }

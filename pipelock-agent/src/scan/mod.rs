@@ -13,6 +13,8 @@ pub mod patterns;
 pub mod pipeline;
 pub mod runs;
 pub mod seed;
+#[cfg(target_arch = "x86_64")]
+mod simd;
 pub mod sse;
 pub mod tail;
 pub mod text;

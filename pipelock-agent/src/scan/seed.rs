@@ -13,8 +13,10 @@ use std::sync::OnceLock;
 
 use sha2::{Digest, Sha256};
 
-/// Bytes per classified block.
-const BLOCK: usize = 64;
+use super::blocks::BLOCK;
+#[cfg(target_arch = "x86_64")]
+use super::simd::{Avx2, Lanes, Sse2};
+
 /// Shortest phrase, in words.
 const MIN_WORDS: usize = 12;
 /// Longest phrase, in words (longer runs are cut into phrases).
@@ -182,68 +184,40 @@ struct Masks {
     d: u64,
 }
 
-/// Unsigned range check `lo <= v < lo + len` as a signed compare:
-/// `v + (0x80 - lo) < -128 + len`. Returns (bias, limit).
+/// All masks of a block, one generic body for every lane width.
+///
+/// # Safety
+/// As for [`Lanes`].
 #[cfg(target_arch = "x86_64")]
-const fn range(lo: u8, len: u8) -> (i8, i8) {
-    (0x80u8.wrapping_sub(lo) as i8, i8::MIN + len as i8)
+#[inline(always)]
+unsafe fn classify_with<L: Lanes>(b: &[u8; BLOCK]) -> Masks {
+    let mut m = Masks::default();
+    unsafe {
+        for l in 0..L::N {
+            let v = L::load(b, l);
+            let lower = L::fold_case(v);
+            m.letter |= L::bits(L::range(lower, b'a', 26), l);
+            m.digit |= L::bits(L::range(v, b'0', 10), l);
+            // Tab, newline, vertical tab, form feed, CR; space; comma.
+            let blank = L::range(v, 9, 5);
+            m.sep |= L::bits(L::or(blank, L::or(L::eq(v, b' '), L::eq(v, b','))), l);
+            m.dot |= L::bits(L::or(L::eq(v, b'.'), L::eq(v, b')')), l);
+            m.t |= L::bits(L::eq(lower, b't'), l);
+            m.h |= L::bits(L::eq(lower, b'h'), l);
+            m.e |= L::bits(L::eq(lower, b'e'), l);
+            m.a |= L::bits(L::eq(lower, b'a'), l);
+            m.n |= L::bits(L::eq(lower, b'n'), l);
+            m.d |= L::bits(L::eq(lower, b'd'), l);
+        }
+    }
+    m
 }
 
 #[cfg(target_arch = "x86_64")]
 #[inline]
 fn classify_sse2(b: &[u8; BLOCK]) -> Masks {
-    use std::arch::x86_64::{
-        __m128i, _mm_add_epi8, _mm_cmpeq_epi8, _mm_cmplt_epi8, _mm_loadu_si128, _mm_movemask_epi8,
-        _mm_or_si128, _mm_set1_epi8,
-    };
-    // SAFETY: SSE2 is part of the x86_64 baseline; every load reads 16 bytes
-    // inside the 64-byte array.
-    unsafe {
-        let (lb, ll) = range(b'a', 26);
-        let (db, dl) = range(b'0', 10);
-        let (wb, wl) = range(9, 5);
-        let (lb, ll, db, dl, wb, wl) = (
-            _mm_set1_epi8(lb),
-            _mm_set1_epi8(ll),
-            _mm_set1_epi8(db),
-            _mm_set1_epi8(dl),
-            _mm_set1_epi8(wb),
-            _mm_set1_epi8(wl),
-        );
-        let case = _mm_set1_epi8(0x20);
-        let space = _mm_set1_epi8(b' ' as i8);
-        let comma = _mm_set1_epi8(b',' as i8);
-        let dot = _mm_set1_epi8(b'.' as i8);
-        let paren = _mm_set1_epi8(b')' as i8);
-        let mut m = Masks::default();
-        for i in 0..BLOCK / 16 {
-            let v = _mm_loadu_si128(b.as_ptr().add(16 * i).cast::<__m128i>());
-            let l = _mm_cmplt_epi8(_mm_add_epi8(_mm_or_si128(v, case), lb), ll);
-            let d = _mm_cmplt_epi8(_mm_add_epi8(v, db), dl);
-            let s = _mm_or_si128(
-                _mm_cmplt_epi8(_mm_add_epi8(v, wb), wl),
-                _mm_or_si128(_mm_cmpeq_epi8(v, space), _mm_cmpeq_epi8(v, comma)),
-            );
-            let p = _mm_or_si128(_mm_cmpeq_epi8(v, dot), _mm_cmpeq_epi8(v, paren));
-            let sh = 16 * i;
-            m.letter |= u64::from(_mm_movemask_epi8(l) as u16) << sh;
-            m.digit |= u64::from(_mm_movemask_epi8(d) as u16) << sh;
-            m.sep |= u64::from(_mm_movemask_epi8(s) as u16) << sh;
-            m.dot |= u64::from(_mm_movemask_epi8(p) as u16) << sh;
-            let lower = _mm_or_si128(v, case);
-            let is = |c: u8| {
-                u64::from(_mm_movemask_epi8(_mm_cmpeq_epi8(lower, _mm_set1_epi8(c as i8))) as u16)
-                    << sh
-            };
-            m.t |= is(b't');
-            m.h |= is(b'h');
-            m.e |= is(b'e');
-            m.a |= is(b'a');
-            m.n |= is(b'n');
-            m.d |= is(b'd');
-        }
-        m
-    }
+    // SAFETY: SSE2 is part of the x86_64 baseline.
+    unsafe { classify_with::<Sse2>(b) }
 }
 
 /// # Safety
@@ -252,60 +226,7 @@ fn classify_sse2(b: &[u8; BLOCK]) -> Masks {
 #[target_feature(enable = "avx2")]
 #[inline]
 unsafe fn classify_avx2(b: &[u8; BLOCK]) -> Masks {
-    use std::arch::x86_64::{
-        __m256i, _mm256_add_epi8, _mm256_cmpeq_epi8, _mm256_cmpgt_epi8, _mm256_loadu_si256,
-        _mm256_movemask_epi8, _mm256_or_si256, _mm256_set1_epi8,
-    };
-    // SAFETY: every load reads 32 bytes inside the 64-byte array; AVX2 is
-    // the caller's promise.
-    unsafe {
-        let (lb, ll) = range(b'a', 26);
-        let (db, dl) = range(b'0', 10);
-        let (wb, wl) = range(9, 5);
-        let (lb, ll, db, dl, wb, wl) = (
-            _mm256_set1_epi8(lb),
-            _mm256_set1_epi8(ll),
-            _mm256_set1_epi8(db),
-            _mm256_set1_epi8(dl),
-            _mm256_set1_epi8(wb),
-            _mm256_set1_epi8(wl),
-        );
-        let case = _mm256_set1_epi8(0x20);
-        let space = _mm256_set1_epi8(b' ' as i8);
-        let comma = _mm256_set1_epi8(b',' as i8);
-        let dot = _mm256_set1_epi8(b'.' as i8);
-        let paren = _mm256_set1_epi8(b')' as i8);
-        let mut m = Masks::default();
-        for i in 0..BLOCK / 32 {
-            let v = _mm256_loadu_si256(b.as_ptr().add(32 * i).cast::<__m256i>());
-            let l = _mm256_cmpgt_epi8(ll, _mm256_add_epi8(_mm256_or_si256(v, case), lb));
-            let d = _mm256_cmpgt_epi8(dl, _mm256_add_epi8(v, db));
-            let s = _mm256_or_si256(
-                _mm256_cmpgt_epi8(wl, _mm256_add_epi8(v, wb)),
-                _mm256_or_si256(_mm256_cmpeq_epi8(v, space), _mm256_cmpeq_epi8(v, comma)),
-            );
-            let p = _mm256_or_si256(_mm256_cmpeq_epi8(v, dot), _mm256_cmpeq_epi8(v, paren));
-            let sh = 32 * i;
-            m.letter |= u64::from(_mm256_movemask_epi8(l) as u32) << sh;
-            m.digit |= u64::from(_mm256_movemask_epi8(d) as u32) << sh;
-            m.sep |= u64::from(_mm256_movemask_epi8(s) as u32) << sh;
-            m.dot |= u64::from(_mm256_movemask_epi8(p) as u32) << sh;
-            let lower = _mm256_or_si256(v, case);
-            let is = |c: u8| {
-                u64::from(
-                    _mm256_movemask_epi8(_mm256_cmpeq_epi8(lower, _mm256_set1_epi8(c as i8)))
-                        as u32,
-                ) << sh
-            };
-            m.t |= is(b't');
-            m.h |= is(b'h');
-            m.e |= is(b'e');
-            m.a |= is(b'a');
-            m.n |= is(b'n');
-            m.d |= is(b'd');
-        }
-        m
-    }
+    unsafe { classify_with::<Avx2>(b) }
 }
 
 /// Portable classification (also the reference the SIMD versions are tested against).
