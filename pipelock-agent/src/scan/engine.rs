@@ -1,5 +1,5 @@
-//! Hyperscan databases and their runtime: one DLP set (block + stream, plus a
-//! SOM block database used only to recover the span of a rare hit), one
+//! Hyperscan databases and their runtime: one DLP set (block + stream, plus
+//! per-rule span finders used only to recover the span of a rare hit), one
 //! injection set (block + stream), a per-thread scratch pool and owned stream
 //! handles. Detection runs without start-of-match tracking for speed.
 use std::{
@@ -82,7 +82,8 @@ pub struct Engine {
     metas: Vec<RuleMeta>,
     dlp_block: BlockDatabase,
     dlp_stream: StreamingDatabase,
-    dlp_span: BlockDatabase,
+    /// Per DLP id: how to find where a hit starts.
+    spans: Vec<Span>,
     inj_block: BlockDatabase,
     inj_stream: StreamingDatabase,
     scratch: ScratchPool,
@@ -181,13 +182,13 @@ impl Engine {
                 id,
                 true,
             )?);
-            span.push(span_pattern(rule.expr, rule.caseless, rule.multiline, id)?);
+            span.push(Span::new(rule.expr, rule.caseless, rule.multiline, id)?);
         }
         for (expr, meta, caseless) in &spec.extra_dlp {
             let id = metas.len();
             metas.push(meta.clone());
             dlp.push(hs_pattern(expr, *caseless, false, id, true)?);
-            span.push(span_pattern(expr, *caseless, false, id)?);
+            span.push(Span::new(expr, *caseless, false, id)?);
         }
         for lit in &spec.literals {
             if lit.bytes.is_empty() {
@@ -197,7 +198,7 @@ impl Engine {
             metas.push(lit.meta.clone());
             let expr = literal_expr(&lit.bytes);
             dlp.push(hs_pattern(&expr, false, false, id, true)?);
-            span.push(span_pattern(&expr, false, false, id)?);
+            span.push(Span::new(&expr, false, false, id)?);
         }
         let dlp_rules = dlp.len();
         let dlp_stream_set = dlp;
@@ -213,7 +214,6 @@ impl Engine {
         let dlp_set = Patterns(dlp_stream_set);
         let dlp_block: BlockDatabase = compile(&dlp_set, "DLP block")?;
         let dlp_stream: StreamingDatabase = compile(&dlp_set, "DLP stream")?;
-        let dlp_span: BlockDatabase = compile(&Patterns(span), "DLP span (SOM)")?;
         let inj_set = Patterns(inj);
         let inj_block: BlockDatabase = compile(&inj_set, "injection block")?;
         let inj_stream: StreamingDatabase = compile(&inj_set, "injection stream")?;
@@ -226,10 +226,14 @@ impl Engine {
             })?;
         for realloc in [
             dlp_stream.realloc_scratch(&mut proto).map(|_| ()),
-            dlp_span.realloc_scratch(&mut proto).map(|_| ()),
             inj_block.realloc_scratch(&mut proto).map(|_| ()),
             inj_stream.realloc_scratch(&mut proto).map(|_| ()),
-        ] {
+        ]
+        .into_iter()
+        .chain(span.iter().filter_map(|s| match s {
+            Span::Search { db, .. } => Some(db.realloc_scratch(&mut proto).map(|_| ())),
+            Span::Fixed(_) => None,
+        })) {
             realloc.map_err(|source| Error::Hyperscan {
                 op: "alloc scratch",
                 source,
@@ -240,7 +244,7 @@ impl Engine {
             metas,
             dlp_block,
             dlp_stream,
-            dlp_span,
+            spans: span,
             inj_block,
             inj_stream,
             scratch: ScratchPool {
@@ -319,25 +323,31 @@ impl Engine {
     }
 
     /// Finds the leftmost start of a match of `id` that ends at `window.len()`
-    /// (SOM database; used only for the few hits that need an excerpt).
+    /// (used only for the few hits that need an excerpt). Fixed-width rules
+    /// need no search; the others scan only as far back as their longest
+    /// match, with a start-of-match database of that one rule.
     pub fn span_start(&self, id: u32, window: &[u8]) -> Option<usize> {
-        let end = window.len() as u64;
-        let mut best: Option<u64> = None;
-        let scanned = self.with_scratch(|scratch| {
-            self.dlp_span.scan(
-                window,
-                scratch,
-                |hit: u32, from: u64, to: u64, _flags: u32| {
-                    if hit == id && to == end {
-                        best = Some(best.map_or(from, |b| b.min(from)));
-                    }
-                    Matching::Continue
-                },
-            )
-        });
-        match scanned {
-            Ok(Ok(())) => best.map(|b| b as usize),
-            _ => None,
+        let end = window.len();
+        match self.spans.get(id as usize)? {
+            Span::Fixed(width) => end.checked_sub(*width),
+            Span::Search { db, max_width } => {
+                let from = end.saturating_sub(*max_width);
+                let window = &window[from..];
+                let want = window.len() as u64;
+                let mut best: Option<u64> = None;
+                let scanned = self.with_scratch(|scratch| {
+                    db.scan(window, scratch, |_: u32, start: u64, to: u64, _: u32| {
+                        if to == want {
+                            best = Some(best.map_or(start, |b| b.min(start)));
+                        }
+                        Matching::Continue
+                    })
+                });
+                match scanned {
+                    Ok(Ok(())) => best.map(|b| from + b as usize),
+                    _ => None,
+                }
+            }
         }
     }
 
@@ -383,10 +393,30 @@ pub fn optional_whitespace(expr: &str) -> String {
     expr.replace(r"\s+", r"[ \n]?").replace(r"\s*", r"[ \n]?")
 }
 
-fn span_pattern(expr: &str, caseless: bool, multiline: bool, id: usize) -> Result<Pattern, Error> {
-    let mut p = hs_pattern(expr, caseless, multiline, id, false)?;
-    p.flags |= PatternFlags::SOM_LEFTMOST;
-    Ok(p)
+/// How the start of a DLP hit is found from its end.
+enum Span {
+    /// Every match has this length.
+    Fixed(usize),
+    /// A start-of-match database of the rule alone; no match is longer
+    /// than `max_width` (`u32::MAX` when unbounded).
+    Search { db: BlockDatabase, max_width: usize },
+}
+
+impl Span {
+    fn new(expr: &str, caseless: bool, multiline: bool, id: usize) -> Result<Span, Error> {
+        let mut p = hs_pattern(expr, caseless, multiline, id, false)?;
+        let info = p.info().map_err(|source| Error::Hyperscan {
+            op: "expression info",
+            source,
+        })?;
+        let (min, max) = (info.min_width(), info.max_width());
+        if min == max && min > 0 {
+            return Ok(Span::Fixed(min));
+        }
+        p.flags |= PatternFlags::SOM_LEFTMOST;
+        let db = compile(&Patterns(vec![p]), "DLP span (SOM)")?;
+        Ok(Span::Search { db, max_width: max })
+    }
 }
 
 fn compile<T: hyperscan::Mode>(

@@ -439,3 +439,50 @@ fn engine_is_shared_across_threads() {
         assert!(h.join().unwrap());
     }
 }
+
+#[test]
+fn hit_spans_match_a_full_start_of_match_search() {
+    // The engine finds where a hit starts from a per-rule width and a
+    // per-rule database; the reference is a leftmost-start search of the
+    // whole window with that rule alone.
+    use hyperscan::{BlockDatabase, Builder, Matching, PatternFlags};
+    let e = engine();
+    let mut checked = 0;
+    for (id, tp, _) in samples() {
+        let Some(r) = patterns::by_id(id) else {
+            continue;
+        };
+        if r.class != RuleClass::Dlp || r.detector != Detector::Hyperscan {
+            continue;
+        }
+        let text = format!("some words before it, and {tp}");
+        let mut ends = Vec::new();
+        e.scan_dlp_block(text.as_bytes(), &mut |hid, to| ends.push((hid, to)))
+            .unwrap();
+        let mut som = super::engine::hs_pattern(r.expr, r.caseless, r.multiline, 0, false).unwrap();
+        som.flags |= PatternFlags::SOM_LEFTMOST;
+        let db: BlockDatabase = som.build().unwrap();
+        let scratch = db.alloc_scratch().unwrap();
+        let mut hits = 0;
+        for (hid, to) in ends {
+            if e.meta(hid).map(|m| m.id.as_ref()) != Some(id) {
+                continue;
+            }
+            let win = &text.as_bytes()[..to as usize];
+            let mut want: Option<u64> = None;
+            db.scan(win, &scratch, |_: u32, from: u64, end: u64, _: u32| {
+                if end == to {
+                    want = Some(want.map_or(from, |w| w.min(from)));
+                }
+                Matching::Continue
+            })
+            .unwrap();
+            assert!(want.is_some(), "{id}: reference found no span");
+            assert_eq!(e.span_start(hid, win), want.map(|w| w as usize), "{id}");
+            hits += 1;
+        }
+        assert!(hits > 0, "{id}: no hit in {text:?}");
+        checked += 1;
+    }
+    assert!(checked > 30, "only {checked} rules checked");
+}
