@@ -2,13 +2,15 @@
 //! or 24 consecutive list words, case-insensitive, separated by whitespace,
 //! commas or numbering ("1. word 2) word"), whose checksum is valid.
 //!
-//! A phrase spans at least 47 bytes with none of the "break" positions a
-//! 64-byte block classification finds cheaply (punctuation, words shorter
-//! than 3 or longer than 8 letters, long digit runs), so blocks are skipped
-//! until such a clean run is long enough, and only then the exact tokeniser
-//! runs. After a break position the tokeniser's state does not depend on
-//! earlier bytes, which makes skipping exact. State is constant per stream:
-//! the last 24 word indices, one partial word and fewer than 47 pending bytes.
+//! A phrase lies inside a "clean run": a stretch with none of the break
+//! positions a 64-byte block classification finds cheaply (punctuation,
+//! words shorter than 3 or longer than 8 letters, long digit runs, the stop
+//! words "the" and "and"), holding at least 12 word starts. Blocks are
+//! skipped until a clean run has that many, and only then the exact
+//! tokeniser runs. After a break position the tokeniser's state does not
+//! depend on earlier bytes, which makes skipping exact. State is constant
+//! per stream: the last 24 word indices, one partial word and at most
+//! `PEND` pending bytes.
 use std::sync::OnceLock;
 
 use sha2::{Digest, Sha256};
@@ -29,6 +31,9 @@ const MAX_WORD: u8 = 8;
 const MAX_NUM: u8 = 2;
 /// Shortest byte span of a phrase: 12 three-letter words, 11 separators.
 const MIN_SPAN: usize = 47;
+/// Longest clean run kept pending while skipping; a longer one (few words
+/// among many separators) is tokenised instead.
+const PEND: usize = 256;
 
 /// A seed phrase found in the stream (the words themselves are not kept).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -499,13 +504,14 @@ pub struct SeedScanner {
     /// Class bits of the previous 64 bytes (most recent at bit 63).
     hist_letter: u64,
     hist_digit: u64,
-    /// The tokeniser is running (a clean run of `MIN_SPAN` bytes was seen).
+    /// The tokeniser is running (a clean run could hold a phrase).
     tokenizing: bool,
     tk: Tokenizer,
     /// While skipping: the bytes since the last break position that came
-    /// in earlier chunks (fewer than `MIN_SPAN`).
-    pend: [u8; BLOCK],
+    /// in earlier chunks, and the word starts among them.
+    pend: [u8; PEND],
     pend_len: usize,
+    pend_words: u32,
     /// The state after that break position is `Tok::Bad` (else `Tok::None`).
     pend_bad: bool,
     simd: Simd,
@@ -519,11 +525,66 @@ impl Default for SeedScanner {
             hist_digit: 0,
             tokenizing: false,
             tk: Tokenizer::default(),
-            pend: [0; BLOCK],
+            pend: [0; PEND],
             pend_len: 0,
+            pend_words: 0,
             pend_bad: false,
             simd: Simd::detect(),
         }
+    }
+}
+
+/// Bits `from..to` (`to` ≤ 64) set.
+#[inline]
+fn bit_range(from: u32, to: u32) -> u64 {
+    let below = |k: u32| if k >= 64 { !0 } else { (1u64 << k) - 1 };
+    below(to) & !below(from)
+}
+
+/// Word starts in the run after break position `last` (to the block end).
+#[inline]
+fn words_after(ws: u64, last: u32) -> u32 {
+    (ws >> last >> 1).count_ones()
+}
+
+/// One classified block: break positions, which of them leave the
+/// tokeniser in `Tok::Bad`, and word starts.
+#[derive(Clone, Copy)]
+struct BlockBits {
+    breaks: u64,
+    bad: u64,
+    words: u64,
+}
+
+impl BlockBits {
+    /// Position of the last break (the block has one).
+    #[inline]
+    fn last(&self) -> u32 {
+        63 - self.breaks.leading_zeros()
+    }
+
+    /// A run inside this block (between two breaks, or after the last one)
+    /// has enough word starts for a phrase. `n` is the block length.
+    fn inner_run_may_hold(&self, n: usize) -> bool {
+        let valid = if n == BLOCK { !0 } else { (1u64 << n) - 1 };
+        let b = self.breaks | !valid;
+        if !has_zero_run(b, MIN_SPAN) {
+            return false;
+        }
+        let mut start = self.breaks.trailing_zeros() + 1;
+        while start < 64 {
+            let rest = b >> start;
+            let end = if rest == 0 {
+                64
+            } else {
+                start + rest.trailing_zeros()
+            };
+            if (self.words & bit_range(start, end)).count_ones() >= MIN_WORDS as u32 {
+                return true;
+            }
+            start = end + 1;
+        }
+        false
     }
 }
 
@@ -531,23 +592,32 @@ impl SeedScanner {
     /// Scans the next chunk; phrases found are appended to `out`.
     pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<SeedHit>) {
         let base = self.offset;
-        // While skipping: absolute offset just after the last break position.
+        // While skipping: absolute offset just after the last break position,
+        // and the word starts since then in earlier blocks.
         let mut pstart = base - self.pend_len as u64;
+        let mut pwords = self.pend_words;
         let mut pos = 0;
         while pos < chunk.len() {
             let n = (chunk.len() - pos).min(BLOCK);
             let blk = &chunk[pos..pos + n];
-            let (x, tok) = self.breaks(blk);
+            let bb = self.breaks(blk);
             let babs = base + pos as u64;
             if !self.tokenizing {
-                let valid = if n == BLOCK { !0 } else { (1u64 << n) - 1 };
-                let clean = (babs - pstart) as usize + (x.trailing_zeros() as usize).min(n);
-                if clean < MIN_SPAN && !has_zero_run(x | !valid, MIN_SPAN) {
-                    // No clean run long enough to hold a phrase here.
-                    if x != 0 {
-                        let last = 63 - x.leading_zeros() as usize;
-                        pstart = babs + last as u64 + 1;
-                        self.pend_bad = tok >> last & 1 == 1;
+                let first = bb.breaks.trailing_zeros().min(n as u32);
+                let may_hold = if bb.breaks == 0 {
+                    pwords += bb.words.count_ones();
+                    // Too long to keep pending: tokenise it instead.
+                    pwords >= MIN_WORDS as u32 || (babs + n as u64 - pstart) as usize > PEND
+                } else {
+                    pwords + (bb.words & bit_range(0, first)).count_ones() >= MIN_WORDS as u32
+                        || bb.inner_run_may_hold(n)
+                };
+                if !may_hold {
+                    if bb.breaks != 0 {
+                        let last = bb.last();
+                        pstart = babs + u64::from(last) + 1;
+                        pwords = words_after(bb.words, last);
+                        self.pend_bad = bb.bad >> last & 1 == 1;
                     }
                     pos += n;
                     continue;
@@ -565,19 +635,22 @@ impl SeedScanner {
                 self.tk.run(&chunk[from..pos], t, out);
             }
             self.tk.run(blk, table(), out);
-            if x != 0 {
-                let last = 63 - x.leading_zeros() as usize;
-                if n - 1 - last < MIN_SPAN {
+            if bb.breaks != 0 {
+                let last = bb.last();
+                let words = words_after(bb.words, last);
+                if words < MIN_WORDS as u32 {
                     // The tokeniser's state after `last` is context-free and
-                    // what follows is too short to matter: skip again.
+                    // what follows cannot hold a phrase yet: skip again.
                     self.tokenizing = false;
-                    pstart = babs + last as u64 + 1;
-                    self.pend_bad = tok >> last & 1 == 1;
+                    pstart = babs + u64::from(last) + 1;
+                    pwords = words;
+                    self.pend_bad = bb.bad >> last & 1 == 1;
                 }
             }
             pos += n;
         }
         self.offset = base + chunk.len() as u64;
+        self.pend_words = pwords;
         if self.tokenizing {
             self.pend_len = 0;
         } else if pstart >= base {
@@ -599,13 +672,14 @@ impl SeedScanner {
             self.tokenizing = false;
         }
         self.pend_len = 0;
+        self.pend_words = 0;
     }
 
-    /// Break positions of a block (at most 64 bytes) as a bitmask: after
-    /// such a byte the tokeniser's state is context-free with an empty run.
-    /// Also returns the letter|digit mask (which of the two states).
+    /// Classifies a block (at most 64 bytes). A break position is one after
+    /// which the tokeniser's state is context-free with an empty run;
+    /// `bad` tells which of the two states (after a letter or digit).
     #[inline(always)]
-    fn breaks(&mut self, blk: &[u8]) -> (u64, u64) {
+    fn breaks(&mut self, blk: &[u8]) -> BlockBits {
         let n = blk.len();
         let m = match <&[u8; BLOCK]>::try_from(blk) {
             Ok(a) => self.simd.classify(a),
@@ -639,15 +713,25 @@ impl SeedScanner {
         let stop = stop & m.sep & !later(tok, hl | hd, 4);
         let x =
             other | (m.dot & !d1) | (m.sep & l1 & !(l2 & l3)) | (m.sep & d1 & d2 & d3) | t9 | stop;
+        let words = l & !l1;
         if n == BLOCK {
             self.hist_letter = l;
             self.hist_digit = d;
-            (x, tok)
+            BlockBits {
+                breaks: x,
+                bad: tok,
+                words,
+            }
         } else {
             let s = (BLOCK - n) as u32;
             self.hist_letter = (hl >> n) | (l << s);
             self.hist_digit = (hd >> n) | (d << s);
-            (x & ((1u64 << n) - 1), tok)
+            let valid = (1u64 << n) - 1;
+            BlockBits {
+                breaks: x & valid,
+                bad: tok,
+                words: words & valid,
+            }
         }
     }
 }
@@ -944,6 +1028,11 @@ mod tests {
                     0 => text.push_str(&mnemonic([12, 15, 18, 21, 24][rng.below(5)], &mut rng)),
                     1..=11 => text.push_str(list[rng.below(2048)]),
                     12..=13 => text.push_str(&list[rng.below(2048)].to_uppercase()),
+                    // A phrase spread wide: longer than the pending buffer.
+                    14 if rng.below(4) == 0 => {
+                        let wide = " ".repeat(1 + rng.below(40));
+                        text.push_str(&mnemonic(12, &mut rng).replace(' ', &wide));
+                    }
                     _ => text.push_str(extra[rng.below(extra.len())]),
                 }
                 let sep = if rng.below(4) == 0 {
@@ -952,6 +1041,10 @@ mod tests {
                     " "
                 };
                 text.push_str(sep);
+                if rng.below(40) == 0 {
+                    // Long blank runs (padding, indentation).
+                    text.push_str(&" \n".repeat(rng.below(200)));
+                }
             }
             let mut data = text.into_bytes();
             if round % 10 == 0 {
