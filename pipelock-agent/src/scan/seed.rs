@@ -4,8 +4,8 @@
 //!
 //! A phrase lies inside a "clean run": a stretch with none of the break
 //! positions a 64-byte block classification finds cheaply (punctuation,
-//! words shorter than 3 or longer than 8 letters, long digit runs, the stop
-//! words "the" and "and"), holding at least 12 word starts. Blocks are
+//! words shorter than 3 or longer than 8 letters, long digit runs), holding
+//! at least 12 word starts. Blocks are
 //! skipped until a clean run has that many, and only then the exact
 //! tokeniser runs. After a break position the tokeniser's state does not
 //! depend on earlier bytes, which makes skipping exact. State is constant
@@ -180,13 +180,6 @@ struct Masks {
     digit: u64,
     sep: u64,
     dot: u64,
-    /// The letters of the stop words `the` and `and`, any case.
-    t: u64,
-    h: u64,
-    e: u64,
-    a: u64,
-    n: u64,
-    d: u64,
 }
 
 /// All masks of a block, one generic body for every lane width.
@@ -207,12 +200,6 @@ unsafe fn classify_with<L: Lanes>(b: &[u8; BLOCK]) -> Masks {
             let blank = L::range(v, 9, 5);
             m.sep |= L::bits(L::or(blank, L::or(L::eq(v, b' '), L::eq(v, b','))), l);
             m.dot |= L::bits(L::or(L::eq(v, b'.'), L::eq(v, b')')), l);
-            m.t |= L::bits(L::eq(lower, b't'), l);
-            m.h |= L::bits(L::eq(lower, b'h'), l);
-            m.e |= L::bits(L::eq(lower, b'e'), l);
-            m.a |= L::bits(L::eq(lower, b'a'), l);
-            m.n |= L::bits(L::eq(lower, b'n'), l);
-            m.d |= L::bits(L::eq(lower, b'd'), l);
         }
     }
     m
@@ -244,13 +231,6 @@ fn classify_scalar(b: &[u8; BLOCK]) -> Masks {
         m.digit |= u64::from(k == C_DIGIT) << i;
         m.sep |= u64::from(k == C_SEP) << i;
         m.dot |= u64::from(k == C_DOT) << i;
-        let lower = c | 0x20;
-        m.t |= u64::from(lower == b't') << i;
-        m.h |= u64::from(lower == b'h') << i;
-        m.e |= u64::from(lower == b'e') << i;
-        m.a |= u64::from(lower == b'a') << i;
-        m.n |= u64::from(lower == b'n') << i;
-        m.d |= u64::from(lower == b'd') << i;
     }
     m
 }
@@ -706,13 +686,7 @@ impl SeedScanner {
         r &= c << 8;
         let t9 = (r >> 64) as u64;
         let other = !(tok | m.sep | m.dot);
-        // A separator after the stop word `the` or `and` (not in the list, so
-        // the run restarts). Within the block only: a break missed at the
-        // block start just means more bytes are read.
-        let stop = ((m.t << 3) & (m.h << 2) & (m.e << 1)) | ((m.a << 3) & (m.n << 2) & (m.d << 1));
-        let stop = stop & m.sep & !later(tok, hl | hd, 4);
-        let x =
-            other | (m.dot & !d1) | (m.sep & l1 & !(l2 & l3)) | (m.sep & d1 & d2 & d3) | t9 | stop;
+        let x = other | (m.dot & !d1) | (m.sep & l1 & !(l2 & l3)) | (m.sep & d1 & d2 & d3) | t9;
         let words = l & !l1;
         if n == BLOCK {
             self.hist_letter = l;
@@ -1100,10 +1074,6 @@ mod tests {
                 let got = classify_sse2(a);
                 assert_eq!(format!("{got:?}"), format!("{want:?}"));
             }
-        }
-        // The stop words really are breaks: not in the list.
-        for w in ["the", "and"] {
-            assert!(lookup(table(), pack(w)).is_none(), "{w}");
         }
     }
 
