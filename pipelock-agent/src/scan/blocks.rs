@@ -207,25 +207,37 @@ fn set(bits: &mut [u64], k: usize) {
 }
 
 impl HotBlocks {
-    /// Classifies `buf`.
+    /// Classifies `buf`, one chunk of a stream: its first and last blocks
+    /// are always marked (their neighbours lie in other chunks).
     pub fn compute(&mut self, buf: &[u8]) {
+        self.compute_for(buf, false);
+    }
+
+    /// Classifies `buf`, a whole body: nothing lies before or after it, so
+    /// its first and last blocks are marked only when they may hold a token.
+    pub fn compute_whole(&mut self, buf: &[u8]) {
+        self.compute_for(buf, true);
+    }
+
+    fn compute_for(&mut self, buf: &[u8], whole: bool) {
         #[cfg(target_arch = "x86_64")]
         if std::is_x86_feature_detected!("avx2") {
             // SAFETY: AVX2 was just detected.
-            unsafe { self.compute_avx2(buf) };
+            unsafe { self.compute_avx2(buf, whole) };
             return;
         }
-        self.compute_with(buf, digits, classify);
+        self.compute_with(buf, whole, digits, classify);
     }
 
     /// # Safety
     /// The CPU must support AVX2.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
-    unsafe fn compute_avx2(&mut self, buf: &[u8]) {
+    unsafe fn compute_avx2(&mut self, buf: &[u8], whole: bool) {
         // SAFETY: the caller checked AVX2.
         self.compute_with(
             buf,
+            whole,
             |b| unsafe { digits_avx2(b) },
             |b| unsafe { classify_avx2(b) },
         );
@@ -235,6 +247,7 @@ impl HotBlocks {
     fn compute_with(
         &mut self,
         buf: &[u8],
+        whole: bool,
         digits: impl Fn(&[u8; BLOCK]) -> u64,
         classify: impl Fn(&[u8; BLOCK]) -> Masks,
     ) {
@@ -245,27 +258,56 @@ impl HotBlocks {
             v.resize(words, 0);
         }
         let full = buf.len() / BLOCK;
+        let fulls = buf
+            .chunks_exact(BLOCK)
+            .filter_map(|b| <&[u8; BLOCK]>::try_from(b).ok());
+        if whole {
+            // Zero bytes belong to no class: a zero block before the first
+            // and after the last, and the partial tail padded with zeros.
+            const ZERO: [u8; BLOCK] = [0; BLOCK];
+            let rest = &buf[full * BLOCK..];
+            let mut tail = ZERO;
+            tail[..rest.len()].copy_from_slice(rest);
+            let tail = (!rest.is_empty()).then_some(&tail);
+            let seq = std::iter::once(&ZERO)
+                .chain(fulls)
+                .chain(tail)
+                .chain(std::iter::once(&ZERO));
+            self.mark_windows(seq, digits, classify);
+            return;
+        }
         // Edges: the first block and everything from the last full one on.
         for k in (0..nblocks.min(1)).chain(full.saturating_sub(1)..nblocks) {
             set(&mut self.numeric, k);
             set(&mut self.runs, k);
         }
-        if full < 3 {
-            return;
+        if full >= 3 {
+            // A zero block first keeps the block numbering; block 0 is an edge.
+            let seq = std::iter::once(&[0; BLOCK]).chain(fulls);
+            self.mark_windows(seq, digits, classify);
         }
-        let mut blocks = buf
-            .chunks_exact(BLOCK)
-            .filter_map(|b| <&[u8; BLOCK]>::try_from(b).ok());
-        let Some(mut cur) = blocks.next() else {
+    }
+
+    /// Marks the blocks of `seq` (whose first block is numbered -1 and is
+    /// never marked) with a digit in a hot window of two blocks: block k is
+    /// hot when the window before or after it is. Full masks are computed
+    /// only where a digit is near.
+    #[inline(always)]
+    fn mark_windows<'a>(
+        &mut self,
+        mut seq: impl Iterator<Item = &'a [u8; BLOCK]>,
+        digits: impl Fn(&[u8; BLOCK]) -> u64,
+        classify: impl Fn(&[u8; BLOCK]) -> Masks,
+    ) {
+        let Some(mut cur) = seq.next() else {
             return;
         };
-        // Windows of two blocks (k, k + 1); block k is hot when the window
-        // before or after it is. Full masks only where a digit is near.
         let mut d_cur = digits(cur);
         let mut m_cur: Option<Masks> = None;
         let mut prev_numeric = false;
         let mut prev_runs = 0u64;
-        for (k, next) in blocks.take(full - 1).enumerate() {
+        // `k` numbers `next`; `cur` is block k - 1.
+        for (k, next) in seq.enumerate() {
             let d_next = digits(next);
             let mut m_next = None;
             let (w_numeric, w_runs) = if d_cur | d_next != 0 {
@@ -277,10 +319,10 @@ impl HotBlocks {
             };
             if k > 0 && d_cur != 0 {
                 if prev_numeric || w_numeric {
-                    set(&mut self.numeric, k);
+                    set(&mut self.numeric, k - 1);
                 }
                 if prev_runs != 0 || w_runs as u64 != 0 {
-                    set(&mut self.runs, k);
+                    set(&mut self.runs, k - 1);
                 }
             }
             prev_numeric = w_numeric;
@@ -322,8 +364,16 @@ mod tests {
     use super::*;
 
     fn hot_digits(text: &[u8], pass: Pass) -> Vec<usize> {
+        hot_digits_of(text, pass, false)
+    }
+
+    fn hot_digits_of(text: &[u8], pass: Pass, whole: bool) -> Vec<usize> {
         let mut hot = HotBlocks::default();
-        hot.compute(text);
+        if whole {
+            hot.compute_whole(text);
+        } else {
+            hot.compute(text);
+        }
         let mut from = 0;
         let mut got = Vec::new();
         while let Some(p) = hot.next_digit(text, from, pass) {
@@ -384,6 +434,53 @@ mod tests {
         assert_eq!(hot_digits(b"ab7", Pass::Numeric), vec![2]);
     }
 
+    /// Tokens of every shape either pass reports.
+    const TOKENS: [(&[u8], Pass); 12] = [
+        (b"4111 1111 1111 1111", Pass::Numeric),
+        (b"4111-1111-1111-1111", Pass::Numeric),
+        (b"123-45-6789", Pass::Numeric),
+        (b"021000021", Pass::Numeric),
+        (b"GB82WEST12345698765432", Pass::Numeric),
+        (b"GB82 WEST 1234 5698 7654 32", Pass::Numeric),
+        (
+            b"5HueCGU8rMjxEXxiPuD5BDku4MkFqeZyd4dZ1jvhTVqvbTLvyTJ",
+            Pass::Numeric,
+        ),
+        (b"aGVsbG8gd29ybGQgaGVsbG8gd2xk", Pass::Runs),
+        (b"ghp_aB3dE5gH7jK9mN1pQ2sT4vW6yZ8", Pass::Runs),
+        (b"d2hvYW1pP/9+dGhlcmU/Pz8/Pz8/", Pass::Runs),
+        (b"d2hvYW1pP_9-dGhlcmU_Pz8_Pz8_", Pass::Runs),
+        (b"secret%3Dabc%26token%3Dxyz123", Pass::Runs),
+    ];
+
+    #[test]
+    fn whole_bodies_mark_their_edges_only_when_hot() {
+        let prose = b"Copyright 1999-2005, 2007 Foo; version 2.0 of 2019-03-14 ok. ".repeat(12);
+        for len in [0, 1, 63, 64, 65, 127, 128, 500, prose.len()] {
+            let text = &prose[..len];
+            assert!(hot_digits_of(text, Pass::Numeric, true).is_empty(), "{len}");
+            assert!(hot_digits_of(text, Pass::Runs, true).is_empty(), "{len}");
+        }
+        // A token at every offset of the first and last two blocks, in
+        // bodies ending on and off a block boundary.
+        for (token, pass) in TOKENS {
+            for len in [8 * BLOCK, 8 * BLOCK + 37] {
+                let starts = (0..2 * BLOCK).chain(len - 2 * BLOCK..=len - token.len());
+                for at in starts {
+                    let mut text = prose[..len].to_vec();
+                    text[at..at + token.len()].copy_from_slice(token);
+                    let first = token.iter().position(u8::is_ascii_digit).map(|p| at + p);
+                    let got = hot_digits_of(&text, pass, true);
+                    assert!(
+                        got.iter().any(|&p| Some(p) == first),
+                        "{} at {at} of {len}: first digit not visited",
+                        String::from_utf8_lossy(token)
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn quiet_blocks_are_skipped_and_hot_ones_found() {
         // Dates, versions and years in prose: nothing the passes report.
@@ -394,33 +491,20 @@ mod tests {
         let edge = |p: &usize| *p < BLOCK || *p >= (n / BLOCK - 1) * BLOCK;
         assert!(hot_digits(&prose, Pass::Numeric).iter().all(edge));
         assert!(hot_digits(&prose, Pass::Runs).iter().all(edge));
-        for (token, pass) in [
-            (&b"4111 1111 1111 1111"[..], Pass::Numeric),
-            (b"4111-1111-1111-1111", Pass::Numeric),
-            (b"123-45-6789", Pass::Numeric),
-            (b"021000021", Pass::Numeric),
-            (b"GB82WEST12345698765432", Pass::Numeric),
-            (b"GB82 WEST 1234 5698 7654 32", Pass::Numeric),
-            (
-                b"5HueCGU8rMjxEXxiPuD5BDku4MkFqeZyd4dZ1jvhTVqvbTLvyTJ",
-                Pass::Numeric,
-            ),
-            (b"aGVsbG8gd29ybGQgaGVsbG8gd2xk", Pass::Runs),
-            (b"ghp_aB3dE5gH7jK9mN1pQ2sT4vW6yZ8", Pass::Runs),
-            (b"d2hvYW1pP/9+dGhlcmU/Pz8/Pz8/", Pass::Runs),
-            (b"d2hvYW1pP_9-dGhlcmU_Pz8_Pz8_", Pass::Runs),
-            (b"secret%3Dabc%26token%3Dxyz123", Pass::Runs),
-        ] {
+        for (token, pass) in TOKENS {
             for at in 5 * BLOCK..7 * BLOCK {
                 let mut text = prose.clone();
                 text[at..at + token.len()].copy_from_slice(token);
                 let first = token.iter().position(u8::is_ascii_digit).map(|p| at + p);
+                for whole in [false, true] {
+                    let got = hot_digits_of(&text, pass, whole);
+                    assert!(
+                        got.iter().any(|&p| Some(p) == first),
+                        "{} at {at}: first digit not visited",
+                        String::from_utf8_lossy(token)
+                    );
+                }
                 let got = hot_digits(&text, pass);
-                assert!(
-                    got.iter().any(|&p| Some(p) == first),
-                    "{} at {at}: first digit not visited",
-                    String::from_utf8_lossy(token)
-                );
                 let mut blocks: Vec<usize> = got.iter().map(|p| p / BLOCK).collect();
                 blocks.dedup();
                 assert!(blocks.len() <= 7, "too few blocks skipped: {blocks:?}");

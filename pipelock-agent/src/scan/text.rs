@@ -183,7 +183,7 @@ pub fn scan_dlp_block(
         });
     }
     let mut hot = HotBlocks::default();
-    hot.compute(data);
+    hot.compute_whole(data);
     let mut num = NumericScanner::default();
     let mut nh = Vec::new();
     num.feed_with(data, &hot, &mut nh);
