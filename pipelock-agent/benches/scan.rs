@@ -225,6 +225,47 @@ fn stream_scan(engine: &Arc<Engine>, body: &[u8], injection: bool) -> usize {
     hits.len()
 }
 
+/// Each pass of the DLP block scan alone, on clean bodies.
+fn breakdown(engine: &Engine, b: &[Vec<u8>], label: &str) {
+    use pipelock_agent::scan::{
+        blocks::HotBlocks, numeric::NumericScanner, runs, seed::SeedScanner,
+    };
+    let hs_only = throughput(b, |x| {
+        let mut n = 0;
+        engine.scan_dlp_block(x, &mut |_, _| n += 1).expect("scan");
+        n
+    });
+    let blocks_only = throughput(b, |x| {
+        let mut hot = HotBlocks::default();
+        hot.compute(x);
+        hot.next_digit(x, 0, pipelock_agent::scan::blocks::Pass::Numeric)
+            .unwrap_or(0)
+    });
+    let num_only = throughput(b, |x| {
+        let mut s = NumericScanner::default();
+        let mut out = Vec::new();
+        s.feed(x, &mut out);
+        out.len()
+    });
+    let runs_only = throughput(b, |x| runs::runs_in(x, 4096).len());
+    let norm_only = throughput(b, |x| pipelock_agent::scan::normalize::normalize(x).len());
+    let seed_only = throughput(b, |x| {
+        let mut s = SeedScanner::default();
+        let mut out = Vec::new();
+        s.feed(x, &mut out);
+        s.finish(&mut out);
+        out.len()
+    });
+    let mut hits = 0usize;
+    engine
+        .scan_dlp_block(&b[0], &mut |_, _| hits += 1)
+        .expect("scan");
+    let runs = runs::runs_in(&b[0], 4096).len();
+    println!(
+        "Breakdown, {label} clean, MB/s of each pass alone: Hyperscan DLP {hs_only:.0}, block classification {blocks_only:.0}, numeric (with classification) {num_only:.0}, encoded runs (with classification) {runs_only:.0}, seed phrases {seed_only:.0}, normaliser {norm_only:.0}; {hits} rule hits and {runs} encoded-run candidates in the first body"
+    );
+}
+
 fn regex_scan(set: &regex::bytes::RegexSet, body: &[u8]) -> usize {
     set.matches(body).iter().count()
 }
@@ -262,38 +303,10 @@ fn main() {
     if std::env::var_os("PIPELOCK_BENCH_PER_PATTERN").is_some() {
         per_pattern(&bodies(1 << 20, false));
     }
-    // Where the time goes (1 MB clean bodies).
-    let b = bodies(1 << 20, false);
-    let hs_only = throughput(&b, |x| {
-        let mut n = 0;
-        base.engine
-            .scan_dlp_block(x, &mut |_, _| n += 1)
-            .expect("scan");
-        n
-    });
-    let num_only = throughput(&b, |x| {
-        let mut s = pipelock_agent::scan::numeric::NumericScanner::default();
-        let mut out = Vec::new();
-        s.feed(x, &mut out);
-        out.len()
-    });
-    let runs_only = throughput(&b, |x| pipelock_agent::scan::runs::runs_in(x, 4096).len());
-    let norm_only = throughput(&b, |x| pipelock_agent::scan::normalize::normalize(x).len());
-    let seed_only = throughput(&b, |x| {
-        let mut s = pipelock_agent::scan::seed::SeedScanner::default();
-        let mut out = Vec::new();
-        s.feed(x, &mut out);
-        s.finish(&mut out);
-        out.len()
-    });
-    let mut hits = 0usize;
-    base.engine
-        .scan_dlp_block(&b[0], &mut |_, _| hits += 1)
-        .expect("scan");
-    let runs = pipelock_agent::scan::runs::runs_in(&b[0], 4096).len();
-    println!(
-        "Breakdown, 1 MB clean: Hyperscan DLP alone {hs_only:.0} MB/s, numeric pass alone {num_only:.0} MB/s, encoded-run pass alone {runs_only:.0} MB/s, seed-phrase pass alone {seed_only:.0} MB/s, normaliser alone {norm_only:.0} MB/s; {hits} rule hits and {runs} encoded-run candidates in the first body"
-    );
+    // Where the time goes.
+    for (size, label) in [(10 * 1024, "10 KB"), (1 << 20, "1 MB")] {
+        breakdown(&base.engine, &bodies(size, false), label);
+    }
 
     println!();
     println!(
