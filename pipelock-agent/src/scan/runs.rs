@@ -13,9 +13,36 @@ use super::{
 /// Shortest run worth decoding.
 pub const RUN_MIN_LEN: usize = 24;
 
+/// Byte classes of the run alphabet, looked up once per byte.
+const RUN: u8 = 1;
+const SLASH: u8 = 2;
+const PLUS: u8 = 4;
+/// `-` or `_`: base64url.
+const URL: u8 = 8;
+const PCT: u8 = 16;
+
+const RUN_CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = match c {
+            b'/' => RUN | SLASH,
+            b'+' => RUN | PLUS,
+            b'-' | b'_' => RUN | URL,
+            b'%' => RUN | PCT,
+            b'=' | b'.' => RUN,
+            _ if c.is_ascii_alphanumeric() => RUN,
+            _ => 0,
+        };
+        b += 1;
+    }
+    t
+};
+
 #[inline]
 fn is_run_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'_' | b'%' | b'-' | b'.')
+    RUN_CLASS[usize::from(b)] & RUN != 0
 }
 
 /// Streaming encoded-run finder.
@@ -134,20 +161,15 @@ pub fn discord_token(run: &[u8]) -> bool {
 /// in 64, base64 of ASCII text almost none).
 pub fn may_decode(part: &[u8]) -> bool {
     let mut slashes = 0usize;
-    let (mut std, mut url, mut pct) = (false, false, false);
+    let mut seen = 0u8;
     for &b in part {
-        match b {
-            b'/' => {
-                slashes += 1;
-                std = true;
-            }
-            b'+' => std = true,
-            b'-' | b'_' => url = true,
-            b'%' => pct = true,
-            _ => {}
-        }
+        let c = RUN_CLASS[usize::from(b)];
+        slashes += usize::from(c & SLASH != 0);
+        seen |= c;
     }
-    pct || !((std && url) || (slashes >= 3 && slashes * 12 >= part.len()))
+    let std = seen & (SLASH | PLUS) != 0;
+    let url = seen & URL != 0;
+    seen & PCT != 0 || !((std && url) || (slashes >= 3 && slashes * 12 >= part.len()))
 }
 
 /// The parts of a run worth decoding (split at `.`; at least [`RUN_MIN_LEN`]).
@@ -229,6 +251,54 @@ mod tests {
             "secret%3Dabc%2Fdef%26token%3Dxyz123",
         ] {
             assert!(may_decode(enc.as_bytes()), "{enc}");
+        }
+    }
+
+    #[test]
+    fn byte_classes_match_the_plain_predicates() {
+        // The table-driven forms against the rules written out.
+        fn reference(part: &[u8]) -> bool {
+            let slashes = part.iter().filter(|&&b| b == b'/').count();
+            let std = part.iter().any(|&b| b == b'/' || b == b'+');
+            let url = part.iter().any(|&b| b == b'-' || b == b'_');
+            let pct = part.contains(&b'%');
+            pct || !((std && url) || (slashes >= 3 && slashes * 12 >= part.len()))
+        }
+        for b in 0..=255u8 {
+            let want = b.is_ascii_alphanumeric() || b"+/=_%-.".contains(&b);
+            assert_eq!(is_run_byte(b), want, "{b:#x}");
+        }
+        let alphabet = b"aZ9/+-_%=";
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let len = 24 + (x % 60) as usize;
+            // A slash density around the path threshold and a few extras.
+            let density = 6 + (x >> 8) % 12;
+            let mut y = x;
+            let part: Vec<u8> = (0..len)
+                .map(|_| {
+                    y = y
+                        .wrapping_mul(6_364_136_223_846_793_005)
+                        .wrapping_add(1_442_695_040_888_963_407);
+                    let r = y >> 33;
+                    if r.is_multiple_of(density) {
+                        b'/'
+                    } else if r % 23 == 1 {
+                        alphabet[(r / 23) as usize % alphabet.len()]
+                    } else {
+                        b'k'
+                    }
+                })
+                .collect();
+            assert_eq!(
+                may_decode(&part),
+                reference(&part),
+                "{}",
+                String::from_utf8_lossy(&part)
+            );
         }
     }
 
