@@ -206,38 +206,59 @@ fn set(bits: &mut [u64], k: usize) {
     bits[k / 64] |= 1 << (k % 64);
 }
 
+/// What lies around a classified buffer.
+#[derive(Clone, Copy, Debug)]
+enum Around<'a> {
+    /// A chunk of a stream whose earlier bytes are unknown: its first and
+    /// last blocks are always marked.
+    Unknown,
+    /// A chunk of a stream after these bytes (the last up to 64 bytes
+    /// before it; empty at the stream start): its last block is always
+    /// marked, as the next chunk is not known yet.
+    After(&'a [u8]),
+    /// A whole body: nothing lies before or after it.
+    Nothing,
+}
+
 impl HotBlocks {
-    /// Classifies `buf`, one chunk of a stream: its first and last blocks
-    /// are always marked (their neighbours lie in other chunks).
+    /// Classifies `buf`, one chunk of a stream, not knowing what came
+    /// before: its first and last blocks are always marked.
     pub fn compute(&mut self, buf: &[u8]) {
-        self.compute_for(buf, false);
+        self.compute_for(buf, Around::Unknown);
+    }
+
+    /// Classifies `buf`, the chunk of a stream that follows `prev` (the
+    /// bytes right before it, any length, empty at the stream start): only
+    /// its last block is always marked (its neighbour is in the next chunk).
+    pub fn compute_after(&mut self, prev: &[u8], buf: &[u8]) {
+        self.compute_for(buf, Around::After(prev));
     }
 
     /// Classifies `buf`, a whole body: nothing lies before or after it, so
     /// its first and last blocks are marked only when they may hold a token.
     pub fn compute_whole(&mut self, buf: &[u8]) {
-        self.compute_for(buf, true);
+        self.compute_for(buf, Around::Nothing);
     }
 
-    fn compute_for(&mut self, buf: &[u8], whole: bool) {
+    fn compute_for(&mut self, buf: &[u8], around: Around) {
         #[cfg(target_arch = "x86_64")]
         if std::is_x86_feature_detected!("avx2") {
             // SAFETY: AVX2 was just detected.
-            unsafe { self.compute_avx2(buf, whole) };
+            unsafe { self.compute_avx2(buf, around) };
             return;
         }
-        self.compute_with(buf, whole, digits, classify);
+        self.compute_with(buf, around, digits, classify);
     }
 
     /// # Safety
     /// The CPU must support AVX2.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
-    unsafe fn compute_avx2(&mut self, buf: &[u8], whole: bool) {
+    unsafe fn compute_avx2(&mut self, buf: &[u8], around: Around) {
         // SAFETY: the caller checked AVX2.
         self.compute_with(
             buf,
-            whole,
+            around,
             |b| unsafe { digits_avx2(b) },
             |b| unsafe { classify_avx2(b) },
         );
@@ -247,10 +268,12 @@ impl HotBlocks {
     fn compute_with(
         &mut self,
         buf: &[u8],
-        whole: bool,
+        around: Around,
         digits: impl Fn(&[u8; BLOCK]) -> u64,
         classify: impl Fn(&[u8; BLOCK]) -> Masks,
     ) {
+        // Zero bytes belong to no class: they stand for "nothing here".
+        const ZERO: [u8; BLOCK] = [0; BLOCK];
         let nblocks = buf.len().div_ceil(BLOCK);
         let words = nblocks.div_ceil(64);
         for v in [&mut self.numeric, &mut self.runs] {
@@ -261,30 +284,34 @@ impl HotBlocks {
         let fulls = buf
             .chunks_exact(BLOCK)
             .filter_map(|b| <&[u8; BLOCK]>::try_from(b).ok());
-        if whole {
-            // Zero bytes belong to no class: a zero block before the first
-            // and after the last, and the partial tail padded with zeros.
-            const ZERO: [u8; BLOCK] = [0; BLOCK];
+        // The block before the first: the bytes before it, right-aligned.
+        let mut before = ZERO;
+        if let Around::After(prev) = around {
+            let prev = &prev[prev.len().saturating_sub(BLOCK)..];
+            before[BLOCK - prev.len()..].copy_from_slice(prev);
+        }
+        if let Around::Nothing = around {
+            // A zero block after the last, and the partial tail zero-padded.
             let rest = &buf[full * BLOCK..];
             let mut tail = ZERO;
             tail[..rest.len()].copy_from_slice(rest);
             let tail = (!rest.is_empty()).then_some(&tail);
-            let seq = std::iter::once(&ZERO)
+            let seq = std::iter::once(&before)
                 .chain(fulls)
                 .chain(tail)
                 .chain(std::iter::once(&ZERO));
             self.mark_windows(seq, digits, classify);
             return;
         }
-        // Edges: the first block and everything from the last full one on.
-        for k in (0..nblocks.min(1)).chain(full.saturating_sub(1)..nblocks) {
+        // The next chunk is unknown: everything from the last full block on
+        // is marked, and the first block too when the previous is unknown.
+        let first = usize::from(matches!(around, Around::Unknown)).min(nblocks);
+        for k in (0..first).chain(full.saturating_sub(1)..nblocks) {
             set(&mut self.numeric, k);
             set(&mut self.runs, k);
         }
-        if full >= 3 {
-            // A zero block first keeps the block numbering; block 0 is an edge.
-            let seq = std::iter::once(&[0; BLOCK]).chain(fulls);
-            self.mark_windows(seq, digits, classify);
+        if full >= 2 {
+            self.mark_windows(std::iter::once(&before).chain(fulls), digits, classify);
         }
     }
 

@@ -486,3 +486,45 @@ fn hit_spans_match_a_full_start_of_match_search() {
     }
     assert!(checked > 30, "only {checked} rules checked");
 }
+
+#[test]
+fn tokens_cut_by_chunk_boundaries_in_long_text_are_found() {
+    // Long prose streamed in chunks: each chunk's first blocks are judged
+    // with the bytes before them (not always read), so every shape must
+    // still be found wherever a boundary falls in or near it.
+    use base64::Engine as _;
+    let e = engine();
+    let prose = "Copyright 1999-2005 Foo; see section 2 of the licence for the terms. ".repeat(40);
+    let by_id = |id: &str| {
+        samples()
+            .into_iter()
+            .find(|(i, _, _)| *i == id)
+            .map(|(_, tp, _)| tp)
+            .unwrap()
+    };
+    let encoded = base64::engine::general_purpose::STANDARD.encode(by_id("dlp.github_token"));
+    let cases = [
+        ("dlp.credit_card", by_id("dlp.credit_card")),
+        ("dlp.us_ssn", by_id("dlp.us_ssn")),
+        ("dlp.iban", by_id("dlp.iban")),
+        (
+            "dlp.crypto_wif_private_key",
+            by_id("dlp.crypto_wif_private_key"),
+        ),
+        ("dlp.github_token", encoded),
+    ];
+    for (id, token) in cases {
+        for chunk in [1000usize, 1024] {
+            // From two blocks before the boundary to one after it.
+            for at in chunk - 128 - token.len()..chunk + 64 {
+                let text = format!("{} {token} {}", &prose[..at], &prose[at..]);
+                let parts: Vec<&[u8]> = text.as_bytes().chunks(chunk).collect();
+                let got = stream_ids(&e, &parts);
+                assert!(
+                    got.iter().any(|g| g == id),
+                    "{id} at {at}, chunks of {chunk}: {got:?}"
+                );
+            }
+        }
+    }
+}

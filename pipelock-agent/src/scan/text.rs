@@ -473,7 +473,7 @@ fn dlp_feed(
         report_dlp_hits(engine, d, &hits, data, location, out);
         d.hits = hits;
     }
-    d.hot.compute(data);
+    d.hot.compute_after(&d.ring.buf, data);
     d.numeric.feed_with(data, &d.hot, &mut d.num_hits);
     report_numeric(d, location, out);
     d.seed.feed(data, &mut d.seed_hits);
