@@ -249,6 +249,15 @@ fn breakdown(engine: &Engine, b: &[Vec<u8>], label: &str) {
     });
     let runs_only = throughput(b, |x| runs::runs_in(x, 4096).len());
     let norm_only = throughput(b, |x| pipelock_agent::scan::normalize::normalize(x).len());
+    let normalised: Vec<Vec<u8>> = b
+        .iter()
+        .map(|x| pipelock_agent::scan::normalize::normalize(x))
+        .collect();
+    let inj_only = throughput(&normalised, |x| {
+        let mut n = 0;
+        engine.scan_inj_block(x, &mut |_, _| n += 1).expect("scan");
+        n
+    });
     let seed_only = throughput(b, |x| {
         let mut s = SeedScanner::default();
         let mut out = Vec::new();
@@ -262,7 +271,7 @@ fn breakdown(engine: &Engine, b: &[Vec<u8>], label: &str) {
         .expect("scan");
     let runs = runs::runs_in(&b[0], 4096).len();
     println!(
-        "Breakdown, {label} clean, MB/s of each pass alone: Hyperscan DLP {hs_only:.0}, block classification {blocks_only:.0}, numeric (with classification) {num_only:.0}, encoded runs (with classification) {runs_only:.0}, seed phrases {seed_only:.0}, normaliser {norm_only:.0}; {hits} rule hits and {runs} encoded-run candidates in the first body"
+        "Breakdown, {label} clean, MB/s of each pass alone: Hyperscan DLP {hs_only:.0}, block classification {blocks_only:.0}, numeric (with classification) {num_only:.0}, encoded runs (with classification) {runs_only:.0}, seed phrases {seed_only:.0}; response side: normaliser {norm_only:.0}, Hyperscan injection on normalised text {inj_only:.0}; {hits} rule hits and {runs} encoded-run candidates in the first body"
     );
 }
 
