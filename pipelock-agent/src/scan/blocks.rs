@@ -389,6 +389,10 @@ impl HotBlocks {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scan::{
+        numeric::{NumericHit, NumericScanner},
+        runs::RunScanner,
+    };
 
     fn hot_digits(text: &[u8], pass: Pass) -> Vec<usize> {
         hot_digits_of(text, pass, false)
@@ -438,6 +442,106 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Every block marked: the passes then read every digit.
+    fn all_hot(len: usize) -> HotBlocks {
+        let words = len.div_ceil(BLOCK).div_ceil(64);
+        HotBlocks {
+            numeric: vec![!0; words],
+            runs: vec![!0; words],
+        }
+    }
+
+    /// Numeric and run findings of `text` fed in `chunks`, with the blocks
+    /// judged (`judged`) or all read.
+    fn findings(text: &[u8], chunks: usize, judged: bool) -> (Vec<NumericHit>, Vec<Vec<u8>>) {
+        let mut num = NumericScanner::default();
+        let mut runs = RunScanner::new(4096);
+        let (mut nh, mut rh) = (Vec::new(), Vec::new());
+        let mut hot = HotBlocks::default();
+        let mut done = 0;
+        for c in text.chunks(chunks) {
+            if !judged {
+                hot = all_hot(c.len());
+            } else if chunks >= text.len() {
+                hot.compute_whole(c);
+            } else {
+                hot.compute_after(&text[..done], c);
+            }
+            num.feed_with(c, &hot, &mut nh);
+            runs.feed_with(c, &hot, &mut rh);
+            done += c.len();
+        }
+        num.finish(&mut nh);
+        runs.finish(&mut rh);
+        (nh, rh)
+    }
+
+    #[test]
+    fn judged_blocks_find_what_reading_every_block_finds() {
+        // Random prose with digits, words, separators, and tokens of every
+        // shape (valid and not): skipping blocks must not change a finding,
+        // whole or streamed in chunks.
+        let words: [&[u8]; 16] = [
+            b"the",
+            b"licence",
+            b"section",
+            b"2",
+            b"v1.0",
+            b"1999-2005,",
+            b"GPL-2+",
+            b"THE SOFTWARE IS",
+            b"responsibilities",
+            b"(c)",
+            b"12",
+            b"2024",
+            b"abc123def",
+            b"path/to/file_9.txt",
+            b"ID 4411",
+            b"x",
+        ];
+        let seps: [&[u8]; 5] = [b" ", b" ", b"\n", b", ", b" - "];
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut found = 0;
+        for round in 0..400 {
+            let mut text = Vec::new();
+            while text.len() < 1500 {
+                let r = next();
+                if r % 9 == 0 {
+                    let (token, _) = TOKENS[(r >> 8) as usize % TOKENS.len()];
+                    text.extend_from_slice(token);
+                    if r % 2 == 0 {
+                        // A near miss: one character changed.
+                        let i = text.len() - 1 - (r >> 20) as usize % token.len();
+                        text[i] = if text[i].is_ascii_digit() { b'7' } else { b'Q' };
+                    }
+                } else {
+                    text.extend_from_slice(words[(r >> 8) as usize % words.len()]);
+                }
+                text.extend_from_slice(seps[(r >> 16) as usize % seps.len()]);
+            }
+            let want = findings(&text, text.len(), false);
+            found += want.0.len() + want.1.len();
+            assert_eq!(
+                findings(&text, text.len(), true),
+                want,
+                "round {round}, whole"
+            );
+            let chunks = 64 + (next() % 400) as usize;
+            assert_eq!(
+                findings(&text, chunks, true),
+                want,
+                "round {round}, chunks of {chunks}"
+            );
+        }
+        assert!(found > 300, "only {found} findings");
     }
 
     #[test]
