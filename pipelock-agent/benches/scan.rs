@@ -409,13 +409,14 @@ fn main() {
     println!(
         "Memory per open stream (Hyperscan state): DLP {dlp_state} B, injection {inj_state} B (x10 patterns: DLP {many_state} B)"
     );
+    // Everything a body scanner holds inline (all passes, both directions)
+    // plus what it keeps on the heap between chunks.
+    let inline = std::mem::size_of::<TextScanner>();
     println!(
-        "Per body scanner state (request, DLP only): ~{} B; response (DLP + injection): ~{} B; plus one 512 B history ring per stream",
-        dlp_state + std::mem::size_of::<pipelock_agent::scan::numeric::NumericScanner>() + 512,
-        dlp_state
-            + inj_state
-            + std::mem::size_of::<pipelock_agent::scan::numeric::NumericScanner>()
-            + 2 * 512
+        "Per body scanner (DLP + injection, every pass): {inline} B inline + {} B Hyperscan stream state + 2 x 512 B history rings = ~{} B, plus up to {} B while an encoded run is being read",
+        dlp_state + inj_state,
+        inline + dlp_state + inj_state + 2 * 512,
+        RunLimits::default().max_run
     );
     println!(
         "Databases (shared): DLP {} KB, injection {} KB",
