@@ -5,12 +5,11 @@
 //! A phrase lies inside a "clean run": a stretch with none of the break
 //! positions a 64-byte block classification finds cheaply (punctuation,
 //! words shorter than 3 or longer than 8 letters, long digit runs), holding
-//! at least 12 word starts. Blocks are
-//! skipped until a clean run has that many, and only then the exact
-//! tokeniser runs. After a break position the tokeniser's state does not
-//! depend on earlier bytes, which makes skipping exact. State is constant
-//! per stream: the last 24 word indices, one partial word and at most
-//! `PEND` pending bytes.
+//! at least 12 word starts. Blocks are skipped until a clean run has that
+//! many, and only then the exact tokeniser runs. After a break position the
+//! tokeniser's state does not depend on earlier bytes, which makes skipping
+//! exact. State is constant per stream: the last 24 word indices, one
+//! partial word and at most `PEND` pending bytes.
 use std::sync::OnceLock;
 
 use sha2::{Digest, Sha256};
@@ -580,7 +579,7 @@ impl SeedScanner {
             // SAFETY: chosen only when the CPU has AVX2, POPCNT, BMI1 and LZCNT.
             #[cfg(target_arch = "x86_64")]
             Simd::Avx2 => unsafe { self.feed_avx2(chunk, out) },
-            _ => self.feed_with(chunk, out),
+            _ => self.feed_body(chunk, out),
         }
     }
 
@@ -592,11 +591,12 @@ impl SeedScanner {
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,popcnt,bmi1,lzcnt")]
     unsafe fn feed_avx2(&mut self, chunk: &[u8], out: &mut Vec<SeedHit>) {
-        self.feed_with(chunk, out);
+        self.feed_body(chunk, out);
     }
 
+    /// The body of [`Self::feed`], compiled once per target.
     #[inline(always)]
-    fn feed_with(&mut self, chunk: &[u8], out: &mut Vec<SeedHit>) {
+    fn feed_body(&mut self, chunk: &[u8], out: &mut Vec<SeedHit>) {
         let base = self.offset;
         // While skipping: absolute offset just after the last break position,
         // and the word starts since then in earlier blocks.
