@@ -1,6 +1,8 @@
 //! Streaming BIP-39 seed-phrase detector (English word list): 12, 15, 18, 21
 //! or 24 consecutive list words, case-insensitive, separated by whitespace,
-//! commas or numbering ("1. word 2) word"), whose checksum is valid.
+//! commas, numbering ("1. word 2) word") or the JSON/C escapes `\n`, `\t`
+//! and `\r` (a phrase typed one word per line, sent in a JSON body), whose
+//! checksum is valid.
 //!
 //! A phrase lies inside a "clean run": a stretch with none of the break
 //! positions a 64-byte block classification finds cheaply (punctuation,
@@ -150,6 +152,8 @@ const C_DIGIT: u8 = 2;
 const C_SEP: u8 = 3;
 /// `.` or `)`: ends a numbering, otherwise a break.
 const C_DOT: u8 = 4;
+/// `\`: starts an escape; `\n`, `\t`, `\r` separate, any other breaks.
+const C_BSLASH: u8 = 5;
 
 const CLASS: [u8; 256] = {
     let mut t = [C_OTHER; 256];
@@ -164,6 +168,8 @@ const CLASS: [u8; 256] = {
             C_SEP
         } else if c == b'.' || c == b')' {
             C_DOT
+        } else if c == b'\\' {
+            C_BSLASH
         } else {
             C_OTHER
         };
@@ -179,15 +185,17 @@ struct Masks {
     digit: u64,
     sep: u64,
     dot: u64,
+    bslash: u64,
 }
 
-/// All masks of a block, one generic body for every lane width.
+/// All masks of a block, one generic body for every lane width; the
+/// backslash mask only when `ESC` (the chunk has one).
 ///
 /// # Safety
 /// As for [`Lanes`].
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn classify_with<L: Lanes>(b: &[u8; BLOCK]) -> Masks {
+unsafe fn classify_with<L: Lanes, const ESC: bool>(b: &[u8; BLOCK]) -> Masks {
     let mut m = Masks::default();
     unsafe {
         for l in 0..L::N {
@@ -199,6 +207,9 @@ unsafe fn classify_with<L: Lanes>(b: &[u8; BLOCK]) -> Masks {
             let blank = L::range(v, 9, 5);
             m.sep |= L::bits(L::or(blank, L::or(L::eq(v, b' '), L::eq(v, b','))), l);
             m.dot |= L::bits(L::or(L::eq(v, b'.'), L::eq(v, b')')), l);
+            if ESC {
+                m.bslash |= L::bits(L::eq(v, b'\\'), l);
+            }
         }
     }
     m
@@ -206,9 +217,9 @@ unsafe fn classify_with<L: Lanes>(b: &[u8; BLOCK]) -> Masks {
 
 #[cfg(target_arch = "x86_64")]
 #[inline]
-fn classify_sse2(b: &[u8; BLOCK]) -> Masks {
+fn classify_sse2<const ESC: bool>(b: &[u8; BLOCK]) -> Masks {
     // SAFETY: SSE2 is part of the x86_64 baseline.
-    unsafe { classify_with::<Sse2>(b) }
+    unsafe { classify_with::<Sse2, ESC>(b) }
 }
 
 /// # Safety
@@ -216,8 +227,8 @@ fn classify_sse2(b: &[u8; BLOCK]) -> Masks {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 #[inline]
-unsafe fn classify_avx2(b: &[u8; BLOCK]) -> Masks {
-    unsafe { classify_with::<Avx2>(b) }
+unsafe fn classify_avx2<const ESC: bool>(b: &[u8; BLOCK]) -> Masks {
+    unsafe { classify_with::<Avx2, ESC>(b) }
 }
 
 /// Portable classification (also the reference the SIMD versions are tested against).
@@ -230,6 +241,7 @@ fn classify_scalar(b: &[u8; BLOCK]) -> Masks {
         m.digit |= u64::from(k == C_DIGIT) << i;
         m.sep |= u64::from(k == C_SEP) << i;
         m.dot |= u64::from(k == C_DOT) << i;
+        m.bslash |= u64::from(k == C_BSLASH) << i;
     }
     m
 }
@@ -267,13 +279,13 @@ impl Simd {
     }
 
     #[inline]
-    fn classify(self, b: &[u8; BLOCK]) -> Masks {
+    fn classify<const ESC: bool>(self, b: &[u8; BLOCK]) -> Masks {
         match self {
             #[cfg(target_arch = "x86_64")]
-            Simd::Sse2 => classify_sse2(b),
+            Simd::Sse2 => classify_sse2::<ESC>(b),
             // SAFETY: chosen only when the CPU has AVX2.
             #[cfg(target_arch = "x86_64")]
-            Simd::Avx2 => unsafe { classify_avx2(b) },
+            Simd::Avx2 => unsafe { classify_avx2::<ESC>(b) },
             #[cfg(not(target_arch = "x86_64"))]
             Simd::Scalar => classify_scalar(b),
         }
@@ -285,6 +297,22 @@ impl Simd {
 #[inline]
 fn later(m: u64, h: u64, k: u32) -> u64 {
     (m << k) | (h >> (64 - k))
+}
+
+/// `letters` less the `n`, `t`, `r` of escapes: bytes at the `escaped`
+/// positions of `blk` (those right after a backslash) are looked at one by
+/// one, as backslashes are rare.
+#[cold]
+fn unescape(letters: u64, mut escaped: u64, blk: &[u8]) -> u64 {
+    let mut w = letters;
+    while escaped != 0 {
+        let i = escaped.trailing_zeros();
+        if matches!(blk.get(i as usize), Some(b'n' | b't' | b'r')) {
+            w &= !(1 << i);
+        }
+        escaped &= escaped - 1;
+    }
+    w
 }
 
 /// A run of at least `len` zero bits in `x`.
@@ -312,6 +340,8 @@ enum Tok {
     Num,
     /// Right after a numbering's `.` or `)`.
     NumEnd,
+    /// Right after a `\` (the run goes on if an `n`, `t` or `r` follows).
+    Esc,
     /// Inside a token that is neither (the run was broken when it turned bad).
     Bad,
 }
@@ -366,9 +396,25 @@ impl Tokenizer {
 
     #[inline(always)]
     fn step(&mut self, b: u8, t: &Table, out: &mut Vec<SeedHit>) {
+        if self.tok == Tok::Esc {
+            // `\n`, `\t`, `\r` separate; any other escaped byte ends the run.
+            if matches!(b, b'n' | b't' | b'r') {
+                self.tok = Tok::None;
+            } else {
+                self.break_run(out);
+                self.tok = if b.is_ascii_alphanumeric() {
+                    Tok::Bad
+                } else {
+                    Tok::None
+                };
+            }
+            self.pos += 1;
+            return;
+        }
         match CLASS[usize::from(b)] {
+            // (`Tok::Esc` was handled above.)
             C_LETTER => match self.tok {
-                Tok::None | Tok::NumEnd => {
+                Tok::None | Tok::NumEnd | Tok::Esc => {
                     self.tok = Tok::Word;
                     self.word = u64::from(b | 0x20);
                     self.word_len = 1;
@@ -386,7 +432,7 @@ impl Tokenizer {
                 Tok::Bad => {}
             },
             C_DIGIT => match self.tok {
-                Tok::None => {
+                Tok::None | Tok::Esc => {
                     self.tok = Tok::Num;
                     self.num_len = 1;
                 }
@@ -405,6 +451,12 @@ impl Tokenizer {
                     self.end_word(t, out);
                 }
                 self.tok = Tok::None;
+            }
+            C_BSLASH => {
+                if self.tok == Tok::Word {
+                    self.end_word(t, out);
+                }
+                self.tok = Tok::Esc;
             }
             C_DOT if self.tok == Tok::Num => self.tok = Tok::NumEnd,
             // Any other `.` or `)`, and everything else: the run ends here.
@@ -488,6 +540,9 @@ pub struct SeedScanner {
     /// Class bits of the previous 64 bytes (most recent at bit 63).
     hist_letter: u64,
     hist_digit: u64,
+    /// Letters that are not the `n`, `t`, `r` of an escape, and backslashes.
+    hist_word_letter: u64,
+    hist_bslash: u64,
     /// The tokeniser is running (a clean run could hold a phrase).
     tokenizing: bool,
     tk: Tokenizer,
@@ -507,6 +562,8 @@ impl Default for SeedScanner {
             offset: 0,
             hist_letter: 0,
             hist_digit: 0,
+            hist_word_letter: 0,
+            hist_bslash: 0,
             tokenizing: false,
             tk: Tokenizer::default(),
             pend: [0; PEND],
@@ -575,11 +632,18 @@ impl BlockBits {
 impl SeedScanner {
     /// Scans the next chunk; phrases found are appended to `out`.
     pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<SeedHit>) {
-        match self.simd {
+        // Escapes need extra masks; most text has no backslash at all. The
+        // plain path also needs none in the block before (whose escaped
+        // letters it could not tell from others).
+        let esc = self.hist_bslash != 0 || memchr::memchr(b'\\', chunk).is_some();
+        match (self.simd, esc) {
             // SAFETY: chosen only when the CPU has AVX2, POPCNT, BMI1 and LZCNT.
             #[cfg(target_arch = "x86_64")]
-            Simd::Avx2 => unsafe { self.feed_avx2(chunk, out) },
-            _ => self.feed_body(chunk, out),
+            (Simd::Avx2, false) => unsafe { self.feed_avx2::<false>(chunk, out) },
+            #[cfg(target_arch = "x86_64")]
+            (Simd::Avx2, true) => unsafe { self.feed_avx2::<true>(chunk, out) },
+            (_, false) => self.feed_body::<false>(chunk, out),
+            (_, true) => self.feed_body::<true>(chunk, out),
         }
     }
 
@@ -590,13 +654,14 @@ impl SeedScanner {
     /// The CPU must support AVX2, POPCNT, BMI1 and LZCNT.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,popcnt,bmi1,lzcnt")]
-    unsafe fn feed_avx2(&mut self, chunk: &[u8], out: &mut Vec<SeedHit>) {
-        self.feed_body(chunk, out);
+    unsafe fn feed_avx2<const ESC: bool>(&mut self, chunk: &[u8], out: &mut Vec<SeedHit>) {
+        self.feed_body::<ESC>(chunk, out);
     }
 
-    /// The body of [`Self::feed`], compiled once per target.
+    /// The body of [`Self::feed`], compiled once per target, with escape
+    /// handling (`ESC`) or for a chunk without backslashes.
     #[inline(always)]
-    fn feed_body(&mut self, chunk: &[u8], out: &mut Vec<SeedHit>) {
+    fn feed_body<const ESC: bool>(&mut self, chunk: &[u8], out: &mut Vec<SeedHit>) {
         let base = self.offset;
         // While skipping: absolute offset just after the last break position,
         // and the word starts since then in earlier blocks.
@@ -606,7 +671,7 @@ impl SeedScanner {
         while pos < chunk.len() {
             let n = (chunk.len() - pos).min(BLOCK);
             let blk = &chunk[pos..pos + n];
-            let bb = self.breaks(blk);
+            let bb = self.breaks::<ESC>(blk);
             let babs = base + pos as u64;
             if !self.tokenizing {
                 let first = bb.breaks.trailing_zeros().min(n as u32);
@@ -657,6 +722,11 @@ impl SeedScanner {
         }
         self.offset = base + chunk.len() as u64;
         self.pend_words = pwords;
+        if !ESC {
+            // No backslash in this chunk: its word letters are its letters.
+            self.hist_word_letter = self.hist_letter;
+            self.hist_bslash = 0;
+        }
         if self.tokenizing {
             self.pend_len = 0;
         } else if pstart >= base {
@@ -685,38 +755,60 @@ impl SeedScanner {
     /// which the tokeniser's state is context-free with an empty run;
     /// `bad` tells which of the two states (after a letter or digit).
     #[inline(always)]
-    fn breaks(&mut self, blk: &[u8]) -> BlockBits {
+    fn breaks<const ESC: bool>(&mut self, blk: &[u8]) -> BlockBits {
         let n = blk.len();
         let m = match <&[u8; BLOCK]>::try_from(blk) {
-            Ok(a) => self.simd.classify(a),
+            Ok(a) => self.simd.classify::<ESC>(a),
             Err(_) => {
                 let mut a = [0u8; BLOCK];
                 a[..n].copy_from_slice(blk);
-                self.simd.classify(&a)
+                self.simd.classify::<ESC>(&a)
             }
         };
         let (hl, hd) = (self.hist_letter, self.hist_digit);
+        let (hw, hb) = (self.hist_word_letter, self.hist_bslash);
         let (l, d) = (m.letter, m.digit);
+        // The `n` of `\n` (and `t`, `r`) separates: not a word letter. A
+        // backslash that is itself escaped (`\\n`) is taken for an escape
+        // here, which only ever hides a break, never invents one.
+        let valid = if n == BLOCK { !0 } else { (1u64 << n) - 1 };
+        let escaped = if ESC {
+            later(m.bslash, hb, 1) & valid
+        } else {
+            0
+        };
+        let w = if escaped == 0 {
+            l
+        } else {
+            unescape(l, escaped, blk)
+        };
         let l1 = later(l, hl, 1);
         let l2 = later(l, hl, 2);
         let l3 = later(l, hl, 3);
+        // Without escapes here or in the block before, word letters are letters.
+        let (w1, hw) = if ESC { (later(w, hw, 1), hw) } else { (l1, hl) };
         let d1 = later(d, hd, 1);
         let d2 = later(d, hd, 2);
         let d3 = later(d, hd, 3);
         let tok = l | d;
-        // Nine letters/digits in a row: the token is bad whatever came before.
-        let c = (u128::from(tok) << 64) | u128::from(hl | hd);
+        // Nine word letters/digits in a row: the token is bad whatever came before.
+        let c = (u128::from(w | d) << 64) | u128::from(hw | hd);
         let mut r = c & (c << 1);
         r &= r << 2;
         r &= r << 4;
         r &= c << 8;
         let t9 = (r >> 64) as u64;
-        let other = !(tok | m.sep | m.dot);
-        let x = other | (m.dot & !d1) | (m.sep & l1 & !(l2 & l3)) | (m.sep & d1 & d2 & d3) | t9;
+        // A backslash is not a break: what follows decides.
+        let other = !(tok | m.sep | m.dot | m.bslash);
+        let x = other | (m.dot & !d1) | (m.sep & w1 & !(l2 & l3)) | (m.sep & d1 & d2 & d3) | t9;
         let words = l & !l1;
         if n == BLOCK {
             self.hist_letter = l;
             self.hist_digit = d;
+            if ESC {
+                self.hist_word_letter = w;
+                self.hist_bslash = m.bslash;
+            }
             BlockBits {
                 breaks: x,
                 bad: tok,
@@ -724,9 +816,13 @@ impl SeedScanner {
             }
         } else {
             let s = (BLOCK - n) as u32;
-            self.hist_letter = (hl >> n) | (l << s);
-            self.hist_digit = (hd >> n) | (d << s);
-            let valid = (1u64 << n) - 1;
+            let shift = |h: u64, m: u64| (h >> n) | (m << s);
+            self.hist_letter = shift(hl, l);
+            self.hist_digit = shift(hd, d);
+            if ESC {
+                self.hist_word_letter = shift(hw, w);
+                self.hist_bslash = shift(hb, m.bslash);
+            }
             BlockBits {
                 breaks: x & valid,
                 bad: tok,
@@ -935,6 +1031,29 @@ mod tests {
     }
 
     #[test]
+    fn json_escaped_line_breaks_separate() {
+        // One word per line, as a JSON string: `"scheme\nspot\n…"`.
+        for sep in ["\\n", "\\r\\n", "\\t", " \\n ", "\\n\\n"] {
+            let v = format!("{{\"content\":\"{}\"}}", V12[4].replace(' ', sep));
+            assert_eq!(scan(v.as_bytes()), vec![hit(12, 12)], "{sep}");
+            for cut in 0..v.len() {
+                assert_eq!(
+                    scan_chunks(v.as_bytes(), &mut || cut.max(1)),
+                    vec![hit(12, 12)],
+                    "{sep}, chunks of {cut}"
+                );
+            }
+        }
+        // Other escapes end the run: an escaped backslash before `n`, a
+        // unicode escape, an escaped quote.
+        for sep in ["\\\\n", "\\u0020", "\\\""] {
+            let v = V12[4].replacen(' ', sep, 1).replace(' ', "\\n");
+            assert_eq!(scan(v.as_bytes()), vec![], "{sep}");
+            assert_eq!(scan(v.as_bytes()), reference(v.as_bytes()), "{sep}");
+        }
+    }
+
+    #[test]
     fn longest_reported_once_and_long_runs_cut() {
         // 24-word vector: its 12-word prefix is not reported separately.
         assert_eq!(scan(V24[2].as_bytes()), vec![hit(0, 24)]);
@@ -1024,7 +1143,8 @@ mod tests {
             "ünï",
         ];
         let seps = [
-            " ", " ", " ", "\n", ", ", "\t", ". ", "; ", "\"", "(", ")", "..", " 1. ",
+            " ", " ", " ", "\n", ", ", "\t", ". ", "; ", "\"", "(", ")", "..", " 1. ", "\\n",
+            "\\n", "\\r\\n", "\\t", "\\\\", "\\\\n", "\\\"", "\\u00e9", "\\", "\\\\\\n",
         ];
         let mut rng = Rng(0xdead_beef_cafe_f00d);
         let mut found = 0;
@@ -1039,6 +1159,10 @@ mod tests {
                     14 if rng.below(4) == 0 => {
                         let wide = " ".repeat(1 + rng.below(40));
                         text.push_str(&mnemonic(12, &mut rng).replace(' ', &wide));
+                    }
+                    // A phrase one word per line, JSON-escaped.
+                    15 if rng.below(3) == 0 => {
+                        text.push_str(&mnemonic(12, &mut rng).replace(' ', "\\n"));
                     }
                     _ => text.push_str(extra[rng.below(extra.len())]),
                 }
@@ -1107,11 +1231,11 @@ mod tests {
                 continue;
             };
             let want = classify_scalar(a);
-            let got = Simd::detect().classify(a);
+            let got = Simd::detect().classify::<true>(a);
             assert_eq!(format!("{got:?}"), format!("{want:?}"));
             #[cfg(target_arch = "x86_64")]
             {
-                let got = classify_sse2(a);
+                let got = classify_sse2::<true>(a);
                 assert_eq!(format!("{got:?}"), format!("{want:?}"));
             }
         }
