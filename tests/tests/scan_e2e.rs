@@ -149,6 +149,23 @@ fn secrets_deep_inside_large_bodies_are_blocked() {
             "{rule}: the secret reached the upstream"
         );
     }
+    // The phrase one word per line in a JSON chat request, as an LLM client
+    // sends it: the line breaks arrive as `\n` escapes.
+    let phrase =
+        "scheme\nspot\nphoto\ncard\nbaby\nmountain\ndevice\nkick\ncradle\npact\njoin\nborrow";
+    let content = format!("{prose}\nmy wallet words:\n{phrase}\n{prose}");
+    let body =
+        serde_json::json!({"model": "m", "messages": [{"role": "user", "content": content}]})
+            .to_string();
+    let escaped = phrase.replace('\n', "\\n");
+    assert!(body.contains(&escaped), "the JSON escapes the line breaks");
+    let (resp, code) = post(&cg, &body, &up.url("/deep-json"));
+    assert_eq!(code, "403", "JSON seed phrase: {resp}");
+    assert!(resp.contains("dlp.crypto_seed_phrase"), "{resp}");
+    assert!(
+        !up.body_seen_containing(escaped.as_bytes()),
+        "the JSON seed phrase reached the upstream"
+    );
 }
 
 #[test]
