@@ -18,6 +18,7 @@ mod simd;
 pub mod sse;
 pub mod tail;
 pub mod text;
+pub mod unescape;
 pub mod validators;
 
 #[cfg(test)]

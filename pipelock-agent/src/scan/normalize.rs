@@ -1,5 +1,5 @@
-//! Streaming text normalisation for injection matching: UTF-8 decoding
-//! across chunk boundaries, removal of zero-width/invisible and control
+//! Streaming text normalisation for injection matching: JSON string escapes
+//! decoded (`scan::unescape`), UTF-8 decoding across chunk boundaries, removal of zero-width/invisible and control
 //! characters, NFKC, homoglyph (Cyrillic/Greek/Armenian/small-caps) and
 //! leetspeak folding, combining marks dropped, and every whitespace run
 //! collapsed to one byte (`\n` if it held a line break, else a space).
@@ -9,6 +9,8 @@
 //! constant: at most 3 carried UTF-8 bytes, one deferred whitespace byte and
 //! a short pending run of characters.
 use unicode_normalization::{UnicodeNormalization, char::canonical_combining_class};
+
+use super::unescape::JsonUnescape;
 
 /// Pending characters held back for NFKC composition (bounded).
 const MAX_PENDING: usize = 32;
@@ -123,6 +125,10 @@ pub struct Normalizer {
     /// Within a call: the last byte written to `out` is whitespace (and may
     /// still be merged with more whitespace).
     in_ws: bool,
+    unescape: JsonUnescape,
+    /// Unescaped text of the current chunk (reused; only for chunks with a
+    /// backslash).
+    unescaped: Vec<u8>,
 }
 
 /// One step of UTF-8 decoding at a non-ASCII byte.
@@ -173,6 +179,19 @@ fn decode_utf8(s: &[u8]) -> Utf8 {
 impl Normalizer {
     /// Normalises the next chunk, appending to `out`.
     pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        if self.unescape.is_idle() && memchr::memchr(b'\\', input).is_none() {
+            self.feed_text(input, out);
+            return;
+        }
+        let mut text = std::mem::take(&mut self.unescaped);
+        text.clear();
+        self.unescape.feed(input, &mut text);
+        self.feed_text(&text, out);
+        self.unescaped = text;
+    }
+
+    /// [`Self::feed`] after unescaping.
+    fn feed_text(&mut self, input: &[u8], out: &mut Vec<u8>) {
         out.reserve(input.len() + 1);
         self.resume(out);
         let mut input = input;
@@ -244,6 +263,12 @@ impl Normalizer {
 
     /// Flushes held-back characters at the end of the stream.
     pub fn finish(&mut self, out: &mut Vec<u8>) {
+        let mut rest = Vec::new();
+        self.unescape.finish(&mut rest);
+        if !rest.is_empty() {
+            self.feed_text(&rest, out);
+        }
+        self.unescaped = Vec::new();
         self.carry_len = 0;
         self.resume(out);
         self.flush_pending(out);
