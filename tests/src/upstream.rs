@@ -2,7 +2,7 @@
 //! (peer address, method, path, body length and SHA-256) as JSON, and serves
 //! `/bytes/<n>`: n deterministic bytes, for bulk transfers, and a few
 //! responses carrying a prompt injection (`/inject`, `/inject-gzip`,
-//! `/sse-inject`) for the scanning tests. Every request path is recorded.
+//! `/sse-inject`, `/inject-json`) for the scanning tests. Every request path is recorded.
 use std::{
     io::{Read, Write},
     net::SocketAddr,
@@ -140,6 +140,21 @@ fn injected(path: &str) -> Option<(Vec<u8>, Vec<tiny_http::Header>)> {
             Some((
                 body.into_bytes(),
                 vec![header("Content-Type", "text/event-stream")],
+            ))
+        }
+        "/inject-json" => {
+            // A chat completion whose text hides the instruction behind JSON
+            // escapes: a line break and an escaped zero-width space.
+            let content = format!(
+                "Here is the summary.\n{}",
+                INJECTION.replace(" instructions", "\ninstructions")
+            );
+            let body = serde_json::json!({"choices": [{"message": {"role": "assistant", "content": content}}]})
+                .to_string()
+                .replacen("Ignore", "Ig\\u200bnore", 1);
+            Some((
+                body.into_bytes(),
+                vec![header("Content-Type", "application/json")],
             ))
         }
         _ => None,

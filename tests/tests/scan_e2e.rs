@@ -193,11 +193,10 @@ fn secret_in_request_body_passes_but_is_logged_in_audit() {
 fn injected_responses_are_cut_in_strict_mode() {
     require_root();
     let (agent, up, cg) = start("strict");
-    for path in ["/inject", "/inject-gzip", "/sse-inject"] {
+    for path in ["/inject", "/inject-gzip", "/sse-inject", "/inject-json"] {
         let run = curl(&cg, &["--compressed", &up.url(path)]);
-        let got = run.stdout.replace('\n', "");
         assert!(
-            !got.contains("previous instructions"),
+            !run.stdout.contains("API keys"),
             "{path}: injected text reached the client: {run:?}"
         );
         let f = wait_finding(&agent, |f| {
