@@ -188,14 +188,13 @@ struct Masks {
     bslash: u64,
 }
 
-/// All masks of a block, one generic body for every lane width; the
-/// backslash mask only when `ESC` (the chunk has one).
+/// All masks of a block, one generic body for every lane width.
 ///
 /// # Safety
 /// As for [`Lanes`].
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn classify_with<L: Lanes, const ESC: bool>(b: &[u8; BLOCK]) -> Masks {
+unsafe fn classify_with<L: Lanes>(b: &[u8; BLOCK]) -> Masks {
     let mut m = Masks::default();
     unsafe {
         for l in 0..L::N {
@@ -207,9 +206,7 @@ unsafe fn classify_with<L: Lanes, const ESC: bool>(b: &[u8; BLOCK]) -> Masks {
             let blank = L::range(v, 9, 5);
             m.sep |= L::bits(L::or(blank, L::or(L::eq(v, b' '), L::eq(v, b','))), l);
             m.dot |= L::bits(L::or(L::eq(v, b'.'), L::eq(v, b')')), l);
-            if ESC {
-                m.bslash |= L::bits(L::eq(v, b'\\'), l);
-            }
+            m.bslash |= L::bits(L::eq(v, b'\\'), l);
         }
     }
     m
@@ -217,9 +214,9 @@ unsafe fn classify_with<L: Lanes, const ESC: bool>(b: &[u8; BLOCK]) -> Masks {
 
 #[cfg(target_arch = "x86_64")]
 #[inline]
-fn classify_sse2<const ESC: bool>(b: &[u8; BLOCK]) -> Masks {
+fn classify_sse2(b: &[u8; BLOCK]) -> Masks {
     // SAFETY: SSE2 is part of the x86_64 baseline.
-    unsafe { classify_with::<Sse2, ESC>(b) }
+    unsafe { classify_with::<Sse2>(b) }
 }
 
 /// # Safety
@@ -227,8 +224,8 @@ fn classify_sse2<const ESC: bool>(b: &[u8; BLOCK]) -> Masks {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 #[inline]
-unsafe fn classify_avx2<const ESC: bool>(b: &[u8; BLOCK]) -> Masks {
-    unsafe { classify_with::<Avx2, ESC>(b) }
+unsafe fn classify_avx2(b: &[u8; BLOCK]) -> Masks {
+    unsafe { classify_with::<Avx2>(b) }
 }
 
 /// Portable classification (also the reference the SIMD versions are tested against).
@@ -279,13 +276,13 @@ impl Simd {
     }
 
     #[inline]
-    fn classify<const ESC: bool>(self, b: &[u8; BLOCK]) -> Masks {
+    fn classify(self, b: &[u8; BLOCK]) -> Masks {
         match self {
             #[cfg(target_arch = "x86_64")]
-            Simd::Sse2 => classify_sse2::<ESC>(b),
+            Simd::Sse2 => classify_sse2(b),
             // SAFETY: chosen only when the CPU has AVX2.
             #[cfg(target_arch = "x86_64")]
-            Simd::Avx2 => unsafe { classify_avx2::<ESC>(b) },
+            Simd::Avx2 => unsafe { classify_avx2(b) },
             #[cfg(not(target_arch = "x86_64"))]
             Simd::Scalar => classify_scalar(b),
         }
@@ -632,18 +629,11 @@ impl BlockBits {
 impl SeedScanner {
     /// Scans the next chunk; phrases found are appended to `out`.
     pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<SeedHit>) {
-        // Escapes need extra masks; most text has no backslash at all. The
-        // plain path also needs none in the block before (whose escaped
-        // letters it could not tell from others).
-        let esc = self.hist_bslash != 0 || memchr::memchr(b'\\', chunk).is_some();
-        match (self.simd, esc) {
+        match self.simd {
             // SAFETY: chosen only when the CPU has AVX2, POPCNT, BMI1 and LZCNT.
             #[cfg(target_arch = "x86_64")]
-            (Simd::Avx2, false) => unsafe { self.feed_avx2::<false>(chunk, out) },
-            #[cfg(target_arch = "x86_64")]
-            (Simd::Avx2, true) => unsafe { self.feed_avx2::<true>(chunk, out) },
-            (_, false) => self.feed_body::<false>(chunk, out),
-            (_, true) => self.feed_body::<true>(chunk, out),
+            Simd::Avx2 => unsafe { self.feed_avx2(chunk, out) },
+            _ => self.feed_body(chunk, out),
         }
     }
 
@@ -654,14 +644,13 @@ impl SeedScanner {
     /// The CPU must support AVX2, POPCNT, BMI1 and LZCNT.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,popcnt,bmi1,lzcnt")]
-    unsafe fn feed_avx2<const ESC: bool>(&mut self, chunk: &[u8], out: &mut Vec<SeedHit>) {
-        self.feed_body::<ESC>(chunk, out);
+    unsafe fn feed_avx2(&mut self, chunk: &[u8], out: &mut Vec<SeedHit>) {
+        self.feed_body(chunk, out);
     }
 
-    /// The body of [`Self::feed`], compiled once per target, with escape
-    /// handling (`ESC`) or for a chunk without backslashes.
+    /// The body of [`Self::feed`], compiled once per target.
     #[inline(always)]
-    fn feed_body<const ESC: bool>(&mut self, chunk: &[u8], out: &mut Vec<SeedHit>) {
+    fn feed_body(&mut self, chunk: &[u8], out: &mut Vec<SeedHit>) {
         let base = self.offset;
         // While skipping: absolute offset just after the last break position,
         // and the word starts since then in earlier blocks.
@@ -671,7 +660,7 @@ impl SeedScanner {
         while pos < chunk.len() {
             let n = (chunk.len() - pos).min(BLOCK);
             let blk = &chunk[pos..pos + n];
-            let bb = self.breaks::<ESC>(blk);
+            let bb = self.breaks(blk);
             let babs = base + pos as u64;
             if !self.tokenizing {
                 let first = bb.breaks.trailing_zeros().min(n as u32);
@@ -722,11 +711,6 @@ impl SeedScanner {
         }
         self.offset = base + chunk.len() as u64;
         self.pend_words = pwords;
-        if !ESC {
-            // No backslash in this chunk: its word letters are its letters.
-            self.hist_word_letter = self.hist_letter;
-            self.hist_bslash = 0;
-        }
         if self.tokenizing {
             self.pend_len = 0;
         } else if pstart >= base {
@@ -755,14 +739,14 @@ impl SeedScanner {
     /// which the tokeniser's state is context-free with an empty run;
     /// `bad` tells which of the two states (after a letter or digit).
     #[inline(always)]
-    fn breaks<const ESC: bool>(&mut self, blk: &[u8]) -> BlockBits {
+    fn breaks(&mut self, blk: &[u8]) -> BlockBits {
         let n = blk.len();
         let m = match <&[u8; BLOCK]>::try_from(blk) {
-            Ok(a) => self.simd.classify::<ESC>(a),
+            Ok(a) => self.simd.classify(a),
             Err(_) => {
                 let mut a = [0u8; BLOCK];
                 a[..n].copy_from_slice(blk);
-                self.simd.classify::<ESC>(&a)
+                self.simd.classify(&a)
             }
         };
         let (hl, hd) = (self.hist_letter, self.hist_digit);
@@ -772,21 +756,18 @@ impl SeedScanner {
         // backslash that is itself escaped (`\\n`) is taken for an escape
         // here, which only ever hides a break, never invents one.
         let valid = if n == BLOCK { !0 } else { (1u64 << n) - 1 };
-        let escaped = if ESC {
-            later(m.bslash, hb, 1) & valid
-        } else {
-            0
-        };
-        let w = if escaped == 0 {
-            l
-        } else {
-            unescape(l, escaped, blk)
-        };
         let l1 = later(l, hl, 1);
         let l2 = later(l, hl, 2);
         let l3 = later(l, hl, 3);
-        // Without escapes here or in the block before, word letters are letters.
-        let (w1, hw) = if ESC { (later(w, hw, 1), hw) } else { (l1, hl) };
+        // Without a backslash here or in the block before, word letters are
+        // letters (an escaped letter of the block before could only be its
+        // first byte, too far back to matter).
+        let (w, w1, hw) = if m.bslash | hb == 0 {
+            (l, l1, hl)
+        } else {
+            let w = unescape(l, later(m.bslash, hb, 1) & valid, blk);
+            (w, later(w, hw, 1), hw)
+        };
         let d1 = later(d, hd, 1);
         let d2 = later(d, hd, 2);
         let d3 = later(d, hd, 3);
@@ -805,10 +786,8 @@ impl SeedScanner {
         if n == BLOCK {
             self.hist_letter = l;
             self.hist_digit = d;
-            if ESC {
-                self.hist_word_letter = w;
-                self.hist_bslash = m.bslash;
-            }
+            self.hist_word_letter = w;
+            self.hist_bslash = m.bslash;
             BlockBits {
                 breaks: x,
                 bad: tok,
@@ -819,10 +798,8 @@ impl SeedScanner {
             let shift = |h: u64, m: u64| (h >> n) | (m << s);
             self.hist_letter = shift(hl, l);
             self.hist_digit = shift(hd, d);
-            if ESC {
-                self.hist_word_letter = shift(hw, w);
-                self.hist_bslash = shift(hb, m.bslash);
-            }
+            self.hist_word_letter = shift(hw, w);
+            self.hist_bslash = shift(hb, m.bslash);
             BlockBits {
                 breaks: x & valid,
                 bad: tok,
@@ -1231,11 +1208,11 @@ mod tests {
                 continue;
             };
             let want = classify_scalar(a);
-            let got = Simd::detect().classify::<true>(a);
+            let got = Simd::detect().classify(a);
             assert_eq!(format!("{got:?}"), format!("{want:?}"));
             #[cfg(target_arch = "x86_64")]
             {
-                let got = classify_sse2::<true>(a);
+                let got = classify_sse2(a);
                 assert_eq!(format!("{got:?}"), format!("{want:?}"));
             }
         }
