@@ -186,9 +186,11 @@ const RUN: u32 = super::runs::RUN_MIN_LEN as u32;
 
 /// Which 64-byte blocks of one buffer the numeric and encoded-run passes must
 /// look at byte by byte: one bit per block, computed in one classification
-/// pass and shared by both. The first block, the last full one and a partial
-/// tail are always marked (their neighbours lie in other chunks), so nothing
-/// split across chunks is missed. Reused across chunks; its size follows the chunk size.
+/// pass and shared by both. Blocks whose neighbours lie in chunks not seen
+/// (the last full one and a partial tail of a stream chunk; the first too
+/// when the bytes before it are not given) are always marked, so nothing
+/// split across chunks is missed. Reused across chunks; its size follows
+/// the chunk size.
 #[derive(Clone, Debug, Default)]
 pub struct HotBlocks {
     numeric: Vec<u64>,
