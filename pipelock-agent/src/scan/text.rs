@@ -231,26 +231,27 @@ fn handle_run(
             location: Cow::Owned(location.to_owned()),
         });
     }
-    for part in decodable_parts(run) {
-        scan_run(engine, part, location, limits, depth, out)?;
+    for (enc, decoded) in decodings(run) {
+        scan_dlp_block(
+            engine,
+            &decoded,
+            &decoded_at(location, enc),
+            limits,
+            depth,
+            out,
+        )?;
     }
     Ok(())
 }
 
-/// Decodes one encoded run every plausible way and scans the results.
-fn scan_run(
-    engine: &Engine,
-    run: &[u8],
-    location: &str,
-    limits: RunLimits,
-    depth: u8,
-    out: &mut Vec<Hit>,
-) -> Result<(), Error> {
-    for (enc, decoded) in decode::decode_candidates(run) {
-        let loc = format!("{location}+{}", SecretEncoding::as_str(enc));
-        scan_dlp_block(engine, &decoded, &loc, limits, depth, out)?;
-    }
-    Ok(())
+/// Every plausible decoding of each part of an encoded run.
+fn decodings(run: &[u8]) -> impl Iterator<Item = (SecretEncoding, Vec<u8>)> + '_ {
+    decodable_parts(run).flat_map(decode::decode_candidates)
+}
+
+/// Where a decoding of something found at `location` is reported (`body+base64`).
+fn decoded_at(location: &str, enc: SecretEncoding) -> String {
+    format!("{location}+{}", enc.as_str())
 }
 
 /// DLP state of one text stream.
@@ -583,21 +584,19 @@ fn inj_scan_run(
     depth: u8,
     out: &mut Vec<Hit>,
 ) -> Result<(), Error> {
-    for part in decodable_parts(run) {
-        for (enc, decoded) in decode::decode_candidates(part) {
-            if !matches!(
-                enc,
-                SecretEncoding::Base64 | SecretEncoding::Base64Url | SecretEncoding::Hex
-            ) || !looks_like_text(&decoded)
-            {
-                continue;
-            }
-            let loc = format!("{location}+{}", enc.as_str());
-            scan_inj_text(engine, &decoded, &loc, out)?;
-            if depth < limits.max_depth {
-                for inner in runs_in(&decoded, limits.max_run) {
-                    inj_scan_run(engine, &inner, &loc, limits, depth + 1, out)?;
-                }
+    for (enc, decoded) in decodings(run) {
+        if !matches!(
+            enc,
+            SecretEncoding::Base64 | SecretEncoding::Base64Url | SecretEncoding::Hex
+        ) || !looks_like_text(&decoded)
+        {
+            continue;
+        }
+        let loc = decoded_at(location, enc);
+        scan_inj_text(engine, &decoded, &loc, out)?;
+        if depth < limits.max_depth {
+            for inner in runs_in(&decoded, limits.max_run) {
+                inj_scan_run(engine, &inner, &loc, limits, depth + 1, out)?;
             }
         }
     }
