@@ -18,6 +18,18 @@ const MAX_PENDING: usize = 32;
 /// ASCII byte map: 0 = drop, b' ' = whitespace, otherwise the folded byte.
 const ASCII_MAP: [u8; 128] = build_ascii_map();
 
+/// [`ASCII_MAP`] for every byte: bytes outside ASCII are dropped (used where
+/// they are known not to start a character).
+const BYTE_MAP: [u8; 256] = {
+    let mut m = [0u8; 256];
+    let mut i = 0;
+    while i < 128 {
+        m[i] = ASCII_MAP[i];
+        i += 1;
+    }
+    m
+};
+
 const fn build_ascii_map() -> [u8; 128] {
     let mut m = [0u8; 128];
     let mut i = 0;
@@ -226,6 +238,10 @@ impl Normalizer {
                 input = &input[n..];
                 continue;
             }
+            if input.len() >= MIXED_MIN {
+                input = self.feed_mixed(input, out);
+                continue;
+            }
             // Non-ASCII characters, one at a time up to the next ASCII byte.
             while let Some(&b) = input.first() {
                 if b.is_ascii() {
@@ -250,6 +266,58 @@ impl Normalizer {
             self.ws = out.pop().unwrap_or(0);
             self.in_ws = false;
         }
+    }
+
+    /// Normalises 64-byte blocks holding non-ASCII bytes (binary data, or
+    /// text in another script) until 16 ASCII bytes in a row or fewer than
+    /// [`MIXED_MIN`] bytes are left; returns the rest. Only bytes that may
+    /// start a character (a lead byte followed by a continuation byte) are
+    /// decoded one by one; the bytes between them are mapped in one
+    /// branch-free pass that drops every other non-ASCII byte, which is what
+    /// decoding them one at a time would do.
+    fn feed_mixed<'a>(&mut self, mut input: &'a [u8], out: &mut Vec<u8>) -> &'a [u8] {
+        while input.len() >= MIXED_MIN {
+            let Ok(block) = <&[u8; 64]>::try_from(&input[..64]) else {
+                break;
+            };
+            let m = utf8_masks(block);
+            if m.non_ascii & 0xFFFF == 0 {
+                // Text again (or a character here and there in it): the
+                // ASCII path copies whole blocks.
+                break;
+            }
+            let next_cont = u64::from(matches!(input[64], 0x80..=0xBF));
+            let starts = m.lead & ((m.cont >> 1) | (next_cont << 63));
+            let seg = if starts == 0 {
+                64
+            } else {
+                starts.trailing_zeros() as usize
+            };
+            if seg > 0 {
+                let below = u64::MAX >> (64 - seg);
+                if !m.non_ascii & below != 0 {
+                    // An ASCII byte ends any pending composition.
+                    self.flush_pending(out);
+                }
+                if m.non_ascii & below == 0 && seg >= 16 {
+                    ascii_into(&input[..seg], &mut self.in_ws, out);
+                } else {
+                    put_ascii(&input[..seg], &mut self.in_ws, out);
+                }
+                input = &input[seg..];
+            }
+            if starts != 0 {
+                // At least 4 bytes remain, so the sequence is never cut.
+                match decode_utf8(input) {
+                    Utf8::Char(c, len) => {
+                        self.char(c, out);
+                        input = &input[len..];
+                    }
+                    Utf8::Invalid | Utf8::Incomplete => input = &input[1..],
+                }
+            }
+        }
+        input
     }
 
     /// Puts back the whitespace byte held from the previous call.
@@ -298,6 +366,56 @@ impl Normalizer {
     }
 }
 
+/// Shortest input [`Normalizer::feed_mixed`] works on: one block and the
+/// three bytes a character starting at its end may take.
+const MIXED_MIN: usize = 64 + 3;
+
+/// Byte classes of a 64-byte block for UTF-8 decoding, one bit per byte.
+struct Utf8Masks {
+    non_ascii: u64,
+    /// `C2..=F4`: may start a multi-byte character.
+    lead: u64,
+    /// `80..=BF`.
+    cont: u64,
+}
+
+#[cfg(target_arch = "x86_64")]
+#[inline]
+fn utf8_masks(b: &[u8; 64]) -> Utf8Masks {
+    use super::simd::{Lanes, Sse2};
+    let mut m = Utf8Masks {
+        non_ascii: 0,
+        lead: 0,
+        cont: 0,
+    };
+    // SAFETY: SSE2 is part of the x86_64 baseline; lanes 0..4 of a block.
+    unsafe {
+        for l in 0..Sse2::N {
+            let v = Sse2::load(b, l);
+            m.non_ascii |= Sse2::bits(Sse2::or(Sse2::range(v, 0x80, 127), Sse2::eq(v, 0xFF)), l);
+            // C2..=F4: 51 bytes.
+            m.lead |= Sse2::bits(Sse2::range(v, 0xC2, 51), l);
+            m.cont |= Sse2::bits(Sse2::range(v, 0x80, 0x40), l);
+        }
+    }
+    m
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn utf8_masks(b: &[u8; 64]) -> Utf8Masks {
+    let mut m = Utf8Masks {
+        non_ascii: 0,
+        lead: 0,
+        cont: 0,
+    };
+    for (i, &c) in b.iter().enumerate() {
+        m.non_ascii |= u64::from(!c.is_ascii()) << i;
+        m.lead |= u64::from((0xC2..=0xF4).contains(&c)) << i;
+        m.cont |= u64::from((0x80..=0xBF).contains(&c)) << i;
+    }
+    m
+}
+
 /// Length of the leading ASCII part of `b`.
 fn ascii_prefix(b: &[u8]) -> usize {
     let mut i = 0;
@@ -325,8 +443,9 @@ fn put(m: u8, in_ws: &mut bool, out: &mut Vec<u8>) {
     *in_ws = w;
 }
 
-/// [`put`] for a short run of ASCII bytes, without data-dependent branches
-/// (and without reading back what it wrote, which would chain the bytes).
+/// [`put`] for a short run of bytes through [`BYTE_MAP`] (non-ASCII bytes
+/// dropped), without data-dependent branches (and without reading back what
+/// it wrote, which would chain the bytes).
 fn put_ascii(bytes: &[u8], in_ws: &mut bool, out: &mut Vec<u8>) {
     let mut j = out.len();
     let mut last = out.last().copied().unwrap_or(0);
@@ -334,7 +453,7 @@ fn put_ascii(bytes: &[u8], in_ws: &mut bool, out: &mut Vec<u8>) {
     let buf = out.as_mut_slice();
     let mut iw = usize::from(*in_ws);
     for &b in bytes {
-        let m = ASCII_MAP[usize::from(b & 0x7f)];
+        let m = BYTE_MAP[usize::from(b)];
         let w = usize::from(m == b' ') | usize::from(m == b'\n');
         let keep = usize::from(m != 0);
         // Whitespace after whitespace overwrites it (`' ' > '\n'`, so `min`
@@ -477,7 +596,7 @@ fn block_map(block: &[u8; 16]) -> Option<([u8; 16], u32)> {
 
 /// Copies a block the map leaves alone, less the bytes that extend a
 /// whitespace run (merged into the byte before them; a line break wins).
-#[inline]
+#[inline(always)]
 fn copy_block(block: &[u8; 16], wsmask: u32, in_ws: &mut bool, out: &mut Vec<u8>) {
     let mut adjacent = wsmask & ((wsmask << 1) | u32::from(*in_ws));
     *in_ws = wsmask & 0x8000 != 0;
@@ -676,6 +795,65 @@ mod tests {
         // Truncated and invalid sequences around ASCII.
         assert_eq!(normalize(b"a\xe2\x82b\xff\xc3"), b"ab");
         assert_eq!(normalize("x\u{20ac}y".as_bytes()), "x\u{20ac}y".as_bytes());
+    }
+
+    #[test]
+    fn mixed_blocks_equal_char_by_char_decoding() {
+        // Text, binary and everything between: ASCII (with controls, leet
+        // digits, whitespace), characters that NFKC, folding or dropping
+        // change, other scripts, and every kind of invalid UTF-8. Whole
+        // buffers take the 64-byte mixed path; chunks shorter than
+        // `MIXED_MIN` never do, so they decode one character at a time.
+        let pieces: [&[u8]; 24] = [
+            b"a",
+            b"Zq",
+            b" ",
+            b"\n",
+            b"\t\r",
+            b"0",
+            b"\x00",
+            b"\x7f",
+            "é".as_bytes(),
+            "e\u{301}".as_bytes(),
+            "\u{301}".as_bytes(),
+            "\u{200b}".as_bytes(),
+            "Ｉ".as_bytes(),
+            "о".as_bytes(),
+            "指令".as_bytes(),
+            "😀".as_bytes(),
+            "\u{a0}".as_bytes(),
+            b"\x80",
+            b"\xbf\xbf",
+            b"\xc3",
+            b"\xe2\x82",
+            b"\xc0\xaf",
+            b"\xed\xa0\x80",
+            b"\xf8\xff\xf5",
+        ];
+        let raw = random_bytes(40_000, 0x51_7cc1_b727_220a);
+        for (mix, dense) in [(0usize, 2usize), (1, 5), (2, 24)] {
+            // `dense`: one piece in `dense` is non-ASCII or invalid.
+            let mut data = Vec::new();
+            for (i, r) in raw.iter().enumerate() {
+                let r = usize::from(*r) + i * mix;
+                let k = if r % dense == 0 {
+                    8 + r / dense % 16
+                } else {
+                    r % 8
+                };
+                data.extend_from_slice(pieces[k]);
+            }
+            let whole = normalize(&data);
+            for chunk in [MIXED_MIN - 1, 7, 1] {
+                let mut n = Normalizer::default();
+                let mut out = Vec::new();
+                for c in data.chunks(chunk) {
+                    n.feed(c, &mut out);
+                }
+                n.finish(&mut out);
+                assert!(out == whole, "density 1/{dense}, chunks of {chunk}");
+            }
+        }
     }
 
     #[test]
