@@ -377,9 +377,15 @@ impl HotBlocks {
                 continue;
             }
             k = (k / 64) * 64 + word.trailing_zeros() as usize;
-            let lo = (k * BLOCK).max(from);
-            let hi = ((k + 1) * BLOCK).min(buf.len());
-            if let Some(p) = buf.get(lo..hi)?.iter().position(u8::is_ascii_digit) {
+            let at = k * BLOCK;
+            let lo = at.max(from);
+            if let Some(block) = buf.get(at..at + BLOCK) {
+                let block = <&[u8; BLOCK]>::try_from(block).ok()?;
+                let d = digits(block) & (u64::MAX << (lo - at));
+                if d != 0 {
+                    return Some(at + d.trailing_zeros() as usize);
+                }
+            } else if let Some(p) = buf.get(lo..)?.iter().position(u8::is_ascii_digit) {
                 return Some(lo + p);
             }
             k += 1;

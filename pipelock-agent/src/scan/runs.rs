@@ -6,7 +6,7 @@
 //! (`blocks`), so clean text costs little; state per stream is a
 //! 64-byte tail and one run buffer of at most `max_run` bytes.
 use super::{
-    blocks::{HotBlocks, Pass},
+    blocks::{BLOCK, HotBlocks, Pass},
     tail::Tail,
 };
 
@@ -43,6 +43,84 @@ const RUN_CLASS: [u8; 256] = {
 #[inline]
 fn is_run_byte(b: u8) -> bool {
     RUN_CLASS[usize::from(b)] & RUN != 0
+}
+
+/// Run-byte mask of a 64-byte block (SSE2): alphanumerics and `+ / = - _ % .`.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+fn block_run_mask(b: &[u8; BLOCK]) -> u64 {
+    use super::simd::{Lanes, Sse2};
+    let mut m = 0;
+    // SAFETY: SSE2 is part of the x86_64 baseline; lanes 0..4 of a block.
+    unsafe {
+        for l in 0..Sse2::N {
+            let v = Sse2::load(b, l);
+            // Letters of either case (`| 0x20` moves no other byte into
+            // a..z); `- . /` and the digits are one range.
+            let x = Sse2::or(
+                Sse2::range(Sse2::fold_case(v), b'a', 26),
+                Sse2::range(v, b'-', 13),
+            );
+            let y = Sse2::or(
+                Sse2::or(Sse2::eq(v, b'+'), Sse2::eq(v, b'=')),
+                Sse2::or(Sse2::eq(v, b'_'), Sse2::eq(v, b'%')),
+            );
+            m |= Sse2::bits(Sse2::or(x, y), l);
+        }
+    }
+    m
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn block_run_mask(b: &[u8; BLOCK]) -> u64 {
+    b.iter()
+        .enumerate()
+        .fold(0, |m, (i, &c)| m | u64::from(is_run_byte(c)) << i)
+}
+
+/// Bit `i` set when `buf[at + i]` is a run byte, for the (up to) 64 bytes
+/// from `at`; bytes past the end count as not.
+#[inline]
+fn run_mask(buf: &[u8], at: usize) -> u64 {
+    match buf.get(at..at + BLOCK) {
+        Some(b) => <&[u8; BLOCK]>::try_from(b).map_or(0, block_run_mask),
+        None => buf
+            .get(at..)
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+            .fold(0, |m, (i, &c)| m | u64::from(is_run_byte(c)) << i),
+    }
+}
+
+/// The start of the run of run bytes ending at `end`, no lower than `lo`.
+fn run_start(buf: &[u8], lo: usize, end: usize) -> usize {
+    let mut end = end;
+    while end > lo {
+        let at = end.saturating_sub(BLOCK);
+        // Bits of `at..end`, the highest one for `end - 1`.
+        let not_run = !run_mask(buf, at) & (u64::MAX >> (BLOCK - (end - at)));
+        if not_run != 0 {
+            let s = at + (BLOCK - not_run.leading_zeros() as usize);
+            return s.max(lo);
+        }
+        end = at;
+    }
+    lo
+}
+
+/// The end of the run of run bytes starting at `from` (`buf.len()` when the
+/// run reaches the end).
+fn run_end(buf: &[u8], from: usize) -> usize {
+    let mut at = from;
+    while at < buf.len() {
+        let not_run = !run_mask(buf, at);
+        if not_run != 0 {
+            return (at + not_run.trailing_zeros() as usize).min(buf.len());
+        }
+        at += BLOCK;
+    }
+    buf.len()
 }
 
 /// Streaming encoded-run finder.
@@ -96,10 +174,7 @@ impl RunScanner {
                 let Some(p) = hot.next_digit(chunk, i, Pass::Runs) else {
                     break;
                 };
-                let mut s = p;
-                while s > i && is_run_byte(chunk[s - 1]) && p - s < self.max_run {
-                    s -= 1;
-                }
+                let s = run_start(chunk, i.max(p.saturating_sub(self.max_run)), p);
                 self.buf.clear();
                 if s == 0 && i == 0 {
                     let kept = self.tail;
@@ -112,9 +187,7 @@ impl RunScanner {
                 i = p;
             }
             let start = i;
-            while i < len && is_run_byte(chunk[i]) {
-                i += 1;
-            }
+            i = run_end(chunk, i);
             self.push(&chunk[start..i]);
             if i < len {
                 self.end_run(out);
@@ -299,6 +372,50 @@ mod tests {
                 "{}",
                 String::from_utf8_lossy(&part)
             );
+        }
+    }
+
+    #[test]
+    fn block_masks_find_the_run_ends_bytes_do() {
+        for b in 0..=255u8 {
+            let mut block = [b'a'; BLOCK];
+            block[17] = b;
+            let want = u64::from(is_run_byte(b)) << 17 | !(1u64 << 17);
+            assert_eq!(block_run_mask(&block), want, "{b:#x}");
+        }
+        // Runs of every length up to a few blocks, cut anywhere.
+        let alphabet = b"aZ9+/=-_%. ,\n:\x80";
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let buf: Vec<u8> = (0..3000)
+            .map(|i| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                // Long stretches of run bytes, now and then a separator.
+                let sep = (x >> 40) % if i % 700 < 350 { 97 } else { 5 } == 0;
+                let k = (x >> 8) as usize % if sep { alphabet.len() } else { 10 };
+                alphabet[k]
+            })
+            .collect();
+        for end in 0..=buf.len() {
+            let mut s = end;
+            while s > 0 && is_run_byte(buf[s - 1]) {
+                s -= 1;
+            }
+            let lo = end.saturating_sub(150);
+            assert_eq!(run_start(&buf, lo, end), s.max(lo), "start before {end}");
+            let mut e = end;
+            while e < buf.len() && is_run_byte(buf[e]) {
+                e += 1;
+            }
+            assert_eq!(run_end(&buf, end), e, "end after {end}");
+            // A buffer ending inside a run.
+            let from = end.saturating_sub(3);
+            let mut f = from;
+            while f < end && is_run_byte(buf[f]) {
+                f += 1;
+            }
+            assert_eq!(run_end(&buf[..end], from), f, "end after {from} of {end}");
         }
     }
 
