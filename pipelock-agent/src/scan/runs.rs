@@ -392,7 +392,7 @@ mod tests {
                 x ^= x >> 7;
                 x ^= x << 17;
                 // Long stretches of run bytes, now and then a separator.
-                let sep = (x >> 40) % if i % 700 < 350 { 97 } else { 5 } == 0;
+                let sep = (x >> 40).is_multiple_of(if i % 700 < 350 { 97 } else { 5 });
                 let k = (x >> 8) as usize % if sep { alphabet.len() } else { 10 };
                 alphabet[k]
             })
