@@ -158,27 +158,62 @@ fn numeric_hot(lo: Masks, hi: Masks) -> bool {
         != 0
 }
 
-/// Digits of the window that sit in a run of at least `run` bytes of one
-/// encoded alphabet (base64: alphanumerics and `+ / =`; base64url:
-/// alphanumerics and `- _ =`; with a `%` nearby, any of them and `%`), give
-/// or take a few bytes before it. A run mixing `/` and `-` without `%`
-/// decodes no way, so a path or URL is not worth reading.
+/// Digits of the window inside a run of at least `run` bytes of one encoded
+/// alphabet (base64: alphanumerics and `+ / =`; base64url: alphanumerics
+/// and `- _ =`; with a `%` nearby, any of them and `%`). A run in a part
+/// (the bytes between dots) that mixes `+ /` with `- _` and has no `%`
+/// decodes no way (`runs::may_decode`), so a path such as
+/// `lib/sf_performance_bessel_11.cpp` is not worth reading.
 fn run_digits(lo: Masks, hi: Masks, run: u32) -> u128 {
     let d = wide(lo.digit, hi.digit);
     let al = d | wide(lo.upper | lo.lower, hi.upper | hi.lower);
-    let std = al | wide(lo.std_extra, hi.std_extra);
-    let url = al | wide(lo.url_extra, hi.url_extra);
-    let mut x = run_ends(std, run) | run_ends(url, run);
-    if lo.pct | hi.pct != 0 {
-        x |= run_ends(std | url | wide(lo.pct, hi.pct), run);
+    let std_extra = wide(lo.std_extra, hi.std_extra);
+    let url_extra = wide(lo.url_extra, hi.url_extra);
+    let std = al | std_extra;
+    let url = al | url_extra;
+    // Every byte of a long run: its ends spread back over it (most
+    // windows have none).
+    let over = |m: u128| match run_ends(m, run) {
+        0 => 0,
+        ends => fill_down(ends, m),
+    };
+    let mut x = over(std) | over(url);
+    let pct = wide(lo.pct, hi.pct);
+    if pct != 0 {
+        x |= over(std | url | pct);
+    } else if x & d != 0 {
+        // The part may reach out of the window; a mix seen inside it is a
+        // mix all the same.
+        let part = std | url;
+        let holding = |seed| fill_down(seed, part) | fill_up(seed, part);
+        x &= !(holding(std_extra & !url_extra) & holding(url_extra & !std_extra));
     }
-    // Smear every run end back over the run (31 >= run - 1 bytes).
-    x |= x >> 1;
-    x |= x >> 2;
-    x |= x >> 4;
-    x |= x >> 8;
-    x |= x >> 16;
     x & d
+}
+
+/// The bits of `m` reached from a bit of `seed` going up through set bits
+/// of `m` (Kogge-Stone occluded fill).
+fn fill_up(seed: u128, m: u128) -> u128 {
+    let (mut f, mut g) = (seed & m, m);
+    let mut s = 1;
+    while s < 128 {
+        f |= g & (f << s);
+        g &= g << s;
+        s *= 2;
+    }
+    f
+}
+
+/// [`fill_up`] going down.
+fn fill_down(seed: u128, m: u128) -> u128 {
+    let (mut f, mut g) = (seed & m, m);
+    let mut s = 1;
+    while s < 128 {
+        f |= g & (f >> s);
+        g &= g >> s;
+        s *= 2;
+    }
+    f
 }
 
 /// Shortest encoded run the run pass reports.
@@ -491,7 +526,7 @@ mod tests {
         // Random prose with digits, words, separators, and tokens of every
         // shape (valid and not): skipping blocks must not change a finding,
         // whole or streamed in chunks.
-        let words: [&[u8]; 16] = [
+        let words: [&[u8]; 21] = [
             b"the",
             b"licence",
             b"section",
@@ -508,6 +543,13 @@ mod tests {
             b"path/to/file_9.txt",
             b"ID 4411",
             b"x",
+            // Paths whose long `_` runs hold digits (mixed: never decoded),
+            // and encodings next to them in one run.
+            b"libs/multiprecision/performance/sf_performance_bessel_11.cpp",
+            b"performance_files/sf_performance_poly_08_and_more.cpp",
+            b"docs/v2/sf%2Fperformance_bessel_11_files",
+            b"Z2hwX2FCM2RFNWdIN2pLOW1OMXBRMnNUNHZXNnlaOA.sf_perf/x_1",
+            b"nzv_fiHApNXm9wgZKjtMXf5vcIHyo7TF1uf4CRorPE0/x",
         ];
         let seps: [&[u8]; 5] = [b" ", b" ", b"\n", b", ", b" - "];
         let mut x = 0x2545_f491_4f6c_dd1du64;
@@ -553,6 +595,38 @@ mod tests {
     }
 
     #[test]
+    fn fills_spread_through_connected_bits_only() {
+        let fill = |seed, m| fill_up(seed, m) | fill_down(seed, m);
+        let m: u128 = 0b0111_1110_0111 | (0xFFFF << 100);
+        assert_eq!(fill(0b0000_0100_0000, m), 0b0111_1110_0000);
+        assert_eq!(fill_up(0b0000_0100_0000, m), 0b0111_1100_0000);
+        assert_eq!(fill_down(0b0000_0100_0000, m), 0b0000_0110_0000);
+        assert_eq!(fill(0b0000_0000_0010, m), 0b0000_0000_0111);
+        assert_eq!(fill(0b1000_0000_0000, m), 0, "seed outside m");
+        assert_eq!(fill(1 << 115, m), 0xFFFF << 100, "to both ends");
+        assert_eq!(fill(m, m), m);
+        // Long runs: the fill crosses the 64-bit halves.
+        assert_eq!(fill_up(1, u128::MAX), u128::MAX);
+        assert_eq!(fill_down(1 << 127, u128::MAX), u128::MAX);
+        assert_eq!(fill(1 << 127, u128::MAX >> 1), 0);
+    }
+
+    #[test]
+    fn paths_mixing_alphabets_leave_blocks_cold() {
+        let line = b" libs/multiprecision/performance/sf_files/sf_performance_bessel_11.cpp\n";
+        let text = line.repeat(60);
+        // Only where a `_` run starts a window (its `/` just out of
+        // sight) is a digit read: a few of the 60 lines.
+        let hot = hot_digits_of(&text, Pass::Runs, true);
+        assert!(hot.len() <= 6, "{} digits read", hot.len());
+        let mut hot = HotBlocks::default();
+        // The same names with a `%` in them may be percent-encoded: read.
+        let text = b" libs/x%2Fprecision/sf_performance_bessel_11.cpp\n".repeat(60);
+        hot.compute_whole(&text);
+        assert!(hot.next_digit(&text, 0, Pass::Runs).is_some());
+    }
+
+    #[test]
     fn run_ends_marks_long_runs_only() {
         let m: u128 = 0b0111_1110_0111;
         assert_eq!(run_ends(m, 3), 0b0111_1000_0100);
@@ -592,6 +666,18 @@ mod tests {
         (b"secret%3Dabc%26token%3Dxyz123", Pass::Runs),
     ];
 
+    /// Writes `token` over `text` at `at`, set apart by a space each side
+    /// (glued to the prose, a run may become part of a path).
+    fn place(text: &mut [u8], at: usize, token: &[u8]) {
+        text[at..at + token.len()].copy_from_slice(token);
+        if let Some(b) = at.checked_sub(1).and_then(|i| text.get_mut(i)) {
+            *b = b' ';
+        }
+        if let Some(b) = text.get_mut(at + token.len()) {
+            *b = b' ';
+        }
+    }
+
     #[test]
     fn whole_bodies_mark_their_edges_only_when_hot() {
         let prose = b"Copyright 1999-2005, 2007 Foo; version 2.0 of 2019-03-14 ok. ".repeat(12);
@@ -607,7 +693,7 @@ mod tests {
                 let starts = (0..2 * BLOCK).chain(len - 2 * BLOCK..=len - token.len());
                 for at in starts {
                     let mut text = prose[..len].to_vec();
-                    text[at..at + token.len()].copy_from_slice(token);
+                    place(&mut text, at, token);
                     let first = token.iter().position(u8::is_ascii_digit).map(|p| at + p);
                     let got = hot_digits_of(&text, pass, true);
                     assert!(
@@ -633,7 +719,7 @@ mod tests {
         for (token, pass) in TOKENS {
             for at in 5 * BLOCK..7 * BLOCK {
                 let mut text = prose.clone();
-                text[at..at + token.len()].copy_from_slice(token);
+                place(&mut text, at, token);
                 let first = token.iter().position(u8::is_ascii_digit).map(|p| at + p);
                 for whole in [false, true] {
                     let got = hot_digits_of(&text, pass, whole);

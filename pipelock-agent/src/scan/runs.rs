@@ -1,10 +1,11 @@
 //! Encoded-run detection for secret decoding: finds runs of base64 /
-//! base64url / hex / base32 / percent-encoding characters that are at
-//! least [`RUN_MIN_LEN`] long and contain a digit (virtually every encoded
-//! secret does; English words do not). Like the numeric pass it jumps from
-//! digit to digit, skipping 64-byte blocks with no long token nearby
-//! (`blocks`), so clean text costs little; state per stream is a
-//! 64-byte tail and one run buffer of at most `max_run` bytes.
+//! base64url / hex / base32 / percent-encoding characters with a part
+//! (between dots) at least [`RUN_MIN_LEN`] long that holds a digit
+//! (virtually every encoded secret does; English words do not) and may
+//! decode ([`may_decode`]). Like the numeric pass it jumps from digit to
+//! digit, skipping 64-byte blocks with no such part nearby (`blocks`), so
+//! clean text costs little; state per stream is a 64-byte tail and one run
+//! buffer of at most `max_run` bytes.
 use super::{
     blocks::{BLOCK, HotBlocks, Pass},
     tail::Tail,
@@ -20,6 +21,7 @@ const PLUS: u8 = 4;
 /// `-` or `_`: base64url.
 const URL: u8 = 8;
 const PCT: u8 = 16;
+const DIGIT: u8 = 32;
 
 const RUN_CLASS: [u8; 256] = {
     let mut t = [0u8; 256];
@@ -32,6 +34,7 @@ const RUN_CLASS: [u8; 256] = {
             b'-' | b'_' => RUN | URL,
             b'%' => RUN | PCT,
             b'=' | b'.' => RUN,
+            _ if c.is_ascii_digit() => RUN | DIGIT,
             _ if c.is_ascii_alphanumeric() => RUN,
             _ => 0,
         };
@@ -229,9 +232,9 @@ pub fn discord_token(run: &[u8]) -> bool {
 }
 
 /// Whether one part of a run (no `.`) can be an encoding worth decoding:
-/// percent-encoded, or of one base64 alphabet (not mixing `+ /` with `- _`)
-/// and not path-like (`/` at least every 12 bytes: base64 of binary has one
-/// in 64, base64 of ASCII text almost none).
+/// it holds a digit, and is percent-encoded, or of one base64 alphabet (not
+/// mixing `+ /` with `- _`) and not path-like (`/` at least every 12 bytes:
+/// base64 of binary has one in 64, base64 of ASCII text almost none).
 pub fn may_decode(part: &[u8]) -> bool {
     let mut slashes = 0usize;
     let mut seen = 0u8;
@@ -242,7 +245,8 @@ pub fn may_decode(part: &[u8]) -> bool {
     }
     let std = seen & (SLASH | PLUS) != 0;
     let url = seen & URL != 0;
-    seen & PCT != 0 || !((std && url) || (slashes >= 3 && slashes * 12 >= part.len()))
+    seen & DIGIT != 0
+        && (seen & PCT != 0 || !((std && url) || (slashes >= 3 && slashes * 12 >= part.len())))
 }
 
 /// The parts of a run worth decoding (split at `.`; at least [`RUN_MIN_LEN`]).
@@ -335,7 +339,8 @@ mod tests {
             let std = part.iter().any(|&b| b == b'/' || b == b'+');
             let url = part.iter().any(|&b| b == b'-' || b == b'_');
             let pct = part.contains(&b'%');
-            pct || !((std && url) || (slashes >= 3 && slashes * 12 >= part.len()))
+            let digit = part.iter().any(u8::is_ascii_digit);
+            digit && (pct || !((std && url) || (slashes >= 3 && slashes * 12 >= part.len())))
         }
         for b in 0..=255u8 {
             let want = b.is_ascii_alphanumeric() || b"+/=_%-.".contains(&b);
