@@ -114,6 +114,25 @@ fn throughput(bodies: &[Vec<u8>], mut f: impl FnMut(&[u8]) -> usize) -> f64 {
     best
 }
 
+/// A table of `rows` rows of cells measured by `row`, in `PASSES` passes
+/// over the whole table, best per cell: a slow spell on a shared machine
+/// then spoils one pass of a cell, not all of its rounds at once.
+fn best_of_passes<const N: usize>(
+    rows: usize,
+    mut row: impl FnMut(usize) -> [f64; N],
+) -> Vec<[f64; N]> {
+    const PASSES: usize = 3;
+    let mut best = vec![[0f64; N]; rows];
+    for _ in 0..PASSES {
+        for (r, cells) in best.iter_mut().enumerate() {
+            for (b, v) in cells.iter_mut().zip(row(r)) {
+                *b = b.max(v);
+            }
+        }
+    }
+    best
+}
+
 /// Hyperscan/PCRE syntax to `regex` syntax with ASCII classes (`(?i-u)`).
 fn regex_form(expr: &str, caseless: bool, multiline: bool) -> String {
     let flags = match (caseless, multiline) {
@@ -330,7 +349,7 @@ fn main() {
 
     println!();
     println!(
-        "Single thread, MB/s per second of thread CPU time, best of 5 rounds (higher is better). Stream mode feeds {CHUNK}-byte chunks and opens/closes one stream per body."
+        "Single thread, MB/s per second of thread CPU time, best of 3 passes of 5 rounds (higher is better). Stream mode feeds {CHUNK}-byte chunks and opens/closes one stream per body."
     );
     println!(
         "{:<8} {:<7} {:>10} {:>10} {:>12} {:>10} {:>9} {:>9}",
@@ -343,25 +362,33 @@ fn main() {
         "block/RS",
         "strm/RS"
     );
-    for (size, label) in sizes {
-        for secret in [false, true] {
-            let b = bodies(size, secret);
-            let blk = throughput(&b, |x| block_scan(&base.engine, x));
-            let strm = throughput(&b, |x| stream_scan(&base.engine, x, false));
-            let resp = throughput(&b, |x| stream_scan(&base.engine, x, true));
-            let re = throughput(&b, |x| regex_scan(&base.regex, x));
-            println!(
-                "{:<8} {:<7} {:>10.0} {:>10.0} {:>12.0} {:>10.0} {:>8.1}x {:>8.1}x",
-                label,
-                if secret { "secrets" } else { "clean" },
-                blk,
-                strm,
-                resp,
-                re,
-                blk / re,
-                strm / re
-            );
-        }
+    let rows: Vec<(&str, bool, Vec<Vec<u8>>)> = sizes
+        .iter()
+        .flat_map(|&(size, label)| {
+            [false, true].map(|secret| (label, secret, bodies(size, secret)))
+        })
+        .collect();
+    let cells = best_of_passes(rows.len(), |r| {
+        let b = &rows[r].2;
+        [
+            throughput(b, |x| block_scan(&base.engine, x)),
+            throughput(b, |x| stream_scan(&base.engine, x, false)),
+            throughput(b, |x| stream_scan(&base.engine, x, true)),
+            throughput(b, |x| regex_scan(&base.regex, x)),
+        ]
+    });
+    for ((label, secret, _), [blk, strm, resp, re]) in rows.iter().zip(cells) {
+        println!(
+            "{:<8} {:<7} {:>10.0} {:>10.0} {:>12.0} {:>10.0} {:>8.1}x {:>8.1}x",
+            label,
+            if *secret { "secrets" } else { "clean" },
+            blk,
+            strm,
+            resp,
+            re,
+            blk / re,
+            strm / re
+        );
     }
 
     // Binary bodies (random bytes: invalid UTF-8, controls) on the response path.
@@ -395,12 +422,17 @@ fn main() {
         "{:<8} {:>12} {:>12} {:>8} {:>12} {:>12} {:>8}",
         "content", "hs x1", "hs x10", "ratio", "RS x1", "RS x10", "ratio"
     );
-    for secret in [false, true] {
-        let b = bodies(10 * 1024, secret);
-        let h1 = throughput(&b, |x| block_scan(&base.engine, x));
-        let h10 = throughput(&b, |x| block_scan(&many.engine, x));
-        let r1 = throughput(&b, |x| regex_scan(&base.regex, x));
-        let r10 = throughput(&b, |x| regex_scan(&many.regex, x));
+    let growth = [false, true].map(|secret| bodies(10 * 1024, secret));
+    let cells = best_of_passes(2, |r| {
+        let b = &growth[r];
+        [
+            throughput(b, |x| block_scan(&base.engine, x)),
+            throughput(b, |x| block_scan(&many.engine, x)),
+            throughput(b, |x| regex_scan(&base.regex, x)),
+            throughput(b, |x| regex_scan(&many.regex, x)),
+        ]
+    });
+    for (secret, [h1, h10, r1, r10]) in [false, true].into_iter().zip(cells) {
         println!(
             "{:<8} {:>12.0} {:>12.0} {:>7.2}x {:>12.0} {:>12.0} {:>7.2}x",
             if secret { "secrets" } else { "clean" },
