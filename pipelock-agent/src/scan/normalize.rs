@@ -269,8 +269,8 @@ impl Normalizer {
     }
 
     /// Normalises 64-byte blocks holding non-ASCII bytes (binary data, or
-    /// text in another script) until 16 ASCII bytes in a row or fewer than
-    /// [`MIXED_MIN`] bytes are left; returns the rest. Only bytes that may
+    /// text in another script) until a block starts with 16 ASCII bytes or
+    /// fewer than [`MIXED_MIN`] bytes are left; returns the rest. Only bytes that may
     /// start a character (a lead byte followed by a continuation byte) are
     /// decoded one by one; the bytes between them are mapped in one
     /// branch-free pass that drops every other non-ASCII byte, which is what

@@ -76,6 +76,11 @@ fn block_run_mask(b: &[u8; BLOCK]) -> u64 {
 
 #[cfg(not(target_arch = "x86_64"))]
 fn block_run_mask(b: &[u8; BLOCK]) -> u64 {
+    bytes_run_mask(b)
+}
+
+/// Run-byte mask of up to 64 bytes, one at a time.
+fn bytes_run_mask(b: &[u8]) -> u64 {
     b.iter()
         .enumerate()
         .fold(0, |m, (i, &c)| m | u64::from(is_run_byte(c)) << i)
@@ -87,12 +92,7 @@ fn block_run_mask(b: &[u8; BLOCK]) -> u64 {
 fn run_mask(buf: &[u8], at: usize) -> u64 {
     match buf.get(at..at + BLOCK) {
         Some(b) => <&[u8; BLOCK]>::try_from(b).map_or(0, block_run_mask),
-        None => buf
-            .get(at..)
-            .unwrap_or_default()
-            .iter()
-            .enumerate()
-            .fold(0, |m, (i, &c)| m | u64::from(is_run_byte(c)) << i),
+        None => bytes_run_mask(buf.get(at..).unwrap_or_default()),
     }
 }
 
