@@ -618,10 +618,10 @@ mod tests {
         // Only where a `_` run starts a window (its `/` just out of
         // sight) is a digit read: a few of the 60 lines.
         let hot = hot_digits_of(&text, Pass::Runs, true);
-        assert!(hot.len() <= 6, "{} digits read", hot.len());
-        let mut hot = HotBlocks::default();
+        assert!(hot.len() <= 6, "{} digits read: {hot:?}", hot.len());
         // The same names with a `%` in them may be percent-encoded: read.
         let text = b" libs/x%2Fprecision/sf_performance_bessel_11.cpp\n".repeat(60);
+        let mut hot = HotBlocks::default();
         hot.compute_whole(&text);
         assert!(hot.next_digit(&text, 0, Pass::Runs).is_some());
     }
