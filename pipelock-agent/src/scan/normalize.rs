@@ -1,16 +1,18 @@
 //! Streaming text normalisation for injection matching: JSON string escapes
-//! decoded (`scan::unescape`), UTF-8 decoding across chunk boundaries, removal of zero-width/invisible and control
-//! characters, NFKC, homoglyph (Cyrillic/Greek/Armenian/small-caps) and
-//! leetspeak folding, combining marks dropped, and every whitespace run
-//! collapsed to one byte (`\n` if it held a line break, else a space).
-//! Pure-ASCII input takes a table-driven fast path that copies whole 16-byte
-//! blocks when nothing in them changes (SSE2 test on x86_64); invalid UTF-8
-//! (binary bodies) is skipped byte by byte at constant cost. State is
+//! decoded (`scan::unescape`), UTF-8 decoding across chunk boundaries,
+//! removal of zero-width/invisible and control characters, NFKC, homoglyph
+//! (Cyrillic/Greek/Armenian/small-caps) and leetspeak folding, combining
+//! marks dropped, and every whitespace run collapsed to one byte (`\n` if it
+//! held a line break, else a space). Pure-ASCII input takes a table-driven
+//! fast path that copies whole 16-byte blocks when nothing in them changes
+//! (SSE2 test on x86_64); input with non-ASCII bytes (other scripts, binary
+//! bodies) goes by 64-byte blocks in which only the bytes that may start a
+//! character are decoded one by one and invalid UTF-8 is dropped. State is
 //! constant: at most 3 carried UTF-8 bytes, one deferred whitespace byte and
 //! a short pending run of characters.
 use unicode_normalization::{UnicodeNormalization, char::canonical_combining_class};
 
-use super::unescape::JsonUnescape;
+use super::{blocks::BLOCK, unescape::JsonUnescape};
 
 /// Pending characters held back for NFKC composition (bounded).
 const MAX_PENDING: usize = 32;
@@ -277,7 +279,7 @@ impl Normalizer {
     /// decoding them one at a time would do.
     fn feed_mixed<'a>(&mut self, mut input: &'a [u8], out: &mut Vec<u8>) -> &'a [u8] {
         while input.len() >= MIXED_MIN {
-            let Ok(block) = <&[u8; 64]>::try_from(&input[..64]) else {
+            let Ok(block) = <&[u8; BLOCK]>::try_from(&input[..BLOCK]) else {
                 break;
             };
             let m = utf8_masks(block);
@@ -286,15 +288,15 @@ impl Normalizer {
                 // ASCII path copies whole blocks.
                 break;
             }
-            let next_cont = u64::from(matches!(input[64], 0x80..=0xBF));
+            let next_cont = u64::from(matches!(input[BLOCK], 0x80..=0xBF));
             let starts = m.lead & ((m.cont >> 1) | (next_cont << 63));
             let seg = if starts == 0 {
-                64
+                BLOCK
             } else {
                 starts.trailing_zeros() as usize
             };
             if seg > 0 {
-                let below = u64::MAX >> (64 - seg);
+                let below = u64::MAX >> (BLOCK - seg);
                 if !m.non_ascii & below != 0 {
                     // An ASCII byte ends any pending composition.
                     self.flush_pending(out);
@@ -368,9 +370,9 @@ impl Normalizer {
 
 /// Shortest input [`Normalizer::feed_mixed`] works on: one block and the
 /// three bytes a character starting at its end may take.
-const MIXED_MIN: usize = 64 + 3;
+const MIXED_MIN: usize = BLOCK + 3;
 
-/// Byte classes of a 64-byte block for UTF-8 decoding, one bit per byte.
+/// Byte classes of a block for UTF-8 decoding, one bit per byte.
 struct Utf8Masks {
     non_ascii: u64,
     /// `C2..=F4`: may start a multi-byte character.
@@ -381,7 +383,7 @@ struct Utf8Masks {
 
 #[cfg(target_arch = "x86_64")]
 #[inline]
-fn utf8_masks(b: &[u8; 64]) -> Utf8Masks {
+fn utf8_masks(b: &[u8; BLOCK]) -> Utf8Masks {
     use super::simd::{Lanes, Sse2};
     let mut m = Utf8Masks {
         non_ascii: 0,
@@ -402,7 +404,7 @@ fn utf8_masks(b: &[u8; 64]) -> Utf8Masks {
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-fn utf8_masks(b: &[u8; 64]) -> Utf8Masks {
+fn utf8_masks(b: &[u8; BLOCK]) -> Utf8Masks {
     let mut m = Utf8Masks {
         non_ascii: 0,
         lead: 0,
