@@ -462,9 +462,10 @@ fn main() {
         RunLimits::default().max_run
     );
     println!(
-        "Databases (shared): DLP {} KB, injection {} KB",
+        "Databases (shared): DLP {} KB, injection {} KB, span finders (reverse DFAs) {} KB",
         dlp_db / 1024,
-        inj_db / 1024
+        inj_db / 1024,
+        base.engine.span_finders_size() / 1024
     );
     println!("Total bench time: {:.1} s", started.elapsed().as_secs_f64());
 }

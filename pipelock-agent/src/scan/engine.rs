@@ -1,13 +1,22 @@
 //! Hyperscan databases and their runtime: one DLP set (block + stream, plus
 //! per-rule span finders used only to recover the span of a rare hit), one
 //! injection set (block + stream), a per-thread scratch pool and owned stream
-//! handles. Detection runs without start-of-match tracking for speed.
+//! handles. Detection runs without start-of-match tracking for speed; a hit's
+//! start is found afterwards by running the rule's reverse DFA back from its
+//! end, which reads only the match itself.
 use std::{
     borrow::Cow,
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
+};
+
+use regex_automata::{
+    Anchored, Input, MatchKind,
+    dfa::{Automaton, StartKind, dense},
+    nfa::thompson,
+    util::syntax,
 };
 
 use hyperscan::{
@@ -228,12 +237,7 @@ impl Engine {
             dlp_stream.realloc_scratch(&mut proto).map(|_| ()),
             inj_block.realloc_scratch(&mut proto).map(|_| ()),
             inj_stream.realloc_scratch(&mut proto).map(|_| ()),
-        ]
-        .into_iter()
-        .chain(span.iter().filter_map(|s| match s {
-            Span::Search { db, .. } => Some(db.realloc_scratch(&mut proto).map(|_| ())),
-            Span::Fixed(_) => None,
-        })) {
+        ] {
             realloc.map_err(|source| Error::Hyperscan {
                 op: "alloc scratch",
                 source,
@@ -282,6 +286,17 @@ impl Engine {
         )
     }
 
+    /// Heap bytes of the span finders (the reverse DFAs).
+    pub fn span_finders_size(&self) -> usize {
+        self.spans
+            .iter()
+            .map(|s| match s {
+                Span::Reverse(dfa) => dfa.memory_usage(),
+                Span::Fixed(_) => 0,
+            })
+            .sum()
+    }
+
     /// Runs `f` with a scratch from the pool (one per concurrently scanning thread).
     fn with_scratch<R>(&self, f: impl FnOnce(&ScratchRef) -> R) -> Result<R, Error> {
         let scratch = self.scratch.take()?;
@@ -324,29 +339,14 @@ impl Engine {
 
     /// Finds the leftmost start of a match of `id` that ends at `window.len()`
     /// (used only for the few hits that need an excerpt). Fixed-width rules
-    /// need no search; the others scan only as far back as their longest
-    /// match, with a start-of-match database of that one rule.
+    /// need no search; the others run their reverse DFA back from the end,
+    /// which stops where no longer match can start.
     pub fn span_start(&self, id: u32, window: &[u8]) -> Option<usize> {
-        let end = window.len();
         match self.spans.get(id as usize)? {
-            Span::Fixed(width) => end.checked_sub(*width),
-            Span::Search { db, max_width } => {
-                let from = end.saturating_sub(*max_width);
-                let window = &window[from..];
-                let want = window.len() as u64;
-                let mut best: Option<u64> = None;
-                let scanned = self.with_scratch(|scratch| {
-                    db.scan(window, scratch, |_: u32, start: u64, to: u64, _: u32| {
-                        if to == want {
-                            best = Some(best.map_or(start, |b| b.min(start)));
-                        }
-                        Matching::Continue
-                    })
-                });
-                match scanned {
-                    Ok(Ok(())) => best.map(|b| from + b as usize),
-                    _ => None,
-                }
+            Span::Fixed(width) => window.len().checked_sub(*width),
+            Span::Reverse(dfa) => {
+                let input = Input::new(window).anchored(Anchored::Yes);
+                dfa.try_search_rev(&input).ok()?.map(|m| m.offset())
             }
         }
     }
@@ -397,25 +397,42 @@ pub fn optional_whitespace(expr: &str) -> String {
 enum Span {
     /// Every match has this length.
     Fixed(usize),
-    /// A start-of-match database of the rule alone; no match is longer
-    /// than `max_width` (`u32::MAX` when unbounded).
-    Search { db: BlockDatabase, max_width: usize },
+    /// The rule reversed, as a DFA anchored at the match end that keeps
+    /// going while a longer match may start (`MatchKind::All`): its last
+    /// match is the leftmost start.
+    Reverse(Box<dense::DFA<Vec<u32>>>),
 }
 
 impl Span {
     fn new(expr: &str, caseless: bool, multiline: bool, id: usize) -> Result<Span, Error> {
-        let mut p = hs_pattern(expr, caseless, multiline, id, false)?;
+        let p = hs_pattern(expr, caseless, multiline, id, false)?;
         let info = p.info().map_err(|source| Error::Hyperscan {
             op: "expression info",
             source,
         })?;
-        let (min, max) = (info.min_width(), info.max_width());
-        if min == max && min > 0 {
-            return Ok(Span::Fixed(min));
+        if info.min_width() == info.max_width() && info.min_width() > 0 {
+            return Ok(Span::Fixed(info.min_width()));
         }
-        p.flags |= PatternFlags::SOM_LEFTMOST;
-        let db = compile(&Patterns(vec![p]), "DLP span (SOM)")?;
-        Ok(Span::Search { db, max_width: max })
+        // Bytes, not UTF-8, and ASCII classes, as Hyperscan matches them.
+        let syntax = syntax::Config::new()
+            .unicode(false)
+            .utf8(false)
+            .case_insensitive(caseless)
+            .multi_line(multiline);
+        let dfa = dense::Builder::new()
+            .syntax(syntax)
+            .thompson(thompson::Config::new().reverse(true).utf8(false))
+            .configure(
+                dense::Config::new()
+                    .start_kind(StartKind::Anchored)
+                    .match_kind(MatchKind::All),
+            )
+            .build(expr)
+            .map_err(|source| Error::SpanDfa {
+                expr: expr.to_owned(),
+                source: Box::new(source),
+            })?;
+        Ok(Span::Reverse(Box::new(dfa)))
     }
 }
 

@@ -44,6 +44,12 @@ pub enum Error {
         #[source]
         source: hyperscan::Error,
     },
+    #[error("building the span finder of {expr:?}: {source}")]
+    SpanDfa {
+        expr: String,
+        #[source]
+        source: Box<regex_automata::dfa::dense::BuildError>,
+    },
     #[error("Hyperscan scratch pool lock poisoned")]
     ScratchPoisoned,
     #[error("known secret: reading {path}: {source}")]
