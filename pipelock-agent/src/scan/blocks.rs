@@ -158,62 +158,70 @@ fn numeric_hot(lo: Masks, hi: Masks) -> bool {
         != 0
 }
 
-/// Digits of the window inside a run of at least `run` bytes of one encoded
-/// alphabet (base64: alphanumerics and `+ / =`; base64url: alphanumerics
-/// and `- _ =`; with a `%` nearby, any of them and `%`). A run in a part
-/// (the bytes between dots) that mixes `+ /` with `- _` and has no `%`
-/// decodes no way (`runs::may_decode`), so a path such as
+/// Bit `i` set when bits `i ..= i + len - 1` of `m` are all set.
+#[inline]
+fn run_begins(m: u128, len: u32) -> u128 {
+    let mut r = m;
+    let mut have = 1;
+    while have < len {
+        let s = (len - have).min(have);
+        r &= r >> s;
+        have += s;
+    }
+    r
+}
+
+/// Whether the window's low and high block each hold a digit inside a run
+/// of at least `run` bytes of one encoded alphabet (base64: alphanumerics
+/// and `+ / =`; base64url: alphanumerics and `- _ =`; with a `%` nearby,
+/// any of them and `%`). A run in a part (the bytes between dots) that
+/// mixes `+ /` with `- _` and has no `%` decodes no way
+/// (`runs::may_decode`), so a path such as
 /// `lib/sf_performance_bessel_11.cpp` is not worth reading.
-fn run_digits(lo: Masks, hi: Masks, run: u32) -> u128 {
+fn run_digits(lo: Masks, hi: Masks, run: u32) -> [bool; 2] {
     let d = wide(lo.digit, hi.digit);
     let al = d | wide(lo.upper | lo.lower, hi.upper | hi.lower);
     let std_extra = wide(lo.std_extra, hi.std_extra);
     let url_extra = wide(lo.url_extra, hi.url_extra);
     let std = al | std_extra;
     let url = al | url_extra;
-    // Every byte of a long run: its ends spread back over it (most
-    // windows have none).
-    let over = |m: u128| match run_ends(m, run) {
+    // Every byte of a long run: spread up from where a long run starts
+    // (most windows have none).
+    let over = |m: u128| match run_begins(m, run) & !(m << 1) {
         0 => 0,
-        ends => fill_down(ends, m),
+        starts => fill_up(starts, m),
     };
-    let mut x = over(std) | over(url);
+    let halves = |x: u128| [x as u64 != 0, (x >> 64) as u64 != 0];
     let pct = wide(lo.pct, hi.pct);
     if pct != 0 {
-        x |= over(std | url | pct);
-    } else if x & d != 0 {
-        // The part may reach out of the window; a mix seen inside it is a
-        // mix all the same.
-        let part = std | url;
-        let holding = |seed| fill_down(seed, part) | fill_up(seed, part);
-        x &= !(holding(std_extra & !url_extra) & holding(url_extra & !std_extra));
+        return halves((over(std) | over(url) | over(std | url | pct)) & d);
     }
-    x & d
+    let x = (over(std) | over(url)) & d;
+    if x == 0 {
+        return [false; 2];
+    }
+    // A part is told by its last byte, which a fill up from any byte of
+    // the part reaches. The part may reach out of the window; a mix seen
+    // inside it is a mix all the same.
+    let part = std | url;
+    let last = part & !(part >> 1);
+    let mixed =
+        last & fill_up(std_extra & !url_extra, part) & fill_up(url_extra & !std_extra, part);
+    let unmixed = |half: u128| last & !mixed & fill_up(x & half, part) != 0;
+    [
+        unmixed(u128::from(u64::MAX)),
+        unmixed(u128::from(u64::MAX) << 64),
+    ]
 }
 
 /// The bits of `m` reached from a bit of `seed` going up through set bits
-/// of `m` (Kogge-Stone occluded fill).
+/// of `m`. Adding the seeds to `m` carries each one up to the end of its
+/// run (seeds above it in the same run are toggled back by the `| s`), and
+/// the bit a carry lands on is outside `m`.
+#[inline]
 fn fill_up(seed: u128, m: u128) -> u128 {
-    let (mut f, mut g) = (seed & m, m);
-    let mut s = 1;
-    while s < 128 {
-        f |= g & (f << s);
-        g &= g << s;
-        s *= 2;
-    }
-    f
-}
-
-/// [`fill_up`] going down.
-fn fill_down(seed: u128, m: u128) -> u128 {
-    let (mut f, mut g) = (seed & m, m);
-    let mut s = 1;
-    while s < 128 {
-        f |= g & (f >> s);
-        g &= g >> s;
-        s *= 2;
-    }
-    f
+    let s = seed & m;
+    ((m.wrapping_add(s) ^ m) & m) | s
 }
 
 /// Shortest encoded run the run pass reports.
@@ -369,7 +377,7 @@ impl HotBlocks {
         let mut d_cur = digits(cur);
         let mut m_cur: Option<Masks> = None;
         let mut prev_numeric = false;
-        let mut prev_runs = 0u64;
+        let mut prev_runs = false;
         // `k` numbers `next`; `cur` is block k - 1.
         for (k, next) in seq.enumerate() {
             let d_next = digits(next);
@@ -379,18 +387,18 @@ impl HotBlocks {
                 let mn = *m_next.insert(classify(next));
                 (numeric_hot(mc, mn), run_digits(mc, mn, RUN))
             } else {
-                (false, 0)
+                (false, [false; 2])
             };
             if k > 0 && d_cur != 0 {
                 if prev_numeric || w_numeric {
                     set(&mut self.numeric, k - 1);
                 }
-                if prev_runs != 0 || w_runs as u64 != 0 {
+                if prev_runs || w_runs[0] {
                     set(&mut self.runs, k - 1);
                 }
             }
             prev_numeric = w_numeric;
-            prev_runs = (w_runs >> 64) as u64;
+            prev_runs = w_runs[1];
             cur = next;
             d_cur = d_next;
             m_cur = m_next;
@@ -595,20 +603,34 @@ mod tests {
     }
 
     #[test]
-    fn fills_spread_through_connected_bits_only() {
-        let fill = |seed, m| fill_up(seed, m) | fill_down(seed, m);
+    fn fill_up_spreads_through_connected_bits_only() {
         let m: u128 = 0b0111_1110_0111 | (0xFFFF << 100);
-        assert_eq!(fill(0b0000_0100_0000, m), 0b0111_1110_0000);
         assert_eq!(fill_up(0b0000_0100_0000, m), 0b0111_1100_0000);
-        assert_eq!(fill_down(0b0000_0100_0000, m), 0b0000_0110_0000);
-        assert_eq!(fill(0b0000_0000_0010, m), 0b0000_0000_0111);
-        assert_eq!(fill(0b1000_0000_0000, m), 0, "seed outside m");
-        assert_eq!(fill(1 << 115, m), 0xFFFF << 100, "to both ends");
-        assert_eq!(fill(m, m), m);
-        // Long runs: the fill crosses the 64-bit halves.
+        assert_eq!(
+            fill_up(0b0001_0100_0000, m),
+            0b0111_1100_0000,
+            "two seeds, one run"
+        );
+        assert_eq!(fill_up(0b0000_0000_0010, m), 0b0000_0000_0110);
+        assert_eq!(fill_up(0b1000_0000_0000, m), 0, "seed outside m");
+        assert_eq!(fill_up(1 << 100, m), 0xFFFF << 100, "to the top of its run");
+        assert_eq!(fill_up(1 << 115, m), 1 << 115);
+        assert_eq!(fill_up(m, m), m);
+        // Long runs: the fill crosses the 64-bit halves; a run up to the
+        // top bit loses its carry.
         assert_eq!(fill_up(1, u128::MAX), u128::MAX);
-        assert_eq!(fill_down(1 << 127, u128::MAX), u128::MAX);
-        assert_eq!(fill(1 << 127, u128::MAX >> 1), 0);
+        assert_eq!(fill_up(1 << 60, u128::MAX << 60), u128::MAX << 60);
+        // Against one step at a time, on every seed of a ragged mask.
+        let ragged: u128 = 0x0F0F_FF00_7FFF_0001_FFFF_FFFF_0E0E_F0F3;
+        for i in 0..128 {
+            let mut want = 0;
+            let mut j = i;
+            while j < 128 && ragged >> j & 1 == 1 {
+                want |= 1 << j;
+                j += 1;
+            }
+            assert_eq!(fill_up(1 << i, ragged), want, "seed {i}");
+        }
     }
 
     #[test]
@@ -633,6 +655,10 @@ mod tests {
         assert_eq!(run_ends(m, 6), 0b0100_0000_0000);
         assert_eq!(run_ends(m, 7), 0);
         assert_eq!(run_ends(u128::MAX, 64).count_ones(), 128 - 63);
+        assert_eq!(run_begins(m, 3), 0b0001_1110_0001);
+        assert_eq!(run_begins(m, 6), 0b0000_0010_0000);
+        assert_eq!(run_begins(m, 7), 0);
+        assert_eq!(run_begins(u128::MAX, 64).count_ones(), 128 - 63);
     }
 
     #[test]
