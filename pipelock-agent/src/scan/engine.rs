@@ -87,8 +87,8 @@ pub struct ExtraLiteral {
 /// The compiled engine. Immutable and shared (`Arc`) by every exchange.
 pub struct Engine {
     id: u64,
-    /// Indexed by Hyperscan id.
-    metas: Vec<RuleMeta>,
+    /// Indexed by Hyperscan id; shared with every hit reported.
+    metas: Vec<Arc<RuleMeta>>,
     dlp_block: BlockDatabase,
     dlp_stream: StreamingDatabase,
     /// Per DLP id: how to find where a hit starts.
@@ -183,7 +183,7 @@ impl Engine {
         let mut span = Vec::new();
         for rule in &spec.dlp {
             let id = metas.len();
-            metas.push(RuleMeta::builtin(rule));
+            metas.push(Arc::new(RuleMeta::builtin(rule)));
             dlp.push(hs_pattern(
                 rule.expr,
                 rule.caseless,
@@ -195,7 +195,7 @@ impl Engine {
         }
         for (expr, meta, caseless) in &spec.extra_dlp {
             let id = metas.len();
-            metas.push(meta.clone());
+            metas.push(Arc::new(meta.clone()));
             dlp.push(hs_pattern(expr, *caseless, false, id, true)?);
             span.push(Span::new(expr, *caseless, false, id)?);
         }
@@ -204,7 +204,7 @@ impl Engine {
                 continue;
             }
             let id = metas.len();
-            metas.push(lit.meta.clone());
+            metas.push(Arc::new(lit.meta.clone()));
             let expr = literal_expr(&lit.bytes);
             dlp.push(hs_pattern(&expr, false, false, id, true)?);
             span.push(Span::new(&expr, false, false, id)?);
@@ -214,7 +214,7 @@ impl Engine {
         let mut inj = Vec::new();
         for rule in &spec.injection {
             let id = metas.len();
-            metas.push(RuleMeta::builtin(rule));
+            metas.push(Arc::new(RuleMeta::builtin(rule)));
             let expr = optional_whitespace(rule.expr);
             inj.push(hs_pattern(&expr, rule.caseless, rule.multiline, id, true)?);
         }
@@ -261,7 +261,7 @@ impl Engine {
     }
 
     /// Metadata of a Hyperscan id.
-    pub fn meta(&self, id: u32) -> Option<&RuleMeta> {
+    pub fn meta(&self, id: u32) -> Option<&Arc<RuleMeta>> {
         self.metas.get(id as usize)
     }
 

@@ -199,8 +199,8 @@ fn skip_response_media(content_type: &str) -> bool {
 }
 
 impl ScanExchange {
-    fn scanner_meta(id: &str) -> Option<RuleMeta> {
-        patterns::by_id(id).map(RuleMeta::builtin)
+    fn scanner_meta(id: &str) -> Option<Arc<RuleMeta>> {
+        patterns::by_id(id).map(|r| Arc::new(RuleMeta::builtin(r)))
     }
 
     fn scanner_hit(&mut self, id: &str, location: &'static str) {

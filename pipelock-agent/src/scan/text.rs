@@ -3,7 +3,10 @@
 //! normaliser and the injection stream. Turns raw hits into [`Hit`]s with a
 //! redacted excerpt. Per stream it keeps a fixed-size ring of recent bytes
 //! (to recover a hit's span) and at most one bounded encoded run.
-use std::{borrow::Cow, sync::Arc};
+use std::{
+    borrow::Cow,
+    sync::{Arc, OnceLock},
+};
 
 use super::{
     Error,
@@ -45,7 +48,8 @@ impl Default for RunLimits {
 /// One detection, before policy.
 #[derive(Clone, Debug)]
 pub struct Hit {
-    pub meta: RuleMeta,
+    /// Shared with the engine (or the pass rules' table): a hit costs no copy of it.
+    pub meta: Arc<RuleMeta>,
     /// Redacted excerpt: never contains the secret.
     pub excerpt: String,
     /// Where it was found (`body`, `body+base64`, `sse`, …).
@@ -126,12 +130,23 @@ pub fn redacted_excerpt(window: &[u8], start: Option<usize>, reveal: Reveal) -> 
     }
 }
 
-/// The DLP rule a validating pass (numeric, encoded-run, seed) reports as.
-fn pass_rule_meta(kind: NumericKind) -> Option<RuleMeta> {
-    patterns::dlp::DLP_RULES
+/// The DLP rule a validating pass (numeric, encoded-run, seed) reports as,
+/// built once.
+fn pass_rule_meta(kind: NumericKind) -> Option<Arc<RuleMeta>> {
+    static METAS: OnceLock<Vec<(NumericKind, Arc<RuleMeta>)>> = OnceLock::new();
+    METAS
+        .get_or_init(|| {
+            patterns::dlp::DLP_RULES
+                .iter()
+                .filter_map(|r| match r.detector {
+                    Detector::Numeric(k) => Some((k, Arc::new(RuleMeta::builtin(r)))),
+                    Detector::Hyperscan | Detector::Internal => None,
+                })
+                .collect()
+        })
         .iter()
-        .find(|r| r.detector == Detector::Numeric(kind))
-        .map(RuleMeta::builtin)
+        .find(|(k, _)| *k == kind)
+        .map(|(_, m)| Arc::clone(m))
 }
 
 fn seed_hit(hit: &SeedHit, location: Cow<'static, str>) -> Option<Hit> {
@@ -177,7 +192,7 @@ pub fn scan_dlp_block(
         let win = &data[from..end];
         let start = engine.span_start(id, win);
         out.push(Hit {
-            meta: meta.clone(),
+            meta: Arc::clone(meta),
             excerpt: redacted_excerpt(win, start, meta.reveal),
             location: Cow::Owned(location.to_owned()),
         });
@@ -433,7 +448,7 @@ fn report_dlp_hits(
         let win = window(&d.ring, data, d.offset, to.saturating_sub(RING as u64), to);
         let start = engine.span_start(id, &win);
         out.push(Hit {
-            meta: meta.clone(),
+            meta: Arc::clone(meta),
             excerpt: redacted_excerpt(&win, start, meta.reveal),
             location: Cow::Borrowed(location),
         });
@@ -521,7 +536,7 @@ fn inj_scan(
             to,
         );
         out.push(Hit {
-            meta: meta.clone(),
+            meta: Arc::clone(meta),
             excerpt: String::from_utf8_lossy(&win).replace(['\n', '\r'], " "),
             location: Cow::Borrowed(location),
         });
@@ -563,7 +578,7 @@ pub fn scan_inj_text(
         let end = (to as usize).min(text.len());
         let win = &text[end.saturating_sub(INJ_EXCERPT)..end];
         out.push(Hit {
-            meta: meta.clone(),
+            meta: Arc::clone(meta),
             excerpt: String::from_utf8_lossy(win).replace(['\n', '\r'], " "),
             location: Cow::Owned(location.to_owned()),
         });
