@@ -158,17 +158,11 @@ fn numeric_hot(lo: Masks, hi: Masks) -> bool {
         != 0
 }
 
-/// Bit `i` set when bits `i ..= i + len - 1` of `m` are all set.
+/// Bit `i` set when bits `i ..= i + len - 1` of `m` are all set: the ends
+/// of [`run_ends`], moved to where those runs of `len` begin.
 #[inline]
 fn run_begins(m: u128, len: u32) -> u128 {
-    let mut r = m;
-    let mut have = 1;
-    while have < len {
-        let s = (len - have).min(have);
-        r &= r >> s;
-        have += s;
-    }
-    r
+    run_ends(m, len) >> (len - 1)
 }
 
 /// Whether the window's low and high block each hold a digit inside a run
@@ -306,7 +300,7 @@ impl HotBlocks {
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,bmi1,bmi2")]
     unsafe fn compute_avx2(&mut self, buf: &[u8], around: Around) {
-        // SAFETY: the caller checked AVX2.
+        // SAFETY: the caller checked AVX2, BMI1 and BMI2.
         self.compute_with(
             buf,
             around,
