@@ -116,17 +116,24 @@ fn classify(b: &[u8; BLOCK]) -> Masks {
     m
 }
 
-/// Bit `i` set when bits `i + 1 - len ..= i` of `m` are all set.
+/// Bit `i` set when the `len` bits of `m` ending at `i` (or, with `BEGIN`,
+/// beginning at `i`) are all set.
 #[inline]
-fn run_ends(m: u128, len: u32) -> u128 {
+fn full_runs<const BEGIN: bool>(m: u128, len: u32) -> u128 {
     let mut r = m;
     let mut have = 1;
     while have < len {
         let s = (len - have).min(have);
-        r &= r << s;
+        r &= if BEGIN { r >> s } else { r << s };
         have += s;
     }
     r
+}
+
+/// Bit `i` set when bits `i + 1 - len ..= i` of `m` are all set.
+#[inline]
+fn run_ends(m: u128, len: u32) -> u128 {
+    full_runs::<false>(m, len)
 }
 
 /// Two adjacent blocks as one 128-bit window, `lo` first.
@@ -158,11 +165,10 @@ fn numeric_hot(lo: Masks, hi: Masks) -> bool {
         != 0
 }
 
-/// Bit `i` set when bits `i ..= i + len - 1` of `m` are all set: the ends
-/// of [`run_ends`], moved to where those runs of `len` begin.
+/// Bit `i` set when bits `i ..= i + len - 1` of `m` are all set.
 #[inline]
 fn run_begins(m: u128, len: u32) -> u128 {
-    run_ends(m, len) >> (len - 1)
+    full_runs::<true>(m, len)
 }
 
 /// Whether the window's low and high block each hold a digit inside a run
@@ -188,12 +194,13 @@ fn run_digits(lo: Masks, hi: Masks, run: u32) -> [bool; 2] {
         0 => 0,
         starts => fill_up(starts, m),
     };
-    let halves = |x: u128| [x as u64 != 0, (x >> 64) as u64 != 0];
+    let long = over(std) | over(url);
     let pct = wide(lo.pct, hi.pct);
     if pct != 0 {
-        return halves((over(std) | over(url) | over(std | url | pct)) & d);
+        let x = (long | over(std | url | pct)) & d;
+        return [x as u64 != 0, (x >> 64) as u64 != 0];
     }
-    let x = (over(std) | over(url)) & d;
+    let x = long & d;
     if x == 0 {
         return [false; 2];
     }
