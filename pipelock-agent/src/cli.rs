@@ -8,6 +8,9 @@ use std::{
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
 
+pub use crate::config::{LogFormat, Mode, NonHttpAction};
+use crate::config::CaSettings;
+
 /// Transparent egress interceptor for the pods of a cgroup subtree.
 #[derive(Debug, Parser)]
 #[command(
@@ -108,6 +111,17 @@ pub struct RunArgs {
     pub non_http: NonHttpAction,
 }
 
+impl CaArgs {
+    /// The CA settings these flags describe.
+    pub fn settings(&self) -> CaSettings {
+        CaSettings {
+            state_dir: self.state_dir.clone(),
+            ca_cert: self.ca_cert.clone(),
+            ca_key: self.ca_key.clone(),
+        }
+    }
+}
+
 impl RunArgs {
     /// The addresses to listen on: --listen, else the redirect addresses.
     pub fn listen_addrs(&self) -> Vec<SocketAddr> {
@@ -120,33 +134,6 @@ impl RunArgs {
         }
         addrs
     }
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
-/// Enforcement mode, as Pipelock's `mode:`.
-#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// Block on any finding.
-    Strict,
-    /// Block high-confidence findings, warn on the rest.
-    Balanced,
-    /// Log only.
-    Audit,
-}
-
-/// Handling of redirected connections that are neither TLS nor HTTP.
-#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
-pub enum NonHttpAction {
-    /// Relay the bytes unmodified (still logged with attribution).
-    Relay,
-    /// Close the connection.
-    Reset,
 }
 
 /// Parses `CGROUP=MODE` for `--mode-override`.

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use serde::Serialize;
 
 use crate::{
-    cli::Mode,
+    config::Mode,
     pipeline::ConnMeta,
     scan::patterns::{Confidence, RuleClass, Severity},
     verdict::Action,

@@ -2,6 +2,7 @@
 //! `redirect`) sends a cgroup's outbound TCP connections to the agent's
 //! listeners (`proxy`), which pass every exchange through one `pipeline`.
 pub mod cli;
+pub mod config;
 pub mod findings;
 pub mod pipeline;
 pub mod proxy;

@@ -32,7 +32,7 @@ fn start(args: pipelock_agent::cli::RunArgs) -> anyhow::Result<()> {
 /// `ca export`: print the CA certificate PEM (creating the CA when missing).
 fn ca_export(args: &CaArgs) -> anyhow::Result<()> {
     let provider = pipelock_agent::tls::config::provider();
-    let ca = pipelock_agent::tls::Ca::load_or_create(args, &provider)?;
+    let ca = pipelock_agent::tls::Ca::load_or_create(&args.settings(), &provider)?;
     print!("{}", ca.cert_pem());
     Ok(())
 }

@@ -29,7 +29,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let cgroup_dir = redirect::resolve_cgroup(&mount, cgroup)?;
     redirect::check_privilege()?;
     // The CA and trust store next: a bad --ca-cert or --upstream-ca stops here.
-    let tls = tls::load(&args.ca, args.upstream_ca.as_deref()).context("loading TLS material")?;
+    let tls = tls::load(&args.ca.settings(), args.upstream_ca.as_deref()).context("loading TLS material")?;
 
     let pipeline = scan_pipeline(&args, &mount)?;
 

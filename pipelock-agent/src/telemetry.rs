@@ -2,7 +2,7 @@
 //! (aya-log's kernel-side messages) are bridged into tracing.
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
-use crate::cli::LogFormat;
+use crate::config::LogFormat;
 
 /// Installs the global subscriber. `RUST_LOG` overrides the default `info`.
 pub fn init(format: LogFormat) {

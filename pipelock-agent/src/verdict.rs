@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use serde::Serialize;
 
 use crate::{
-    cli::Mode,
+    config::Mode,
     pipeline::Block,
     scan::patterns::{Confidence, Severity},
 };

@@ -26,7 +26,7 @@ use super::{
     upstream::{self, Proto, Target, TlsTarget, UpstreamPool},
 };
 use crate::{
-    cli::NonHttpAction,
+    config::NonHttpAction,
     pipeline::ConnMeta,
     tls::{
         AlpnOffer, LeafName,

@@ -12,7 +12,7 @@ pub mod upstream;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use crate::{cli::NonHttpAction, pipeline::Pipeline};
+use crate::{config::NonHttpAction, pipeline::Pipeline};
 
 /// Which side of a proxied connection failed (pingora's `ErrorSource`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]

@@ -9,7 +9,7 @@ use std::{
 };
 
 use crate::{
-    cli::Mode,
+    config::Mode,
     findings::{Direction, ExchangeInfo, Finding, ScanMetrics, log_finding},
     pipeline::{Block, ConnMeta, Decision, Exchange, Outcome, Pipeline},
     verdict::{self, Action, Policy},

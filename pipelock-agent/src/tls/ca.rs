@@ -20,7 +20,7 @@ use rustls_pki_types::{CertificateDer, pem::PemObject as _};
 use sha2::Digest as _;
 
 use super::{Error, leaf::LeafName};
-use crate::cli::CaArgs;
+use crate::config::CaSettings;
 
 /// File name of the generated CA certificate inside `--state-dir`.
 pub const CA_CERT_FILE: &str = "ca.crt";
@@ -51,7 +51,7 @@ impl Ca {
     /// `--ca-cert/--ca-key` when given, else the CA in `--state-dir`, created
     /// (and persisted) when absent.
     pub fn load_or_create(
-        args: &CaArgs,
+        args: &CaSettings,
         provider: &std::sync::Arc<CryptoProvider>,
     ) -> Result<Self, Error> {
         if let (Some(cert), Some(key)) = (&args.ca_cert, &args.ca_key) {
@@ -316,7 +316,7 @@ fn pem_of(der: &CertificateDer<'_>) -> String {
 }
 
 /// Where the generated CA lives for `args` (for messages and tests).
-pub fn state_paths(args: &CaArgs) -> (PathBuf, PathBuf) {
+pub fn state_paths(args: &CaSettings) -> (PathBuf, PathBuf) {
     (
         args.state_dir.join(CA_CERT_FILE),
         args.state_dir.join(CA_KEY_FILE),
@@ -327,8 +327,8 @@ pub fn state_paths(args: &CaArgs) -> (PathBuf, PathBuf) {
 mod tests {
     use super::*;
 
-    fn args(dir: &Path) -> CaArgs {
-        CaArgs {
+    fn args(dir: &Path) -> CaSettings {
+        CaSettings {
             state_dir: dir.to_path_buf(),
             ca_cert: None,
             ca_key: None,

@@ -51,7 +51,7 @@ pub const LEAF_CAPACITY: usize = 10_000;
 
 /// Convenience: load or create the CA and build the whole TLS context.
 pub fn load(
-    ca_args: &crate::cli::CaArgs,
+    ca_args: &crate::config::CaSettings,
     upstream_ca: Option<&std::path::Path>,
 ) -> Result<Arc<Tls>, Error> {
     let provider = config::provider();

@@ -1,0 +1,58 @@
+//! Domain types the configuration is made of and the components take:
+//! the enforcement mode, the handling of non-HTTP traffic, the log format
+//! and where the interception CA lives.
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Enforcement mode, as Pipelock's `mode:`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Block on any finding.
+    Strict,
+    /// Block high-confidence findings, warn on the rest.
+    Balanced,
+    /// Log only.
+    Audit,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Strict => "strict",
+            Mode::Balanced => "balanced",
+            Mode::Audit => "audit",
+        }
+    }
+}
+
+/// Handling of redirected connections that are neither TLS nor HTTP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum NonHttpAction {
+    /// Relay the bytes unmodified (still logged with attribution).
+    Relay,
+    /// Close the connection.
+    Reset,
+}
+
+/// Log line format (Pipelock's `logging.format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Where the interception CA lives: generated and kept in `state_dir`, or
+/// given as a certificate and key file pair (e.g. a Kubernetes Secret).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaSettings {
+    /// Directory for persistent state (the generated CA).
+    pub state_dir: PathBuf,
+    /// CA certificate (PEM) used instead of the generated one.
+    pub ca_cert: Option<PathBuf>,
+    /// Private key (PEM) of `ca_cert`.
+    pub ca_key: Option<PathBuf>,
+}
