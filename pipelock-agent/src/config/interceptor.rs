@@ -1,0 +1,95 @@
+//! The `interceptor:` section: what is pipelock-agent's own and has no
+//! Pipelock counterpart (the kernel redirect, its listeners, the state
+//! directory and CA files, known secrets, per-cgroup modes, non-HTTP
+//! handling and the agent's own timings).
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::PathBuf,
+};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use super::types::{Mode, NonHttpAction};
+
+/// `interceptor:`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Interceptor {
+    /// cgroup v2 path (relative to the cgroup2 mount) whose subtree is redirected.
+    pub cgroup: Option<String>,
+    /// Where the kernel rewrites IPv4 connects to.
+    pub redirect_addr: SocketAddr,
+    /// Where IPv6 connects go (same port); none: the IPv4-mapped redirect address.
+    pub redirect_addr6: Option<Ipv6Addr>,
+    /// Listen addresses for redirected connections (empty: the redirect addresses).
+    pub listen: Vec<SocketAddr>,
+    /// Destinations never redirected.
+    pub bypass_cidrs: Vec<IpNet>,
+    /// Destination ports never redirected.
+    pub bypass_ports: Vec<u16>,
+    /// Mode per cgroup subtree, e.g. `/sure/worker: strict`.
+    pub mode_overrides: BTreeMap<String, Mode>,
+    /// Persistent state (the generated CA).
+    pub state_dir: PathBuf,
+    /// CA certificate (PEM) to use instead of the generated one; needs `ca_key`.
+    pub ca_cert: Option<PathBuf>,
+    /// Private key (PEM) of `ca_cert`.
+    pub ca_key: Option<PathBuf>,
+    /// Extra CA bundle trusted for upstream servers, besides the system roots.
+    pub upstream_ca: Option<PathBuf>,
+    /// Environment variables whose values must never leave (`NAME` or `NAME@host,host`).
+    pub known_secret_env: Vec<String>,
+    /// Files or directories of values that must never leave (`PATH` or `PATH@host,host`).
+    pub known_secret_files: Vec<String>,
+    /// Domains (globs) relayed without decryption.
+    pub passthrough_domains: Vec<String>,
+    /// What to do with redirected traffic that is neither TLS nor HTTP.
+    pub non_http: NonHttpAction,
+    /// Seconds open connections get to finish after SIGTERM/SIGINT.
+    pub drain_seconds: u64,
+    /// Milliseconds to wait for a client's first bytes before calling it non-HTTP.
+    pub sniff_timeout_ms: u64,
+    /// Seconds to connect to an upstream.
+    pub connect_timeout_seconds: u64,
+}
+
+impl Default for Interceptor {
+    fn default() -> Self {
+        Interceptor {
+            cgroup: None,
+            redirect_addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 15001),
+            redirect_addr6: None,
+            listen: Vec::new(),
+            bypass_cidrs: Vec::new(),
+            bypass_ports: Vec::new(),
+            mode_overrides: BTreeMap::new(),
+            state_dir: PathBuf::from("/var/lib/pipelock"),
+            ca_cert: None,
+            ca_key: None,
+            upstream_ca: None,
+            known_secret_env: Vec::new(),
+            known_secret_files: Vec::new(),
+            passthrough_domains: Vec::new(),
+            non_http: NonHttpAction::Relay,
+            drain_seconds: 5,
+            sniff_timeout_ms: 500,
+            connect_timeout_seconds: 10,
+        }
+    }
+}
+
+impl Interceptor {
+    /// The addresses to listen on: `listen`, else the redirect addresses.
+    pub fn listen_addrs(&self) -> Vec<SocketAddr> {
+        if !self.listen.is_empty() {
+            return self.listen.clone();
+        }
+        let mut addrs = vec![self.redirect_addr];
+        if let Some(v6) = self.redirect_addr6 {
+            addrs.push(SocketAddr::new(IpAddr::V6(v6), self.redirect_addr.port()));
+        }
+        addrs
+    }
+}
