@@ -1,9 +1,11 @@
-//! pipelock-agent entry point: parse the command line, set up logging, run.
-use std::process::ExitCode;
+//! pipelock-agent entry point: parse the command line, load the config,
+//! set up logging, run (or check a config, print the defaults, export the CA).
+use std::{path::Path, process::ExitCode};
 
 use clap::Parser;
 use pipelock_agent::{
-    cli::{CaArgs, CaCommand, Cli, Command},
+    cli::{CaArgs, CaCommand, Cli, Command, RunArgs},
+    config::{self, Loaded},
     run, telemetry,
 };
 
@@ -12,6 +14,11 @@ fn main() -> ExitCode {
     let result = match cli.command {
         None => start(cli.run),
         Some(Command::Run(args)) => start(*args),
+        Some(Command::CheckConfig(args)) => check_config(&args.file),
+        Some(Command::Config(_)) => {
+            print!("{}", config::DEFAULTS_YAML);
+            Ok(())
+        }
         Some(Command::Ca(CaCommand::Export(args))) => ca_export(&args),
     };
     match result {
@@ -23,16 +30,46 @@ fn main() -> ExitCode {
     }
 }
 
-fn start(args: pipelock_agent::cli::RunArgs) -> anyhow::Result<()> {
-    telemetry::init(args.log_format);
+fn start(flags: RunArgs) -> anyhow::Result<()> {
+    let loaded = match &flags.config {
+        Some(path) => config::load(path)?,
+        None => Loaded::defaults(),
+    };
+    let start = run::Start { loaded, flags };
+    telemetry::init(start.effective().logging.format);
+    for n in &start.loaded.notices {
+        tracing::warn!(target: "pipelock::config", key = %n.path, line = n.line, "{}", n.note);
+    }
     let rt = tokio::runtime::Runtime::new()?;
-    rt.block_on(run::run(args))
+    rt.block_on(run::run(start))
+}
+
+/// `check-config FILE`: loads and checks the file, compiles its patterns
+/// with the built-in rules, and lists the notices. Runs nothing.
+fn check_config(path: &Path) -> anyhow::Result<()> {
+    let loaded = config::load(path)?;
+    for n in &loaded.notices {
+        eprintln!("pipelock-agent: warning: {n}");
+    }
+    // Mode overrides name cgroups of the node the agent runs on; they are
+    // resolved at start, not here.
+    let scan = run::scan_config(&loaded.config, Default::default());
+    pipelock_agent::scan::ScanPipeline::new(scan)
+        .map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))?;
+    println!(
+        "{}: ok (mode {}, {} notice{})",
+        path.display(),
+        loaded.config.effective_mode().as_str(),
+        loaded.notices.len(),
+        if loaded.notices.len() == 1 { "" } else { "s" }
+    );
+    Ok(())
 }
 
 /// `ca export`: print the CA certificate PEM (creating the CA when missing).
 fn ca_export(args: &CaArgs) -> anyhow::Result<()> {
     let provider = pipelock_agent::tls::config::provider();
-    let ca = pipelock_agent::tls::Ca::load_or_create(&args.settings(), &provider)?;
+    let ca = pipelock_agent::tls::Ca::load_or_create(&args.settings()?, &provider)?;
     print!("{}", ca.cert_pem());
     Ok(())
 }

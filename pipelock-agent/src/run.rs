@@ -1,88 +1,136 @@
-//! The `run` command: resolve the cgroup, bind the listeners, attach the
-//! kernel redirect, serve until SIGTERM/SIGINT, then detach and drain.
-use std::{net::IpAddr, os::unix::fs::MetadataExt, sync::Arc, time::Duration};
+//! The `run` command: from the loaded config, resolve the cgroup, bind the
+//! listeners, attach the kernel redirect, serve until SIGTERM/SIGINT, then
+//! detach and drain. A config reload (SIGHUP, file change) builds a new
+//! context and swaps it in; connections in flight keep the one they started with.
+use std::{
+    net::IpAddr,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use anyhow::{Context as _, bail};
+use arc_swap::ArcSwap;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     cli::RunArgs,
-    proxy::{ProxyContext, passthrough::PassthroughDomains, transparent},
+    config::{self, Config, Loaded, reload},
+    proxy::{LiveContext, ProxyContext, passthrough::PassthroughDomains, transparent},
     redirect::{self, RedirectConfig, Redirector},
     scan::{ScanConfig, ScanPipeline, known_secrets::KnownSecretsConfig},
     tls,
 };
 
+/// What `run` starts from: the file as loaded, and the flags laid over it
+/// (again on every reload).
+pub struct Start {
+    pub loaded: Loaded,
+    pub flags: RunArgs,
+}
+
+impl Start {
+    /// The config in force: the file (or defaults) with the flags applied.
+    pub fn effective(&self) -> Config {
+        let mut cfg = self.loaded.config.clone();
+        self.flags.apply(&mut cfg);
+        cfg
+    }
+}
+
 /// Runs the agent until a termination signal.
-pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let Some(cgroup) = args.cgroup.as_deref() else {
-        bail!("missing --cgroup: the cgroup v2 path to intercept, e.g. --cgroup /sure");
-    };
-    let IpAddr::V4(redirect_v4) = args.redirect_addr.ip() else {
+pub async fn run(start: Start) -> anyhow::Result<()> {
+    let cfg = start.effective();
+    let Some(cgroup) = cfg.interceptor.cgroup.clone() else {
         bail!(
-            "--redirect-addr {} must be an IPv4 address; use --redirect-addr6 for IPv6",
-            args.redirect_addr
+            "missing --cgroup (config: interceptor.cgroup): the cgroup v2 path to intercept, e.g. --cgroup /sure"
+        );
+    };
+    let redirect_addr = cfg.interceptor.redirect_addr;
+    let IpAddr::V4(redirect_v4) = redirect_addr.ip() else {
+        bail!(
+            "--redirect-addr {redirect_addr} must be an IPv4 address; use --redirect-addr6 for IPv6"
         );
     };
     let mount = redirect::cgroup2_mount()?;
-    let cgroup_dir = redirect::resolve_cgroup(&mount, cgroup)?;
+    let cgroup_dir = redirect::resolve_cgroup(&mount, &cgroup)?;
     redirect::check_privilege()?;
-    // The CA and trust store next: a bad --ca-cert or --upstream-ca stops here.
-    let tls = tls::load(&args.ca.settings(), args.upstream_ca.as_deref()).context("loading TLS material")?;
-
-    let pipeline = scan_pipeline(&args, &mount)?;
+    // The CA and trust store next: a bad CA file or upstream CA stops here.
+    let tls = tls::load(&cfg).context("loading TLS material")?;
+    let pipeline = scan_pipeline(&cfg, &mount)?;
 
     // Listen before attaching, so no connection is ever sent to a dead port.
-    let listen = args.listen_addrs();
+    let listen = cfg.interceptor.listen_addrs();
     let listeners = transparent::bind(&listen).await?;
 
-    let mut bypass_ports = args.bypass_ports.clone();
+    let mut bypass_ports = cfg.interceptor.bypass_ports.clone();
     bypass_ports.extend(listen.iter().map(|a| a.port()));
-    bypass_ports.push(args.redirect_addr.port());
+    bypass_ports.push(redirect_addr.port());
     bypass_ports.sort_unstable();
     bypass_ports.dedup();
-    let cfg = RedirectConfig {
+    let redirect_cfg = RedirectConfig {
         cgroup_dir: cgroup_dir.clone(),
         redirect_v4,
-        redirect_v6: args.redirect_addr6,
-        port: args.redirect_addr.port(),
-        bypass_cidrs: args.bypass_cidrs.clone(),
+        redirect_v6: cfg.interceptor.redirect_addr6,
+        port: redirect_addr.port(),
+        bypass_cidrs: cfg.interceptor.bypass_cidrs.clone(),
         bypass_ports,
     };
-    let (redirector, table) =
-        Redirector::attach(&cfg).with_context(|| format!("attaching to cgroup {cgroup}"))?;
+    let (redirector, table) = Redirector::attach(&redirect_cfg)
+        .with_context(|| format!("attaching to cgroup {cgroup}"))?;
     let table = Arc::new(table);
 
-    let ctx = Arc::new(ProxyContext {
-        pipeline: Arc::new(pipeline),
-        non_http: args.non_http,
-        self_addrs: listen.clone(),
-        connect_timeout: Duration::from_secs(10),
-        tls,
-        passthrough: PassthroughDomains::new(&args.passthrough_domains),
-        sniff_timeout: Duration::from_millis(500),
-    });
+    let live: Arc<LiveContext> = Arc::new(ArcSwap::from_pointee(context(
+        &cfg,
+        pipeline,
+        &listen,
+        tls.clone(),
+    )));
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
     for listener in listeners {
         tokio::spawn(transparent::serve(
             listener,
             table.clone(),
-            ctx.clone(),
+            live.clone(),
             shutdown.clone(),
             tracker.clone(),
         ));
     }
     tracing::info!(
         cgroup = %cgroup_dir.display(),
-        redirect = %args.redirect_addr,
-        redirect6 = ?args.redirect_addr6,
+        redirect = %redirect_addr,
+        redirect6 = ?cfg.interceptor.redirect_addr6,
         listen = ?listen,
+        mode = cfg.effective_mode().as_str(),
+        config = start.loaded.path.as_ref().map(|p| p.display().to_string()),
         "pipelock-agent attached; intercepting"
     );
 
-    wait_for_signal().await?;
+    let mut reloads = match &start.loaded.path {
+        Some(path) => {
+            let initial = std::fs::read(path).unwrap_or_default();
+            Some(reload::watch(path.clone(), &initial)?)
+        }
+        None => None,
+    };
+    let mut running = Running {
+        config: cfg,
+        notices: start.loaded.notices.clone(),
+    };
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM received"); break; }
+            _ = int.recv() => { tracing::info!("SIGINT received"); break; }
+            Some(r) = async { reloads.as_mut()?.recv().await }, if reloads.is_some() => {
+                apply_reload(r, &start.flags, &mut running, &mount, &listen, &tls, &live).await;
+            }
+        }
+    }
     // Detach first: from here on new connections of the cgroup go direct.
     drop(redirector);
     shutdown.cancel();
@@ -91,10 +139,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         open = tracker.len(),
         "detached from cgroup; draining open connections"
     );
-    if tokio::time::timeout(Duration::from_secs(args.drain_seconds), tracker.wait())
-        .await
-        .is_err()
-    {
+    let drain = Duration::from_secs(running.config.interceptor.drain_seconds);
+    if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
         tracing::warn!(
             open = tracker.len(),
             "drain deadline passed; closing the rest"
@@ -104,44 +150,140 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Builds the one scan pipeline every listener shares, from the flags.
-fn scan_pipeline(args: &RunArgs, mount: &std::path::Path) -> anyhow::Result<ScanPipeline> {
+/// The config in force and the notices already reported for it.
+struct Running {
+    config: Config,
+    notices: Vec<config::Notice>,
+}
+
+/// Checks a reloaded file and swaps it in, or keeps the running config.
+async fn apply_reload(
+    r: reload::Reload,
+    flags: &RunArgs,
+    running: &mut Running,
+    mount: &Path,
+    listen: &[std::net::SocketAddr],
+    tls: &Arc<tls::Tls>,
+    live: &Arc<LiveContext>,
+) {
+    let trigger = r.trigger.as_str();
+    let loaded = match r.result {
+        Ok(l) => l,
+        Err(e) => {
+            let (key, line) = e
+                .invalid()
+                .map_or((None, None), |i| (Some(i.key.clone()), i.line));
+            tracing::error!(
+                target: "pipelock::config",
+                trigger,
+                error = %e,
+                key,
+                line,
+                mode = running.config.effective_mode().as_str(),
+                "config reload refused; keeping the running config"
+            );
+            return;
+        }
+    };
+    let mut new = loaded.config;
+    flags.apply(&mut new);
+    for key in reload::restart_only(&running.config, &new) {
+        tracing::warn!(
+            target: "pipelock::config",
+            key,
+            "config reload: {key} changed but only applies at start; needs restart (running value kept)"
+        );
+    }
+    let new = reload::keep_start_only(&running.config, new);
+    let (cfg, mnt) = (new.clone(), mount.to_path_buf());
+    let built = tokio::task::spawn_blocking(move || scan_pipeline(&cfg, &mnt)).await;
+    let pipeline = match built {
+        Ok(Ok(p)) => p,
+        Ok(Err(e)) => {
+            tracing::error!(
+                target: "pipelock::config",
+                trigger,
+                error = format!("{e:#}"),
+                "config reload refused; keeping the running config"
+            );
+            return;
+        }
+        Err(e) => {
+            tracing::error!(target: "pipelock::config", error = %e, "config reload failed");
+            return;
+        }
+    };
+    live.store(Arc::new(context(&new, pipeline, listen, tls.clone())));
+    for n in loaded.notices.iter().filter(|n| !running.notices.contains(n)) {
+        tracing::warn!(target: "pipelock::config", key = %n.path, line = n.line, "{}", n.note);
+    }
+    tracing::info!(
+        target: "pipelock::config",
+        trigger,
+        mode = new.effective_mode().as_str(),
+        "config reloaded; new connections use it"
+    );
+    running.config = new;
+    running.notices = loaded.notices;
+}
+
+/// The per-connection context a config describes.
+fn context(
+    cfg: &Config,
+    pipeline: ScanPipeline,
+    listen: &[std::net::SocketAddr],
+    tls: Arc<tls::Tls>,
+) -> ProxyContext {
+    let i = &cfg.interceptor;
+    ProxyContext {
+        pipeline: Arc::new(pipeline),
+        non_http: i.non_http,
+        self_addrs: listen.to_vec(),
+        connect_timeout: Duration::from_secs(i.connect_timeout_seconds.max(1)),
+        tls,
+        passthrough: PassthroughDomains::new(&cfg.passthrough_domains()),
+        sniff_timeout: Duration::from_millis(i.sniff_timeout_ms.max(1)),
+    }
+}
+
+/// The scan settings a config describes; `cgroup_modes` are the resolved
+/// `interceptor.mode_overrides`.
+pub fn scan_config(cfg: &Config, cgroup_modes: std::collections::HashMap<u64, config::Mode>) -> ScanConfig {
+    let defaults = ScanConfig::default();
+    let i = &cfg.interceptor;
+    let mut files = i.known_secret_files.clone();
+    files.extend(cfg.dlp.secrets_file.iter().cloned());
+    ScanConfig {
+        mode: cfg.effective_mode(),
+        cgroup_modes,
+        known_secrets: KnownSecretsConfig {
+            env: i.known_secret_env.clone(),
+            files,
+            min_len: cfg.dlp.min_env_secret_length,
+        },
+        max_sse_event: cfg.response_scanning.sse_streaming.max_event_bytes.max(1024),
+        response_injection: cfg.response_scanning.enabled,
+        ..defaults
+    }
+}
+
+/// Builds the one scan pipeline every listener shares.
+fn scan_pipeline(cfg: &Config, mount: &Path) -> anyhow::Result<ScanPipeline> {
     let mut cgroup_modes = std::collections::HashMap::new();
-    for (path, mode) in &args.mode_overrides {
-        let dir = redirect::resolve_cgroup(mount, path)
-            .with_context(|| format!("--mode-override {path}"))?;
+    for (path, mode) in &cfg.interceptor.mode_overrides {
+        let dir: PathBuf = redirect::resolve_cgroup(mount, path)
+            .with_context(|| format!("interceptor.mode_overrides {path}"))?;
         let id = std::fs::metadata(&dir)
-            .with_context(|| format!("--mode-override {path}: reading {}", dir.display()))?
+            .with_context(|| format!("mode override {path}: reading {}", dir.display()))?
             .ino();
         cgroup_modes.insert(id, *mode);
     }
-    let defaults = ScanConfig::default();
-    let cfg = ScanConfig {
-        mode: args.mode,
-        cgroup_modes,
-        known_secrets: KnownSecretsConfig {
-            env: args.known_secret_env.clone(),
-            files: args.known_secret_files.clone(),
-            ..defaults.known_secrets.clone()
-        },
-        ..defaults
-    };
     let started = std::time::Instant::now();
-    let pipeline = ScanPipeline::new(cfg).context("building the scan engine")?;
+    let pipeline = ScanPipeline::new(scan_config(cfg, cgroup_modes)).context("building the scan engine")?;
     tracing::info!(
-        mode = ?args.mode,
+        mode = cfg.effective_mode().as_str(),
         compile_ms = started.elapsed().as_millis() as u64,
         "scan engine ready"
     );
     Ok(pipeline)
-}
-
-async fn wait_for_signal() -> anyhow::Result<()> {
-    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
-    }
-    Ok(())
 }

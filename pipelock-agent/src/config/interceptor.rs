@@ -24,7 +24,7 @@ pub struct Interceptor {
     /// Where IPv6 connects go (same port); none: the IPv4-mapped redirect address.
     pub redirect_addr6: Option<Ipv6Addr>,
     /// Listen addresses for redirected connections (empty: the redirect addresses).
-    pub listen: Vec<SocketAddr>,
+    pub redirect_listen: Vec<SocketAddr>,
     /// Destinations never redirected.
     pub bypass_cidrs: Vec<IpNet>,
     /// Destination ports never redirected.
@@ -61,7 +61,7 @@ impl Default for Interceptor {
             cgroup: None,
             redirect_addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 15001),
             redirect_addr6: None,
-            listen: Vec::new(),
+            redirect_listen: Vec::new(),
             bypass_cidrs: Vec::new(),
             bypass_ports: Vec::new(),
             mode_overrides: BTreeMap::new(),
@@ -83,8 +83,8 @@ impl Default for Interceptor {
 impl Interceptor {
     /// The addresses to listen on: `listen`, else the redirect addresses.
     pub fn listen_addrs(&self) -> Vec<SocketAddr> {
-        if !self.listen.is_empty() {
-            return self.listen.clone();
+        if !self.redirect_listen.is_empty() {
+            return self.redirect_listen.clone();
         }
         let mut addrs = vec![self.redirect_addr];
         if let Some(v6) = self.redirect_addr6 {

@@ -400,6 +400,18 @@ pub fn parse(text: &str) -> Result<Loaded, Invalid> {
     })
 }
 
+/// `msg` without a leading `P: ` where P is `path` or one of its parents.
+fn strip_path_prefix<'a>(msg: &'a str, path: &str) -> &'a str {
+    let mut p = path;
+    while !p.is_empty() {
+        if let Some(rest) = msg.strip_prefix(p).and_then(|r| r.strip_prefix(": ")) {
+            return rest;
+        }
+        p = p.rfind(['.', '[']).map_or("", |i| &p[..i]);
+    }
+    msg
+}
+
 fn parent_or(field: &str, parent: &str) -> String {
     if parent.is_empty() {
         field.to_owned()
@@ -422,9 +434,7 @@ fn locate(e: &serde_path_to_error::Error<serde_yaml::Error>, lines: &KeyLines) -
     // serde_yaml may start its message with the path itself.
     let msg = match msg.find("unknown field `") {
         Some(at) => msg[at..].to_owned(),
-        None => msg
-            .strip_prefix(&format!("{parent}: "))
-            .map_or(msg.clone(), str::to_owned),
+        None => strip_path_prefix(&msg, &parent).to_owned(),
     };
     let yaml_line = inner.location().map(|l| l.line());
     if let Some(rest) = msg.strip_prefix("unknown field `")

@@ -134,8 +134,8 @@ const RESTART_ONLY: &[(&str, Getter)] = &[
     ("interceptor.redirect_addr6", |c| {
         format!("{:?}", c.interceptor.redirect_addr6)
     }),
-    ("interceptor.listen", |c| {
-        format!("{:?}", c.interceptor.listen)
+    ("interceptor.redirect_listen", |c| {
+        format!("{:?}", c.interceptor.redirect_listen)
     }),
     ("interceptor.bypass_cidrs", |c| {
         format!("{:?}", c.interceptor.bypass_cidrs)
@@ -176,7 +176,7 @@ pub fn keep_start_only(running: &Config, mut new: Config) -> Config {
     i.cgroup.clone_from(&r.cgroup);
     i.redirect_addr = r.redirect_addr;
     i.redirect_addr6 = r.redirect_addr6;
-    i.listen.clone_from(&r.listen);
+    i.redirect_listen.clone_from(&r.redirect_listen);
     i.bypass_cidrs.clone_from(&r.bypass_cidrs);
     i.bypass_ports.clone_from(&r.bypass_ports);
     i.state_dir.clone_from(&r.state_dir);
@@ -202,15 +202,15 @@ mod tests {
         let running = Config::default();
         let mut new = Config::default();
         new.mode = super::super::Mode::Strict;
-        new.interceptor.listen = vec!["127.0.0.1:1".parse().unwrap()];
+        new.interceptor.redirect_listen = vec!["127.0.0.1:1".parse().unwrap()];
         new.tls_interception.cert_cache_size = 5;
         assert_eq!(
             restart_only(&running, &new),
-            vec!["interceptor.listen", "tls_interception.cert_cache_size"]
+            vec!["interceptor.redirect_listen", "tls_interception.cert_cache_size"]
         );
         let applied = keep_start_only(&running, new);
         assert_eq!(applied.mode, super::super::Mode::Strict);
-        assert!(applied.interceptor.listen.is_empty());
+        assert!(applied.interceptor.redirect_listen.is_empty());
         assert_eq!(applied.tls_interception.cert_cache_size, 10_000);
         assert!(restart_only(&running, &applied).is_empty());
     }

@@ -94,6 +94,10 @@ pub struct ConnSummary {
     pub bytes_down: u64,
 }
 
+/// The context in force: swapped whole on a config reload; each connection
+/// keeps the one it started with.
+pub type LiveContext = arc_swap::ArcSwap<ProxyContext>;
+
 /// Shared, read-only state every connection handler needs.
 pub struct ProxyContext {
     /// The one request/response pipeline shared by all listeners.

@@ -13,7 +13,7 @@ use std::{
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use super::{ConnSummary, Error, ProxyContext, dispatch, relay};
+use super::{ConnSummary, Error, LiveContext, ProxyContext, dispatch, relay};
 use crate::{
     pipeline::{ConnMeta, Listener},
     redirect::OrigDstTable,
@@ -42,7 +42,7 @@ pub async fn bind(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, std::io::Err
 pub async fn serve(
     listener: TcpListener,
     table: Arc<OrigDstTable>,
-    ctx: Arc<ProxyContext>,
+    live: Arc<LiveContext>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
@@ -60,7 +60,8 @@ pub async fn serve(
             },
         };
         let orig = table.take(peer);
-        let ctx = ctx.clone();
+        // The config in force now serves this connection to its end.
+        let ctx = live.load_full();
         tracker.spawn(handle(stream, peer, orig, ctx));
     }
 }

@@ -49,18 +49,18 @@ pub const LEAF_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 /// See [`LEAF_TTL`].
 pub const LEAF_CAPACITY: usize = 10_000;
 
-/// Convenience: load or create the CA and build the whole TLS context.
-pub fn load(
-    ca_args: &crate::config::CaSettings,
-    upstream_ca: Option<&std::path::Path>,
-) -> Result<Arc<Tls>, Error> {
+/// Loads or creates the CA and builds the whole TLS context from the config
+/// (`interceptor` CA files or state dir, `interceptor.upstream_ca`, and
+/// `tls_interception.cert_cache_size` / `cert_ttl` for the leaf cache).
+pub fn load(cfg: &crate::config::Config) -> Result<Arc<Tls>, Error> {
     let provider = config::provider();
-    let ca = Ca::load_or_create(ca_args, &provider)?;
+    let ca = Ca::load_or_create(&cfg.ca_settings(), &provider)?;
+    let leaves = &cfg.tls_interception;
     Ok(Arc::new(Tls::new(
         ca,
         provider,
-        upstream_ca,
-        LEAF_CAPACITY,
-        LEAF_TTL,
+        cfg.interceptor.upstream_ca.as_deref(),
+        leaves.cert_cache_size.max(1),
+        leaves.cert_ttl.0,
     )?))
 }
