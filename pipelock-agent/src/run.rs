@@ -214,7 +214,11 @@ async fn apply_reload(
         }
     };
     live.store(Arc::new(context(&new, pipeline, listen, tls.clone())));
-    for n in loaded.notices.iter().filter(|n| !running.notices.contains(n)) {
+    for n in loaded
+        .notices
+        .iter()
+        .filter(|n| !running.notices.contains(n))
+    {
         tracing::warn!(target: "pipelock::config", key = %n.path, line = n.line, "{}", n.note);
     }
     tracing::info!(
@@ -248,7 +252,10 @@ fn context(
 
 /// The scan settings a config describes; `cgroup_modes` are the resolved
 /// `interceptor.mode_overrides`.
-pub fn scan_config(cfg: &Config, cgroup_modes: std::collections::HashMap<u64, config::Mode>) -> ScanConfig {
+pub fn scan_config(
+    cfg: &Config,
+    cgroup_modes: std::collections::HashMap<u64, config::Mode>,
+) -> ScanConfig {
     let defaults = ScanConfig::default();
     let i = &cfg.interceptor;
     let mut files = i.known_secret_files.clone();
@@ -261,7 +268,11 @@ pub fn scan_config(cfg: &Config, cgroup_modes: std::collections::HashMap<u64, co
             files,
             min_len: cfg.dlp.min_env_secret_length,
         },
-        max_sse_event: cfg.response_scanning.sse_streaming.max_event_bytes.max(1024),
+        max_sse_event: cfg
+            .response_scanning
+            .sse_streaming
+            .max_event_bytes
+            .max(1024),
         response_injection: cfg.response_scanning.enabled,
         ..defaults
     }
@@ -279,7 +290,8 @@ fn scan_pipeline(cfg: &Config, mount: &Path) -> anyhow::Result<ScanPipeline> {
         cgroup_modes.insert(id, *mode);
     }
     let started = std::time::Instant::now();
-    let pipeline = ScanPipeline::new(scan_config(cfg, cgroup_modes)).context("building the scan engine")?;
+    let pipeline =
+        ScanPipeline::new(scan_config(cfg, cgroup_modes)).context("building the scan engine")?;
     tracing::info!(
         mode = cfg.effective_mode().as_str(),
         compile_ms = started.elapsed().as_millis() as u64,

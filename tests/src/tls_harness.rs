@@ -11,7 +11,7 @@ use std::{
 };
 
 use pipelock_agent::{
-    cli::{CaArgs, NonHttpAction},
+    config::NonHttpAction,
     pipeline::{AllowAll, Block, ConnMeta, Decision, Exchange, Listener, Outcome, Pipeline},
     proxy::{ConnSummary, ProxyContext, dispatch, passthrough::PassthroughDomains, transparent},
     tls::Tls,
@@ -75,13 +75,10 @@ pub struct InProcessAgent {
 impl InProcessAgent {
     /// Starts the listener on 127.0.0.1.
     pub fn start(opts: AgentOptions) -> InProcessAgent {
-        let ca_args = CaArgs {
-            state_dir: opts.state_dir.clone(),
-            ca_cert: None,
-            ca_key: None,
-        };
-        let tls = pipelock_agent::tls::load(&ca_args, opts.upstream_ca.as_deref())
-            .expect("loading TLS material");
+        let mut cfg = pipelock_agent::config::Config::default();
+        cfg.interceptor.state_dir = opts.state_dir.clone();
+        cfg.interceptor.upstream_ca = opts.upstream_ca.clone();
+        let tls = pipelock_agent::tls::load(&cfg).expect("loading TLS material");
         let ca_file = opts.state_dir.join(pipelock_agent::tls::ca::CA_CERT_FILE);
         let (rt, listener, addr) = crate::tls_upstream::listen_on_runtime(
             std::net::SocketAddr::from(([127, 0, 0, 1], 0)),

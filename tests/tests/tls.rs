@@ -14,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use pipelock_agent::cli::NonHttpAction;
+use pipelock_agent::config::NonHttpAction;
 use pipelock_tests::{
     tls_client::{Client, client_config},
     tls_harness::{AgentOptions, InProcessAgent, rss_kib, temp_dir},

@@ -206,7 +206,10 @@ mod tests {
         new.tls_interception.cert_cache_size = 5;
         assert_eq!(
             restart_only(&running, &new),
-            vec!["interceptor.redirect_listen", "tls_interception.cert_cache_size"]
+            vec![
+                "interceptor.redirect_listen",
+                "tls_interception.cert_cache_size"
+            ]
         );
         let applied = keep_start_only(&running, new);
         assert_eq!(applied.mode, super::super::Mode::Strict);
