@@ -65,11 +65,12 @@ pub async fn run(start: Start) -> anyhow::Result<()> {
     let listen = cfg.interceptor.listen_addrs();
     let listeners = transparent::bind(&listen).await?;
 
+    // Only the ports the operator listed: a destination is never skipped
+    // because its port number happens to be the agent's.
     let mut bypass_ports = cfg.interceptor.bypass_ports.clone();
-    bypass_ports.extend(listen.iter().map(|a| a.port()));
-    bypass_ports.push(redirect_addr.port());
     bypass_ports.sort_unstable();
     bypass_ports.dedup();
+    crate::proxy::relay::set_socket_mark(cfg.interceptor.socket_mark);
     let redirect_cfg = RedirectConfig {
         cgroup_dir: cgroup_dir.clone(),
         redirect_v4,
@@ -77,6 +78,7 @@ pub async fn run(start: Start) -> anyhow::Result<()> {
         port: redirect_addr.port(),
         bypass_cidrs: cfg.interceptor.bypass_cidrs.clone(),
         bypass_ports,
+        agent_mark: cfg.interceptor.socket_mark,
     };
     let (redirector, table) = Redirector::attach(&redirect_cfg)
         .with_context(|| format!("attaching to cgroup {cgroup}"))?;

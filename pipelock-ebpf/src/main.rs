@@ -43,9 +43,12 @@ static REDIRECT_V6: [u32; 4] = [0; 4];
 /// Redirect port, host byte order. Zero disables redirection.
 #[unsafe(no_mangle)]
 static REDIRECT_PORT: u16 = 0;
-/// The agent's own process id: its sockets are never redirected.
+/// The socket mark (SO_MARK) the agent puts on its own upstream sockets:
+/// those are never redirected. A mark reads the same in every pid and
+/// network namespace (a pid does not), and setting one needs CAP_NET_ADMIN,
+/// which a covered pod's process does not have. Zero: no exemption.
 #[unsafe(no_mangle)]
-static AGENT_TGID: u32 = 0;
+static AGENT_MARK: u32 = 0;
 
 /// socket cookie -> original destination, between connect() and TCP_CONNECT_CB.
 #[map]
@@ -99,12 +102,20 @@ unsafe fn redirect(ctx: &SockAddrContext, v6: bool) {
     if kind != SOCK_STREAM || (proto != IPPROTO_TCP && proto != 0) {
         return;
     }
-    let tgid_pid = bpf_get_current_pid_tgid();
-    let tgid = (tgid_pid >> 32) as u32;
-    if tgid == global(&AGENT_TGID) {
+    let agent_mark = global(&AGENT_MARK);
+    // SAFETY: `sk` of a connect context is the kernel's socket of the call.
+    let mark = unsafe {
+        let sk = (*sa).__bindgen_anon_1.sk;
+        if sk.is_null() { 0 } else { (*sk).mark }
+    };
+    if agent_mark != 0 && mark == agent_mark {
         return;
     }
+    let tgid_pid = bpf_get_current_pid_tgid();
+    let tgid = (tgid_pid >> 32) as u32;
     let port = u16::from_be(unsafe { (*sa).user_port } as u16);
+    // Only ports the operator listed: the agent's own port number on
+    // another host is an ordinary destination.
     if unsafe { BYPASS_PORTS.get(port) }.is_some() {
         return;
     }
@@ -118,9 +129,15 @@ unsafe fn redirect(ctx: &SockAddrContext, v6: bool) {
     }
     let is_mapped = v6 && is_v4_mapped(&addr);
     let redirect_v4 = global(&REDIRECT_V4);
-    // Connections already aimed at the agent are left alone (loop guard).
-    if port == redirect_port && (!v6 || is_mapped) && addr[12..] == redirect_v4.to_ne_bytes() {
-        return;
+    // Connections already aimed at the agent's redirect address (exactly)
+    // are left alone (loop guard); the agent refuses them as self-calls.
+    if port == redirect_port {
+        if (!v6 || is_mapped) && addr[12..] == redirect_v4.to_ne_bytes() {
+            return;
+        }
+        if v6 && !is_mapped && eq16(&ip6_bytes(global(&REDIRECT_V6)), &addr) {
+            return;
+        }
     }
 
     let comm = bpf_get_current_comm().unwrap_or([0; 16]);
@@ -178,6 +195,19 @@ fn ip6_bytes(w: [u32; 4]) -> [u8; 16] {
         i += 1;
     }
     a
+}
+
+/// Byte-wise comparison in a bounded loop (a slice `==` may not verify).
+#[inline(always)]
+fn eq16(a: &[u8; 16], b: &[u8; 16]) -> bool {
+    let mut i = 0;
+    while i < 16 {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
 }
 
 #[inline(always)]

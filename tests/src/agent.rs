@@ -38,7 +38,14 @@ impl Agent {
     /// Starts the agent with `args` (plus `--log-format json`) and waits until
     /// it reports that it is attached. Panics with its output if it exits first.
     pub fn start(args: &[String]) -> Agent {
-        let mut agent = Agent::spawn(args);
+        Agent::start_via(&[], args)
+    }
+
+    /// Like [`Agent::start`], with the agent run by `wrapper` (a program and
+    /// its arguments, e.g. `unshare --pid --fork`), which gets the agent's
+    /// path and arguments appended.
+    pub fn start_via(wrapper: &[&str], args: &[String]) -> Agent {
+        let mut agent = Agent::spawn_via(wrapper, args);
         let ready = agent.wait_for_line(Duration::from_secs(30), |l| {
             l.contains("pipelock-agent attached")
         });
@@ -56,8 +63,20 @@ impl Agent {
     /// `--state-dir`, the agent gets a fresh one of its own (never the
     /// system's /var/lib/pipelock), removed on drop.
     pub fn spawn(args: &[String]) -> Agent {
+        Agent::spawn_via(&[], args)
+    }
+
+    /// Like [`Agent::spawn`], run by `wrapper` (see [`Agent::start_via`]).
+    pub fn spawn_via(wrapper: &[&str], args: &[String]) -> Agent {
         let bin = agent_bin();
-        let mut cmd = Command::new(&bin);
+        let mut cmd = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
         cmd.args(args).args(["--log-format", "json"]);
         let state_dir = (!args.iter().any(|a| a == "--state-dir")).then(|| {
             let dir = std::env::temp_dir().join(format!(

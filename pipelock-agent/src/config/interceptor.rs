@@ -13,6 +13,10 @@ use serde::{Deserialize, Serialize};
 
 use super::types::{Mode, NonHttpAction};
 
+/// 0x504c ("PL"): clear of the 0xffff0000 and 0x0f00 bits Calico and
+/// Cilium use for their own marks.
+pub const DEFAULT_SOCKET_MARK: u32 = 0x504c;
+
 /// `interceptor:`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -53,6 +57,9 @@ pub struct Interceptor {
     pub sniff_timeout_ms: u64,
     /// Seconds to connect to an upstream.
     pub connect_timeout_seconds: u64,
+    /// SO_MARK on the agent's own upstream sockets; the kernel never
+    /// redirects a socket carrying it. Pick a bit your CNI does not use.
+    pub socket_mark: u32,
 }
 
 impl Default for Interceptor {
@@ -76,6 +83,7 @@ impl Default for Interceptor {
             drain_seconds: 5,
             sniff_timeout_ms: 500,
             connect_timeout_seconds: 10,
+            socket_mark: DEFAULT_SOCKET_MARK,
         }
     }
 }

@@ -147,6 +147,9 @@ const RESTART_ONLY: &[(&str, Getter)] = &[
         c.interceptor.state_dir.display().to_string()
     }),
     ("interceptor.ca_cert", |c| format!("{:?}", c.ca_settings())),
+    ("interceptor.socket_mark", |c| {
+        c.interceptor.socket_mark.to_string()
+    }),
     ("interceptor.upstream_ca", |c| {
         format!("{:?}", c.interceptor.upstream_ca)
     }),
@@ -183,6 +186,7 @@ pub fn keep_start_only(running: &Config, mut new: Config) -> Config {
     i.ca_cert.clone_from(&r.ca_cert);
     i.ca_key.clone_from(&r.ca_key);
     i.upstream_ca.clone_from(&r.upstream_ca);
+    i.socket_mark = r.socket_mark;
     let (t, rt) = (&mut new.tls_interception, &running.tls_interception);
     t.ca_cert.clone_from(&rt.ca_cert);
     t.ca_key.clone_from(&rt.ca_key);

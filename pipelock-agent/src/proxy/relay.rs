@@ -1,10 +1,14 @@
 //! Connecting to the original destination and relaying bytes both ways with
 //! backpressure (bounded buffers, half-close propagated).
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::atomic::{AtomicU32, Ordering},
+    time::Duration,
+};
 
 use tokio::{
     io::{AsyncRead, AsyncWrite},
-    net::TcpStream,
+    net::{TcpSocket, TcpStream},
 };
 
 use super::Error;
@@ -12,13 +16,41 @@ use super::Error;
 /// Per-direction relay buffer.
 const RELAY_BUFFER: usize = 64 * 1024;
 
-/// Connects to `dst` within `timeout`. The agent runs outside the target
-/// cgroup and the kernel skips its tgid, so this socket is never redirected.
+/// SO_MARK put on every upstream socket (0: none). Set once at start.
+static SOCKET_MARK: AtomicU32 = AtomicU32::new(0);
+
+/// Marks every upstream socket from now on with `mark`, which the kernel
+/// program exempts from redirection (`interceptor.socket_mark`).
+pub fn set_socket_mark(mark: u32) {
+    SOCKET_MARK.store(mark, Ordering::Relaxed);
+}
+
+/// Connects to `dst` within `timeout`. The socket carries the agent's mark,
+/// so the kernel never redirects it back to the agent, whatever pid or
+/// network namespace the agent runs in.
 pub async fn connect_upstream(dst: SocketAddr, timeout: Duration) -> Result<TcpStream, Error> {
-    let stream = tokio::time::timeout(timeout, TcpStream::connect(dst))
+    let fail = |source| Error::Connect { addr: dst, source };
+    let socket = if dst.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(fail)?;
+    let mark = SOCKET_MARK.load(Ordering::Relaxed);
+    if mark != 0 {
+        socket2::SockRef::from(&socket)
+            .set_mark(mark)
+            .map_err(|e| {
+                fail(std::io::Error::new(
+                    e.kind(),
+                    format!("setting SO_MARK {mark:#x} (needs CAP_NET_ADMIN): {e}"),
+                ))
+            })?;
+    }
+    let stream = tokio::time::timeout(timeout, socket.connect(dst))
         .await
         .map_err(|_| Error::ConnectTimeout(dst))?
-        .map_err(|source| Error::Connect { addr: dst, source })?;
+        .map_err(fail)?;
     let _ = stream.set_nodelay(true);
     Ok(stream)
 }

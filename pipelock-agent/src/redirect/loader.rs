@@ -34,8 +34,10 @@ pub struct RedirectConfig {
     pub port: u16,
     /// Destinations never redirected.
     pub bypass_cidrs: Vec<IpNet>,
-    /// Destination ports never redirected (the agent's own listener ports included).
+    /// Destination ports never redirected (only those the operator listed).
     pub bypass_ports: Vec<u16>,
+    /// SO_MARK of the agent's own upstream sockets, never redirected (0: none).
+    pub agent_mark: u32,
 }
 
 /// Loaded and attached programs. Drop to detach.
@@ -75,12 +77,11 @@ impl Redirector {
             u32::from_ne_bytes([v6[4 * i], v6[4 * i + 1], v6[4 * i + 2], v6[4 * i + 3]])
         });
         let v4_word = u32::from_ne_bytes(cfg.redirect_v4.octets());
-        let tgid = std::process::id();
         let mut ebpf = EbpfLoader::new()
             .override_global("REDIRECT_V4", &v4_word, true)
             .override_global("REDIRECT_V6", &v6_words, true)
             .override_global("REDIRECT_PORT", &cfg.port, true)
-            .override_global("AGENT_TGID", &tgid, true)
+            .override_global("AGENT_MARK", &cfg.agent_mark, true)
             .load(EBPF_OBJECT)
             .map_err(|e| Error::ebpf("loading the eBPF object into the kernel", e))?;
 
@@ -91,6 +92,18 @@ impl Redirector {
             full: cfg.cgroup_dir.display().to_string(),
             source,
         })?;
+        // sock_ops first: a connect rewritten before its re-keying program
+        // is in place would reach the agent with no record to find.
+        let prog: &mut SockOps = ebpf
+            .program_mut("pipelock_sockops")
+            .ok_or(Error::ebpf("finding program", missing("pipelock_sockops")))?
+            .try_into()
+            .map_err(|e| Error::ebpf("program type", e))?;
+        prog.load()
+            .map_err(|e| Error::ebpf("verifying sock_ops program", e))?;
+        prog.attach(&cgroup, CgroupAttachMode::Single)
+            .map_err(|e| Error::ebpf("attaching sock_ops program to the cgroup", e))?;
+
         for name in ["pipelock_connect4", "pipelock_connect6"] {
             let prog: &mut CgroupSockAddr = ebpf
                 .program_mut(name)
@@ -102,16 +115,6 @@ impl Redirector {
             prog.attach(&cgroup, CgroupAttachMode::Single)
                 .map_err(|e| Error::ebpf("attaching connect program to the cgroup", e))?;
         }
-        let prog: &mut SockOps = ebpf
-            .program_mut("pipelock_sockops")
-            .ok_or(Error::ebpf("finding program", missing("pipelock_sockops")))?
-            .try_into()
-            .map_err(|e| Error::ebpf("program type", e))?;
-        prog.load()
-            .map_err(|e| Error::ebpf("verifying sock_ops program", e))?;
-        prog.attach(&cgroup, CgroupAttachMode::Single)
-            .map_err(|e| Error::ebpf("attaching sock_ops program to the cgroup", e))?;
-
         let table = OrigDstTable::new(
             ebpf.take_map("ORIG_BY_SRC")
                 .ok_or(Error::ebpf("finding map", missing("ORIG_BY_SRC")))?,
