@@ -3,10 +3,11 @@
 //! ClientHello (parsed by rustls' `Acceptor` for SNI and ALPN), plaintext
 //! HTTP/1 (a known method token, or the h2c prior-knowledge preface), or
 //! anything else. A client that sends nothing within the sniff timeout (a
-//! server-speaks-first protocol) counts as "other".
+//! server-speaks-first protocol) counts as "other". A partial first message
+//! is looked at again only when the socket reports new bytes.
 use std::time::Duration;
 
-use tokio::{net::TcpStream, time::Instant};
+use tokio::{io::Interest, net::TcpStream, time::Instant};
 
 /// Largest ClientHello the agent waits for (several records are allowed).
 const MAX_HELLO: usize = 64 * 1024;
@@ -67,6 +68,8 @@ enum Verdict {
 }
 
 /// Classifies `stream` by its first bytes; `idle` bounds the wait for the first byte.
+/// Waits on readiness: a partial first message is looked at again only when
+/// the kernel says more bytes arrived, never on a timer.
 pub async fn sniff(stream: &TcpStream, idle: Duration) -> Result<Sniffed, SniffError> {
     let mut buf = vec![0u8; 2048];
     let first_deadline = Instant::now() + idle;
@@ -74,10 +77,26 @@ pub async fn sniff(stream: &TcpStream, idle: Duration) -> Result<Sniffed, SniffE
     let mut last_len = 0;
     loop {
         let deadline = complete_deadline.unwrap_or(first_deadline);
-        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
+        match tokio::time::timeout_at(deadline, stream.readable()).await {
             Err(_) if complete_deadline.is_none() => return Ok(Sniffed::Other),
             Err(_) => return Err(SniffError::Stalled(last_len)),
             Ok(r) => r?,
+        }
+        // Peeks without consuming. Nothing new since the last look counts
+        // as "would block", which clears the readiness the queued bytes left
+        // (unless an event came in meanwhile), so the next wait is for new data.
+        let peeked = stream.try_io(Interest::READABLE, || {
+            let n = peek(stream, &mut buf)?;
+            if n != 0 && n == last_len {
+                Err(std::io::ErrorKind::WouldBlock.into())
+            } else {
+                Ok(n)
+            }
+        });
+        let n = match peeked {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e.into()),
         };
         if n == 0 {
             return Ok(if last_len == 0 {
@@ -96,12 +115,28 @@ pub async fn sniff(stream: &TcpStream, idle: Duration) -> Result<Sniffed, SniffE
                 return Err(SniffError::HelloTooLarge);
             }
             buf.resize((buf.len() * 2).min(MAX_HELLO), 0);
-        } else if n == last_len {
-            // peek() returns at once while old data is queued: wait a little
-            // for more instead of spinning.
-            tokio::time::sleep(Duration::from_millis(1)).await;
         }
         last_len = n;
+    }
+}
+
+/// A non-blocking `recv(MSG_PEEK)` into `buf`.
+fn peek(stream: &TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: `buf` is valid for writes of its length; the fd is the
+    // stream's own, open for the duration of the call.
+    let n = unsafe {
+        libc::recv(
+            stream.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
     }
 }
 
@@ -271,6 +306,45 @@ mod tests {
         );
         drop(s);
         let _ = client.await;
+    }
+
+    /// A ClientHello that arrives in pieces, with pauses between them, is
+    /// waited for on readiness and parsed once whole.
+    #[tokio::test]
+    async fn split_client_hello_is_waited_for_on_readiness() {
+        let hello = {
+            let cfg = rustls::ClientConfig::builder_with_provider(crate::tls::config::provider())
+                .with_safe_default_protocol_versions()
+                .expect("versions")
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth();
+            let name = rustls_pki_types::ServerName::try_from("split.test").expect("name");
+            let mut conn = rustls::ClientConnection::new(Arc::new(cfg), name).expect("conn");
+            let mut out = Vec::new();
+            conn.write_tls(&mut out).expect("hello");
+            out
+        };
+        let (mut c, s) = pair().await;
+        let pieces = [
+            hello[..3].to_vec(),
+            hello[3..40].to_vec(),
+            hello[40..].to_vec(),
+        ];
+        let writer = tokio::spawn(async move {
+            for p in pieces {
+                c.write_all(&p).await.expect("write");
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+            c
+        });
+        let started = std::time::Instant::now();
+        let got = sniff(&s, Duration::from_secs(2)).await.expect("sniff");
+        assert!(started.elapsed() >= Duration::from_millis(250));
+        let Sniffed::Tls(info) = got else {
+            panic!("not TLS: {got:?}")
+        };
+        assert_eq!(info.sni.as_deref(), Some("split.test"));
+        drop(writer.await);
     }
 
     #[tokio::test]
