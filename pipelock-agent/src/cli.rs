@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
 
 use crate::config::{self, CaSettings, Config};
-pub use crate::config::{LogFormat, Mode, NonHttpAction};
+pub use crate::config::{FailMode, LogFormat, Mode, NonHttpAction};
 
 /// Transparent egress interceptor for the pods of a cgroup subtree.
 #[derive(Debug, Parser)]
@@ -36,6 +36,8 @@ pub enum Command {
     CheckConfig(CheckConfigArgs),
     /// Config file helpers.
     Config(ConfigArgs),
+    /// Remove the pinned redirect of `fail_mode: closed` (connections go direct again).
+    Detach(DetachArgs),
     /// Certificate authority operations.
     #[command(subcommand)]
     Ca(CaCommand),
@@ -45,6 +47,16 @@ pub enum Command {
 pub struct CheckConfigArgs {
     /// The pipelock.yaml to check.
     pub file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct DetachArgs {
+    /// Config file to read `interceptor.pin_dir` from.
+    #[arg(short = 'c', long)]
+    pub config: Option<PathBuf>,
+    /// bpffs directory of the pinned state [config: interceptor.pin_dir].
+    #[arg(long)]
+    pub pin_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -184,6 +196,15 @@ pub struct RunArgs {
     /// [config: interceptor.non_http; default relay].
     #[arg(long, value_enum)]
     pub non_http: Option<NonHttpAction>,
+    /// open: the redirect goes with the agent; closed: it stays pinned on bpffs so
+    /// covered connects fail while the agent is down [config: interceptor.fail_mode;
+    /// default open].
+    #[arg(long, value_enum)]
+    pub fail_mode: Option<FailMode>,
+    /// bpffs directory of the pinned state [config: interceptor.pin_dir; default
+    /// /sys/fs/bpf/pipelock].
+    #[arg(long)]
+    pub pin_dir: Option<PathBuf>,
 }
 
 impl RunArgs {
@@ -231,6 +252,12 @@ impl RunArgs {
         }
         if let Some(n) = self.non_http {
             i.non_http = n;
+        }
+        if let Some(f) = self.fail_mode {
+            i.fail_mode = f;
+        }
+        if let Some(p) = &self.pin_dir {
+            i.pin_dir.clone_from(p);
         }
     }
 }

@@ -4,7 +4,7 @@ use std::{path::Path, process::ExitCode};
 
 use clap::Parser;
 use pipelock_agent::{
-    cli::{CaArgs, CaCommand, Cli, Command, RunArgs},
+    cli::{CaArgs, CaCommand, Cli, Command, DetachArgs, RunArgs},
     config::{self, Loaded},
     run, telemetry,
 };
@@ -19,6 +19,7 @@ fn main() -> ExitCode {
             print!("{}", config::DEFAULTS_YAML);
             Ok(())
         }
+        Some(Command::Detach(args)) => detach(&args),
         Some(Command::Ca(CaCommand::Export(args))) => ca_export(&args),
     };
     match result {
@@ -63,6 +64,27 @@ fn check_config(path: &Path) -> anyhow::Result<()> {
         loaded.notices.len(),
         if loaded.notices.len() == 1 { "" } else { "s" }
     );
+    Ok(())
+}
+
+/// `detach`: removes the pinned redirect of `fail_mode: closed`.
+fn detach(args: &DetachArgs) -> anyhow::Result<()> {
+    let cfg = match &args.config {
+        Some(path) => config::load(path)?.config,
+        None => config::Config::default(),
+    };
+    let dir = args.pin_dir.clone().unwrap_or(cfg.interceptor.pin_dir);
+    let removed = pipelock_agent::redirect::pin::detach(&dir)?;
+    if removed.is_empty() {
+        println!("nothing pinned under {}", dir.display());
+    } else {
+        println!(
+            "detached: removed {} pinned redirect{} under {}",
+            removed.len(),
+            if removed.len() == 1 { "" } else { "s" },
+            dir.display()
+        );
+    }
     Ok(())
 }
 

@@ -79,6 +79,8 @@ pub async fn run(start: Start) -> anyhow::Result<()> {
         bypass_cidrs: cfg.interceptor.bypass_cidrs.clone(),
         bypass_ports,
         agent_mark: cfg.interceptor.socket_mark,
+        fail_mode: cfg.interceptor.fail_mode,
+        pin_dir: cfg.interceptor.pin_dir.clone(),
     };
     let (redirector, table) = Redirector::attach(&redirect_cfg)
         .with_context(|| format!("attaching to cgroup {cgroup}"))?;
@@ -107,6 +109,8 @@ pub async fn run(start: Start) -> anyhow::Result<()> {
         redirect6 = ?cfg.interceptor.redirect_addr6,
         listen = ?listen,
         mode = cfg.effective_mode().as_str(),
+        fail_mode = cfg.interceptor.fail_mode.as_str(),
+        pins = redirector.pinned().map(|p| p.display().to_string()),
         config = start.loaded.path.as_ref().map(|p| p.display().to_string()),
         "pipelock-agent attached; intercepting"
     );
@@ -133,14 +137,24 @@ pub async fn run(start: Start) -> anyhow::Result<()> {
             }
         }
     }
-    // Detach first: from here on new connections of the cgroup go direct.
+    // fail_mode open: detach first, so from here on new connections of the
+    // cgroup go direct. closed: the pinned programs stay (a rolling update
+    // must not open a window); new connects fail until an agent is back.
+    let pinned = redirector.pinned().is_some();
     drop(redirector);
     shutdown.cancel();
     tracker.close();
-    tracing::info!(
-        open = tracker.len(),
-        "detached from cgroup; draining open connections"
-    );
+    if pinned {
+        tracing::info!(
+            open = tracker.len(),
+            "stopping; the redirect stays pinned (fail_mode: closed); draining open connections"
+        );
+    } else {
+        tracing::info!(
+            open = tracker.len(),
+            "detached from cgroup; draining open connections"
+        );
+    }
     let drain = Duration::from_secs(running.config.interceptor.drain_seconds);
     if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
         tracing::warn!(

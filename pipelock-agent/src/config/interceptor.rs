@@ -11,7 +11,7 @@ use std::{
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use super::types::{Mode, NonHttpAction};
+use super::types::{FailMode, Mode, NonHttpAction};
 
 /// 0x504c ("PL"): clear of the 0xffff0000 and 0x0f00 bits Calico and
 /// Cilium use for their own marks.
@@ -60,6 +60,11 @@ pub struct Interceptor {
     /// SO_MARK on the agent's own upstream sockets; the kernel never
     /// redirects a socket carrying it. Pick a bit your CNI does not use.
     pub socket_mark: u32,
+    /// `open`: the redirect goes with the agent; `closed`: it stays pinned
+    /// on bpffs so covered connects fail while the agent is down.
+    pub fail_mode: FailMode,
+    /// bpffs directory of the pinned state (`fail_mode: closed`).
+    pub pin_dir: PathBuf,
 }
 
 impl Default for Interceptor {
@@ -84,6 +89,8 @@ impl Default for Interceptor {
             sniff_timeout_ms: 500,
             connect_timeout_seconds: 10,
             socket_mark: DEFAULT_SOCKET_MARK,
+            fail_mode: FailMode::Open,
+            pin_dir: PathBuf::from("/sys/fs/bpf/pipelock"),
         }
     }
 }

@@ -20,7 +20,7 @@ pub use duration::Duration;
 pub use interceptor::Interceptor;
 pub use lines::KeyLines;
 pub use support::Notice;
-pub use types::{CaSettings, LogFormat, Mode, NonHttpAction};
+pub use types::{CaSettings, FailMode, LogFormat, Mode, NonHttpAction};
 
 /// The complete commented default file (`config --print-defaults`).
 pub const DEFAULTS_YAML: &str = include_str!("defaults.yaml");

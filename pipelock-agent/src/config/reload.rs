@@ -187,6 +187,8 @@ pub fn keep_start_only(running: &Config, mut new: Config) -> Config {
     i.ca_key.clone_from(&r.ca_key);
     i.upstream_ca.clone_from(&r.upstream_ca);
     i.socket_mark = r.socket_mark;
+    i.fail_mode = r.fail_mode;
+    i.pin_dir.clone_from(&r.pin_dir);
     let (t, rt) = (&mut new.tls_interception, &running.tls_interception);
     t.ca_cert.clone_from(&rt.ca_cert);
     t.ca_key.clone_from(&rt.ca_key);

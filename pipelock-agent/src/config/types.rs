@@ -56,3 +56,22 @@ pub struct CaSettings {
     /// Private key (PEM) of `ca_cert`.
     pub ca_key: Option<PathBuf>,
 }
+
+/// What happens to the kernel redirect when the agent is not running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum FailMode {
+    /// The programs go with the agent: connections go direct (unscanned).
+    Open,
+    /// The programs stay pinned: connections fail until the agent is back.
+    Closed,
+}
+
+impl FailMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailMode::Open => "open",
+            FailMode::Closed => "closed",
+        }
+    }
+}

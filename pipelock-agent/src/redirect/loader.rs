@@ -2,22 +2,24 @@
 //! the bypass maps and attaching the programs to the target cgroup.
 //! Dropping the [`Redirector`] detaches everything (fail-open).
 use std::{
-    fs::File,
+    borrow::BorrowMut,
+    fs::{self, File},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    path::PathBuf,
+    path::{Path, PathBuf},
 };
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, LpmTrie, lpm_trie::Key},
-    programs::{CgroupAttachMode, CgroupSockAddr, SockOps},
+    maps::{HashMap, LpmTrie, Map, MapData, lpm_trie::Key},
+    programs::{CgroupAttachMode, CgroupSockAddr, SockOps, links::FdLink},
 };
 use ipnet::IpNet;
 use pipelock_common::v4_mapped;
 use sha2::{Digest, Sha256};
 use tokio::{io::unix::AsyncFd, task::JoinHandle};
 
-use super::{Error, OrigDstTable};
+use super::{Error, OrigDstTable, pin};
+pub use crate::config::FailMode;
 
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pipelock-ebpf"));
 
@@ -38,12 +40,39 @@ pub struct RedirectConfig {
     pub bypass_ports: Vec<u16>,
     /// SO_MARK of the agent's own upstream sockets, never redirected (0: none).
     pub agent_mark: u32,
+    /// What happens to the redirect when the agent dies.
+    pub fail_mode: FailMode,
+    /// bpffs directory for the pinned state of `FailMode::Closed`.
+    pub pin_dir: PathBuf,
 }
 
-/// Loaded and attached programs. Drop to detach.
+impl RedirectConfig {
+    /// What a pin set depends on besides the object itself.
+    fn identity(&self) -> Vec<String> {
+        vec![
+            self.cgroup_dir.display().to_string(),
+            self.redirect_v4.to_string(),
+            format!("{:?}", self.redirect_v6),
+            self.port.to_string(),
+            self.agent_mark.to_string(),
+        ]
+    }
+}
+
+/// Loaded and attached programs. Drop to detach (fail-open); pinned ones
+/// (fail-closed) stay attached until `pipelock-agent detach`.
 pub struct Redirector {
-    _ebpf: Ebpf,
+    _ebpf: Option<Ebpf>,
     logger: Option<JoinHandle<()>>,
+    /// Where the pinned state is, when fail-closed.
+    pinned: Option<PathBuf>,
+}
+
+impl Redirector {
+    /// The pin set this redirect lives in, when fail-closed.
+    pub fn pinned(&self) -> Option<&Path> {
+        self.pinned.as_deref()
+    }
 }
 
 impl Drop for Redirector {
@@ -72,6 +101,33 @@ impl Redirector {
             "loading eBPF object"
         );
 
+        let fingerprint = pin::fingerprint(EBPF_OBJECT, &cfg.identity());
+        let pin_set = match cfg.fail_mode {
+            FailMode::Closed => {
+                pin::prepare(&cfg.pin_dir)?;
+                let dir = pin::set_dir(&cfg.pin_dir, &fingerprint);
+                if pin::complete(&dir) {
+                    return adopt(cfg, dir);
+                }
+                for old in pin::remove_all_but(&cfg.pin_dir, None)? {
+                    tracing::warn!(
+                        pins = %cfg.pin_dir.join(&old).display(),
+                        "removed a pinned redirect of another configuration; attaching anew"
+                    );
+                }
+                Some(dir)
+            }
+            FailMode::Open => {
+                for old in pin::remove_all_but(&cfg.pin_dir, None).unwrap_or_default() {
+                    tracing::warn!(
+                        pins = %cfg.pin_dir.join(&old).display(),
+                        "fail_mode is open: removed the pinned redirect of an earlier fail_mode: closed run"
+                    );
+                }
+                None
+            }
+        };
+
         let v6 = cfg.redirect_v6.map(|a| a.octets()).unwrap_or([0; 16]);
         let v6_words: [u32; 4] = std::array::from_fn(|i| {
             u32::from_ne_bytes([v6[4 * i], v6[4 * i + 1], v6[4 * i + 2], v6[4 * i + 3]])
@@ -86,7 +142,31 @@ impl Redirector {
             .map_err(|e| Error::ebpf("loading the eBPF object into the kernel", e))?;
 
         let logger = start_kernel_log(&mut ebpf);
-        fill_bypass(&mut ebpf, cfg)?;
+        let mut ports: HashMap<_, u16, u8> = map_of(ebpf.map_mut("BYPASS_PORTS"), "BYPASS_PORTS")?
+            .try_into()
+            .map_err(|e| Error::ebpf("map type", e))?;
+        fill_ports(&mut ports, cfg)?;
+        let mut cidrs: LpmTrie<_, [u8; 16], u8> =
+            map_of(ebpf.map_mut("BYPASS_CIDRS"), "BYPASS_CIDRS")?
+                .try_into()
+                .map_err(|e| Error::ebpf("map type", e))?;
+        fill_cidrs(&mut cidrs, cfg)?;
+        if let Some(dir) = &pin_set {
+            // Maps first: a pinned link must never point at unpinned maps.
+            fs::create_dir_all(dir).map_err(|e| Error::Pin {
+                path: dir.clone(),
+                reason: e.to_string(),
+            })?;
+            for name in pin::MAPS {
+                let map = ebpf
+                    .map(name)
+                    .ok_or(Error::ebpf("finding map", missing(name)))?;
+                map.pin(dir.join(name)).map_err(|e| Error::Pin {
+                    path: dir.join(name),
+                    reason: e.to_string(),
+                })?;
+            }
+        }
 
         let cgroup = File::open(&cfg.cgroup_dir).map_err(|source| Error::CgroupOpen {
             full: cfg.cgroup_dir.display().to_string(),
@@ -101,10 +181,22 @@ impl Redirector {
             .map_err(|e| Error::ebpf("program type", e))?;
         prog.load()
             .map_err(|e| Error::ebpf("verifying sock_ops program", e))?;
-        prog.attach(&cgroup, CgroupAttachMode::Single)
+        let id = prog
+            .attach(&cgroup, CgroupAttachMode::Single)
             .map_err(|e| Error::ebpf("attaching sock_ops program to the cgroup", e))?;
+        if let Some(dir) = &pin_set {
+            let link = prog
+                .take_link(id)
+                .map_err(|e| Error::ebpf("taking the sock_ops link", e))?;
+            let link = FdLink::try_from(link)
+                .map_err(|e| Error::ebpf("the sock_ops link is not a bpf_link", e))?;
+            pin_link(link, &dir.join("sockops"))?;
+        }
 
-        for name in ["pipelock_connect4", "pipelock_connect6"] {
+        for (name, file) in [
+            ("pipelock_connect4", "connect4"),
+            ("pipelock_connect6", "connect6"),
+        ] {
             let prog: &mut CgroupSockAddr = ebpf
                 .program_mut(name)
                 .ok_or(Error::ebpf("finding program", missing(name)))?
@@ -112,8 +204,17 @@ impl Redirector {
                 .map_err(|e| Error::ebpf("program type", e))?;
             prog.load()
                 .map_err(|e| Error::ebpf("verifying connect program", e))?;
-            prog.attach(&cgroup, CgroupAttachMode::Single)
+            let id = prog
+                .attach(&cgroup, CgroupAttachMode::Single)
                 .map_err(|e| Error::ebpf("attaching connect program to the cgroup", e))?;
+            if let Some(dir) = &pin_set {
+                let link = prog
+                    .take_link(id)
+                    .map_err(|e| Error::ebpf("taking the connect link", e))?;
+                let link = FdLink::try_from(link)
+                    .map_err(|e| Error::ebpf("the connect link is not a bpf_link", e))?;
+                pin_link(link, &dir.join(file))?;
+            }
         }
         let table = OrigDstTable::new(
             ebpf.take_map("ORIG_BY_SRC")
@@ -121,12 +222,74 @@ impl Redirector {
         )?;
         Ok((
             Redirector {
-                _ebpf: ebpf,
+                _ebpf: Some(ebpf),
                 logger,
+                pinned: pin_set,
             },
             table,
         ))
     }
+}
+
+/// Takes over a pin set left by an earlier agent of the same configuration:
+/// the programs never stopped redirecting. Records of connects made while no
+/// agent listened (refused, so stale) are dropped; the bypass lists are
+/// written anew from this configuration.
+fn adopt(cfg: &RedirectConfig, dir: PathBuf) -> Result<(Redirector, OrigDstTable), Error> {
+    let open = |name: &str| {
+        MapData::from_pin(dir.join(name)).map_err(|e| Error::Pin {
+            path: dir.join(name),
+            reason: e.to_string(),
+        })
+    };
+    let mut ports: HashMap<MapData, u16, u8> =
+        HashMap::try_from(Map::HashMap(open("BYPASS_PORTS")?))
+            .map_err(|e| Error::ebpf("BYPASS_PORTS map type", e))?;
+    let mut cidrs: LpmTrie<MapData, [u8; 16], u8> =
+        LpmTrie::try_from(Map::LpmTrie(open("BYPASS_CIDRS")?))
+            .map_err(|e| Error::ebpf("BYPASS_CIDRS map type", e))?;
+    let old_ports: Vec<u16> = ports.keys().filter_map(Result::ok).collect();
+    for p in old_ports {
+        let _ = ports.remove(&p);
+    }
+    let old_cidrs: Vec<Key<[u8; 16]>> = cidrs.keys().filter_map(Result::ok).collect();
+    for k in old_cidrs {
+        let _ = cidrs.remove(&k);
+    }
+    fill_ports(&mut ports, cfg)?;
+    fill_cidrs(&mut cidrs, cfg)?;
+    let mut by_cookie: HashMap<MapData, u64, pipelock_common::OrigDst> =
+        HashMap::try_from(Map::LruHashMap(open("ORIG_BY_COOKIE")?))
+            .map_err(|e| Error::ebpf("ORIG_BY_COOKIE map type", e))?;
+    let stale: Vec<u64> = by_cookie.keys().filter_map(Result::ok).collect();
+    for k in &stale {
+        let _ = by_cookie.remove(k);
+    }
+    let table = OrigDstTable::adopt(Map::LruHashMap(open("ORIG_BY_SRC")?))?;
+    tracing::info!(
+        pins = %dir.display(),
+        stale_records = stale.len() + table.cleared(),
+        "adopted the pinned redirect (fail_mode: closed); it never stopped"
+    );
+    Ok((
+        Redirector {
+            _ebpf: None,
+            logger: None,
+            pinned: Some(dir),
+        },
+        table,
+    ))
+}
+
+fn pin_link(link: FdLink, path: &Path) -> Result<(), Error> {
+    link.pin(path).map(drop).map_err(|e| Error::Pin {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+fn map_of<'a>(map: Option<&'a mut Map>, name: &str) -> Result<&'a mut Map, Error> {
+    map.ok_or(Error::ebpf("finding map", missing(name)))
 }
 
 fn missing(name: &str) -> std::io::Error {
@@ -136,22 +299,22 @@ fn missing(name: &str) -> std::io::Error {
     )
 }
 
-fn fill_bypass(ebpf: &mut Ebpf, cfg: &RedirectConfig) -> Result<(), Error> {
-    let mut ports: HashMap<_, u16, u8> = ebpf
-        .map_mut("BYPASS_PORTS")
-        .ok_or(Error::ebpf("finding map", missing("BYPASS_PORTS")))?
-        .try_into()
-        .map_err(|e| Error::ebpf("map type", e))?;
+fn fill_ports<T: BorrowMut<MapData>>(
+    ports: &mut HashMap<T, u16, u8>,
+    cfg: &RedirectConfig,
+) -> Result<(), Error> {
     for port in &cfg.bypass_ports {
         ports
             .insert(port, 1, 0)
             .map_err(|e| Error::ebpf("filling bypass ports", e))?;
     }
-    let mut cidrs: LpmTrie<_, [u8; 16], u8> = ebpf
-        .map_mut("BYPASS_CIDRS")
-        .ok_or(Error::ebpf("finding map", missing("BYPASS_CIDRS")))?
-        .try_into()
-        .map_err(|e| Error::ebpf("map type", e))?;
+    Ok(())
+}
+
+fn fill_cidrs<T: BorrowMut<MapData>>(
+    cidrs: &mut LpmTrie<T, [u8; 16], u8>,
+    cfg: &RedirectConfig,
+) -> Result<(), Error> {
     for net in &cfg.bypass_cidrs {
         let (addr, prefix) = match net.network() {
             IpAddr::V4(a) => (v4_mapped(a.octets()), u32::from(net.prefix_len()) + 96),

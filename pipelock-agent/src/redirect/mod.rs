@@ -3,9 +3,10 @@
 mod cgroup;
 mod loader;
 mod origdst;
+pub mod pin;
 
 pub use cgroup::{cgroup2_mount, resolve_cgroup};
-pub use loader::{RedirectConfig, Redirector, check_privilege};
+pub use loader::{FailMode, RedirectConfig, Redirector, check_privilege};
 pub use origdst::{OrigDstTable, sock_key};
 
 /// Errors of the redirect subsystem; each says what to check.
@@ -42,6 +43,11 @@ pub enum Error {
     },
     #[error("reading /proc: {0}")]
     Proc(std::io::Error),
+    #[error("pinned redirect state at {path}: {reason}")]
+    Pin {
+        path: std::path::PathBuf,
+        reason: String,
+    },
 }
 
 impl Error {

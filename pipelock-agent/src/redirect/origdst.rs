@@ -14,6 +14,7 @@ use crate::pipeline::Attribution;
 /// The `ORIG_BY_SRC` map, owned by the agent.
 pub struct OrigDstTable {
     map: Mutex<HashMap<MapData, SockKey, OrigDst>>,
+    cleared: usize,
 }
 
 /// The map key for a client address, as the kernel stores it (IPv4 mapped).
@@ -30,7 +31,28 @@ impl OrigDstTable {
         let map = HashMap::try_from(map).map_err(|e| Error::ebpf("ORIG_BY_SRC map type", e))?;
         Ok(Self {
             map: Mutex::new(map),
+            cleared: 0,
         })
+    }
+
+    /// The table of a pinned map taken over from an earlier agent, emptied
+    /// of what that one left (records of connects no agent accepted).
+    pub(super) fn adopt(map: Map) -> Result<Self, Error> {
+        let mut map: HashMap<MapData, SockKey, OrigDst> =
+            HashMap::try_from(map).map_err(|e| Error::ebpf("ORIG_BY_SRC map type", e))?;
+        let stale: Vec<SockKey> = map.keys().filter_map(Result::ok).collect();
+        for k in &stale {
+            let _ = map.remove(k);
+        }
+        Ok(Self {
+            map: Mutex::new(map),
+            cleared: stale.len(),
+        })
+    }
+
+    /// Stale records removed when the table was adopted.
+    pub fn cleared(&self) -> usize {
+        self.cleared
     }
 
     /// Removes and returns the record for the client at `peer`, if the kernel
