@@ -8,9 +8,10 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     cli::RunArgs,
+    pipeline::{ScanConfig, ScanPipeline},
     proxy::{ProxyContext, passthrough::PassthroughDomains, transparent},
     redirect::{self, RedirectConfig, Redirector},
-    scan::{ScanConfig, ScanPipeline, known_secrets::KnownSecretsConfig},
+    scan::known_secrets::KnownSecretsConfig,
     tls,
 };
 

@@ -1,8 +1,8 @@
 //! Streaming scan engine: DLP on requests and responses, prompt injection on
 //! responses. Hyperscan databases (`engine`), the rule catalogue
 //! (`patterns`), validators and the numeric pass, Unicode normalisation,
-//! content and secret decoding, SSE reassembly, known secrets, and the
-//! [`ScanPipeline`] that plugs all of it into `crate::pipeline`.
+//! content and secret decoding, SSE reassembly and known secrets. It reports
+//! hits; `crate::pipeline` turns them into actions.
 pub mod blocks;
 pub mod decode;
 pub mod engine;
@@ -10,7 +10,6 @@ pub mod known_secrets;
 pub mod normalize;
 pub mod numeric;
 pub mod patterns;
-pub mod pipeline;
 pub mod runs;
 pub mod seed;
 #[cfg(target_arch = "x86_64")]
@@ -25,8 +24,6 @@ pub mod validators;
 mod tests;
 
 use std::path::PathBuf;
-
-pub use pipeline::{ScanConfig, ScanPipeline};
 
 /// Errors of the scan engine.
 #[derive(Debug, thiserror::Error)]

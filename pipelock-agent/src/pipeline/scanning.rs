@@ -10,12 +10,14 @@ use std::{
 
 use crate::{
     config::Mode,
-    findings::{Direction, ExchangeInfo, Finding, ScanMetrics, log_finding},
-    pipeline::{Block, ConnMeta, Decision, Exchange, Outcome, Pipeline},
-    verdict::{self, Action, Policy},
+    pipeline::{
+        Block, ConnMeta, Decision, Exchange, Outcome, Pipeline,
+        findings::{Direction, ExchangeInfo, Finding, ScanMetrics, log_finding},
+        verdict::{self, Action, Policy},
+    },
 };
 
-use super::{
+use crate::scan::{
     Error,
     decode::{ContentCoding, ContentDecoder, DecodeLimits, DecodeStatus, percent_decode_iter},
     engine::{Engine, EngineSpec, RuleMeta},

@@ -9,9 +9,8 @@ use serde::Serialize;
 
 use crate::{
     config::Mode,
-    pipeline::ConnMeta,
+    pipeline::{ConnMeta, verdict::Action},
     scan::patterns::{Confidence, RuleClass, Severity},
-    verdict::Action,
 };
 
 /// Which way the data was going.
