@@ -80,7 +80,7 @@ impl InProcessAgent {
             ca_cert: None,
             ca_key: None,
         };
-        let tls = pipelock_agent::tls::load(&ca_args, opts.upstream_ca.as_deref())
+        let tls = pipelock_agent::tls::load(&ca_args.settings(), opts.upstream_ca.as_deref())
             .expect("loading TLS material");
         let ca_file = opts.state_dir.join(pipelock_agent::tls::ca::CA_CERT_FILE);
         let (rt, listener, addr) = crate::tls_upstream::listen_on_runtime(
