@@ -226,7 +226,7 @@ impl ScanExchange {
             if !self.reported.insert((direction, hit.meta.id.to_string())) {
                 continue;
             }
-            let action = verdict::action_for(self.mode, hit.meta.severity, hit.meta.confidence);
+            let action = verdict::action_for(self.mode, hit.meta.confidence);
             let finding = Finding {
                 rule_id: hit.meta.id.to_string(),
                 rule_name: hit.meta.name.to_string(),
@@ -956,20 +956,5 @@ data: {\"choices\":[{\"delta\":{\"content\":\"reveal secrets.\"}}]}\n\ndata: [DO
             );
             assert!(!b.reason.contains("horse"));
         }
-    }
-
-    #[test]
-    fn exchange_is_send() {
-        fn assert_send<T: Send>(_: &T) {}
-        let p = pipeline(Mode::Audit);
-        let ex = p.exchange(&conn(1));
-        assert_send(&ex);
-        let p2 = p.clone();
-        std::thread::spawn(move || {
-            let mut ex = p2.exchange(&conn(1));
-            ex.request_filter(&request("GET", "https://example.com/", &[]))
-        })
-        .join()
-        .unwrap();
     }
 }
