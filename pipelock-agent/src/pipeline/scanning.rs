@@ -1,8 +1,8 @@
 //! [`ScanPipeline`]: the scanning implementation of `crate::pipeline::Pipeline`.
 //! One per process (engine, policy, metrics shared); one exchange per HTTP
 //! request. The URL and headers are scanned in `request_filter`, bodies as
-//! they stream (content-decoded, SSE-reassembled), and every finding goes
-//! through the verdict policy, the findings log and the metrics.
+//! they stream (`scan::body`: content-decoded, SSE-reassembled); every hit
+//! goes through the verdict policy, the findings log and the metrics here.
 use std::{
     collections::{HashMap, HashSet},
     sync::Arc,
@@ -19,12 +19,12 @@ use crate::{
 
 use crate::scan::{
     Error,
-    decode::{ContentCoding, ContentDecoder, DecodeLimits, DecodeStatus, percent_decode_iter},
+    body::{BodyScanner, BodySpec, BodyStatus},
+    decode::{ContentCoding, DecodeLimits, percent_decode_iter},
     engine::{Engine, EngineSpec, RuleMeta},
     known_secrets::{self, KnownSecret, KnownSecretsConfig},
     patterns,
-    sse::SseParser,
-    text::{Hit, RunLimits, TextScanner, scan_dlp_block, scan_inj_text},
+    text::{Hit, RunLimits, scan_dlp_block, scan_inj_text},
 };
 
 /// Configuration of the scan pipeline.
@@ -136,8 +136,8 @@ impl Pipeline for ScanPipeline {
             conn: Arc::clone(conn),
             mode: self.shared.policy.mode_for(cgroup),
             info: ExchangeInfo::default(),
-            request: Body::Idle,
-            response: Body::Idle,
+            request: None,
+            response: None,
             blocked: None,
             reported: HashSet::new(),
             hits: Vec::new(),
@@ -145,27 +145,15 @@ impl Pipeline for ScanPipeline {
     }
 }
 
-/// Scanning state of one body.
-enum Body {
-    Idle,
-    Active(Box<ActiveBody>),
-    /// Not scanned further (bomb, undecodable, skipped content type).
-    Done,
-}
-
-struct ActiveBody {
-    decoder: ContentDecoder,
-    text: TextScanner,
-    sse: Option<(SseParser, TextScanner)>,
-}
-
 struct ScanExchange {
     shared: Arc<Shared>,
     conn: Arc<ConnMeta>,
     mode: Mode,
     info: ExchangeInfo,
-    request: Body,
-    response: Body,
+    /// Scanning state of each body; `None` before the headers and once it is
+    /// over (ended, bomb, undecodable, skipped content type).
+    request: Option<Box<BodyScanner>>,
+    response: Option<Box<BodyScanner>>,
     blocked: Option<Block>,
     /// (direction, rule id) already reported in this exchange.
     reported: HashSet<(Direction, String)>,
@@ -288,138 +276,76 @@ impl ScanExchange {
     }
 
     /// Sets up body scanning from the headers of a request or response.
-    fn open_body(&mut self, headers: &http::HeaderMap, response: bool, sse: bool) -> Body {
-        let encoding = header_str(headers, http::header::CONTENT_ENCODING).unwrap_or_default();
-        let codings = match ContentCoding::parse_list(&encoding) {
-            Ok(c) => c,
-            Err(_) => {
-                self.scanner_hit(
-                    "scanner.undecodable_body",
-                    if response {
-                        "response_body"
-                    } else {
-                        "request_body"
-                    },
-                );
-                Vec::new()
-            }
-        };
-        let cfg = &self.shared.cfg;
-        let opened = ContentDecoder::new(&codings, cfg.decode_limits).and_then(|decoder| {
-            let (dlp, inj, loc) = if response {
-                (cfg.response_dlp, cfg.response_injection, "response_body")
-            } else {
-                (true, false, "request_body")
-            };
-            let text = TextScanner::new(&self.shared.engine, dlp, inj, loc, cfg.run_limits)?;
-            let sse = if sse {
-                Some((
-                    SseParser::new(cfg.max_sse_event),
-                    TextScanner::new(&self.shared.engine, dlp, inj, "sse_content", cfg.run_limits)?,
-                ))
-            } else {
-                None
-            };
-            Ok(ActiveBody { decoder, text, sse })
-        });
-        match opened {
-            Ok(b) => Body::Active(Box::new(b)),
-            Err(e) => {
-                self.scan_error(&e);
-                Body::Done
-            }
-        }
-    }
-
-    /// Feeds one body chunk through decoding and the text scanners.
-    fn body_chunk(&mut self, response: bool, chunk: &[u8], eos: bool) {
-        let mut body = std::mem::replace(
-            if response {
-                &mut self.response
-            } else {
-                &mut self.request
-            },
-            Body::Done,
-        );
-        let mut error: Option<Error> = None;
-        let mut status = DecodeStatus::Ok;
-        if let Body::Active(b) = &mut body {
-            let ActiveBody { decoder, text, sse } = &mut **b;
-            let hits = &mut self.hits;
-            status = decoder.feed(chunk, eos, &mut |data| {
-                if error.is_some() {
-                    return;
-                }
-                if let Err(e) = text.feed(data, hits) {
-                    error = Some(e);
-                    return;
-                }
-                if let Some((parser, content)) = sse.as_mut() {
-                    parser.feed(data, &mut |t| {
-                        if error.is_none()
-                            && let Err(e) = content.feed(t, hits)
-                        {
-                            error = Some(e);
-                        }
-                    });
-                }
-            });
-            let scanned = decoder.output_bytes();
-            let counter = if response {
-                &self.shared.metrics.response_bytes_scanned
-            } else {
-                &self.shared.metrics.request_bytes_scanned
-            };
-            counter.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
-            let _ = scanned;
-            if (eos || status != DecodeStatus::Ok) && error.is_none() {
-                let r = text.finish(hits).and_then(|()| {
-                    if let Some((parser, content)) = sse.as_mut() {
-                        let mut err = None;
-                        parser.finish(&mut |t| {
-                            if err.is_none()
-                                && let Err(e) = content.feed(t, hits)
-                            {
-                                err = Some(e);
-                            }
-                        });
-                        if let Some(e) = err {
-                            return Err(e);
-                        }
-                        content.finish(hits)?;
-                    }
-                    Ok(())
-                });
-                if let Err(e) = r {
-                    error = Some(e);
-                }
-            }
-        }
-        let loc = if response {
+    fn open_body(
+        &mut self,
+        headers: &http::HeaderMap,
+        response: bool,
+        sse: bool,
+    ) -> Option<Box<BodyScanner>> {
+        let location = if response {
             "response_body"
         } else {
             "request_body"
         };
-        match status {
-            DecodeStatus::Ok if !eos && error.is_none() => {
-                *(if response {
-                    &mut self.response
-                } else {
-                    &mut self.request
-                }) = body;
+        let encoding = header_str(headers, http::header::CONTENT_ENCODING).unwrap_or_default();
+        let codings = match ContentCoding::parse_list(&encoding) {
+            Ok(c) => c,
+            Err(_) => {
+                self.scanner_hit("scanner.undecodable_body", location);
+                Vec::new()
             }
-            DecodeStatus::Ok => {}
-            DecodeStatus::Bomb => {
+        };
+        let cfg = &self.shared.cfg;
+        let (dlp, injection) = if response {
+            (cfg.response_dlp, cfg.response_injection)
+        } else {
+            (true, false)
+        };
+        let spec = BodySpec {
+            location,
+            dlp,
+            injection,
+            sse,
+            decode_limits: cfg.decode_limits,
+            run_limits: cfg.run_limits,
+            max_sse_event: cfg.max_sse_event,
+        };
+        match BodyScanner::new(&self.shared.engine, &codings, &spec) {
+            Ok(b) => Some(Box::new(b)),
+            Err(e) => {
+                self.scan_error(&e);
+                None
+            }
+        }
+    }
+
+    /// Feeds one body chunk to its scanner and accounts for how it went.
+    fn body_chunk(&mut self, response: bool, chunk: &[u8], eos: bool) {
+        let m = &self.shared.metrics;
+        let (slot, counter, loc) = if response {
+            (&mut self.response, &m.response_bytes_scanned, "response_body")
+        } else {
+            (&mut self.request, &m.request_bytes_scanned, "request_body")
+        };
+        let Some(mut body) = slot.take() else {
+            return;
+        };
+        counter.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        let status = body.feed(chunk, eos, &mut self.hits);
+        if matches!(status, BodyStatus::Ok) && !eos {
+            *slot = Some(body);
+        }
+        match status {
+            BodyStatus::Ok => {}
+            BodyStatus::Bomb => {
                 self.shared
                     .metrics
                     .decompression_bombs
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 self.scanner_hit("scanner.decompression_bomb", loc);
             }
-            DecodeStatus::Failed => self.scanner_hit("scanner.undecodable_body", loc),
-        }
-        if let Some(e) = error {
-            self.scan_error(&e);
+            BodyStatus::Undecodable => self.scanner_hit("scanner.undecodable_body", loc),
+            BodyStatus::Error(e) => self.scan_error(&e),
         }
     }
 }
@@ -494,7 +420,7 @@ impl Exchange for ScanExchange {
         }
         let ct = header_str(&resp.headers, http::header::CONTENT_TYPE).unwrap_or_default();
         self.response = if skip_response_media(&ct) {
-            Body::Done
+            None
         } else {
             let sse = ct
                 .trim()
@@ -526,8 +452,8 @@ impl Exchange for ScanExchange {
             "exchange scanned"
         );
         // Close streams now rather than when the exchange is dropped.
-        self.request = Body::Done;
-        self.response = Body::Done;
+        self.request = None;
+        self.response = None;
     }
 }
 

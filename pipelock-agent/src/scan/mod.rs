@@ -4,6 +4,7 @@
 //! content and secret decoding, SSE reassembly and known secrets. It reports
 //! hits; `crate::pipeline` turns them into actions.
 pub mod blocks;
+pub mod body;
 pub mod decode;
 pub mod engine;
 pub mod known_secrets;
