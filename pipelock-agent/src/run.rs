@@ -11,7 +11,7 @@ use crate::{
     pipeline::{ScanConfig, ScanPipeline},
     proxy::{ProxyContext, passthrough::PassthroughDomains, transparent},
     redirect::{self, RedirectConfig, Redirector},
-    scan::known_secrets::KnownSecretsConfig,
+    scan::engine::known_secrets::KnownSecretsConfig,
     tls,
 };
 
@@ -30,7 +30,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let cgroup_dir = redirect::resolve_cgroup(&mount, cgroup)?;
     redirect::check_privilege()?;
     // The CA and trust store next: a bad --ca-cert or --upstream-ca stops here.
-    let tls = tls::load(&args.ca.settings(), args.upstream_ca.as_deref()).context("loading TLS material")?;
+    let tls = tls::load(&args.ca.settings(), args.upstream_ca.as_deref())
+        .context("loading TLS material")?;
 
     let pipeline = scan_pipeline(&args, &mount)?;
 

@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::{
     config::Mode,
     pipeline::{ConnMeta, verdict::Action},
-    scan::patterns::{Confidence, RuleClass, Severity},
+    scan::engine::patterns::{Confidence, RuleClass, Severity},
 };
 
 /// Which way the data was going.

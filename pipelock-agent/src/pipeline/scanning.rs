@@ -20,11 +20,16 @@ use crate::{
 use crate::scan::{
     Error,
     body::{BodyScanner, BodySpec, BodyStatus},
-    decode::{ContentCoding, DecodeLimits, percent_decode_iter},
-    engine::{Engine, EngineSpec, RuleMeta},
-    known_secrets::{self, KnownSecret, KnownSecretsConfig},
-    patterns,
-    text::{Hit, RunLimits, scan_dlp_block, scan_inj_text},
+    engine::{
+        Engine, EngineSpec, RuleMeta,
+        known_secrets::{self, KnownSecret, KnownSecretsConfig},
+        patterns,
+    },
+    text::{
+        Hit, RunLimits,
+        decode::{ContentCoding, DecodeLimits, percent_decode_iter},
+        scan_dlp_block, scan_inj_text,
+    },
 };
 
 /// Configuration of the scan pipeline.
@@ -323,7 +328,11 @@ impl ScanExchange {
     fn body_chunk(&mut self, response: bool, chunk: &[u8], eos: bool) {
         let m = &self.shared.metrics;
         let (slot, counter, loc) = if response {
-            (&mut self.response, &m.response_bytes_scanned, "response_body")
+            (
+                &mut self.response,
+                &m.response_bytes_scanned,
+                "response_body",
+            )
         } else {
             (&mut self.request, &m.request_bytes_scanned, "request_body")
         };

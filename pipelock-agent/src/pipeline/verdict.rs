@@ -6,11 +6,7 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
-use crate::{
-    config::Mode,
-    pipeline::Block,
-    scan::patterns::Confidence,
-};
+use crate::{config::Mode, pipeline::Block, scan::engine::patterns::Confidence};
 
 /// What happens because of a finding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]

@@ -7,10 +7,12 @@ use std::sync::Arc;
 
 use super::{
     Error,
-    decode::{ContentCoding, ContentDecoder, DecodeLimits, DecodeStatus},
     engine::Engine,
-    sse::SseParser,
-    text::{Hit, RunLimits, TextScanner},
+    text::{
+        Hit, RunLimits, TextScanner,
+        decode::{ContentCoding, ContentDecoder, DecodeLimits, DecodeStatus},
+        sse::SseParser,
+    },
 };
 
 /// What a body is scanned for, and its limits.

@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 
 use super::blocks::BLOCK;
 #[cfg(target_arch = "x86_64")]
-use super::simd::{Avx2, Lanes, Sse2};
+use crate::scan::simd::{Avx2, Lanes, Sse2};
 
 /// Shortest phrase, in words.
 const MIN_WORDS: usize = 12;
