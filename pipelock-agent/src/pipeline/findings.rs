@@ -1,16 +1,15 @@
 //! The findings log and scan counters: one JSON line per finding (tracing
 //! target `pipelock::finding`) with rule, severity, confidence, direction,
 //! host, method, path, a redacted excerpt, the action taken and the
-//! attribution of the connection; and [`ScanMetrics`], atomics exported
-//! later under `pipelock_` names.
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-
+//! attribution of the connection; and how a finding is counted in the
+//! metrics (`crate::telemetry::metrics`).
 use serde::Serialize;
 
 use crate::{
     config::Mode,
     pipeline::{ConnMeta, verdict::Action},
     scan::engine::patterns::{Confidence, RuleClass, Severity},
+    telemetry::metrics::Metrics,
 };
 
 /// Which way the data was going.
@@ -94,90 +93,19 @@ pub fn log_finding(f: &Finding, mode: Mode, info: &ExchangeInfo, conn: &ConnMeta
     }
 }
 
-/// Scan counters (monotonic). Names follow the future `/metrics` export.
-#[derive(Debug, Default)]
-pub struct ScanMetrics {
-    /// Findings of any rule (after home-host exemptions and de-duplication).
-    pub scanner_hits: AtomicU64,
-    pub dlp_hits: AtomicU64,
-    pub injection_hits: AtomicU64,
-    pub findings_blocked: AtomicU64,
-    pub findings_warned: AtomicU64,
-    pub findings_logged: AtomicU64,
-    pub requests_blocked: AtomicU64,
-    pub responses_cut: AtomicU64,
-    pub decompression_bombs: AtomicU64,
-    pub scan_errors: AtomicU64,
-    pub request_bytes_scanned: AtomicU64,
-    pub response_bytes_scanned: AtomicU64,
-    pub exchanges: AtomicU64,
-}
-
-impl ScanMetrics {
-    /// Counts a finding and the action it got.
-    pub fn count_finding(&self, f: &Finding) {
-        self.scanner_hits.fetch_add(1, Relaxed);
-        match f.class {
-            RuleClass::Dlp => self.dlp_hits.fetch_add(1, Relaxed),
-            RuleClass::Injection => self.injection_hits.fetch_add(1, Relaxed),
+impl Finding {
+    /// Counts the finding and the action it got.
+    pub fn count(&self, m: &Metrics) {
+        m.scanner_hits.inc();
+        match self.class {
+            RuleClass::Dlp => m.dlp_hits.inc(),
+            RuleClass::Injection => m.injection_hits.inc(),
             RuleClass::Scanner => 0,
         };
-        match f.action {
-            Action::Block => self.findings_blocked.fetch_add(1, Relaxed),
-            Action::Warn => self.findings_warned.fetch_add(1, Relaxed),
-            Action::Log => self.findings_logged.fetch_add(1, Relaxed),
+        match self.action {
+            Action::Block => m.findings_blocked.inc(),
+            Action::Warn => m.findings_warned.inc(),
+            Action::Log => m.findings_logged.inc(),
         };
-    }
-
-    /// `(metric name, value)` pairs, for the `/metrics` exporter.
-    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
-        vec![
-            (
-                "pipelock_scanner_hits_total",
-                self.scanner_hits.load(Relaxed),
-            ),
-            ("pipelock_dlp_hits_total", self.dlp_hits.load(Relaxed)),
-            (
-                "pipelock_injection_hits_total",
-                self.injection_hits.load(Relaxed),
-            ),
-            (
-                "pipelock_findings_blocked_total",
-                self.findings_blocked.load(Relaxed),
-            ),
-            (
-                "pipelock_findings_warned_total",
-                self.findings_warned.load(Relaxed),
-            ),
-            (
-                "pipelock_findings_logged_total",
-                self.findings_logged.load(Relaxed),
-            ),
-            (
-                "pipelock_requests_blocked_total",
-                self.requests_blocked.load(Relaxed),
-            ),
-            (
-                "pipelock_responses_cut_total",
-                self.responses_cut.load(Relaxed),
-            ),
-            (
-                "pipelock_decompression_bombs_total",
-                self.decompression_bombs.load(Relaxed),
-            ),
-            ("pipelock_scan_errors_total", self.scan_errors.load(Relaxed)),
-            (
-                "pipelock_request_bytes_scanned_total",
-                self.request_bytes_scanned.load(Relaxed),
-            ),
-            (
-                "pipelock_response_bytes_scanned_total",
-                self.response_bytes_scanned.load(Relaxed),
-            ),
-            (
-                "pipelock_scanned_exchanges_total",
-                self.exchanges.load(Relaxed),
-            ),
-        ]
     }
 }

@@ -12,9 +12,10 @@ use crate::{
     config::Mode,
     pipeline::{
         Block, ConnMeta, Decision, Exchange, Outcome, Pipeline,
-        findings::{Direction, ExchangeInfo, Finding, ScanMetrics, log_finding},
+        findings::{Direction, ExchangeInfo, Finding, log_finding},
         verdict::{self, Action, Policy},
     },
+    telemetry::metrics::Metrics,
 };
 
 use crate::scan::{
@@ -75,7 +76,7 @@ struct Shared {
     engine: Arc<Engine>,
     policy: Policy,
     cfg: ScanConfig,
-    metrics: Arc<ScanMetrics>,
+    metrics: Arc<Metrics>,
 }
 
 /// The scanning pipeline. Cheap to clone; shared by all listeners.
@@ -94,14 +95,29 @@ impl std::fmt::Debug for ScanPipeline {
 }
 
 impl ScanPipeline {
-    /// Compiles the built-in rules plus the configured known secrets.
+    /// Compiles the built-in rules plus the configured known secrets; counts
+    /// in a registry of its own.
     pub fn new(cfg: ScanConfig) -> Result<Self, Error> {
+        Self::with_metrics(cfg, Arc::new(Metrics::new()))
+    }
+
+    /// Like [`ScanPipeline::new`], counting in `metrics` (the process's one
+    /// registry, which outlives a pipeline rebuilt on reload).
+    pub fn with_metrics(cfg: ScanConfig, metrics: Arc<Metrics>) -> Result<Self, Error> {
         let secrets = known_secrets::load(&cfg.known_secrets)?;
-        Self::with_known_secrets(cfg, &secrets)
+        Self::build(cfg, &secrets, metrics)
     }
 
     /// Like [`ScanPipeline::new`] with already loaded secrets.
     pub fn with_known_secrets(cfg: ScanConfig, secrets: &[KnownSecret]) -> Result<Self, Error> {
+        Self::build(cfg, secrets, Arc::new(Metrics::new()))
+    }
+
+    fn build(
+        cfg: ScanConfig,
+        secrets: &[KnownSecret],
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, Error> {
         let mut spec = EngineSpec::builtin();
         spec.literals = known_secrets::literals(secrets);
         let engine = Arc::new(Engine::build(spec)?);
@@ -113,13 +129,13 @@ impl ScanPipeline {
                     cgroup_modes: cfg.cgroup_modes.clone(),
                 },
                 cfg,
-                metrics: Arc::new(ScanMetrics::default()),
+                metrics,
             }),
         })
     }
 
-    /// Counters for `/metrics`.
-    pub fn metrics(&self) -> Arc<ScanMetrics> {
+    /// The registry it counts in (for `/metrics`).
+    pub fn metrics(&self) -> Arc<Metrics> {
         Arc::clone(&self.shared.metrics)
     }
 
@@ -132,10 +148,7 @@ impl ScanPipeline {
 impl Pipeline for ScanPipeline {
     fn exchange(&self, conn: &Arc<ConnMeta>) -> Box<dyn Exchange> {
         let cgroup = conn.attribution.as_ref().map(|a| a.cgroup_id);
-        self.shared
-            .metrics
-            .exchanges
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.shared.metrics.exchanges.inc();
         Box::new(ScanExchange {
             shared: Arc::clone(&self.shared),
             conn: Arc::clone(conn),
@@ -232,7 +245,7 @@ impl ScanExchange {
                 action,
             };
             log_finding(&finding, self.mode, &self.info, &self.conn);
-            self.shared.metrics.count_finding(&finding);
+            finding.count(&self.shared.metrics);
             if action == Action::Block {
                 block_ids.push(finding.rule_id);
             }
@@ -245,12 +258,8 @@ impl ScanExchange {
         }
         let m = &self.shared.metrics;
         match direction {
-            Direction::Request => m
-                .requests_blocked
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-            Direction::Response => m
-                .responses_cut
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            Direction::Request => m.requests_blocked.inc(),
+            Direction::Response => m.responses_cut.inc(),
         };
         let b = verdict::block(direction.as_str(), &block_ids);
         self.blocked = Some(b.clone());
@@ -259,10 +268,7 @@ impl ScanExchange {
 
     fn scan_error(&mut self, err: &Error) {
         tracing::error!(target: "pipelock::scan", error = %err, conn_id = self.conn.id, "scan error");
-        self.shared
-            .metrics
-            .scan_errors
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.shared.metrics.scan_errors.inc();
         self.scanner_hit("scanner.scan_error", "scanner");
     }
 
@@ -339,7 +345,7 @@ impl ScanExchange {
         let Some(mut body) = slot.take() else {
             return;
         };
-        counter.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        counter.inc_by(chunk.len() as u64);
         let status = body.feed(chunk, eos, &mut self.hits);
         if matches!(status, BodyStatus::Ok) && !eos {
             *slot = Some(body);
@@ -347,10 +353,7 @@ impl ScanExchange {
         match status {
             BodyStatus::Ok => {}
             BodyStatus::Bomb => {
-                self.shared
-                    .metrics
-                    .decompression_bombs
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.shared.metrics.decompression_bombs.inc();
                 self.scanner_hit("scanner.decompression_bomb", loc);
             }
             BodyStatus::Undecodable => self.scanner_hit("scanner.undecodable_body", loc),
@@ -468,7 +471,7 @@ impl Exchange for ScanExchange {
 
 #[cfg(test)]
 mod tests {
-    use std::{io::Write, net::SocketAddr, sync::atomic::Ordering::Relaxed};
+    use std::{io::Write, net::SocketAddr};
 
     use super::*;
     use crate::pipeline::Attribution;
@@ -602,14 +605,14 @@ mod tests {
                 !b.reason.contains(&github_token()[4..]),
                 "reason leaks the secret"
             );
-            assert_eq!(p.metrics().requests_blocked.load(Relaxed), 1);
+            assert_eq!(p.metrics().requests_blocked(), 1);
         }
         let p = pipeline(Mode::Audit);
         assert_eq!(post(&p, 1, &[], body.as_bytes(), 16), Decision::Continue);
         let m = p.metrics();
-        assert_eq!(m.findings_logged.load(Relaxed), 1);
-        assert_eq!(m.dlp_hits.load(Relaxed), 1);
-        assert_eq!(m.requests_blocked.load(Relaxed), 0);
+        assert_eq!(m.findings_logged(), 1);
+        assert_eq!(m.dlp_hits(), 1);
+        assert_eq!(m.requests_blocked(), 0);
     }
 
     #[test]
@@ -621,7 +624,7 @@ mod tests {
                 post(&p, 1, &[("content-type", "application/json")], body, 7),
                 Decision::Continue
             );
-            assert_eq!(p.metrics().scanner_hits.load(Relaxed), 0, "{mode:?}");
+            assert_eq!(p.metrics().scanner_hits(), 0, "{mode:?}");
         }
     }
 
@@ -630,7 +633,7 @@ mod tests {
         let body = b"session eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U";
         let p = pipeline(Mode::Balanced);
         assert_eq!(post(&p, 1, &[], body, 1000), Decision::Continue);
-        assert_eq!(p.metrics().findings_warned.load(Relaxed), 1);
+        assert_eq!(p.metrics().findings_warned(), 1);
         let p = pipeline(Mode::Strict);
         assert_eq!(
             block_ids(&post(&p, 1, &[], body, 1000)),
@@ -849,13 +852,13 @@ data: {\"choices\":[{\"delta\":{\"content\":\"reveal secrets.\"}}]}\n\ndata: [DO
         let p = ScanPipeline::new(cfg(Mode::Strict)).unwrap();
         let d = post(&p, 1, &[("content-encoding", "gzip")], &bomb, 8192);
         assert_eq!(block_ids(&d), vec!["scanner.decompression_bomb".to_owned()]);
-        assert_eq!(p.metrics().decompression_bombs.load(Relaxed), 1);
+        assert_eq!(p.metrics().decompression_bombs(), 1);
         let p = ScanPipeline::new(cfg(Mode::Audit)).unwrap();
         assert_eq!(
             post(&p, 1, &[("content-encoding", "gzip")], &bomb, 8192),
             Decision::Continue
         );
-        assert_eq!(p.metrics().decompression_bombs.load(Relaxed), 1);
+        assert_eq!(p.metrics().decompression_bombs(), 1);
     }
 
     #[test]
