@@ -8,8 +8,8 @@ use std::{
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
 
-pub use crate::config::{LogFormat, Mode, NonHttpAction};
 use crate::config::CaSettings;
+pub use crate::config::{LogFormat, Mode, NonHttpAction};
 
 /// Transparent egress interceptor for the pods of a cgroup subtree.
 #[derive(Debug, Parser)]
