@@ -14,8 +14,7 @@ use std::{
 mod common;
 
 use pipelock_agent::scan::{
-    engine::{Engine, EngineSpec, RuleMeta},
-    patterns,
+    engine::{Engine, EngineSpec, RuleMeta, patterns},
     text::{RunLimits, TextScanner, scan_dlp_block},
 };
 
@@ -252,7 +251,7 @@ fn stream_scan(engine: &Arc<Engine>, body: &[u8], injection: bool) -> usize {
 
 /// Each pass of the DLP block scan alone, on clean bodies.
 fn breakdown(engine: &Engine, b: &[Vec<u8>], label: &str) {
-    use pipelock_agent::scan::{
+    use pipelock_agent::scan::passes::{
         blocks::HotBlocks, numeric::NumericScanner, runs, seed::SeedScanner,
     };
     let hs_only = throughput(b, |x| {
@@ -263,7 +262,7 @@ fn breakdown(engine: &Engine, b: &[Vec<u8>], label: &str) {
     let blocks_only = throughput(b, |x| {
         let mut hot = HotBlocks::default();
         hot.compute(x);
-        hot.next_digit(x, 0, pipelock_agent::scan::blocks::Pass::Numeric)
+        hot.next_digit(x, 0, pipelock_agent::scan::passes::blocks::Pass::Numeric)
             .unwrap_or(0)
     });
     let num_only = throughput(b, |x| {
@@ -273,10 +272,12 @@ fn breakdown(engine: &Engine, b: &[Vec<u8>], label: &str) {
         out.len()
     });
     let runs_only = throughput(b, |x| runs::runs_in(x, 4096).len());
-    let norm_only = throughput(b, |x| pipelock_agent::scan::normalize::normalize(x).len());
+    let norm_only = throughput(b, |x| {
+        pipelock_agent::scan::text::normalize::normalize(x).len()
+    });
     let normalised: Vec<Vec<u8>> = b
         .iter()
-        .map(|x| pipelock_agent::scan::normalize::normalize(x))
+        .map(|x| pipelock_agent::scan::text::normalize::normalize(x))
         .collect();
     let inj_only = throughput(&normalised, |x| {
         let mut n = 0;
@@ -407,7 +408,7 @@ fn main() {
         .collect();
     let bin_resp = throughput(&binary, |x| stream_scan(&base.engine, x, true));
     let bin_norm = throughput(&binary, |x| {
-        pipelock_agent::scan::normalize::normalize(x).len()
+        pipelock_agent::scan::text::normalize::normalize(x).len()
     });
     println!(
         "10 KB random binary: resp stream {bin_resp:.0} MB/s, normaliser alone {bin_norm:.0} MB/s"

@@ -10,7 +10,7 @@ use std::{
 #[path = "common/mod.rs"]
 mod common;
 
-use pipelock_agent::scan::seed::{SeedHit, SeedScanner};
+use pipelock_agent::scan::passes::seed::{SeedHit, SeedScanner};
 
 /// Time spent measuring each configuration.
 const MEASURE: Duration = Duration::from_millis(1500);

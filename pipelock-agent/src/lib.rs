@@ -3,7 +3,6 @@
 //! listeners (`proxy`), which pass every exchange through one `pipeline`.
 pub mod cli;
 pub mod config;
-pub mod findings;
 pub mod pipeline;
 pub mod proxy;
 pub mod redirect;
@@ -11,4 +10,3 @@ pub mod run;
 pub mod scan;
 pub mod telemetry;
 pub mod tls;
-pub mod verdict;

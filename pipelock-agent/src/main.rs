@@ -55,7 +55,7 @@ fn check_config(path: &Path) -> anyhow::Result<()> {
     // Mode overrides name cgroups of the node the agent runs on; they are
     // resolved at start, not here.
     let scan = run::scan_config(&loaded.config, Default::default());
-    pipelock_agent::scan::ScanPipeline::new(scan)
+    pipelock_agent::pipeline::ScanPipeline::new(scan)
         .map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))?;
     println!(
         "{}: ok (mode {}, {} notice{})",

@@ -18,9 +18,11 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use crate::{
     cli::RunArgs,
     config::{self, Config, Loaded, reload},
+    pipeline::{ScanConfig, ScanPipeline},
     proxy::{LiveContext, ProxyContext, passthrough::PassthroughDomains, transparent},
     redirect::{self, RedirectConfig, Redirector},
-    scan::{ScanConfig, ScanPipeline, known_secrets::KnownSecretsConfig},
+    scan::engine::known_secrets::KnownSecretsConfig,
+    telemetry::metrics::Metrics,
     tls,
 };
 
@@ -59,7 +61,9 @@ pub async fn run(start: Start) -> anyhow::Result<()> {
     redirect::check_privilege()?;
     // The CA and trust store next: a bad CA file or upstream CA stops here.
     let tls = tls::load(&cfg).context("loading TLS material")?;
-    let pipeline = scan_pipeline(&cfg, &mount)?;
+    // One registry for the agent's life: a reloaded pipeline keeps counting in it.
+    let metrics = Arc::new(Metrics::new());
+    let pipeline = scan_pipeline(&cfg, &mount, &metrics)?;
 
     // Listen before attaching, so no connection is ever sent to a dead port.
     let listen = cfg.interceptor.listen_addrs();
@@ -126,6 +130,14 @@ pub async fn run(start: Start) -> anyhow::Result<()> {
         config: cfg,
         notices: start.loaded.notices.clone(),
     };
+    let reloader = Reloader {
+        flags: &start.flags,
+        mount: &mount,
+        listen: &listen,
+        tls: &tls,
+        live: &live,
+        metrics: &metrics,
+    };
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     loop {
@@ -133,7 +145,7 @@ pub async fn run(start: Start) -> anyhow::Result<()> {
             _ = term.recv() => { tracing::info!("SIGTERM received"); break; }
             _ = int.recv() => { tracing::info!("SIGINT received"); break; }
             Some(r) = async { reloads.as_mut()?.recv().await }, if reloads.is_some() => {
-                apply_reload(r, &start.flags, &mut running, &mount, &listen, &tls, &live).await;
+                apply_reload(r, &reloader, &mut running).await;
             }
         }
     }
@@ -172,16 +184,28 @@ struct Running {
     notices: Vec<config::Notice>,
 }
 
+/// What a reload needs besides the file: the flags laid over it, and what
+/// the running agent keeps (cgroup mount, listeners, TLS, the live context
+/// it swaps and the metrics registry).
+struct Reloader<'a> {
+    flags: &'a RunArgs,
+    mount: &'a Path,
+    listen: &'a [std::net::SocketAddr],
+    tls: &'a Arc<tls::Tls>,
+    live: &'a Arc<LiveContext>,
+    metrics: &'a Arc<Metrics>,
+}
+
 /// Checks a reloaded file and swaps it in, or keeps the running config.
-async fn apply_reload(
-    r: reload::Reload,
-    flags: &RunArgs,
-    running: &mut Running,
-    mount: &Path,
-    listen: &[std::net::SocketAddr],
-    tls: &Arc<tls::Tls>,
-    live: &Arc<LiveContext>,
-) {
+async fn apply_reload(r: reload::Reload, env: &Reloader<'_>, running: &mut Running) {
+    let Reloader {
+        flags,
+        mount,
+        listen,
+        tls,
+        live,
+        metrics,
+    } = *env;
     let trigger = r.trigger.as_str();
     let loaded = match r.result {
         Ok(l) => l,
@@ -211,8 +235,8 @@ async fn apply_reload(
         );
     }
     let new = reload::keep_start_only(&running.config, new);
-    let (cfg, mnt) = (new.clone(), mount.to_path_buf());
-    let built = tokio::task::spawn_blocking(move || scan_pipeline(&cfg, &mnt)).await;
+    let (cfg, mnt, metrics) = (new.clone(), mount.to_path_buf(), metrics.clone());
+    let built = tokio::task::spawn_blocking(move || scan_pipeline(&cfg, &mnt, &metrics)).await;
     let pipeline = match built {
         Ok(Ok(p)) => p,
         Ok(Err(e)) => {
@@ -261,7 +285,7 @@ fn context(
         self_addrs: listen.to_vec(),
         connect_timeout: Duration::from_secs(i.connect_timeout_seconds.max(1)),
         tls,
-        passthrough: PassthroughDomains::new(&cfg.passthrough_domains()),
+        passthrough: PassthroughDomains::new(cfg.passthrough_domains()),
         sniff_timeout: Duration::from_millis(i.sniff_timeout_ms.max(1)),
     }
 }
@@ -295,7 +319,11 @@ pub fn scan_config(
 }
 
 /// Builds the one scan pipeline every listener shares.
-fn scan_pipeline(cfg: &Config, mount: &Path) -> anyhow::Result<ScanPipeline> {
+fn scan_pipeline(
+    cfg: &Config,
+    mount: &Path,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<ScanPipeline> {
     let mut cgroup_modes = std::collections::HashMap::new();
     for (path, mode) in &cfg.interceptor.mode_overrides {
         let dir: PathBuf = redirect::resolve_cgroup(mount, path)
@@ -306,8 +334,8 @@ fn scan_pipeline(cfg: &Config, mount: &Path) -> anyhow::Result<ScanPipeline> {
         cgroup_modes.insert(id, *mode);
     }
     let started = std::time::Instant::now();
-    let pipeline =
-        ScanPipeline::new(scan_config(cfg, cgroup_modes)).context("building the scan engine")?;
+    let pipeline = ScanPipeline::with_metrics(scan_config(cfg, cgroup_modes), metrics.clone())
+        .context("building the scan engine")?;
     tracing::info!(
         mode = cfg.effective_mode().as_str(),
         compile_ms = started.elapsed().as_millis() as u64,

@@ -70,7 +70,12 @@ impl Drop for Pins {
     }
 }
 
-fn args(cg: &TestCgroup, redirect: SocketAddr, state: &PathBuf, extra: &[&str]) -> Vec<String> {
+fn args(
+    cg: &TestCgroup,
+    redirect: SocketAddr,
+    state: &std::path::Path,
+    extra: &[&str],
+) -> Vec<String> {
     let mut a: Vec<String> = [
         "--cgroup",
         cg.rel(),

@@ -206,8 +206,10 @@ mod tests {
     #[test]
     fn start_only_keys_are_reported_and_kept() {
         let running = Config::default();
-        let mut new = Config::default();
-        new.mode = super::super::Mode::Strict;
+        let mut new = Config {
+            mode: super::super::Mode::Strict,
+            ..Config::default()
+        };
         new.interceptor.redirect_listen = vec!["127.0.0.1:1".parse().unwrap()];
         new.tls_interception.cert_cache_size = 5;
         assert_eq!(

@@ -25,8 +25,6 @@ pub const MAPS: [&str; 4] = [
     "BYPASS_CIDRS",
 ];
 
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
-
 /// Names what a pin set was made from.
 pub fn fingerprint(object: &[u8], parts: &[String]) -> String {
     let mut h = Sha256::new();
@@ -87,7 +85,7 @@ pub fn prepare(pin_dir: &Path) -> Result<(), Error> {
 
 fn is_bpffs(path: &Path) -> bool {
     nix::sys::statfs::statfs(path)
-        .map(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+        .map(|s| s.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC)
         .unwrap_or(false)
 }
 

@@ -1,32 +1,27 @@
 //! Streaming scan engine: DLP on requests and responses, prompt injection on
-//! responses. Hyperscan databases (`engine`), the rule catalogue
-//! (`patterns`), validators and the numeric pass, Unicode normalisation,
-//! content and secret decoding, SSE reassembly, known secrets, and the
-//! [`ScanPipeline`] that plugs all of it into `crate::pipeline`.
-pub mod blocks;
-pub mod decode;
+//! responses. It reports hits ([`text::Hit`]) and nothing else; modes,
+//! verdicts, the findings log and metrics are `crate::pipeline`'s.
+//!
+//! - `engine`: the Hyperscan databases, the rule catalogue (`patterns`) and
+//!   the known secrets compiled into them;
+//! - `text`: a decoded text stream under scan ([`text::TextScanner`]) and
+//!   what turns wire bytes into text: content decoding, SSE reassembly, JSON
+//!   unescaping, Unicode normalisation;
+//! - `passes`: the cheap passes that find what has no literal to anchor a
+//!   pattern on (numeric tokens and their validators, encoded runs, BIP-39
+//!   seed phrases) over a shared 64-byte block classification;
+//! - `body`: one HTTP body as it streams ([`body::BodyScanner`]).
+pub mod body;
 pub mod engine;
-pub mod known_secrets;
-pub mod normalize;
-pub mod numeric;
-pub mod patterns;
-pub mod pipeline;
-pub mod runs;
-pub mod seed;
+pub mod passes;
 #[cfg(target_arch = "x86_64")]
 mod simd;
-pub mod sse;
-pub mod tail;
 pub mod text;
-pub mod unescape;
-pub mod validators;
 
 #[cfg(test)]
 mod tests;
 
 use std::path::PathBuf;
-
-pub use pipeline::{ScanConfig, ScanPipeline};
 
 /// Errors of the scan engine.
 #[derive(Debug, thiserror::Error)]

@@ -9,7 +9,7 @@ use std::arch::x86_64::{
     _mm256_xor_si256,
 };
 
-use super::blocks::BLOCK;
+use super::passes::blocks::BLOCK;
 
 /// One block as `N` vector lanes; each operation works on one lane.
 ///

@@ -4,10 +4,11 @@
 use std::sync::Arc;
 
 use super::{
-    engine::{Engine, EngineSpec},
-    normalize,
-    patterns::{self, Detector, RuleClass},
-    text::{RunLimits, TextScanner, scan_dlp_block},
+    engine::{
+        Engine, EngineSpec,
+        patterns::{self, Detector, RuleClass},
+    },
+    text::{RunLimits, TextScanner, normalize, scan_dlp_block},
 };
 
 fn rep(s: &str, n: usize) -> String {

@@ -3,7 +3,11 @@
 //! injection set (block + stream), a per-thread scratch pool and owned stream
 //! handles. Detection runs without start-of-match tracking for speed; a hit's
 //! start is found afterwards by running the rule's reverse DFA back from its
-//! end, which reads only the match itself.
+//! end, which reads only the match itself. What is compiled: the rule
+//! catalogue (`patterns`) and the configured known secrets (`known_secrets`).
+pub mod known_secrets;
+pub mod patterns;
+
 use std::{
     borrow::Cow,
     sync::{
@@ -24,10 +28,9 @@ use hyperscan::{
     StreamingDatabase,
 };
 
-use super::{
-    Error,
-    patterns::{self, Confidence, Detector, Rule, RuleClass, Severity},
-};
+use crate::scan::Error;
+
+use self::patterns::{Confidence, Detector, Rule, RuleClass, Severity};
 
 /// How an excerpt of a match may be shown.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

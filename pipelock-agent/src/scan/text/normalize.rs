@@ -1,5 +1,5 @@
 //! Streaming text normalisation for injection matching: JSON string escapes
-//! decoded (`scan::unescape`), UTF-8 decoding across chunk boundaries,
+//! decoded (`text::unescape`), UTF-8 decoding across chunk boundaries,
 //! removal of zero-width/invisible and control characters, NFKC, homoglyph
 //! (Cyrillic/Greek/Armenian/small-caps) and leetspeak folding, combining
 //! marks dropped, and every whitespace run collapsed to one byte (`\n` if it
@@ -12,7 +12,8 @@
 //! a short pending run of characters.
 use unicode_normalization::{UnicodeNormalization, char::canonical_combining_class};
 
-use super::{blocks::BLOCK, unescape::JsonUnescape};
+use super::unescape::JsonUnescape;
+use crate::scan::passes::blocks::BLOCK;
 
 /// Pending characters held back for NFKC composition (bounded).
 const MAX_PENDING: usize = 32;
@@ -384,7 +385,7 @@ struct Utf8Masks {
 #[cfg(target_arch = "x86_64")]
 #[inline]
 fn utf8_masks(b: &[u8; BLOCK]) -> Utf8Masks {
-    use super::simd::{Lanes, Sse2};
+    use crate::scan::simd::{Lanes, Sse2};
     let mut m = Utf8Masks {
         non_ascii: 0,
         lead: 0,

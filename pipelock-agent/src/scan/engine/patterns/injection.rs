@@ -1,5 +1,5 @@
 //! Prompt-injection rules for responses. They run on text normalised by
-//! `scan::normalize` (NFKC, invisibles removed, homoglyphs and leetspeak
+//! `scan::text::normalize` (NFKC, invisibles removed, homoglyphs and leetspeak
 //! folded, whitespace runs collapsed), so expressions only need ASCII
 //! spelling plus the CJK / accented literals of the multilingual rules.
 //! Digits are leet-folded by the normaliser (`0→o 1→i 3→e 4→a 5→s 7→t`),

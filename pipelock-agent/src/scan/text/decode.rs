@@ -171,10 +171,13 @@ impl std::fmt::Debug for ContentDecoder {
 
 impl ContentDecoder {
     /// A decoder for codings listed as in `Content-Encoding` (applied order).
-    pub fn new(codings: &[ContentCoding], limits: DecodeLimits) -> Result<Self, super::Error> {
+    pub fn new(
+        codings: &[ContentCoding],
+        limits: DecodeLimits,
+    ) -> Result<Self, crate::scan::Error> {
         let mut stages = Vec::new();
         for c in codings.iter().rev() {
-            let stage = Stage::new(*c).map_err(|source| super::Error::Decode {
+            let stage = Stage::new(*c).map_err(|source| crate::scan::Error::Decode {
                 encoding: "zstd",
                 source,
             })?;

@@ -42,7 +42,7 @@ pub enum RuleClass {
 pub enum Detector {
     /// Compiled into the Hyperscan databases (detection without SOM).
     Hyperscan,
-    /// A cheap digit-triggered pass (`scan::numeric`, or `scan::runs` for
+    /// A cheap digit-triggered pass (`scan::passes::numeric`, or `passes::runs` for
     /// Discord tokens) with a validator; `expr` is then only the regex form
     /// used by the benchmark baseline.
     Numeric(NumericKind),
@@ -60,7 +60,7 @@ pub enum NumericKind {
     AbaRouting,
     /// Found by the encoded-run pass (no literal for Hyperscan to anchor on).
     DiscordToken,
-    /// Found by the seed-phrase pass (`scan::seed`): 12–24 BIP-39 words with
+    /// Found by the seed-phrase pass (`scan::passes::seed`): 12–24 BIP-39 words with
     /// a valid checksum. No regex form (`expr` is empty).
     SeedPhrase,
 }

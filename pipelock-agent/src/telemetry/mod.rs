@@ -1,5 +1,8 @@
 //! Logging setup: tracing to stderr, text or JSON lines; `log` records
-//! (aya-log's kernel-side messages) are bridged into tracing.
+//! (aya-log's kernel-side messages) are bridged into tracing. The metrics
+//! registry is `metrics`.
+pub mod metrics;
+
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
 use crate::config::LogFormat;

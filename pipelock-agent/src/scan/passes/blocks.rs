@@ -8,7 +8,7 @@
 pub const BLOCK: usize = 64;
 
 #[cfg(target_arch = "x86_64")]
-use super::simd::{Avx2, Lanes, Sse2};
+use crate::scan::simd::{Avx2, Lanes, Sse2};
 
 /// Bit `i` set when byte `i` of a block is in the class.
 #[derive(Clone, Copy, Debug, Default)]
@@ -447,7 +447,7 @@ impl HotBlocks {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scan::{
+    use crate::scan::passes::{
         numeric::{NumericHit, NumericScanner},
         runs::RunScanner,
     };

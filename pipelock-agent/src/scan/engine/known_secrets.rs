@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 use base64::Engine as _;
 
 use super::{
-    Error,
-    engine::{ExtraLiteral, Reveal, RuleMeta},
+    ExtraLiteral, Reveal, RuleMeta,
     patterns::{Confidence, RuleClass, Severity},
 };
+use crate::scan::Error;
 
 /// Where known secrets come from.
 #[derive(Clone, Debug, Default)]

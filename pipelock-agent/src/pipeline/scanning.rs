@@ -1,8 +1,8 @@
 //! [`ScanPipeline`]: the scanning implementation of `crate::pipeline::Pipeline`.
 //! One per process (engine, policy, metrics shared); one exchange per HTTP
 //! request. The URL and headers are scanned in `request_filter`, bodies as
-//! they stream (content-decoded, SSE-reassembled), and every finding goes
-//! through the verdict policy, the findings log and the metrics.
+//! they stream (`scan::body`: content-decoded, SSE-reassembled); every hit
+//! goes through the verdict policy, the findings log and the metrics here.
 use std::{
     collections::{HashMap, HashSet},
     sync::Arc,
@@ -10,19 +10,27 @@ use std::{
 
 use crate::{
     config::Mode,
-    findings::{Direction, ExchangeInfo, Finding, ScanMetrics, log_finding},
-    pipeline::{Block, ConnMeta, Decision, Exchange, Outcome, Pipeline},
-    verdict::{self, Action, Policy},
+    pipeline::{
+        Block, ConnMeta, Decision, Exchange, Outcome, Pipeline,
+        findings::{Direction, ExchangeInfo, Finding, log_finding},
+        verdict::{self, Action, Policy},
+    },
+    telemetry::metrics::Metrics,
 };
 
-use super::{
+use crate::scan::{
     Error,
-    decode::{ContentCoding, ContentDecoder, DecodeLimits, DecodeStatus, percent_decode_iter},
-    engine::{Engine, EngineSpec, RuleMeta},
-    known_secrets::{self, KnownSecret, KnownSecretsConfig},
-    patterns,
-    sse::SseParser,
-    text::{Hit, RunLimits, TextScanner, scan_dlp_block, scan_inj_text},
+    body::{BodyScanner, BodySpec, BodyStatus},
+    engine::{
+        Engine, EngineSpec, RuleMeta,
+        known_secrets::{self, KnownSecret, KnownSecretsConfig},
+        patterns,
+    },
+    text::{
+        Hit, RunLimits,
+        decode::{ContentCoding, DecodeLimits, percent_decode_iter},
+        scan_dlp_block, scan_inj_text,
+    },
 };
 
 /// Configuration of the scan pipeline.
@@ -68,7 +76,7 @@ struct Shared {
     engine: Arc<Engine>,
     policy: Policy,
     cfg: ScanConfig,
-    metrics: Arc<ScanMetrics>,
+    metrics: Arc<Metrics>,
 }
 
 /// The scanning pipeline. Cheap to clone; shared by all listeners.
@@ -87,14 +95,29 @@ impl std::fmt::Debug for ScanPipeline {
 }
 
 impl ScanPipeline {
-    /// Compiles the built-in rules plus the configured known secrets.
+    /// Compiles the built-in rules plus the configured known secrets; counts
+    /// in a registry of its own.
     pub fn new(cfg: ScanConfig) -> Result<Self, Error> {
+        Self::with_metrics(cfg, Arc::new(Metrics::new()))
+    }
+
+    /// Like [`ScanPipeline::new`], counting in `metrics` (the process's one
+    /// registry, which outlives a pipeline rebuilt on reload).
+    pub fn with_metrics(cfg: ScanConfig, metrics: Arc<Metrics>) -> Result<Self, Error> {
         let secrets = known_secrets::load(&cfg.known_secrets)?;
-        Self::with_known_secrets(cfg, &secrets)
+        Self::build(cfg, &secrets, metrics)
     }
 
     /// Like [`ScanPipeline::new`] with already loaded secrets.
     pub fn with_known_secrets(cfg: ScanConfig, secrets: &[KnownSecret]) -> Result<Self, Error> {
+        Self::build(cfg, secrets, Arc::new(Metrics::new()))
+    }
+
+    fn build(
+        cfg: ScanConfig,
+        secrets: &[KnownSecret],
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, Error> {
         let mut spec = EngineSpec::builtin();
         spec.literals = known_secrets::literals(secrets);
         let engine = Arc::new(Engine::build(spec)?);
@@ -106,13 +129,13 @@ impl ScanPipeline {
                     cgroup_modes: cfg.cgroup_modes.clone(),
                 },
                 cfg,
-                metrics: Arc::new(ScanMetrics::default()),
+                metrics,
             }),
         })
     }
 
-    /// Counters for `/metrics`.
-    pub fn metrics(&self) -> Arc<ScanMetrics> {
+    /// The registry it counts in (for `/metrics`).
+    pub fn metrics(&self) -> Arc<Metrics> {
         Arc::clone(&self.shared.metrics)
     }
 
@@ -125,17 +148,14 @@ impl ScanPipeline {
 impl Pipeline for ScanPipeline {
     fn exchange(&self, conn: &Arc<ConnMeta>) -> Box<dyn Exchange> {
         let cgroup = conn.attribution.as_ref().map(|a| a.cgroup_id);
-        self.shared
-            .metrics
-            .exchanges
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.shared.metrics.exchanges.inc();
         Box::new(ScanExchange {
             shared: Arc::clone(&self.shared),
             conn: Arc::clone(conn),
             mode: self.shared.policy.mode_for(cgroup),
             info: ExchangeInfo::default(),
-            request: Body::Idle,
-            response: Body::Idle,
+            request: None,
+            response: None,
             blocked: None,
             reported: HashSet::new(),
             hits: Vec::new(),
@@ -143,27 +163,15 @@ impl Pipeline for ScanPipeline {
     }
 }
 
-/// Scanning state of one body.
-enum Body {
-    Idle,
-    Active(Box<ActiveBody>),
-    /// Not scanned further (bomb, undecodable, skipped content type).
-    Done,
-}
-
-struct ActiveBody {
-    decoder: ContentDecoder,
-    text: TextScanner,
-    sse: Option<(SseParser, TextScanner)>,
-}
-
 struct ScanExchange {
     shared: Arc<Shared>,
     conn: Arc<ConnMeta>,
     mode: Mode,
     info: ExchangeInfo,
-    request: Body,
-    response: Body,
+    /// Scanning state of each body; `None` before the headers and once it is
+    /// over (ended, bomb, undecodable, skipped content type).
+    request: Option<Box<BodyScanner>>,
+    response: Option<Box<BodyScanner>>,
     blocked: Option<Block>,
     /// (direction, rule id) already reported in this exchange.
     reported: HashSet<(Direction, String)>,
@@ -224,7 +232,7 @@ impl ScanExchange {
             if !self.reported.insert((direction, hit.meta.id.to_string())) {
                 continue;
             }
-            let action = verdict::action_for(self.mode, hit.meta.severity, hit.meta.confidence);
+            let action = verdict::action_for(self.mode, hit.meta.confidence);
             let finding = Finding {
                 rule_id: hit.meta.id.to_string(),
                 rule_name: hit.meta.name.to_string(),
@@ -237,7 +245,7 @@ impl ScanExchange {
                 action,
             };
             log_finding(&finding, self.mode, &self.info, &self.conn);
-            self.shared.metrics.count_finding(&finding);
+            finding.count(&self.shared.metrics);
             if action == Action::Block {
                 block_ids.push(finding.rule_id);
             }
@@ -250,12 +258,8 @@ impl ScanExchange {
         }
         let m = &self.shared.metrics;
         match direction {
-            Direction::Request => m
-                .requests_blocked
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-            Direction::Response => m
-                .responses_cut
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            Direction::Request => m.requests_blocked.inc(),
+            Direction::Response => m.responses_cut.inc(),
         };
         let b = verdict::block(direction.as_str(), &block_ids);
         self.blocked = Some(b.clone());
@@ -264,10 +268,7 @@ impl ScanExchange {
 
     fn scan_error(&mut self, err: &Error) {
         tracing::error!(target: "pipelock::scan", error = %err, conn_id = self.conn.id, "scan error");
-        self.shared
-            .metrics
-            .scan_errors
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.shared.metrics.scan_errors.inc();
         self.scanner_hit("scanner.scan_error", "scanner");
     }
 
@@ -286,138 +287,77 @@ impl ScanExchange {
     }
 
     /// Sets up body scanning from the headers of a request or response.
-    fn open_body(&mut self, headers: &http::HeaderMap, response: bool, sse: bool) -> Body {
-        let encoding = header_str(headers, http::header::CONTENT_ENCODING).unwrap_or_default();
-        let codings = match ContentCoding::parse_list(&encoding) {
-            Ok(c) => c,
-            Err(_) => {
-                self.scanner_hit(
-                    "scanner.undecodable_body",
-                    if response {
-                        "response_body"
-                    } else {
-                        "request_body"
-                    },
-                );
-                Vec::new()
-            }
-        };
-        let cfg = &self.shared.cfg;
-        let opened = ContentDecoder::new(&codings, cfg.decode_limits).and_then(|decoder| {
-            let (dlp, inj, loc) = if response {
-                (cfg.response_dlp, cfg.response_injection, "response_body")
-            } else {
-                (true, false, "request_body")
-            };
-            let text = TextScanner::new(&self.shared.engine, dlp, inj, loc, cfg.run_limits)?;
-            let sse = if sse {
-                Some((
-                    SseParser::new(cfg.max_sse_event),
-                    TextScanner::new(&self.shared.engine, dlp, inj, "sse_content", cfg.run_limits)?,
-                ))
-            } else {
-                None
-            };
-            Ok(ActiveBody { decoder, text, sse })
-        });
-        match opened {
-            Ok(b) => Body::Active(Box::new(b)),
-            Err(e) => {
-                self.scan_error(&e);
-                Body::Done
-            }
-        }
-    }
-
-    /// Feeds one body chunk through decoding and the text scanners.
-    fn body_chunk(&mut self, response: bool, chunk: &[u8], eos: bool) {
-        let mut body = std::mem::replace(
-            if response {
-                &mut self.response
-            } else {
-                &mut self.request
-            },
-            Body::Done,
-        );
-        let mut error: Option<Error> = None;
-        let mut status = DecodeStatus::Ok;
-        if let Body::Active(b) = &mut body {
-            let ActiveBody { decoder, text, sse } = &mut **b;
-            let hits = &mut self.hits;
-            status = decoder.feed(chunk, eos, &mut |data| {
-                if error.is_some() {
-                    return;
-                }
-                if let Err(e) = text.feed(data, hits) {
-                    error = Some(e);
-                    return;
-                }
-                if let Some((parser, content)) = sse.as_mut() {
-                    parser.feed(data, &mut |t| {
-                        if error.is_none()
-                            && let Err(e) = content.feed(t, hits)
-                        {
-                            error = Some(e);
-                        }
-                    });
-                }
-            });
-            let scanned = decoder.output_bytes();
-            let counter = if response {
-                &self.shared.metrics.response_bytes_scanned
-            } else {
-                &self.shared.metrics.request_bytes_scanned
-            };
-            counter.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
-            let _ = scanned;
-            if (eos || status != DecodeStatus::Ok) && error.is_none() {
-                let r = text.finish(hits).and_then(|()| {
-                    if let Some((parser, content)) = sse.as_mut() {
-                        let mut err = None;
-                        parser.finish(&mut |t| {
-                            if err.is_none()
-                                && let Err(e) = content.feed(t, hits)
-                            {
-                                err = Some(e);
-                            }
-                        });
-                        if let Some(e) = err {
-                            return Err(e);
-                        }
-                        content.finish(hits)?;
-                    }
-                    Ok(())
-                });
-                if let Err(e) = r {
-                    error = Some(e);
-                }
-            }
-        }
-        let loc = if response {
+    fn open_body(
+        &mut self,
+        headers: &http::HeaderMap,
+        response: bool,
+        sse: bool,
+    ) -> Option<Box<BodyScanner>> {
+        let location = if response {
             "response_body"
         } else {
             "request_body"
         };
-        match status {
-            DecodeStatus::Ok if !eos && error.is_none() => {
-                *(if response {
-                    &mut self.response
-                } else {
-                    &mut self.request
-                }) = body;
+        let encoding = header_str(headers, http::header::CONTENT_ENCODING).unwrap_or_default();
+        let codings = match ContentCoding::parse_list(&encoding) {
+            Ok(c) => c,
+            Err(_) => {
+                self.scanner_hit("scanner.undecodable_body", location);
+                Vec::new()
             }
-            DecodeStatus::Ok => {}
-            DecodeStatus::Bomb => {
-                self.shared
-                    .metrics
-                    .decompression_bombs
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        };
+        let cfg = &self.shared.cfg;
+        let (dlp, injection) = if response {
+            (cfg.response_dlp, cfg.response_injection)
+        } else {
+            (true, false)
+        };
+        let spec = BodySpec {
+            location,
+            dlp,
+            injection,
+            sse,
+            decode_limits: cfg.decode_limits,
+            run_limits: cfg.run_limits,
+            max_sse_event: cfg.max_sse_event,
+        };
+        match BodyScanner::new(&self.shared.engine, &codings, &spec) {
+            Ok(b) => Some(Box::new(b)),
+            Err(e) => {
+                self.scan_error(&e);
+                None
+            }
+        }
+    }
+
+    /// Feeds one body chunk to its scanner and accounts for how it went.
+    fn body_chunk(&mut self, response: bool, chunk: &[u8], eos: bool) {
+        let m = &self.shared.metrics;
+        let (slot, counter, loc) = if response {
+            (
+                &mut self.response,
+                &m.response_bytes_scanned,
+                "response_body",
+            )
+        } else {
+            (&mut self.request, &m.request_bytes_scanned, "request_body")
+        };
+        let Some(mut body) = slot.take() else {
+            return;
+        };
+        counter.inc_by(chunk.len() as u64);
+        let status = body.feed(chunk, eos, &mut self.hits);
+        if matches!(status, BodyStatus::Ok) && !eos {
+            *slot = Some(body);
+        }
+        match status {
+            BodyStatus::Ok => {}
+            BodyStatus::Bomb => {
+                self.shared.metrics.decompression_bombs.inc();
                 self.scanner_hit("scanner.decompression_bomb", loc);
             }
-            DecodeStatus::Failed => self.scanner_hit("scanner.undecodable_body", loc),
-        }
-        if let Some(e) = error {
-            self.scan_error(&e);
+            BodyStatus::Undecodable => self.scanner_hit("scanner.undecodable_body", loc),
+            BodyStatus::Error(e) => self.scan_error(&e),
         }
     }
 }
@@ -492,7 +432,7 @@ impl Exchange for ScanExchange {
         }
         let ct = header_str(&resp.headers, http::header::CONTENT_TYPE).unwrap_or_default();
         self.response = if skip_response_media(&ct) {
-            Body::Done
+            None
         } else {
             let sse = ct
                 .trim()
@@ -524,14 +464,14 @@ impl Exchange for ScanExchange {
             "exchange scanned"
         );
         // Close streams now rather than when the exchange is dropped.
-        self.request = Body::Done;
-        self.response = Body::Done;
+        self.request = None;
+        self.response = None;
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::{io::Write, net::SocketAddr, sync::atomic::Ordering::Relaxed};
+    use std::{io::Write, net::SocketAddr};
 
     use super::*;
     use crate::pipeline::Attribution;
@@ -665,14 +605,14 @@ mod tests {
                 !b.reason.contains(&github_token()[4..]),
                 "reason leaks the secret"
             );
-            assert_eq!(p.metrics().requests_blocked.load(Relaxed), 1);
+            assert_eq!(p.metrics().requests_blocked(), 1);
         }
         let p = pipeline(Mode::Audit);
         assert_eq!(post(&p, 1, &[], body.as_bytes(), 16), Decision::Continue);
         let m = p.metrics();
-        assert_eq!(m.findings_logged.load(Relaxed), 1);
-        assert_eq!(m.dlp_hits.load(Relaxed), 1);
-        assert_eq!(m.requests_blocked.load(Relaxed), 0);
+        assert_eq!(m.findings_logged(), 1);
+        assert_eq!(m.dlp_hits(), 1);
+        assert_eq!(m.requests_blocked(), 0);
     }
 
     #[test]
@@ -684,7 +624,7 @@ mod tests {
                 post(&p, 1, &[("content-type", "application/json")], body, 7),
                 Decision::Continue
             );
-            assert_eq!(p.metrics().scanner_hits.load(Relaxed), 0, "{mode:?}");
+            assert_eq!(p.metrics().scanner_hits(), 0, "{mode:?}");
         }
     }
 
@@ -693,7 +633,7 @@ mod tests {
         let body = b"session eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U";
         let p = pipeline(Mode::Balanced);
         assert_eq!(post(&p, 1, &[], body, 1000), Decision::Continue);
-        assert_eq!(p.metrics().findings_warned.load(Relaxed), 1);
+        assert_eq!(p.metrics().findings_warned(), 1);
         let p = pipeline(Mode::Strict);
         assert_eq!(
             block_ids(&post(&p, 1, &[], body, 1000)),
@@ -912,13 +852,13 @@ data: {\"choices\":[{\"delta\":{\"content\":\"reveal secrets.\"}}]}\n\ndata: [DO
         let p = ScanPipeline::new(cfg(Mode::Strict)).unwrap();
         let d = post(&p, 1, &[("content-encoding", "gzip")], &bomb, 8192);
         assert_eq!(block_ids(&d), vec!["scanner.decompression_bomb".to_owned()]);
-        assert_eq!(p.metrics().decompression_bombs.load(Relaxed), 1);
+        assert_eq!(p.metrics().decompression_bombs(), 1);
         let p = ScanPipeline::new(cfg(Mode::Audit)).unwrap();
         assert_eq!(
             post(&p, 1, &[("content-encoding", "gzip")], &bomb, 8192),
             Decision::Continue
         );
-        assert_eq!(p.metrics().decompression_bombs.load(Relaxed), 1);
+        assert_eq!(p.metrics().decompression_bombs(), 1);
     }
 
     #[test]
@@ -954,20 +894,5 @@ data: {\"choices\":[{\"delta\":{\"content\":\"reveal secrets.\"}}]}\n\ndata: [DO
             );
             assert!(!b.reason.contains("horse"));
         }
-    }
-
-    #[test]
-    fn exchange_is_send() {
-        fn assert_send<T: Send>(_: &T) {}
-        let p = pipeline(Mode::Audit);
-        let ex = p.exchange(&conn(1));
-        assert_send(&ex);
-        let p2 = p.clone();
-        std::thread::spawn(move || {
-            let mut ex = p2.exchange(&conn(1));
-            ex.request_filter(&request("GET", "https://example.com/", &[]))
-        })
-        .join()
-        .unwrap();
     }
 }

@@ -6,10 +6,10 @@
 //! stream (a 64-byte token, its 40-byte left context and a 64-byte tail).
 use super::{
     blocks::{HotBlocks, Pass},
-    patterns::NumericKind,
     tail::Tail,
     validators,
 };
+use crate::scan::engine::patterns::NumericKind;
 
 const MAX_TOK: usize = 64;
 const MAX_SEGS: usize = 12;
@@ -443,7 +443,7 @@ mod tests {
                 NumericKind::Wif,
             ),
         ] {
-            for at in 1000..1000 + 2 * crate::scan::blocks::BLOCK {
+            for at in 1000..1000 + 2 * crate::scan::passes::blocks::BLOCK {
                 let mut text = prose[..at].to_vec();
                 text.extend_from_slice(b"\n");
                 text.extend_from_slice(token);

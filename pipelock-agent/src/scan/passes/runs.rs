@@ -52,7 +52,7 @@ fn is_run_byte(b: u8) -> bool {
 #[cfg(target_arch = "x86_64")]
 #[inline]
 fn block_run_mask(b: &[u8; BLOCK]) -> u64 {
-    use super::simd::{Lanes, Sse2};
+    use crate::scan::simd::{Lanes, Sse2};
     let mut m = 0;
     // SAFETY: SSE2 is part of the x86_64 baseline; lanes 0..4 of a block.
     unsafe {
@@ -287,7 +287,7 @@ mod tests {
     fn found_anywhere_in_long_text_with_quiet_blocks() {
         let prose = b"Version 2 of the licence, see section 7 for the terms. ".repeat(40);
         let run = b"Z2hwX2FCM2RFNWdIN2pLOW1OMXBRMnNUNHZXNnlaOA==";
-        for at in 1000..1000 + 2 * crate::scan::blocks::BLOCK {
+        for at in 1000..1000 + 2 * crate::scan::passes::blocks::BLOCK {
             let mut text = prose[..at].to_vec();
             text.extend_from_slice(b"\n");
             text.extend_from_slice(run);

@@ -3,21 +3,36 @@
 //! normaliser and the injection stream. Turns raw hits into [`Hit`]s with a
 //! redacted excerpt. Per stream it keeps a fixed-size ring of recent bytes
 //! (to recover a hit's span) and at most one bounded encoded run.
+//!
+//! Inside: what turns bytes on the wire into text to scan: content and
+//! secret decoding (`decode`), SSE reassembly (`sse`), JSON unescaping
+//! (`unescape`) and Unicode normalisation (`normalize`).
+pub mod decode;
+pub mod normalize;
+pub mod sse;
+pub mod unescape;
+
 use std::{
     borrow::Cow,
     sync::{Arc, OnceLock},
 };
 
+use self::{
+    decode::SecretEncoding,
+    normalize::{Normalizer, normalize},
+};
 use super::{
     Error,
-    blocks::HotBlocks,
-    decode::{self, SecretEncoding},
-    engine::{Engine, EngineStream, Reveal, RuleMeta},
-    normalize::{Normalizer, normalize},
-    numeric::{NumericHit, NumericScanner},
-    patterns::{self, Detector, NumericKind},
-    runs::{RunScanner, decodable_parts, discord_token, runs_in},
-    seed::{SeedHit, SeedScanner},
+    engine::{
+        Engine, EngineStream, Reveal, RuleMeta,
+        patterns::{self, Detector, NumericKind},
+    },
+    passes::{
+        blocks::HotBlocks,
+        numeric::{NumericHit, NumericScanner},
+        runs::{RunScanner, decodable_parts, discord_token, runs_in},
+        seed::{SeedHit, SeedScanner},
+    },
 };
 
 /// Bytes of history kept per stream; also the longest span an excerpt can recover.

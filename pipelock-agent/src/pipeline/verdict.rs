@@ -6,11 +6,7 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
-use crate::{
-    config::Mode,
-    pipeline::Block,
-    scan::patterns::{Confidence, Severity},
-};
+use crate::{config::Mode, pipeline::Block, scan::engine::patterns::Confidence};
 
 /// What happens because of a finding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -34,8 +30,8 @@ impl Action {
     }
 }
 
-/// The action for a finding of `severity`/`confidence` under `mode`.
-pub fn action_for(mode: Mode, _severity: Severity, confidence: Confidence) -> Action {
+/// The action for a finding of `confidence` under `mode`.
+pub fn action_for(mode: Mode, confidence: Confidence) -> Action {
     match mode {
         Mode::Strict => Action::Block,
         Mode::Balanced if confidence == Confidence::High => Action::Block,
@@ -109,16 +105,12 @@ mod tests {
     #[test]
     fn actions_per_mode() {
         use Confidence::*;
-        let s = Severity::High;
-        assert_eq!(action_for(Mode::Strict, s, Low), Action::Block);
-        assert_eq!(action_for(Mode::Strict, s, High), Action::Block);
-        assert_eq!(action_for(Mode::Balanced, s, High), Action::Block);
-        assert_eq!(action_for(Mode::Balanced, s, Medium), Action::Warn);
-        assert_eq!(action_for(Mode::Balanced, s, Low), Action::Warn);
-        assert_eq!(
-            action_for(Mode::Audit, Severity::Critical, High),
-            Action::Log
-        );
+        assert_eq!(action_for(Mode::Strict, Low), Action::Block);
+        assert_eq!(action_for(Mode::Strict, High), Action::Block);
+        assert_eq!(action_for(Mode::Balanced, High), Action::Block);
+        assert_eq!(action_for(Mode::Balanced, Medium), Action::Warn);
+        assert_eq!(action_for(Mode::Balanced, Low), Action::Warn);
+        assert_eq!(action_for(Mode::Audit, High), Action::Log);
     }
 
     #[test]

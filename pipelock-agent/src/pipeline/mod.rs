@@ -1,8 +1,16 @@
 //! The request/response pipeline every listener drives (transparent :15001,
 //! forward proxy :8888, MCP :8889): connection metadata, phase hooks with a
 //! per-exchange context (named after pingora's `ProxyHttp` phases), and the
-//! decision a hook returns. Scanning and verdicts plug in here, once.
+//! decision a hook returns. Scanning and verdicts plug in here, once:
+//! [`ScanPipeline`] (`scanning`) turns the hits of `crate::scan` into
+//! actions by mode (`verdict`), logs them (`findings`) and counts them.
+pub mod findings;
+pub mod scanning;
+pub mod verdict;
+
 use std::{net::SocketAddr, sync::Arc};
+
+pub use scanning::{ScanConfig, ScanPipeline};
 
 /// Which listener accepted a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]

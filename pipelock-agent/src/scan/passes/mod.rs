@@ -1,0 +1,12 @@
+//! The cheap passes of a DLP text stream, for tokens with no literal for
+//! Hyperscan to anchor on. Each classifies 64-byte blocks to skip clean text
+//! and looks closely only where a token may be: `numeric` (card numbers,
+//! SSNs, IBANs, … confirmed by `validators`) and `runs` (encoded runs worth
+//! decoding) share one digit-driven classification (`blocks`) and carry a
+//! `tail` between chunks; `seed` (BIP-39 seed phrases) has its own.
+pub mod blocks;
+pub mod numeric;
+pub mod runs;
+pub mod seed;
+pub mod tail;
+pub mod validators;
