@@ -37,7 +37,9 @@ fn start(flags: RunArgs) -> anyhow::Result<()> {
         None => Loaded::defaults(),
     };
     let start = run::Start { loaded, flags };
-    telemetry::init(start.effective().logging.format);
+    let cfg = start.effective();
+    let writer = telemetry::writer(cfg.logging.output, cfg.logging.file.as_deref())?;
+    telemetry::init(cfg.logging.format, writer);
     for n in &start.loaded.notices {
         tracing::warn!(target: "pipelock::config", key = %n.path, line = n.line, "{}", n.note);
     }

@@ -17,11 +17,13 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     cli::RunArgs,
+    config::pipelock::{PatternSeverity, ResponseAction, WarnBlock},
     config::{self, Config, Loaded, reload},
-    pipeline::{ScanConfig, ScanPipeline},
+    pipeline::{CustomPattern, ScanConfig, ScanPipeline},
     proxy::{LiveContext, ProxyContext, passthrough::PassthroughDomains, transparent},
     redirect::{self, RedirectConfig, Redirector},
     scan::engine::known_secrets::KnownSecretsConfig,
+    scan::engine::patterns::Severity,
     telemetry::metrics::Metrics,
     tls,
 };
@@ -287,6 +289,7 @@ fn context(
         tls,
         passthrough: PassthroughDomains::new(cfg.passthrough_domains()),
         sniff_timeout: Duration::from_millis(i.sniff_timeout_ms.max(1)),
+        log_allowed: cfg.logging.include_allowed,
     }
 }
 
@@ -314,6 +317,26 @@ pub fn scan_config(
             .max_event_bytes
             .max(1024),
         response_injection: cfg.response_scanning.enabled,
+        request_body: cfg.request_body_scanning.enabled,
+        request_headers: cfg.request_body_scanning.scan_headers,
+        custom_dlp: cfg
+            .dlp
+            .patterns
+            .iter()
+            .map(|p| CustomPattern {
+                name: p.name.clone(),
+                regex: p.regex.clone(),
+                severity: match p.severity {
+                    PatternSeverity::Low => Severity::Low,
+                    PatternSeverity::Medium => Severity::Medium,
+                    PatternSeverity::High => Severity::High,
+                    PatternSeverity::Critical => Severity::Critical,
+                },
+                exempt_domains: p.exempt_domains.clone(),
+            })
+            .collect(),
+        request_section_blocks: cfg.request_body_scanning.action == WarnBlock::Block,
+        response_section_blocks: cfg.response_scanning.action == ResponseAction::Block,
         ..defaults
     }
 }

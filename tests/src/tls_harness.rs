@@ -97,6 +97,7 @@ impl InProcessAgent {
             tls: tls.clone(),
             passthrough: PassthroughDomains::new(&opts.passthrough),
             sniff_timeout: Duration::from_millis(500),
+            log_allowed: true,
         });
         let records = Arc::new(Mutex::new(Vec::new()));
         let recs = records.clone();

@@ -161,6 +161,7 @@ const RESTART_ONLY: &[(&str, Getter)] = &[
     }),
     ("logging.format", |c| format!("{:?}", c.logging.format)),
     ("logging.output", |c| format!("{:?}", c.logging.output)),
+    ("logging.file", |c| format!("{:?}", c.logging.file)),
 ];
 
 /// The keys of `new` that differ from `running` but only apply at start.
@@ -196,6 +197,7 @@ pub fn keep_start_only(running: &Config, mut new: Config) -> Config {
     t.cert_cache_size = rt.cert_cache_size;
     new.logging.format = running.logging.format;
     new.logging.output = running.logging.output;
+    new.logging.file.clone_from(&running.logging.file);
     new
 }
 

@@ -87,8 +87,8 @@ const RULES: &[Rule] = &[
     rule!("canary_tokens.enabled", |c| c.canary_tokens.enabled, LATER),
     rule!(
         "response_scanning.action",
-        |_c| true,
-        "enforcement follows `mode` (strict blocks every finding, balanced blocks high-confidence ones, audit logs); `block` here also blocks this section's lower-confidence findings in balanced, `warn`/`strip`/`ask` do not lower the mode's verdict"
+        |c| c.response_scanning.action != super::pipelock::ResponseAction::Block,
+        "enforcement follows `mode` (strict blocks every finding, balanced blocks high-confidence ones, audit logs); `warn`/`strip`/`ask` do not lower it (use mode: audit to only log); `block` makes balanced block response findings whatever their confidence"
     ),
     rule!(
         "response_scanning.include_defaults",
@@ -117,8 +117,8 @@ const RULES: &[Rule] = &[
     ),
     rule!(
         "request_body_scanning.action",
-        |_c| true,
-        "enforcement follows `mode` (strict blocks every finding, balanced blocks high-confidence ones, audit logs); `block` here also blocks this section's lower-confidence findings in balanced, `warn` does not lower the mode's verdict"
+        |c| c.request_body_scanning.action == super::pipelock::WarnBlock::Warn,
+        "enforcement follows `mode` (strict blocks every finding, balanced blocks high-confidence ones, audit logs); `warn` does not lower it (use mode: audit to only log); `block` makes balanced block request findings whatever their confidence"
     ),
     rule!(
         "request_body_scanning.max_body_bytes",
@@ -173,13 +173,8 @@ const RULES: &[Rule] = &[
     ),
     rule!(
         "logging.output",
-        |c| c.logging.output != super::pipelock::LogOutput::Stdout,
-        "accepted, not implemented yet: logs go to stdout"
-    ),
-    rule!(
-        "logging.include_allowed",
-        |_c| true,
-        "accepted, not implemented yet: every connection and finding is logged"
+        |c| c.logging.output != super::pipelock::LogOutput::Stdout && c.logging.file.is_none(),
+        "needs logging.file; logs go to stdout"
     ),
     rule!(
         "logging.include_blocked",

@@ -10,7 +10,7 @@ pub mod verdict;
 
 use std::{net::SocketAddr, sync::Arc};
 
-pub use scanning::{ScanConfig, ScanPipeline};
+pub use scanning::{CustomPattern, ScanConfig, ScanPipeline};
 
 /// Which listener accepted a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]

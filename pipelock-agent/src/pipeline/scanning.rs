@@ -22,9 +22,9 @@ use crate::scan::{
     Error,
     body::{BodyScanner, BodySpec, BodyStatus},
     engine::{
-        Engine, EngineSpec, RuleMeta,
+        Engine, EngineSpec, Reveal, RuleMeta,
         known_secrets::{self, KnownSecret, KnownSecretsConfig},
-        patterns,
+        patterns::{self, Confidence, RuleClass, Severity},
     },
     text::{
         Hit, RunLimits,
@@ -52,6 +52,67 @@ pub struct ScanConfig {
     pub response_dlp: bool,
     /// Prompt-injection scanning of responses.
     pub response_injection: bool,
+    /// DLP on request bodies (`request_body_scanning.enabled`).
+    pub request_body: bool,
+    /// DLP on request headers (`request_body_scanning.scan_headers`).
+    pub request_headers: bool,
+    /// The operator's own DLP patterns (`dlp.patterns`).
+    pub custom_dlp: Vec<CustomPattern>,
+    /// Request findings block in balanced whatever their confidence
+    /// (`request_body_scanning.action: block`).
+    pub request_section_blocks: bool,
+    /// Response findings block in balanced whatever their confidence
+    /// (`response_scanning.action: block`).
+    pub response_section_blocks: bool,
+}
+
+/// One operator DLP pattern, matched case-insensitively as Pipelock does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CustomPattern {
+    pub name: String,
+    pub regex: String,
+    pub severity: Severity,
+    /// Hosts (suffixes; a leading `*.` is dropped) the value may go to.
+    pub exempt_domains: Vec<String>,
+}
+
+impl CustomPattern {
+    /// The rule id findings carry: `dlp.custom.<name as snake case>`.
+    pub fn rule_id(&self) -> String {
+        let slug: String = self
+            .name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        format!("dlp.custom.{}", slug.trim_matches('_'))
+    }
+
+    fn meta(&self) -> RuleMeta {
+        RuleMeta {
+            id: self.rule_id().into(),
+            name: self.name.clone().into(),
+            class: RuleClass::Dlp,
+            severity: self.severity,
+            // The operator asked for this pattern: as sure of it as its severity says.
+            confidence: match self.severity {
+                Severity::Critical | Severity::High => Confidence::High,
+                Severity::Medium => Confidence::Medium,
+                Severity::Low => Confidence::Low,
+            },
+            home_hosts: self
+                .exempt_domains
+                .iter()
+                .map(|d| d.trim_start_matches("*.").to_ascii_lowercase())
+                .collect(),
+            reveal: Reveal::Prefix,
+        }
+    }
 }
 
 impl Default for ScanConfig {
@@ -68,6 +129,11 @@ impl Default for ScanConfig {
             max_sse_event: 256 * 1024,
             response_dlp: true,
             response_injection: true,
+            request_body: true,
+            request_headers: true,
+            custom_dlp: Vec::new(),
+            request_section_blocks: false,
+            response_section_blocks: false,
         }
     }
 }
@@ -120,6 +186,11 @@ impl ScanPipeline {
     ) -> Result<Self, Error> {
         let mut spec = EngineSpec::builtin();
         spec.literals = known_secrets::literals(secrets);
+        spec.extra_dlp = cfg
+            .custom_dlp
+            .iter()
+            .map(|p| (p.regex.clone(), p.meta(), true))
+            .collect();
         let engine = Arc::new(Engine::build(spec)?);
         Ok(ScanPipeline {
             shared: Arc::new(Shared {
@@ -232,7 +303,11 @@ impl ScanExchange {
             if !self.reported.insert((direction, hit.meta.id.to_string())) {
                 continue;
             }
-            let action = verdict::action_for(self.mode, hit.meta.confidence);
+            let section_blocks = match direction {
+                Direction::Request => self.shared.cfg.request_section_blocks,
+                Direction::Response => self.shared.cfg.response_section_blocks,
+            };
+            let action = verdict::action_for(self.mode, hit.meta.confidence, section_blocks);
             let finding = Finding {
                 rule_id: hit.meta.id.to_string(),
                 rule_name: hit.meta.name.to_string(),
@@ -394,7 +469,12 @@ impl Exchange for ScanExchange {
             self.block_scan(&decoded, "url+percent");
         }
         // Headers, one `name: value` line each.
-        for (name, value) in &req.headers {
+        let headers = if self.shared.cfg.request_headers {
+            req.headers.iter().collect()
+        } else {
+            Vec::new()
+        };
+        for (name, value) in headers {
             let line = header_line(name, value);
             let before = self.hits.len();
             self.block_scan(&line, &format!("header:{}", name.as_str()));
@@ -404,7 +484,11 @@ impl Exchange for ScanExchange {
                     .extend(tail.into_iter().filter(|h| h.meta.id != "dlp.jwt"));
             }
         }
-        self.request = self.open_body(&req.headers, false, false);
+        self.request = if self.shared.cfg.request_body {
+            self.open_body(&req.headers, false, false)
+        } else {
+            None
+        };
         self.decide(Direction::Request)
     }
 
@@ -613,6 +697,62 @@ mod tests {
         assert_eq!(m.findings_logged(), 1);
         assert_eq!(m.dlp_hits(), 1);
         assert_eq!(m.requests_blocked(), 0);
+    }
+
+    #[test]
+    fn custom_patterns_section_actions_and_switches() {
+        let custom = CustomPattern {
+            name: "Internal Token".into(),
+            regex: "itk_[a-z0-9]{16}".into(),
+            severity: Severity::Medium,
+            exempt_domains: vec!["*.internal.example".into()],
+        };
+        assert_eq!(custom.rule_id(), "dlp.custom.internal_token");
+        let cfg = |section_blocks| ScanConfig {
+            mode: Mode::Balanced,
+            custom_dlp: vec![custom.clone()],
+            request_section_blocks: section_blocks,
+            ..ScanConfig::default()
+        };
+        // Case-insensitive, as Pipelock compiles them; medium: balanced warns.
+        let body = b"{\"note\":\"ITK_0123456789abcdef\"}";
+        let p = ScanPipeline::new(cfg(false)).unwrap();
+        assert_eq!(post(&p, 1, &[], body, 7), Decision::Continue);
+        assert_eq!(p.metrics().findings_warned(), 1);
+        // `request_body_scanning.action: block` makes balanced block it.
+        let p = ScanPipeline::new(cfg(true)).unwrap();
+        assert_eq!(
+            block_ids(&post(&p, 1, &[], body, 7)),
+            vec!["dlp.custom.internal_token".to_owned()]
+        );
+        // Its exempt domain is a home host.
+        let mut ex = p.exchange(&conn(1));
+        let d = ex.request_filter(&request(
+            "GET",
+            "https://api.internal.example/v1",
+            &[("x-internal", "itk_0123456789abcdef")],
+        ));
+        assert_eq!(d, Decision::Continue);
+        let mut ex = p.exchange(&conn(1));
+        let d = ex.request_filter(&request(
+            "GET",
+            "https://elsewhere.example/v1",
+            &[("x-internal", "itk_0123456789abcdef")],
+        ));
+        assert!(d.is_block());
+        // Bodies and headers can be switched off.
+        let p = ScanPipeline::new(ScanConfig {
+            mode: Mode::Strict,
+            request_body: false,
+            request_headers: false,
+            ..ScanConfig::default()
+        })
+        .unwrap();
+        let secret = format!("t={}", github_token());
+        assert_eq!(
+            post(&p, 1, &[("x-data", &github_token())], secret.as_bytes(), 9),
+            Decision::Continue
+        );
     }
 
     #[test]

@@ -30,11 +30,13 @@ impl Action {
     }
 }
 
-/// The action for a finding of `confidence` under `mode`.
-pub fn action_for(mode: Mode, confidence: Confidence) -> Action {
+/// The action for a finding of `confidence` under `mode`. `section_blocks`:
+/// the finding's config section says `action: block`, which makes balanced
+/// block it whatever its confidence (audit still only logs).
+pub fn action_for(mode: Mode, confidence: Confidence, section_blocks: bool) -> Action {
     match mode {
         Mode::Strict => Action::Block,
-        Mode::Balanced if confidence == Confidence::High => Action::Block,
+        Mode::Balanced if confidence == Confidence::High || section_blocks => Action::Block,
         Mode::Balanced => Action::Warn,
         Mode::Audit => Action::Log,
     }
@@ -105,12 +107,21 @@ mod tests {
     #[test]
     fn actions_per_mode() {
         use Confidence::*;
-        assert_eq!(action_for(Mode::Strict, Low), Action::Block);
-        assert_eq!(action_for(Mode::Strict, High), Action::Block);
-        assert_eq!(action_for(Mode::Balanced, High), Action::Block);
-        assert_eq!(action_for(Mode::Balanced, Medium), Action::Warn);
-        assert_eq!(action_for(Mode::Balanced, Low), Action::Warn);
-        assert_eq!(action_for(Mode::Audit, High), Action::Log);
+        assert_eq!(action_for(Mode::Strict, Low, false), Action::Block);
+        assert_eq!(action_for(Mode::Strict, High, false), Action::Block);
+        assert_eq!(action_for(Mode::Balanced, High, false), Action::Block);
+        assert_eq!(action_for(Mode::Balanced, Medium, false), Action::Warn);
+        assert_eq!(action_for(Mode::Balanced, Low, false), Action::Warn);
+        assert_eq!(action_for(Mode::Audit, High, false), Action::Log);
+    }
+
+    #[test]
+    fn section_block_raises_balanced_only() {
+        use Confidence::*;
+        assert_eq!(action_for(Mode::Balanced, Low, true), Action::Block);
+        assert_eq!(action_for(Mode::Balanced, Medium, false), Action::Warn);
+        assert_eq!(action_for(Mode::Audit, High, true), Action::Log);
+        assert_eq!(action_for(Mode::Strict, Low, false), Action::Block);
     }
 
     #[test]

@@ -115,6 +115,8 @@ pub struct ProxyContext {
     /// How long to wait for a client's first bytes before treating the
     /// connection as non-HTTP (server-speaks-first protocols).
     pub sniff_timeout: Duration,
+    /// Log connections that ended without error (`logging.include_allowed`).
+    pub log_allowed: bool,
 }
 
 impl ProxyContext {

@@ -86,6 +86,7 @@ async fn handle(
         attribution,
     });
     let mut summary = ConnSummary::default();
+    let ctx_log_allowed = ctx.log_allowed;
     let result = match orig_dst {
         None => {
             relay::reset(stream);
@@ -97,7 +98,9 @@ async fn handle(
         }
         Some(_) => dispatch::serve(stream, meta.clone(), ctx, &mut summary).await,
     };
-    log_connection(&meta, &summary, started.elapsed(), result.as_ref().err());
+    if result.is_err() || ctx_log_allowed {
+        log_connection(&meta, &summary, started.elapsed(), result.as_ref().err());
+    }
 }
 
 /// The one line per connection: destination, who, bytes, duration, outcome.

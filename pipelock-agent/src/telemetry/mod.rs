@@ -1,19 +1,44 @@
-//! Logging setup: tracing to stderr, text or JSON lines; `log` records
+//! Logging setup: tracing to stdout and/or a file (`logging:`), text or JSON lines; `log` records
 //! (aya-log's kernel-side messages) are bridged into tracing. The metrics
 //! registry is `metrics`.
 pub mod metrics;
 
-use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+use tracing_subscriber::{
+    EnvFilter,
+    fmt::{self, writer::BoxMakeWriter, writer::MakeWriterExt as _},
+    prelude::*,
+};
 
-use crate::config::LogFormat;
+use crate::config::{LogFormat, pipelock::LogOutput};
 
-/// Installs the global subscriber. `RUST_LOG` overrides the default `info`.
-pub fn init(format: LogFormat) {
+/// Where log lines go (`logging.output`, `logging.file`): stdout (as
+/// Pipelock), a file, or both. A file that cannot be opened is an error.
+pub fn writer(output: LogOutput, file: Option<&str>) -> anyhow::Result<BoxMakeWriter> {
+    use anyhow::Context as _;
+    let open = |path: &str| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("logging.file {path}: cannot open for appending"))
+    };
+    Ok(match (output, file) {
+        (LogOutput::Stdout, _) | (_, None) => BoxMakeWriter::new(std::io::stdout),
+        (LogOutput::File, Some(path)) => BoxMakeWriter::new(std::sync::Arc::new(open(path)?)),
+        (LogOutput::Both, Some(path)) => {
+            BoxMakeWriter::new(std::io::stdout.and(std::sync::Arc::new(open(path)?)))
+        }
+    })
+}
+
+/// Installs the global subscriber writing to `writer`. `RUST_LOG` overrides
+/// the default `info`.
+pub fn init(format: LogFormat, writer: BoxMakeWriter) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let registry = tracing_subscriber::registry().with(filter);
     let result = match format {
         LogFormat::Text => registry
-            .with(fmt::layer().with_writer(std::io::stderr))
+            .with(fmt::layer().with_ansi(false).with_writer(writer))
             .try_init(),
         LogFormat::Json => registry
             .with(
@@ -21,7 +46,7 @@ pub fn init(format: LogFormat) {
                     .json()
                     .flatten_event(true)
                     .with_current_span(false)
-                    .with_writer(std::io::stderr),
+                    .with_writer(writer),
             )
             .try_init(),
     };
