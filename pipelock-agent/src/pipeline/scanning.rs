@@ -373,8 +373,27 @@ impl ScanExchange {
         } else {
             "request_body"
         };
-        let encoding = header_str(headers, http::header::CONTENT_ENCODING).unwrap_or_default();
-        let codings = match ContentCoding::parse_list(&encoding) {
+        // Every Content-Encoding field, in order, as the server will read
+        // them: a second field must not hide a coding from the scanner.
+        let mut encoding = String::new();
+        let mut opaque = false;
+        for v in headers.get_all(http::header::CONTENT_ENCODING) {
+            match v.to_str() {
+                Ok(v) => {
+                    if !encoding.is_empty() {
+                        encoding.push(',');
+                    }
+                    encoding.push_str(v);
+                }
+                Err(_) => opaque = true,
+            }
+        }
+        let parsed = if opaque {
+            Err(())
+        } else {
+            ContentCoding::parse_list(&encoding).map_err(drop)
+        };
+        let codings = match parsed {
             Ok(c) => c,
             Err(_) => {
                 self.scanner_hit("scanner.undecodable_body", location);
@@ -872,6 +891,35 @@ mod tests {
             w.write_all(data).unwrap();
         }
         out
+    }
+
+    /// Encodings the scanner cannot follow fail closed in balanced, and a
+    /// second Content-Encoding field is read like the server reads it.
+    #[test]
+    fn contradictory_or_false_encodings_fail_closed() {
+        let p = pipeline(Mode::Balanced);
+        let secret = format!("note {}", github_token());
+        // Labelled gzip, sent plain: undecodable, so refused.
+        let d = post(&p, 1, &[("content-encoding", "gzip")], secret.as_bytes(), 8);
+        assert_eq!(block_ids(&d), vec!["scanner.undecodable_body".to_owned()]);
+        // Two fields: identity, then gzip. The body is gzip and is scanned so.
+        let mut ex = p.exchange(&conn(1));
+        let mut b = http::Request::builder()
+            .method("POST")
+            .uri("https://api.example.com/v1/upload");
+        b = b.header("content-encoding", "identity");
+        b = b.header("content-encoding", "gzip");
+        let parts = b.body(()).unwrap().into_parts().0;
+        assert_eq!(ex.request_filter(&parts), Decision::Continue);
+        let d = ex.request_body_filter(&gzip(secret.as_bytes()), true);
+        assert_eq!(block_ids(&d), vec!["dlp.github_token".to_owned()]);
+        // An unknown coding is not guessed at.
+        let d = post(&p, 1, &[("content-encoding", "x-secret-sauce")], b"hello", 8);
+        assert_eq!(block_ids(&d), vec!["scanner.undecodable_body".to_owned()]);
+        // Audit logs it and lets it through.
+        let p = pipeline(Mode::Audit);
+        let d = post(&p, 1, &[("content-encoding", "gzip")], secret.as_bytes(), 8);
+        assert_eq!(d, Decision::Continue);
     }
 
     #[test]

@@ -156,10 +156,10 @@ pub static SCANNER_RULES: &[Rule] = &[
     .internal(),
     rule(
         "scanner.undecodable_body",
-        "Body could not be decoded for scanning",
+        "Body could not be decoded for scanning (fails closed)",
         RuleClass::Scanner,
-        Severity::Medium,
-        Confidence::Medium,
+        Severity::High,
+        Confidence::High,
         "",
     )
     .internal(),
