@@ -192,8 +192,9 @@ pub struct RunArgs {
     /// to the file's) [config: interceptor.passthrough_domains].
     #[arg(long = "passthrough-domain")]
     pub passthrough_domains: Vec<String>,
-    /// What to do with redirected traffic that is neither TLS nor HTTP
-    /// [config: interceptor.non_http; default relay].
+    /// What to do with redirected traffic that is neither TLS nor HTTP (it cannot be
+    /// scanned): refuse (closed in strict and balanced, relayed and logged in audit),
+    /// relay, or reset [config: interceptor.non_http; default refuse].
     #[arg(long, value_enum)]
     pub non_http: Option<NonHttpAction>,
     /// open: the redirect goes with the agent; closed: it stays pinned on bpffs so

@@ -284,6 +284,10 @@ fn context(
     ProxyContext {
         pipeline: Arc::new(pipeline),
         non_http: i.non_http,
+        non_http_relay: crate::proxy::NonHttpRelay {
+            ports: i.non_http_relay_ports.clone(),
+            cidrs: i.non_http_relay_cidrs.clone(),
+        },
         self_addrs: listen.to_vec(),
         connect_timeout: Duration::from_secs(i.connect_timeout_seconds.max(1)),
         tls,

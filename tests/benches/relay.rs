@@ -47,6 +47,9 @@ fn main() {
             cg.rel().into(),
             "--redirect-addr".into(),
             redirect.to_string(),
+            // Raw TCP: unscannable, relayed only when the operator says so.
+            "--non-http".into(),
+            "relay".into(),
         ]);
         agent.0.push(run_client(&cg, "bulk", bulk));
         agent.1.push(run_client(&cg, "rate", rate));

@@ -92,6 +92,7 @@ impl InProcessAgent {
         let ctx = Arc::new(ProxyContext {
             pipeline,
             non_http: opts.non_http,
+            non_http_relay: Default::default(),
             self_addrs: vec![addr],
             connect_timeout: Duration::from_secs(5),
             tls: tls.clone(),

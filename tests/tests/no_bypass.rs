@@ -3,8 +3,16 @@
 //! with the agent's own port number on another host is still redirected and
 //! scanned; the agent, run in its own pid namespace inside the covered
 //! cgroup, never redirects its own upstream connects (it is exempted by its
-//! socket mark, not by a namespaced pid).
-use std::{net::SocketAddr, time::Duration};
+//! socket mark, not by a namespaced pid); traffic that is neither TLS nor
+//! HTTP (a raw protocol, a client that stays silent, a server that speaks
+//! first) is refused in balanced unless its destination is listed, and
+//! relayed with a warning in audit.
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use pipelock_tests::{
     agent::Agent,
@@ -103,4 +111,139 @@ fn agent_in_its_own_pid_namespace_inside_the_covered_cgroup_does_not_redirect_it
     assert_eq!(records[0]["orig_dst"], up.addr.to_string());
     assert_eq!(records[0]["message"], "connection closed");
     assert_eq!(up.seen(), vec!["/through".to_string()]);
+}
+
+/// A raw TCP server that optionally speaks first and records every byte.
+struct RawServer {
+    addr: SocketAddr,
+    got: Arc<Mutex<Vec<u8>>>,
+}
+
+impl RawServer {
+    fn start(banner: Option<&'static [u8]>) -> RawServer {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let got: Arc<Mutex<Vec<u8>>> = Arc::default();
+        let g = got.clone();
+        std::thread::spawn(move || {
+            for s in l.incoming().take(16) {
+                let Ok(mut s) = s else { continue };
+                let g = g.clone();
+                std::thread::spawn(move || {
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                    if let Some(b) = banner {
+                        let _ = s.write_all(b);
+                    }
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n) = s.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        g.lock().unwrap().extend_from_slice(&buf[..n]);
+                        let _ = s.write_all(b"ok\n");
+                    }
+                });
+            }
+        });
+        RawServer { addr, got }
+    }
+
+    fn got(&self) -> Vec<u8> {
+        self.got.lock().unwrap().clone()
+    }
+}
+
+/// From the cgroup: connect, optionally wait, send `payload`, read what
+/// comes back. Prints what was received (or the error).
+fn raw_client(cg: &TestCgroup, addr: SocketAddr, wait_ms: u64, payload: &str) -> String {
+    let script = format!(
+        "import socket,time\ns=socket.create_connection(('{}',{}),timeout=5)\ntime.sleep({})\n\
+try:\n s.sendall({:?}.encode())\n time.sleep(0.3)\n print(repr(s.recv(100)))\nexcept Exception as e:\n print('ERR', e)\n",
+        addr.ip(),
+        addr.port(),
+        wait_ms as f64 / 1000.0,
+        payload
+    );
+    let run = client::run(
+        Place {
+            cgroup: Some(cg),
+            netns: None,
+        },
+        "python3",
+        &["-c", &script],
+        TIMEOUT,
+    );
+    format!("{}{}", run.stdout, run.stderr)
+}
+
+fn start_agent(cg: &TestCgroup, extra: &[&str]) -> Agent {
+    let redirect = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut args: Vec<String> = vec![
+        "--cgroup".into(),
+        cg.rel().into(),
+        "--redirect-addr".into(),
+        redirect.to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    Agent::start(&args)
+}
+
+#[test]
+fn unscannable_traffic_is_refused_in_balanced_and_logged_in_audit() {
+    require_root();
+    let cg = TestCgroup::new("non-http");
+    let raw = RawServer::start(None);
+    let banner = RawServer::start(Some(b"220 smtp.example ESMTP\r\n"));
+    let payload = format!("RAW {SECRET}\n");
+
+    // Default mode (balanced): a raw protocol, a silent-then-talking client
+    // and a server-speaks-first protocol are all refused: nothing arrives.
+    let agent = start_agent(&cg, &[]);
+    let out = raw_client(&cg, raw.addr, 0, &payload);
+    assert!(!out.contains("ok"), "raw protocol relayed: {out}");
+    let out = raw_client(&cg, raw.addr, 800, &payload);
+    assert!(!out.contains("ok"), "silent client relayed: {out}");
+    let out = raw_client(&cg, banner.addr, 0, &payload);
+    assert!(!out.contains("ok"), "server-first protocol relayed: {out}");
+    assert!(
+        raw.got().is_empty() && banner.got().is_empty(),
+        "bytes left unscanned"
+    );
+    let refused = agent
+        .conn_records()
+        .into_iter()
+        .filter(|r| r["kind"] == "refused")
+        .count();
+    assert_eq!(refused, 3, "{}", agent.output());
+    drop(agent);
+
+    // A listed destination port is relayed (and logged) in balanced.
+    let port = raw.addr.port().to_string();
+    let cfg_dir = std::env::temp_dir().join(format!("plk-nonhttp-{}", std::process::id()));
+    std::fs::create_dir_all(&cfg_dir).unwrap();
+    let cfg = cfg_dir.join("pipelock.yaml");
+    std::fs::write(
+        &cfg,
+        format!("interceptor:\n  non_http_relay_ports: [{port}]\n"),
+    )
+    .unwrap();
+    let agent = start_agent(&cg, &["--config", cfg.to_str().unwrap()]);
+    let out = raw_client(&cg, raw.addr, 0, "hello\n");
+    assert!(
+        out.contains("ok"),
+        "listed port refused: {out}\n{}",
+        agent.output()
+    );
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&cfg_dir);
+
+    // Audit: relayed, with a warning that strict and balanced refuse it.
+    let agent = start_agent(&cg, &["--mode", "audit"]);
+    let out = raw_client(&cg, banner.addr, 0, "EHLO x\n");
+    assert!(out.contains("220"), "audit did not relay: {out}");
+    agent
+        .wait_for_line(Duration::from_secs(10), |l| {
+            l.contains("unscannable traffic")
+        })
+        .unwrap_or_else(|| panic!("no audit warning:\n{}", agent.output()));
 }

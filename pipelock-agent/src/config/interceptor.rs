@@ -51,6 +51,10 @@ pub struct Interceptor {
     pub passthrough_domains: Vec<String>,
     /// What to do with redirected traffic that is neither TLS nor HTTP.
     pub non_http: NonHttpAction,
+    /// Destination ports where such traffic is relayed (logged) in every mode.
+    pub non_http_relay_ports: Vec<u16>,
+    /// Destination CIDRs where such traffic is relayed (logged) in every mode.
+    pub non_http_relay_cidrs: Vec<IpNet>,
     /// Seconds open connections get to finish after SIGTERM/SIGINT.
     pub drain_seconds: u64,
     /// Milliseconds to wait for a client's first bytes before calling it non-HTTP.
@@ -84,7 +88,9 @@ impl Default for Interceptor {
             known_secret_env: Vec::new(),
             known_secret_files: Vec::new(),
             passthrough_domains: Vec::new(),
-            non_http: NonHttpAction::Relay,
+            non_http: NonHttpAction::Refuse,
+            non_http_relay_ports: Vec::new(),
+            non_http_relay_cidrs: Vec::new(),
             drain_seconds: 5,
             sniff_timeout_ms: 500,
             connect_timeout_seconds: 10,

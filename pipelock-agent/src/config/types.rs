@@ -27,13 +27,17 @@ impl Mode {
     }
 }
 
-/// Handling of redirected connections that are neither TLS nor HTTP.
+/// Handling of redirected connections that are neither TLS nor HTTP (or
+/// whose client stays silent): such bytes cannot be scanned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum NonHttpAction {
-    /// Relay the bytes unmodified (still logged with attribution).
+    /// Refused in strict and balanced, relayed and logged in audit, except to
+    /// the destinations listed in `non_http_relay_ports` / `_cidrs` (default).
+    Refuse,
+    /// Relay the bytes unmodified everywhere (logged with attribution).
     Relay,
-    /// Close the connection.
+    /// Close the connection, in every mode.
     Reset,
 }
 

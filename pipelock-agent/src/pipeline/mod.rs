@@ -125,6 +125,11 @@ pub trait Exchange: Send {
 pub trait Pipeline: Send + Sync + 'static {
     /// Starts a new exchange on `conn`.
     fn exchange(&self, conn: &Arc<ConnMeta>) -> Box<dyn Exchange>;
+    /// The enforcement mode for traffic of `conn` (for what is decided
+    /// outside an exchange, such as unscannable connections).
+    fn mode_for(&self, _conn: &ConnMeta) -> crate::config::Mode {
+        crate::config::Mode::Balanced
+    }
 }
 
 /// A pipeline that lets everything through (used until scanning is configured).

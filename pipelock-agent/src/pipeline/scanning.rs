@@ -217,6 +217,11 @@ impl ScanPipeline {
 }
 
 impl Pipeline for ScanPipeline {
+    fn mode_for(&self, conn: &ConnMeta) -> Mode {
+        let cgroup = conn.attribution.as_ref().map(|a| a.cgroup_id);
+        self.shared.policy.mode_for(cgroup)
+    }
+
     fn exchange(&self, conn: &Arc<ConnMeta>) -> Box<dyn Exchange> {
         let cgroup = conn.attribution.as_ref().map(|a| a.cgroup_id);
         self.shared.metrics.exchanges.inc();
@@ -914,7 +919,13 @@ mod tests {
         let d = ex.request_body_filter(&gzip(secret.as_bytes()), true);
         assert_eq!(block_ids(&d), vec!["dlp.github_token".to_owned()]);
         // An unknown coding is not guessed at.
-        let d = post(&p, 1, &[("content-encoding", "x-secret-sauce")], b"hello", 8);
+        let d = post(
+            &p,
+            1,
+            &[("content-encoding", "x-secret-sauce")],
+            b"hello",
+            8,
+        );
         assert_eq!(block_ids(&d), vec!["scanner.undecodable_body".to_owned()]);
         // Audit logs it and lets it through.
         let p = pipeline(Mode::Audit);

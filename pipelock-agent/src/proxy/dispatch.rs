@@ -26,7 +26,7 @@ use super::{
     upstream::{self, Proto, Target, TlsTarget, UpstreamPool},
 };
 use crate::{
-    config::NonHttpAction,
+    config::{Mode, NonHttpAction},
     pipeline::ConnMeta,
     tls::{
         AlpnOffer, LeafName,
@@ -62,14 +62,29 @@ pub async fn serve(
             summary.kind = "empty";
             Ok(())
         }
-        Sniffed::Other => match ctx.non_http {
-            NonHttpAction::Relay => blind_relay(client, pre, &ctx, dst, "relay", summary).await,
-            NonHttpAction::Reset => {
-                summary.kind = "reset";
+        Sniffed::Other => {
+            let mode = ctx.pipeline.mode_for(&meta);
+            let relay = match ctx.non_http {
+                NonHttpAction::Relay => true,
+                NonHttpAction::Reset => false,
+                NonHttpAction::Refuse => mode == Mode::Audit || ctx.non_http_relay.allows(dst),
+            };
+            if !relay {
+                summary.kind = "refused";
                 relay::reset(client);
-                Err(Error::NonHttpRefused)
+                return Err(Error::NonHttpRefused);
             }
-        },
+            if ctx.non_http == NonHttpAction::Refuse && !ctx.non_http_relay.allows(dst) {
+                tracing::warn!(
+                    target: "pipelock::conn",
+                    conn = meta.id,
+                    orig_dst = %dst,
+                    mode = mode.as_str(),
+                    "unscannable traffic (neither TLS nor HTTP) relayed in audit mode; strict and balanced refuse it"
+                );
+            }
+            blind_relay(client, pre, &ctx, dst, "relay", summary).await
+        }
         Sniffed::Http {
             h2c_prior_knowledge,
         } => {

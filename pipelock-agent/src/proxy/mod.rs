@@ -46,7 +46,9 @@ pub enum Error {
     Io { side: Side, source: std::io::Error },
     #[error("sniffing the client's first bytes: {0}")]
     Sniff(sniff::SniffError),
-    #[error("traffic is neither TLS nor HTTP; refused (--non-http reset)")]
+    #[error(
+        "traffic is neither TLS nor HTTP (or the client stayed silent) and cannot be scanned; refused (interceptor.non_http)"
+    )]
     NonHttpRefused,
     #[error("TLS setup: {0}")]
     Tls(crate::tls::Error),
@@ -94,6 +96,19 @@ pub struct ConnSummary {
     pub bytes_down: u64,
 }
 
+/// Destinations where unscannable traffic is relayed in every mode.
+#[derive(Clone, Debug, Default)]
+pub struct NonHttpRelay {
+    pub ports: Vec<u16>,
+    pub cidrs: Vec<ipnet::IpNet>,
+}
+
+impl NonHttpRelay {
+    pub fn allows(&self, dst: SocketAddr) -> bool {
+        self.ports.contains(&dst.port()) || self.cidrs.iter().any(|n| n.contains(&dst.ip()))
+    }
+}
+
 /// The context in force: swapped whole on a config reload; each connection
 /// keeps the one it started with.
 pub type LiveContext = arc_swap::ArcSwap<ProxyContext>;
@@ -104,6 +119,8 @@ pub struct ProxyContext {
     pub pipeline: Arc<dyn Pipeline>,
     /// Handling of redirected traffic that is neither TLS nor HTTP.
     pub non_http: NonHttpAction,
+    /// Destinations where it is relayed in every mode.
+    pub non_http_relay: NonHttpRelay,
     /// The agent's own listener addresses (loop guard).
     pub self_addrs: Vec<SocketAddr>,
     /// Upper bound for connecting to an upstream.
