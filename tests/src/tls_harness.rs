@@ -11,7 +11,7 @@ use std::{
 };
 
 use pipelock_agent::{
-    cli::{CaArgs, NonHttpAction},
+    config::{CaSettings, NonHttpAction},
     pipeline::{AllowAll, Block, ConnMeta, Decision, Exchange, Listener, Outcome, Pipeline},
     proxy::{ConnSummary, ProxyContext, dispatch, passthrough::PassthroughDomains, transparent},
     tls::Tls,
@@ -75,12 +75,12 @@ pub struct InProcessAgent {
 impl InProcessAgent {
     /// Starts the listener on 127.0.0.1.
     pub fn start(opts: AgentOptions) -> InProcessAgent {
-        let ca_args = CaArgs {
+        let ca = CaSettings {
             state_dir: opts.state_dir.clone(),
             ca_cert: None,
             ca_key: None,
         };
-        let tls = pipelock_agent::tls::load(&ca_args, opts.upstream_ca.as_deref())
+        let tls = pipelock_agent::tls::load(&ca, opts.upstream_ca.as_deref())
             .expect("loading TLS material");
         let ca_file = opts.state_dir.join(pipelock_agent::tls::ca::CA_CERT_FILE);
         let (rt, listener, addr) = crate::tls_upstream::listen_on_runtime(
