@@ -806,6 +806,10 @@ fn ca_is_persisted_across_restart_with_key_0600() {
 /// intercepts (and logs with attribution), streams 100 MiB with flat RSS, and
 /// relays passthrough domains undecrypted.
 #[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root and the eBPF build: run `cargo xtask test`"
+)]
 fn e2e_kernel_redirected_https_through_the_agent_binary() {
     use pipelock_tests::{
         agent::Agent,

@@ -71,7 +71,9 @@ fn main() -> anyhow::Result<()> {
             cargo(&root, &env, &["build", "-p", "pipelock-agent"])?;
             // Default members: everything but the eBPF crate, which only
             // builds for bpfel-unknown-none (the agent's build.rs builds it).
-            let mut cmd = vec!["test"];
+            // `root-tests` un-ignores the integration tests that need root;
+            // plain `cargo test` reports them as ignored.
+            let mut cmd = vec!["test", "--features", "pipelock-tests/root-tests"];
             if !args.is_empty() {
                 cmd.push("--");
                 cmd.extend(args.iter().map(String::as_str));
