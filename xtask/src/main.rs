@@ -55,10 +55,18 @@ enum Cmd {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if matches!(cli.cmd, Cmd::Demo { .. }) && !setup::is_root() {
-        bail!(
-            "the demo creates a cgroup and attaches the agent's eBPF programs to it: run `cargo xtask demo` as root"
-        );
+    // Said before set-up, which would otherwise fail first on something
+    // less telling (apt, the cache directory).
+    if !setup::is_root() {
+        match cli.cmd {
+            Cmd::Demo { .. } => bail!(
+                "the demo creates a cgroup and attaches the agent's eBPF programs to it: run `cargo xtask demo` as root"
+            ),
+            Cmd::Test { .. } => bail!(
+                "the test suite attaches eBPF programs and creates cgroups and network namespaces: run it as root"
+            ),
+            _ => {}
+        }
     }
     let root = workspace_root()?;
     let env = setup::ensure(&root)?;
@@ -104,11 +112,6 @@ fn main() -> anyhow::Result<()> {
             std::process::exit(status.code().unwrap_or(1));
         }
         Cmd::Test { args } => {
-            if !setup::is_root() {
-                bail!(
-                    "the test suite attaches eBPF programs and creates cgroups and network namespaces: run it as root"
-                );
-            }
             cargo(&root, &env, &["build", "-p", "pipelock-agent"])?;
             // Default members: everything but the eBPF crate, which only
             // builds for bpfel-unknown-none (the agent's build.rs builds it).
