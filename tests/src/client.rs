@@ -77,7 +77,13 @@ pub fn command(place: Place<'_>, program: &str, args: &[&str]) -> Command {
 
 /// Runs `program args` at `place`, killing it after `timeout`.
 pub fn run(place: Place<'_>, program: &str, args: &[&str], timeout: Duration) -> ClientRun {
-    let mut cmd = command(place, program, args);
+    run_command(command(place, program, args), timeout)
+}
+
+/// Runs a command from [`command`] (e.g. with environment variables added),
+/// killing it after `timeout`.
+pub fn run_command(mut cmd: Command, timeout: Duration) -> ClientRun {
+    let program = cmd.get_program().to_string_lossy().into_owned();
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

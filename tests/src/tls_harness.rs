@@ -215,12 +215,41 @@ pub fn temp_dir(tag: &str) -> PathBuf {
     d
 }
 
-/// Resident set size of `pid` in KiB (VmRSS).
-pub fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
+/// Resident set size of `pid` in KiB (VmRSS). An error when
+/// `/proc/<pid>/status` cannot be read or has no VmRSS line (e.g. the process
+/// is gone), so a memory check can never pass on a reading of 0.
+pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    use anyhow::Context as _;
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    let line = status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
+        .with_context(|| format!("no VmRSS line in {path}"))?;
+    line.trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .with_context(|| format!("unparsable VmRSS line in {path}: {line:?}"))
+}
+
+/// Samples the RSS of `pid` every 20 ms until `done` is set (at least once
+/// after it is set), recording the peak; a failed reading stops the sampler
+/// with that error.
+pub fn sample_peak_rss(
+    pid: u32,
+    done: Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<anyhow::Result<u64>> {
+    use std::sync::atomic::Ordering;
+    std::thread::spawn(move || {
+        let mut peak = 0;
+        loop {
+            let finished = done.load(Ordering::Relaxed);
+            peak = peak.max(rss_kib(pid)?);
+            if finished {
+                return Ok(peak);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
 }

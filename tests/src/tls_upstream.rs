@@ -4,7 +4,9 @@
 //! pattern bytes, Content-Length), `/chunked/<n>` (same, no length), `/echo`
 //! (streams the request body back), `/sha` (length and SHA-256 of the request
 //! body), `/trailers`, `/inject` (a body with a marker after 64 KiB),
-//! `/upgrade` (101 to an echo protocol). Also a raw TCP echo server.
+//! `/injection` (a short text carrying a real prompt injection,
+//! [`INJECTION`]), `/upgrade` (101 to an echo protocol). Also a raw TCP echo
+//! server.
 use std::{
     convert::Infallible,
     net::SocketAddr,
@@ -26,7 +28,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-pub use crate::upstream::{hex, pattern_byte, pattern_sha256};
+pub use crate::upstream::{INJECTION, hex, pattern_byte, pattern_sha256};
 
 /// A multi-thread runtime of `workers` threads with a listener bound on it
 /// (port 0 for any); the runtime must outlive the servers spawned on it.
@@ -233,6 +235,10 @@ async fn handle(mut req: Request<Incoming>, sni: &str) -> Response<TestBody> {
         body.extend_from_slice(b"INJECT");
         body.extend(vec![b'b'; 64 * 1024]);
         Response::new(full(body))
+    } else if path == "/injection" {
+        Response::new(full(format!(
+            "Here is the summary you asked for.\n{INJECTION}\nThanks!\n"
+        )))
     } else if path == "/upgrade" {
         let on = hyper::upgrade::on(&mut req);
         tokio::spawn(async move {

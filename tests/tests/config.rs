@@ -166,6 +166,10 @@ fn arg(p: &Path) -> String {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root and the eBPF build: run `cargo xtask test`"
+)]
 fn mode_from_the_file_then_sighup_then_broken_reload_then_configmap_swap() {
     require_root();
     let cg = TestCgroup::new("config-reload");
@@ -217,6 +221,10 @@ fn mode_from_the_file_then_sighup_then_broken_reload_then_configmap_swap() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root and the eBPF build: run `cargo xtask test`"
+)]
 fn a_bad_file_stops_the_agent_at_start_naming_key_and_line() {
     require_root();
     let cg = TestCgroup::new("config-bad");

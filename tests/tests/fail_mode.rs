@@ -92,6 +92,10 @@ fn args(
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root and the eBPF build: run `cargo xtask test`"
+)]
 fn fail_closed_survives_kill_restart_adopts_detach_opens() {
     require_root();
     let cg = TestCgroup::new("fail-closed");
@@ -165,6 +169,10 @@ fn fail_closed_survives_kill_restart_adopts_detach_opens() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root and the eBPF build: run `cargo xtask test`"
+)]
 fn fail_open_killed_agent_lets_connections_go_direct() {
     require_root();
     let cg = TestCgroup::new("fail-open");

@@ -52,6 +52,10 @@ fn curl(cg: &TestCgroup, args: &[&str]) -> (String, u32) {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root and the eBPF build: run `cargo xtask test`"
+)]
 fn the_agents_port_number_on_another_host_is_redirected_and_scanned() {
     require_root();
     let cg = TestCgroup::new("agent-port");
@@ -78,6 +82,10 @@ fn the_agents_port_number_on_another_host_is_redirected_and_scanned() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root and the eBPF build: run `cargo xtask test`"
+)]
 fn agent_in_its_own_pid_namespace_inside_the_covered_cgroup_does_not_redirect_itself() {
     require_root();
     let cg = TestCgroup::new("agent-inside");
@@ -189,6 +197,10 @@ fn start_agent(cg: &TestCgroup, extra: &[&str]) -> Agent {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root and the eBPF build: run `cargo xtask test`"
+)]
 fn unscannable_traffic_is_refused_in_balanced_and_logged_in_audit() {
     require_root();
     let cg = TestCgroup::new("non-http");

@@ -72,6 +72,10 @@ fn conn_for(agent: &Agent, tgid: u32) -> Value {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root and the eBPF build: run `cargo xtask test`"
+)]
 fn clients_in_the_cgroup_are_redirected_with_attribution() {
     require_root();
     let cg = TestCgroup::new("attr");
@@ -142,6 +146,10 @@ fn clients_in_the_cgroup_are_redirected_with_attribution() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root and the eBPF build: run `cargo xtask test`"
+)]
 fn pod_namespace_client_is_redirected_over_ipv4_and_ipv6() {
     require_root();
     let cg = TestCgroup::new("pod");
@@ -175,6 +183,10 @@ fn pod_namespace_client_is_redirected_over_ipv4_and_ipv6() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root and the eBPF build: run `cargo xtask test`"
+)]
 fn ipv6_loopback_is_redirected() {
     require_root();
     let cg = TestCgroup::new("v6lo");
@@ -194,6 +206,10 @@ fn ipv6_loopback_is_redirected() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root and the eBPF build: run `cargo xtask test`"
+)]
 fn outside_cgroup_bypassed_and_agent_traffic_are_not_redirected() {
     require_root();
     let cg = TestCgroup::new("skip");
@@ -232,6 +248,10 @@ fn outside_cgroup_bypassed_and_agent_traffic_are_not_redirected() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root and the eBPF build: run `cargo xtask test`"
+)]
 fn after_the_agent_stops_connections_go_direct() {
     require_root();
     let cg = TestCgroup::new("detach");
@@ -257,6 +277,10 @@ fn after_the_agent_stops_connections_go_direct() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root and the eBPF build: run `cargo xtask test`"
+)]
 fn hundred_megabytes_arrive_byte_identical_both_ways() {
     require_root();
     const LEN: u64 = 100 * 1024 * 1024;
@@ -344,6 +368,10 @@ fn sha2_file(path: &std::path::Path) -> Vec<u8> {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root and the eBPF build: run `cargo xtask test`"
+)]
 fn unreachable_destination_is_reset_and_logged() {
     require_root();
     let cg = TestCgroup::new("unreach");
@@ -368,6 +396,10 @@ fn unreachable_destination_is_reset_and_logged() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root and the eBPF build: run `cargo xtask test`"
+)]
 fn direct_connection_to_the_agent_port_is_refused_and_logged() {
     require_root();
     let cg = TestCgroup::new("self");
@@ -408,6 +440,10 @@ fn expect_startup_error(args: &[String], needle: &str) {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root and the eBPF build: run `cargo xtask test`"
+)]
 fn missing_cgroup_is_a_clear_error() {
     require_root();
     let args: Vec<String> = ["--cgroup", "/plk-no-such-cgroup", "--redirect-addr"]
@@ -426,6 +462,10 @@ fn missing_cgroup_is_a_clear_error() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root and the eBPF build: run `cargo xtask test`"
+)]
 fn busy_redirect_port_is_a_clear_error() {
     require_root();
     let cg = TestCgroup::new("busy");
@@ -438,6 +478,10 @@ fn busy_redirect_port_is_a_clear_error() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root and the eBPF build: run `cargo xtask test`"
+)]
 fn missing_privilege_is_a_clear_error() {
     require_root();
     let cg = TestCgroup::new("priv");

@@ -81,6 +81,10 @@ fn wait_finding(agent: &Agent, pred: impl Fn(&Value) -> bool) -> Value {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root and the eBPF build: run `cargo xtask test`"
+)]
 fn secret_in_request_body_is_blocked_in_strict_and_balanced() {
     require_root();
     for mode in ["strict", "balanced"] {
@@ -117,6 +121,10 @@ fn secret_in_request_body_is_blocked_in_strict_and_balanced() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root and the eBPF build: run `cargo xtask test`"
+)]
 fn secrets_deep_inside_large_bodies_are_blocked() {
     // Tens of KB of prose around each secret, so the scan crosses many
     // chunks and its block classifier skips most of the text.
@@ -169,6 +177,10 @@ fn secrets_deep_inside_large_bodies_are_blocked() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root and the eBPF build: run `cargo xtask test`"
+)]
 fn secret_in_request_body_passes_but_is_logged_in_audit() {
     require_root();
     let (agent, up, cg) = start("audit");
@@ -190,6 +202,10 @@ fn secret_in_request_body_passes_but_is_logged_in_audit() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root and the eBPF build: run `cargo xtask test`"
+)]
 fn injected_responses_are_cut_in_strict_mode() {
     require_root();
     let (agent, up, cg) = start("strict");
@@ -223,6 +239,10 @@ fn injected_responses_are_cut_in_strict_mode() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root and the eBPF build: run `cargo xtask test`"
+)]
 fn injected_responses_pass_in_audit_mode_but_are_logged() {
     require_root();
     let (agent, up, cg) = start("audit");

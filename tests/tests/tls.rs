@@ -9,7 +9,7 @@ use std::{
     process::Command,
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, Ordering},
     },
     time::Duration,
 };
@@ -17,7 +17,7 @@ use std::{
 use pipelock_agent::config::NonHttpAction;
 use pipelock_tests::{
     tls_client::{Client, client_config},
-    tls_harness::{AgentOptions, InProcessAgent, rss_kib, temp_dir},
+    tls_harness::{AgentOptions, InProcessAgent, rss_kib, sample_peak_rss, temp_dir},
     tls_upstream::{HttpsUpstream, TcpEcho, TestCa, pattern_sha256},
 };
 
@@ -264,18 +264,9 @@ fn hundred_megabytes_stream_with_flat_rss() {
     const N: u64 = 100 * 1024 * 1024;
     let pid = std::process::id();
     for flag in ["--http1.1", "--http2"] {
-        let base = rss_kib(pid);
-        let peak = Arc::new(AtomicU64::new(base));
+        let base = rss_kib(pid).unwrap_or_else(|e| panic!("sampling this process's RSS: {e:#}"));
         let done = Arc::new(AtomicBool::new(false));
-        let sampler = {
-            let (peak, done) = (peak.clone(), done.clone());
-            std::thread::spawn(move || {
-                while !done.load(Ordering::Relaxed) {
-                    peak.fetch_max(rss_kib(pid), Ordering::Relaxed);
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-            })
-        };
+        let sampler = sample_peak_rss(pid, done.clone());
         let out = sh(&format!(
             "curl -sS {flag} --limit-rate 200M --cacert {} --resolve {} {} | sha256sum",
             s.ca(),
@@ -283,12 +274,15 @@ fn hundred_megabytes_stream_with_flat_rss() {
             s.url("upstream.test", &format!("/bytes/{N}"))
         ));
         done.store(true, Ordering::Relaxed);
-        sampler.join().expect("sampler");
+        let peak = sampler
+            .join()
+            .expect("sampler thread")
+            .unwrap_or_else(|e| panic!("sampling this process's RSS: {e:#}"));
         assert!(
             out.stdout.starts_with(&pattern_sha256(N)),
             "{flag}: {out:?}"
         );
-        let grew_mib = peak.load(Ordering::Relaxed).saturating_sub(base) / 1024;
+        let grew_mib = peak.saturating_sub(base) / 1024;
         // Upstream and agent share this process: whole-body buffering would add ≥ 100 MiB.
         assert!(
             grew_mib < 40,
@@ -806,6 +800,10 @@ fn ca_is_persisted_across_restart_with_key_0600() {
 /// intercepts (and logs with attribution), streams 100 MiB with flat RSS, and
 /// relays passthrough domains undecrypted.
 #[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root and the eBPF build: run `cargo xtask test`"
+)]
 fn e2e_kernel_redirected_https_through_the_agent_binary() {
     use pipelock_tests::{
         agent::Agent,
@@ -889,26 +887,22 @@ fn e2e_kernel_redirected_https_through_the_agent_binary() {
     // 100 MiB through the agent process, sampling its RSS.
     const N: u64 = 100 * 1024 * 1024;
     let pid = agent.pid();
-    let base = rss_kib(pid);
-    let peak = Arc::new(AtomicU64::new(base));
+    let base = rss_kib(pid).unwrap_or_else(|e| panic!("sampling the agent's RSS: {e:#}"));
     let done = Arc::new(AtomicBool::new(false));
-    let sampler = {
-        let (peak, done) = (peak.clone(), done.clone());
-        std::thread::spawn(move || {
-            while !done.load(Ordering::Relaxed) {
-                peak.fetch_max(rss_kib(pid), Ordering::Relaxed);
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        })
-    };
+    let sampler = sample_peak_rss(pid, done.clone());
     let script = format!(
         "curl -sS --cacert {ca} --resolve {resolve} https://upstream.test:{port}/bytes/{N} | sha256sum"
     );
     let run = client::run(place, "sh", &["-c", &script], limit);
     done.store(true, Ordering::Relaxed);
-    sampler.join().expect("sampler");
+    let peak = sampler.join().expect("sampler thread").unwrap_or_else(|e| {
+        panic!(
+            "sampling the agent's RSS (did it exit?): {e:#}\nagent:\n{}",
+            agent.output()
+        )
+    });
     assert!(run.stdout.starts_with(&pattern_sha256(N)), "{run:?}");
-    let grew_mib = peak.load(Ordering::Relaxed).saturating_sub(base) / 1024;
+    let grew_mib = peak.saturating_sub(base) / 1024;
     assert!(
         grew_mib < 32,
         "agent RSS grew by {grew_mib} MiB (base {base} KiB) streaming 100 MiB"

@@ -1,4 +1,4 @@
-//! Developer and CI entry point: `cargo xtask setup|build|run|test|bench`.
+//! Developer and CI entry point: `cargo xtask setup|build|demo|run|test|bench|lint`.
 //! Every command first installs what it needs (apt packages, nightly
 //! rust-src, bpf-linker built against rustc's own libLLVM), idempotently,
 //! caching bpf-linker under ~/.cache/pipelock-agent.
@@ -25,6 +25,14 @@ enum Cmd {
     Setup,
     /// Build the agent (release) with its embedded eBPF object.
     Build,
+    /// First run on a fresh machine (as root): a throwaway cgroup, a local
+    /// HTTPS upstream and the real agent; Ruby clients show a secret blocked
+    /// (403), a clean call passing and a prompt injection cut.
+    Demo {
+        /// strict or balanced.
+        #[arg(long, default_value = "strict", value_parser = ["strict", "balanced"])]
+        mode: String,
+    },
     /// Build and run the agent: `cargo xtask run -- --cgroup /sure`.
     Run {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -47,11 +55,52 @@ enum Cmd {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // Said before set-up, which would otherwise fail first on something
+    // less telling (apt, the cache directory).
+    if !setup::is_root() {
+        match cli.cmd {
+            Cmd::Demo { .. } => bail!(
+                "the demo creates a cgroup and attaches the agent's eBPF programs to it: run `cargo xtask demo` as root"
+            ),
+            Cmd::Test { .. } => bail!(
+                "the test suite attaches eBPF programs and creates cgroups and network namespaces: run it as root"
+            ),
+            _ => {}
+        }
+    }
     let root = workspace_root()?;
     let env = setup::ensure(&root)?;
     match cli.cmd {
         Cmd::Setup => Ok(()),
         Cmd::Build => cargo(&root, &env, &["build", "--release", "-p", "pipelock-agent"]),
+        Cmd::Demo { mode } => {
+            // The debug agent, as `cargo xtask test` builds it; the demo is
+            // told where it is rather than guessing.
+            cargo(&root, &env, &["build", "-p", "pipelock-agent"])?;
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| root.join("target"));
+            let mut env = env;
+            env.set(
+                "PIPELOCK_AGENT_BIN",
+                target.join("debug/pipelock-agent").into_os_string(),
+            );
+            cargo(
+                &root,
+                &env,
+                &[
+                    "run",
+                    "-q",
+                    "-p",
+                    "pipelock-tests",
+                    "--bin",
+                    "pipelock-demo",
+                    "--",
+                    "--mode",
+                    &mode,
+                ],
+            )
+        }
         Cmd::Run { args } => {
             cargo(&root, &env, &["build", "--release", "-p", "pipelock-agent"])?;
             let bin = root.join("target/release/pipelock-agent");
@@ -63,15 +112,12 @@ fn main() -> anyhow::Result<()> {
             std::process::exit(status.code().unwrap_or(1));
         }
         Cmd::Test { args } => {
-            if !setup::is_root() {
-                bail!(
-                    "the test suite attaches eBPF programs and creates cgroups and network namespaces: run it as root"
-                );
-            }
             cargo(&root, &env, &["build", "-p", "pipelock-agent"])?;
             // Default members: everything but the eBPF crate, which only
             // builds for bpfel-unknown-none (the agent's build.rs builds it).
-            let mut cmd = vec!["test"];
+            // `root-tests` un-ignores the integration tests that need root;
+            // plain `cargo test` reports them as ignored.
+            let mut cmd = vec!["test", "--features", "pipelock-tests/root-tests"];
             if !args.is_empty() {
                 cmd.push("--");
                 cmd.extend(args.iter().map(String::as_str));
