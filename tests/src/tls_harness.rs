@@ -114,6 +114,7 @@ impl InProcessAgent {
                         peer,
                         orig_dst: Some(orig_dst),
                         attribution: None,
+                        verified_name: None,
                     });
                     let mut summary = ConnSummary::default();
                     let r = dispatch::serve(stream, meta, ctx, &mut summary).await;

@@ -50,6 +50,10 @@ pub struct ConnMeta {
     pub orig_dst: Option<SocketAddr>,
     /// Process that made the connection (transparent listener only).
     pub attribution: Option<Attribution>,
+    /// The DNS name the upstream's certificate was verified for (TLS with
+    /// SNI, lower case). Exemptions trust this, never a Host header; none on
+    /// plain HTTP.
+    pub verified_name: Option<String>,
 }
 
 /// A reason to stop an exchange, shaped for the client.

@@ -302,7 +302,11 @@ impl ScanExchange {
         let mut block_ids = Vec::new();
         let hits = std::mem::take(&mut self.hits);
         for hit in hits {
-            if hit.meta.is_home_host(&self.info.host) {
+            // A credential may go to its own service: judged by the name the
+            // upstream's certificate was verified for, never the Host header.
+            if let Some(name) = &self.conn.verified_name
+                && hit.meta.is_home_host(name)
+            {
                 continue;
             }
             if !self.reported.insert((direction, hit.meta.id.to_string())) {
@@ -481,6 +485,14 @@ impl Exchange for ScanExchange {
             method: req.method.as_str().to_owned(),
             path: req.uri.path().to_owned(),
         };
+        // A Host / :authority other than the verified name is domain
+        // fronting: the request would be judged for one host and sent to another.
+        if let Some(name) = &self.conn.verified_name
+            && !self.info.host.is_empty()
+            && self.info.host.trim_end_matches('.') != name
+        {
+            self.scanner_hit("scanner.domain_fronting", "header:host");
+        }
         // URL: raw and percent-decoded.
         let target = req
             .uri
@@ -584,8 +596,17 @@ mod tests {
     use super::*;
     use crate::pipeline::Attribution;
 
+    /// A TLS connection whose upstream proved to be `name`.
+    fn verified(name: &str) -> Arc<ConnMeta> {
+        Arc::new(ConnMeta {
+            verified_name: Some(name.into()),
+            ..(*conn(1)).clone()
+        })
+    }
+
     fn conn(cgroup_id: u64) -> Arc<ConnMeta> {
         Arc::new(ConnMeta {
+            verified_name: None,
             id: 7,
             listener: crate::pipeline::Listener::Transparent,
             peer: SocketAddr::from(([10, 0, 0, 2], 40000)),
@@ -750,14 +771,14 @@ mod tests {
             vec!["dlp.custom.internal_token".to_owned()]
         );
         // Its exempt domain is a home host.
-        let mut ex = p.exchange(&conn(1));
+        let mut ex = p.exchange(&verified("api.internal.example"));
         let d = ex.request_filter(&request(
             "GET",
             "https://api.internal.example/v1",
             &[("x-internal", "itk_0123456789abcdef")],
         ));
         assert_eq!(d, Decision::Continue);
-        let mut ex = p.exchange(&conn(1));
+        let mut ex = p.exchange(&verified("elsewhere.example"));
         let d = ex.request_filter(&request(
             "GET",
             "https://elsewhere.example/v1",
@@ -858,13 +879,34 @@ mod tests {
     fn credentials_to_their_own_provider_pass() {
         let p = pipeline(Mode::Strict);
         let key = format!("sk-ant-api03-{}", "aB3dE5gH7jK9".repeat(4));
-        let mut ex = p.exchange(&conn(1));
+        let mut ex = p.exchange(&verified("api.anthropic.com"));
         let d = ex.request_filter(&request(
             "POST",
             "https://api.anthropic.com/v1/messages",
             &[("x-api-key", &key)],
         ));
         assert_eq!(d, Decision::Continue);
+        // The Host header alone exempts nothing: plain HTTP, or TLS to an
+        // upstream verified as another name (and that mismatch is fronting).
+        let mut ex = p.exchange(&conn(1));
+        let d = ex.request_filter(&request(
+            "POST",
+            "http://api.anthropic.com/v1/messages",
+            &[("x-api-key", &key)],
+        ));
+        assert_eq!(block_ids(&d), vec!["dlp.anthropic_api_key".to_owned()]);
+        let mut ex = p.exchange(&verified("collector.evil.test"));
+        let d = ex.request_filter(&request(
+            "POST",
+            "https://api.anthropic.com/v1/messages",
+            &[("x-api-key", &key)],
+        ));
+        let ids = block_ids(&d);
+        assert!(
+            ids.contains(&"scanner.domain_fronting".to_owned()),
+            "{ids:?}"
+        );
+        assert!(ids.contains(&"dlp.anthropic_api_key".to_owned()), "{ids:?}");
         let mut ex = p.exchange(&conn(1));
         let d = ex.request_filter(&request(
             "POST",

@@ -333,8 +333,17 @@ async fn intercept(
         },
         Err(e) => (Err(e.to_string()), Some(e)),
     };
+    // Requests on this connection go to the upstream that proved, by its
+    // certificate, to be the SNI name: that name is what exemptions trust.
+    let meta = match (&pool, &hello.sni) {
+        (Ok(_), Some(sni)) => Arc::new(ConnMeta {
+            verified_name: Some(sni.trim_end_matches('.').to_ascii_lowercase()),
+            ..(**meta).clone()
+        }),
+        _ => meta.clone(),
+    };
     let conn = Arc::new(HttpConn {
-        meta: meta.clone(),
+        meta,
         pipeline: ctx.pipeline.clone(),
         upstream: pool,
         scheme: Scheme::HTTPS,

@@ -84,6 +84,7 @@ async fn handle(
         peer,
         orig_dst,
         attribution,
+        verified_name: None,
     });
     let mut summary = ConnSummary::default();
     let ctx_log_allowed = ctx.log_allowed;

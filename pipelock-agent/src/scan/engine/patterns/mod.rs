@@ -155,6 +155,15 @@ pub static SCANNER_RULES: &[Rule] = &[
     )
     .internal(),
     rule(
+        "scanner.domain_fronting",
+        "Host differs from the name the upstream certificate was verified for",
+        RuleClass::Scanner,
+        Severity::High,
+        Confidence::High,
+        "",
+    )
+    .internal(),
+    rule(
         "scanner.undecodable_body",
         "Body could not be decoded for scanning (fails closed)",
         RuleClass::Scanner,
