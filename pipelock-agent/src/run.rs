@@ -4,7 +4,6 @@
 //! context and swaps it in; connections in flight keep the one they started with.
 use std::{
     net::IpAddr,
-    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
@@ -297,19 +296,16 @@ fn context(
     }
 }
 
-/// The scan settings a config describes; `cgroup_modes` are the resolved
+/// The scan settings a config describes; `subtrees` are the resolved
 /// `interceptor.mode_overrides`.
-pub fn scan_config(
-    cfg: &Config,
-    cgroup_modes: std::collections::HashMap<u64, config::Mode>,
-) -> ScanConfig {
+pub fn scan_config(cfg: &Config, subtrees: Vec<(PathBuf, config::Mode)>) -> ScanConfig {
     let defaults = ScanConfig::default();
     let i = &cfg.interceptor;
     let mut files = i.known_secret_files.clone();
     files.extend(cfg.dlp.secrets_file.iter().cloned());
     ScanConfig {
         mode: cfg.effective_mode(),
-        cgroup_modes,
+        cgroup_subtrees: subtrees,
         known_secrets: KnownSecretsConfig {
             env: i.known_secret_env.clone(),
             files,
@@ -351,17 +347,16 @@ fn scan_pipeline(
     mount: &Path,
     metrics: &Arc<Metrics>,
 ) -> anyhow::Result<ScanPipeline> {
-    let mut cgroup_modes = std::collections::HashMap::new();
+    // Each override covers its cgroup's whole subtree (containers live in
+    // leaf cgroups below the pod's); a missing cgroup is an error here.
+    let mut subtrees = Vec::new();
     for (path, mode) in &cfg.interceptor.mode_overrides {
         let dir: PathBuf = redirect::resolve_cgroup(mount, path)
             .with_context(|| format!("interceptor.mode_overrides {path}"))?;
-        let id = std::fs::metadata(&dir)
-            .with_context(|| format!("mode override {path}: reading {}", dir.display()))?
-            .ino();
-        cgroup_modes.insert(id, *mode);
+        subtrees.push((dir, *mode));
     }
     let started = std::time::Instant::now();
-    let pipeline = ScanPipeline::with_metrics(scan_config(cfg, cgroup_modes), metrics.clone())
+    let pipeline = ScanPipeline::with_metrics(scan_config(cfg, subtrees), metrics.clone())
         .context("building the scan engine")?;
     tracing::info!(
         mode = cfg.effective_mode().as_str(),

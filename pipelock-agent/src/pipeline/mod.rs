@@ -6,6 +6,7 @@
 //! actions by mode (`verdict`), logs them (`findings`) and counts them.
 pub mod findings;
 pub mod scanning;
+pub mod subtree;
 pub mod verdict;
 
 use std::{net::SocketAddr, sync::Arc};

@@ -13,6 +13,7 @@ use crate::{
     pipeline::{
         Block, ConnMeta, Decision, Exchange, Outcome, Pipeline,
         findings::{Direction, ExchangeInfo, Finding, log_finding},
+        subtree::SubtreeModes,
         verdict::{self, Action, Policy},
     },
     telemetry::metrics::Metrics,
@@ -40,6 +41,8 @@ pub struct ScanConfig {
     pub mode: Mode,
     /// Mode overrides by cgroup v2 id.
     pub cgroup_modes: HashMap<u64, Mode>,
+    /// Mode overrides by cgroup subtree (resolved directories).
+    pub cgroup_subtrees: Vec<(std::path::PathBuf, Mode)>,
     /// Known secrets to detect (values never logged).
     pub known_secrets: KnownSecretsConfig,
     /// Decompression-bomb limits.
@@ -120,6 +123,7 @@ impl Default for ScanConfig {
         ScanConfig {
             mode: Mode::Balanced,
             cgroup_modes: HashMap::new(),
+            cgroup_subtrees: Vec::new(),
             known_secrets: KnownSecretsConfig {
                 min_len: 16,
                 ..Default::default()
@@ -198,6 +202,7 @@ impl ScanPipeline {
                 policy: Policy {
                     default_mode: cfg.mode,
                     cgroup_modes: cfg.cgroup_modes.clone(),
+                    subtrees: Arc::new(SubtreeModes::new(cfg.cgroup_subtrees.clone())),
                 },
                 cfg,
                 metrics,

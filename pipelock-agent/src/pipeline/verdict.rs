@@ -42,11 +42,13 @@ pub fn action_for(mode: Mode, confidence: Confidence, section_blocks: bool) -> A
     }
 }
 
-/// Mode selection: a default plus overrides by cgroup v2 id.
+/// Mode selection: a default, overrides by cgroup v2 id, and overrides by
+/// cgroup subtree (what `interceptor.mode_overrides` names).
 #[derive(Clone, Debug)]
 pub struct Policy {
     pub default_mode: Mode,
     pub cgroup_modes: HashMap<u64, Mode>,
+    pub subtrees: std::sync::Arc<super::subtree::SubtreeModes>,
 }
 
 impl Policy {
@@ -54,13 +56,19 @@ impl Policy {
         Policy {
             default_mode,
             cgroup_modes: HashMap::new(),
+            subtrees: Default::default(),
         }
     }
 
     /// The mode for a connection from `cgroup_id` (`None`: not attributed).
     pub fn mode_for(&self, cgroup_id: Option<u64>) -> Mode {
         cgroup_id
-            .and_then(|id| self.cgroup_modes.get(&id).copied())
+            .and_then(|id| {
+                self.cgroup_modes
+                    .get(&id)
+                    .copied()
+                    .or_else(|| self.subtrees.mode_of(id))
+            })
             .unwrap_or(self.default_mode)
     }
 }
