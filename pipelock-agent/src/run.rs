@@ -19,7 +19,10 @@ use crate::{
     cli::RunArgs,
     config::{self, Config, Loaded, reload},
     pipeline::{ScanConfig, ScanPipeline},
-    proxy::{LiveContext, ProxyContext, passthrough::PassthroughDomains, transparent},
+    proxy::{
+        LiveContext, ProxyContext, passthrough::PassthroughDomains, transparent,
+        websocket::WsSettings,
+    },
     redirect::{self, RedirectConfig, Redirector},
     scan::engine::known_secrets::KnownSecretsConfig,
     telemetry::metrics::Metrics,
@@ -287,6 +290,7 @@ fn context(
         tls,
         passthrough: PassthroughDomains::new(cfg.passthrough_domains()),
         sniff_timeout: Duration::from_millis(i.sniff_timeout_ms.max(1)),
+        websocket: Arc::new(WsSettings::new(&cfg.websocket_proxy)),
     }
 }
 

@@ -451,6 +451,48 @@ impl Exchange for ScanExchange {
         self.decide(Direction::Response)
     }
 
+    fn message_filter(&mut self, response: bool, message: &[u8]) -> Decision {
+        if let Some(b) = &self.blocked {
+            return Decision::Block(b.clone());
+        }
+        // A body of its own: no content coding, not SSE; findings reported
+        // per message.
+        let direction = if response {
+            Direction::Response
+        } else {
+            Direction::Request
+        };
+        self.reported.retain(|(d, _)| *d != direction);
+        let body = self.open_body(&http::HeaderMap::new(), response, false);
+        if response {
+            self.response = body;
+        } else {
+            self.request = body;
+        }
+        self.body_chunk(response, message, true);
+        self.decide(direction)
+    }
+
+    fn unscannable(&mut self, response: bool, what: &str) -> Decision {
+        if let Some(b) = &self.blocked {
+            return Decision::Block(b.clone());
+        }
+        let direction = if response {
+            Direction::Response
+        } else {
+            Direction::Request
+        };
+        self.reported.retain(|(d, _)| *d != direction);
+        if let Some(meta) = Self::scanner_meta("scanner.unscannable") {
+            self.hits.push(Hit {
+                meta,
+                excerpt: String::new(),
+                location: what.to_owned().into(),
+            });
+        }
+        self.decide(direction)
+    }
+
     fn logging(&mut self, outcome: &Outcome) {
         tracing::debug!(
             target: "pipelock::scan",

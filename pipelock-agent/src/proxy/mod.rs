@@ -9,6 +9,7 @@ pub mod relay;
 pub mod sniff;
 pub mod transparent;
 pub mod upstream;
+pub mod websocket;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -115,6 +116,8 @@ pub struct ProxyContext {
     /// How long to wait for a client's first bytes before treating the
     /// connection as non-HTTP (server-speaks-first protocols).
     pub sniff_timeout: Duration,
+    /// `websocket_proxy` limits for relayed WebSockets.
+    pub websocket: Arc<websocket::WsSettings>,
 }
 
 impl ProxyContext {

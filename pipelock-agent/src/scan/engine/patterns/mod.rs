@@ -155,6 +155,15 @@ pub static SCANNER_RULES: &[Rule] = &[
     )
     .internal(),
     rule(
+        "scanner.unscannable",
+        "Traffic that cannot be scanned (non-WebSocket upgrade, refused binary message)",
+        RuleClass::Scanner,
+        Severity::High,
+        Confidence::High,
+        "",
+    )
+    .internal(),
+    rule(
         "scanner.undecodable_body",
         "Body could not be decoded for scanning",
         RuleClass::Scanner,
