@@ -19,7 +19,10 @@ use crate::{
     config::pipelock::{PatternSeverity, ResponseAction, WarnBlock},
     config::{self, Config, Loaded, reload},
     pipeline::{CustomPattern, ScanConfig, ScanPipeline},
-    proxy::{LiveContext, ProxyContext, passthrough::PassthroughDomains, transparent},
+    proxy::{
+        LiveContext, ProxyContext, passthrough::PassthroughDomains, transparent,
+        websocket::WsSettings,
+    },
     redirect::{self, RedirectConfig, Redirector},
     scan::engine::known_secrets::KnownSecretsConfig,
     scan::engine::patterns::Severity,
@@ -293,6 +296,7 @@ fn context(
         passthrough: PassthroughDomains::new(cfg.passthrough_domains()),
         sniff_timeout: Duration::from_millis(i.sniff_timeout_ms.max(1)),
         log_allowed: cfg.logging.include_allowed,
+        websocket: Arc::new(WsSettings::new(&cfg.websocket_proxy)),
     }
 }
 

@@ -99,6 +99,7 @@ impl InProcessAgent {
             passthrough: PassthroughDomains::new(&opts.passthrough),
             sniff_timeout: Duration::from_millis(500),
             log_allowed: true,
+            websocket: Default::default(),
         });
         let records = Arc::new(Mutex::new(Vec::new()));
         let recs = records.clone();
@@ -200,6 +201,16 @@ impl Exchange for TestExchange {
             return block("test.response");
         }
         Decision::Continue
+    }
+    fn message_filter(&mut self, response: bool, message: &[u8]) -> Decision {
+        if response {
+            self.response_body_filter(message, true)
+        } else {
+            self.request_body_filter(message, true)
+        }
+    }
+    fn unscannable(&mut self, _response: bool, what: &str) -> Decision {
+        block(what)
     }
     fn logging(&mut self, _outcome: &Outcome) {}
 }

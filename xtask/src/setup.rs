@@ -19,6 +19,7 @@ const APT_PACKAGES: &[&str] = &[
     "ruby-httparty",
     "ruby-faraday",
     "python3",
+    "python3-websockets",
     "util-linux",
     "procps",
 ];

@@ -66,8 +66,33 @@ const RULES: &[Rule] = &[
     ),
     rule!(
         "websocket_proxy.enabled",
-        |c| c.websocket_proxy.enabled,
-        "accepted, not implemented yet: upgraded connections are relayed after the handshake"
+        |c| !c.websocket_proxy.enabled,
+        "WebSocket upgrades the interceptor sees are always relayed message by message and scanned"
+    ),
+    rule!(
+        "websocket_proxy.scan_text_frames",
+        |c| !c.websocket_proxy.scan_text_frames,
+        "text messages are always scanned"
+    ),
+    rule!(
+        "websocket_proxy.strip_compression",
+        |c| !c.websocket_proxy.strip_compression,
+        "Sec-WebSocket-Extensions is always removed: permessage-deflate cannot be decoded for scanning"
+    ),
+    rule!(
+        "websocket_proxy.forward_cookies",
+        |c| !c.websocket_proxy.forward_cookies,
+        "not applied: the upgrade request keeps its cookies (scanned like any request header)"
+    ),
+    rule!(
+        "websocket_proxy.origin_policy",
+        |c| c.websocket_proxy.origin_policy != super::pipelock::OriginPolicy::Forward,
+        "accepted, not implemented yet: Origin is forwarded as sent"
+    ),
+    rule!(
+        "websocket_proxy.content_entropy_enabled",
+        |c| c.websocket_proxy.content_entropy_enabled,
+        LATER
     ),
     rule!(
         "dlp.scan_env",

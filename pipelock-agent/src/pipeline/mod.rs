@@ -122,6 +122,16 @@ pub trait Exchange: Send {
     fn response_filter(&mut self, resp: &http::response::Parts) -> Decision;
     /// One chunk of the response body (as received, still content-encoded).
     fn response_body_filter(&mut self, chunk: &[u8], end_of_stream: bool) -> Decision;
+    /// One whole message of an upgraded connection (a WebSocket message,
+    /// fragments joined), after the upgrade exchange's own hooks ran: scanned
+    /// as a body of its own, uncompressed, like a request body when
+    /// `response` is false (client to server: DLP) and like a response body
+    /// when true (server to client: injection and DLP).
+    fn message_filter(&mut self, response: bool, message: &[u8]) -> Decision;
+    /// Traffic the pipeline cannot look into (`what`: a non-WebSocket
+    /// upgrade, a WebSocket binary message when those are not allowed):
+    /// blocked in strict and balanced, logged and let through in audit.
+    fn unscannable(&mut self, response: bool, what: &str) -> Decision;
     /// Called once when the exchange is over.
     fn logging(&mut self, outcome: &Outcome);
 }
@@ -158,6 +168,12 @@ impl Exchange for AllowAll {
         Decision::Continue
     }
     fn response_body_filter(&mut self, _chunk: &[u8], _end: bool) -> Decision {
+        Decision::Continue
+    }
+    fn message_filter(&mut self, _response: bool, _message: &[u8]) -> Decision {
+        Decision::Continue
+    }
+    fn unscannable(&mut self, _response: bool, _what: &str) -> Decision {
         Decision::Continue
     }
     fn logging(&mut self, _outcome: &Outcome) {}

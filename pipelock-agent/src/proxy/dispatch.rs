@@ -206,6 +206,7 @@ async fn plain_http(
         scheme: Scheme::HTTP,
         default_authority: Authority::try_from(dst.to_string()).ok(),
         tasks: TaskTracker::new(),
+        websocket: ctx.websocket.clone(),
     });
     let io = CountingIo::new(client, counters.clone());
     let result = proxy_http::serve(io, proto, conn.clone()).await;
@@ -349,6 +350,7 @@ async fn intercept(
         scheme: Scheme::HTTPS,
         default_authority: Authority::try_from(authority).ok(),
         tasks: TaskTracker::new(),
+        websocket: ctx.websocket.clone(),
     });
     let result = proxy_http::serve(stream, negotiated, conn.clone()).await;
     conn.tasks.close();

@@ -5,7 +5,10 @@
 //! sent upstream through the connection's [`UpstreamPool`]. Bodies stream
 //! with backpressure (a chunk is read from one side only when the other side
 //! asks for one); hop-by-hop fields are dropped per RFC 9110 §7.6.1;
-//! `Upgrade` (WebSocket) is relayed as bytes after the 101.
+//! after a 101, WebSocket is relayed message by message through the same
+//! exchange (`websocket`); any other upgrade cannot be scanned: refused in
+//! strict and balanced (`h2c` is not forwarded, others answered 403),
+//! relayed as bytes with a warning in audit.
 use std::{
     convert::Infallible,
     pin::Pin,
@@ -26,7 +29,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::task::TaskTracker;
 
-use super::upstream::{Proto, UpstreamPool};
+use super::{
+    upstream::{Proto, UpstreamPool},
+    websocket::{self, WsSettings},
+};
 use crate::pipeline::{Block, ConnMeta, Decision, Exchange, Outcome, Pipeline};
 
 /// Body type answered to the client.
@@ -57,6 +63,16 @@ pub struct HttpConn {
     pub default_authority: Option<Authority>,
     /// Tasks that outlive a request (upgraded connections).
     pub tasks: TaskTracker,
+    /// Limits of relayed WebSockets.
+    pub websocket: Arc<WsSettings>,
+}
+
+/// How an upgraded connection is relayed.
+enum Upgraded {
+    /// Message by message, scanned (holds a `max_concurrent_connections` slot).
+    WebSocket(Option<tokio::sync::OwnedSemaphorePermit>),
+    /// As bytes, unscanned (audit only).
+    Raw(String),
 }
 
 /// Serves one client connection speaking `proto` until it closes.
@@ -237,7 +253,7 @@ impl Drop for ScannedBody {
 impl HttpConn {
     async fn handle(self: Arc<Self>, mut req: Request<Incoming>) -> Response<DownBody> {
         let down_version = req.version();
-        let on_upgrade =
+        let mut on_upgrade =
             is_upgrade(req.headers(), down_version).then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         let state: Shared = Arc::new(Mutex::new(ExchangeState {
@@ -270,6 +286,14 @@ impl HttpConn {
                 return block_response(&state, b, down_version);
             }
         }
+        let mut upgraded = None;
+        if on_upgrade.is_some() {
+            match self.upgrade_filter(&state, &mut parts.headers) {
+                Ok(Some(u)) => upgraded = Some(u),
+                Ok(None) => on_upgrade = None,
+                Err(b) => return block_response(&state, b, down_version),
+            }
+        }
         if let Err(reason) = self.prepare_request(&mut parts, pool.proto(), on_upgrade.is_some()) {
             return error_response(&state, StatusCode::BAD_REQUEST, &reason, down_version);
         }
@@ -297,9 +321,9 @@ impl HttpConn {
             }
         };
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-        if let (true, Some(down)) = (switching, on_upgrade) {
+        if let (true, Some(down), Some(how)) = (switching, on_upgrade, upgraded) {
             let up = hyper::upgrade::on(&mut resp);
-            self.spawn_upgrade(down, up);
+            self.spawn_upgrade(down, up, how, state.clone());
         }
         let (mut rparts, rbody) = resp.into_parts();
         lock(&state).outcome.status = Some(rparts.status.as_u16());
@@ -367,8 +391,52 @@ impl HttpConn {
         Ok(())
     }
 
-    fn spawn_upgrade(&self, down: hyper::upgrade::OnUpgrade, up: hyper::upgrade::OnUpgrade) {
+    /// Decides what becomes of an upgrade request before it is forwarded:
+    /// `Ok(Some)` forward it, `Ok(None)` forward the request without the
+    /// upgrade, `Err` answer the block.
+    fn upgrade_filter(
+        &self,
+        state: &Shared,
+        headers: &mut HeaderMap,
+    ) -> Result<Option<Upgraded>, Block> {
         let id = self.meta.id;
+        if websocket::is_websocket(headers) {
+            let Some(slot) = self.websocket.slot() else {
+                tracing::warn!(target: "pipelock::websocket", conn = id, "websocket refused: max_concurrent_connections reached");
+                return Err(Block {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    reason: "websocket_proxy.max_concurrent_connections reached".into(),
+                    rule_ids: Vec::new(),
+                });
+            };
+            websocket::prepare_request(headers, id);
+            return Ok(Some(Upgraded::WebSocket(Some(slot))));
+        }
+        let name = websocket::upgrade_name(headers);
+        let what = format!("upgrade:{name}");
+        match lock(state).exchange.unscannable(false, &what) {
+            Decision::Block(_) if name.eq_ignore_ascii_case("h2c") => {
+                // Optional by design (RFC 7540 §3.2): the request goes on as HTTP/1.1.
+                tracing::warn!(target: "pipelock::http", conn = id, upgrade = %name, "upgrade cannot be scanned: not forwarded");
+                Ok(None)
+            }
+            Decision::Block(b) => {
+                tracing::warn!(target: "pipelock::http", conn = id, upgrade = %name, "upgrade cannot be scanned: refused");
+                Err(b)
+            }
+            Decision::Continue => Ok(Some(Upgraded::Raw(name))),
+        }
+    }
+
+    fn spawn_upgrade(
+        &self,
+        down: hyper::upgrade::OnUpgrade,
+        up: hyper::upgrade::OnUpgrade,
+        how: Upgraded,
+        state: Shared,
+    ) {
+        let id = self.meta.id;
+        let ws = self.websocket.clone();
         self.tasks.spawn(async move {
             let (down, up) = match tokio::join!(down, up) {
                 (Ok(d), Ok(u)) => (d, u),
@@ -378,13 +446,27 @@ impl HttpConn {
                 }
             };
             let (mut down, mut up) = (TokioIo::new(down), TokioIo::new(up));
+            let name = match how {
+                Upgraded::WebSocket(slot) => {
+                    websocket::relay(down, up, state, ws, id, slot).await;
+                    return;
+                }
+                Upgraded::Raw(name) => name,
+            };
+            tracing::warn!(target: "pipelock::http", conn = id, upgrade = %name, "upgraded connection relayed unscanned (audit)");
             match tokio::io::copy_bidirectional(&mut down, &mut up).await {
                 Ok((c2u, u2c)) => {
-                    tracing::debug!(conn = id, c2u, u2c, "upgraded connection closed")
+                    tracing::info!(target: "pipelock::http", conn = id, upgrade = %name, c2u, u2c, "unscanned upgraded connection closed")
                 }
-                Err(e) => tracing::debug!(conn = id, error = %e, "upgraded connection failed"),
+                Err(e) => tracing::info!(target: "pipelock::http", conn = id, upgrade = %name, error = %e, "unscanned upgraded connection failed"),
             }
         });
+    }
+}
+
+impl websocket::Hooks for Shared {
+    fn with<R>(&self, f: impl FnOnce(&mut dyn Exchange) -> R) -> R {
+        f(lock(self).exchange.as_mut())
     }
 }
 

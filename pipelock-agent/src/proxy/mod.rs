@@ -9,6 +9,7 @@ pub mod relay;
 pub mod sniff;
 pub mod transparent;
 pub mod upstream;
+pub mod websocket;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -134,6 +135,8 @@ pub struct ProxyContext {
     pub sniff_timeout: Duration,
     /// Log connections that ended without error (`logging.include_allowed`).
     pub log_allowed: bool,
+    /// `websocket_proxy` limits for relayed WebSockets.
+    pub websocket: Arc<websocket::WsSettings>,
 }
 
 impl ProxyContext {

@@ -155,6 +155,15 @@ pub static SCANNER_RULES: &[Rule] = &[
     )
     .internal(),
     rule(
+        "scanner.unscannable",
+        "Traffic that cannot be scanned (non-WebSocket upgrade, refused binary message)",
+        RuleClass::Scanner,
+        Severity::High,
+        Confidence::High,
+        "",
+    )
+    .internal(),
+    rule(
         "scanner.domain_fronting",
         "Host differs from the name the upstream certificate was verified for",
         RuleClass::Scanner,
