@@ -73,6 +73,13 @@ fn the_agents_port_number_on_another_host_is_redirected_and_scanned() {
     let (code, _) = curl(&cg, &["--data-binary", &body, &up.url("/leak")]);
     assert_eq!(code, "403", "agent log:\n{}", agent.output());
     assert!(!up.seen().contains(&"/leak".to_string()), "the secret left");
+    // A token in a path segment: refused, and the log shows it redacted.
+    let (code, _) = curl(&cg, &[&up.url(&format!("/hook/{SECRET}/x"))]);
+    assert_eq!(code, "403");
+    agent
+        .wait_for_line(Duration::from_secs(10), |l| l.contains("ghp_[REDACTED"))
+        .unwrap_or_else(|| panic!("no redacted path; log:\n{}", agent.output()));
+    assert!(!agent.output().contains(&SECRET[4..]), "the log holds the token");
     let (code, pid) = curl(&cg, &[&up.url("/clean")]);
     assert_eq!(code, "200");
     let rec = agent

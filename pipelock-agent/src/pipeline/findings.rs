@@ -50,8 +50,30 @@ pub struct Finding {
 pub struct ExchangeInfo {
     pub host: String,
     pub method: String,
-    /// Path without the query string (queries can hold secrets).
+    /// Path without the query string (queries can hold secrets), with
+    /// credential-like segments redacted ([`redact_path`]).
     pub path: String,
+}
+
+/// A URL path as log lines show it: a segment that may be a credential (16
+/// or more characters mixing letters and digits, or any of 32 or more) keeps
+/// its first 4 characters, the rest replaced by its length, the way
+/// excerpts are redacted. `/v1/chat/completions` stays as it is.
+pub fn redact_path(path: &str) -> String {
+    path.split('/')
+        .map(|seg| {
+            let n = seg.chars().count();
+            let mixed = seg.chars().any(|c| c.is_ascii_digit())
+                && seg.chars().any(|c| c.is_ascii_alphabetic());
+            if n >= 32 || (n >= 16 && mixed) {
+                let head: String = seg.chars().take(4).collect();
+                format!("{head}[REDACTED {} chars]", n - 4)
+            } else {
+                seg.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 /// Writes one finding as one log line (JSON when `--log-format json`).
@@ -107,5 +129,24 @@ impl Finding {
             Action::Warn => m.findings_warned.inc(),
             Action::Log => m.findings_logged.inc(),
         };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_path;
+
+    #[test]
+    fn credential_like_path_segments_are_redacted() {
+        assert_eq!(redact_path("/v1/chat/completions"), "/v1/chat/completions");
+        assert_eq!(
+            redact_path("/hook/ghp_Zq3xT7vLmN4pR8sK2wYbC6dF0hJ9gA1eUoVi/x"),
+            "/hook/ghp_[REDACTED 36 chars]/x"
+        );
+        assert_eq!(redact_path("/users/2024-03-01"), "/users/2024-03-01");
+        assert_eq!(
+            redact_path(&format!("/{}", "a".repeat(40))),
+            "/aaaa[REDACTED 36 chars]"
+        );
     }
 }

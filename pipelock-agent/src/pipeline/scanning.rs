@@ -12,7 +12,7 @@ use crate::{
     config::Mode,
     pipeline::{
         Block, ConnMeta, Decision, Exchange, Outcome, Pipeline,
-        findings::{Direction, ExchangeInfo, Finding, log_finding},
+        findings::{Direction, ExchangeInfo, Finding, log_finding, redact_path},
         subtree::SubtreeModes,
         verdict::{self, Action, Policy},
     },
@@ -488,7 +488,7 @@ impl Exchange for ScanExchange {
         self.info = ExchangeInfo {
             host,
             method: req.method.as_str().to_owned(),
-            path: req.uri.path().to_owned(),
+            path: redact_path(req.uri.path()),
         };
         // A Host / :authority other than the verified name is domain
         // fronting: the request would be judged for one host and sent to another.

@@ -266,7 +266,7 @@ impl HttpConn {
                 .map(|a| a.to_string())
                 .or_else(|| self.default_authority.as_ref().map(|a| a.to_string()))
                 .unwrap_or_default(),
-            path: parts.uri.path().to_owned(),
+            path: crate::pipeline::findings::redact_path(parts.uri.path()),
         }));
 
         let decision = lock(&state).exchange.request_filter(&parts);
