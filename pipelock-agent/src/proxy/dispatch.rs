@@ -70,7 +70,11 @@ pub async fn serve(
                 NonHttpAction::Refuse => mode == Mode::Audit || ctx.non_http_relay.allows(dst),
             };
             if !relay {
-                summary.kind = "refused";
+                summary.kind = if ctx.non_http == NonHttpAction::Reset {
+                    "reset"
+                } else {
+                    "refused"
+                };
                 relay::reset(client);
                 return Err(Error::NonHttpRefused);
             }
