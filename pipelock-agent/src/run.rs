@@ -20,8 +20,8 @@ use crate::{
     config::{self, Config, Loaded, reload},
     pipeline::{CustomPattern, ScanConfig, ScanPipeline},
     proxy::{
-        LiveContext, ProxyContext, passthrough::PassthroughDomains, transparent,
-        websocket::WsSettings,
+        LiveContext, ProxyContext, limits::ConnLimits, passthrough::PassthroughDomains,
+        transparent, websocket::WsSettings,
     },
     redirect::{self, RedirectConfig, Redirector},
     scan::engine::known_secrets::KnownSecretsConfig,
@@ -102,11 +102,27 @@ pub async fn run(start: Start) -> anyhow::Result<()> {
     )));
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
+    let nofile = crate::proxy::limits::raise_nofile();
+    let limits = ConnLimits::new(
+        cfg.interceptor.max_connections,
+        cfg.interceptor.max_connections_per_pod,
+    );
+    // Each connection holds two descriptors (client, upstream): a cap above
+    // what the descriptor limit allows would end in EMFILE for everyone.
+    if nofile > 0 && (cfg.interceptor.max_connections as u64) * 2 + 64 > nofile {
+        tracing::warn!(
+            nofile,
+            max_connections = cfg.interceptor.max_connections,
+            "interceptor.max_connections needs more file descriptors than RLIMIT_NOFILE allows"
+        );
+    }
     for listener in listeners {
         tokio::spawn(transparent::serve(
             listener,
             table.clone(),
             live.clone(),
+            limits.clone(),
+            metrics.clone(),
             shutdown.clone(),
             tracker.clone(),
         ));
@@ -296,6 +312,8 @@ fn context(
         passthrough: PassthroughDomains::new(cfg.passthrough_domains()),
         sniff_timeout: Duration::from_millis(i.sniff_timeout_ms.max(1)),
         log_allowed: cfg.logging.include_allowed,
+        header_read_timeout: Duration::from_secs(i.header_read_timeout_seconds.max(1)),
+        upstream_response_timeout: Duration::from_secs(i.upstream_response_timeout_seconds.max(1)),
         websocket: Arc::new(WsSettings::new(&cfg.websocket_proxy)),
     }
 }

@@ -99,6 +99,8 @@ impl InProcessAgent {
             passthrough: PassthroughDomains::new(&opts.passthrough),
             sniff_timeout: Duration::from_millis(500),
             log_allowed: true,
+            header_read_timeout: Duration::from_secs(30),
+            upstream_response_timeout: Duration::from_secs(120),
             websocket: Default::default(),
         });
         let records = Arc::new(Mutex::new(Vec::new()));

@@ -79,7 +79,10 @@ fn the_agents_port_number_on_another_host_is_redirected_and_scanned() {
     agent
         .wait_for_line(Duration::from_secs(10), |l| l.contains("ghp_[REDACTED"))
         .unwrap_or_else(|| panic!("no redacted path; log:\n{}", agent.output()));
-    assert!(!agent.output().contains(&SECRET[4..]), "the log holds the token");
+    assert!(
+        !agent.output().contains(&SECRET[4..]),
+        "the log holds the token"
+    );
     let (code, pid) = curl(&cg, &[&up.url("/clean")]);
     assert_eq!(code, "200");
     let rec = agent

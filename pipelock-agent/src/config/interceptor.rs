@@ -69,6 +69,15 @@ pub struct Interceptor {
     pub fail_mode: FailMode,
     /// bpffs directory of the pinned state (`fail_mode: closed`).
     pub pin_dir: PathBuf,
+    /// Redirected connections open at once, at most; more are reset.
+    pub max_connections: usize,
+    /// Redirected connections open at once from one pod (cgroup), at most.
+    pub max_connections_per_pod: usize,
+    /// Seconds a client may take to send a request's headers (also the idle
+    /// limit between keep-alive requests on HTTP/1.1).
+    pub header_read_timeout_seconds: u64,
+    /// Seconds the upstream may take to answer a request with its headers.
+    pub upstream_response_timeout_seconds: u64,
 }
 
 impl Default for Interceptor {
@@ -97,6 +106,10 @@ impl Default for Interceptor {
             socket_mark: DEFAULT_SOCKET_MARK,
             fail_mode: FailMode::Open,
             pin_dir: PathBuf::from("/sys/fs/bpf/pipelock"),
+            max_connections: 8192,
+            max_connections_per_pod: 2048,
+            header_read_timeout_seconds: 30,
+            upstream_response_timeout_seconds: 120,
         }
     }
 }

@@ -190,6 +190,8 @@ pub fn keep_start_only(running: &Config, mut new: Config) -> Config {
     i.socket_mark = r.socket_mark;
     i.fail_mode = r.fail_mode;
     i.pin_dir.clone_from(&r.pin_dir);
+    i.max_connections = r.max_connections;
+    i.max_connections_per_pod = r.max_connections_per_pod;
     let (t, rt) = (&mut new.tls_interception, &running.tls_interception);
     t.ca_cert.clone_from(&rt.ca_cert);
     t.ca_key.clone_from(&rt.ca_key);

@@ -191,6 +191,7 @@ async fn plain_http(
         addr: dst,
         tls: None,
         connect_timeout: ctx.connect_timeout,
+        response_timeout: ctx.upstream_response_timeout,
     };
     let (io, up_proto) = match upstream::dial(&target, proto, pre).await {
         Ok(x) => x,
@@ -204,6 +205,7 @@ async fn plain_http(
         .map(Arc::new)
         .map_err(|e| e.to_string());
     let conn = Arc::new(HttpConn {
+        header_read_timeout: ctx.header_read_timeout,
         meta: meta.clone(),
         pipeline: ctx.pipeline.clone(),
         upstream: pool,
@@ -261,6 +263,7 @@ async fn intercept(
             },
         }),
         connect_timeout: ctx.connect_timeout,
+        response_timeout: ctx.upstream_response_timeout,
     };
 
     // Upstream first: its ALPN choice decides what the client is offered, and
@@ -348,6 +351,7 @@ async fn intercept(
         _ => meta.clone(),
     };
     let conn = Arc::new(HttpConn {
+        header_read_timeout: ctx.header_read_timeout,
         meta,
         pipeline: ctx.pipeline.clone(),
         upstream: pool,

@@ -25,7 +25,7 @@ use http::{
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt as _, Full, combinators::BoxBody};
 use hyper::{Request, Response, body::Incoming, service::service_fn};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::task::TaskTracker;
 
@@ -65,6 +65,9 @@ pub struct HttpConn {
     pub tasks: TaskTracker,
     /// Limits of relayed WebSockets.
     pub websocket: Arc<WsSettings>,
+    /// How long a client may take to send request headers (HTTP/1.1: also
+    /// the idle limit between keep-alive requests).
+    pub header_read_timeout: std::time::Duration,
 }
 
 /// How an upgraded connection is relayed.
@@ -86,16 +89,23 @@ where
         async move { Ok::<_, Infallible>(conn.handle(req).await) }
     });
     let io = TokioIo::new(io);
+    let header_read = conn.header_read_timeout;
     match proto {
         Proto::Http1 => {
             hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_read)
                 .keep_alive(true)
                 .serve_connection(io, svc)
                 .with_upgrades()
                 .await
         }
         Proto::Http2 => {
+            // HTTP/2: a dead client is found by pings, not by a header timer.
             hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .keep_alive_interval(Some(std::time::Duration::from_secs(30)))
+                .keep_alive_timeout(std::time::Duration::from_secs(20))
                 .serve_connection(io, svc)
                 .await
         }

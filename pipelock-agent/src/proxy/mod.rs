@@ -4,6 +4,7 @@
 pub mod counting;
 pub mod dispatch;
 pub mod http;
+pub mod limits;
 pub mod passthrough;
 pub mod relay;
 pub mod sniff;
@@ -135,6 +136,10 @@ pub struct ProxyContext {
     pub sniff_timeout: Duration,
     /// Log connections that ended without error (`logging.include_allowed`).
     pub log_allowed: bool,
+    /// Client request-header (and HTTP/1.1 keep-alive idle) limit.
+    pub header_read_timeout: Duration,
+    /// Upstream response-header limit.
+    pub upstream_response_timeout: Duration,
     /// `websocket_proxy` limits for relayed WebSockets.
     pub websocket: Arc<websocket::WsSettings>,
 }

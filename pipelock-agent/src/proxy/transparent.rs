@@ -13,10 +13,11 @@ use std::{
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use super::{ConnSummary, Error, LiveContext, ProxyContext, dispatch, relay};
+use super::{ConnSummary, Error, LiveContext, ProxyContext, dispatch, limits::ConnLimits, relay};
 use crate::{
     pipeline::{ConnMeta, Listener},
     redirect::OrigDstTable,
+    telemetry::metrics::Metrics,
 };
 
 static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
@@ -43,6 +44,8 @@ pub async fn serve(
     listener: TcpListener,
     table: Arc<OrigDstTable>,
     live: Arc<LiveContext>,
+    limits: Arc<ConnLimits>,
+    metrics: Arc<Metrics>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
@@ -60,9 +63,31 @@ pub async fn serve(
             },
         };
         let orig = table.take(peer);
+        let cgroup = orig.as_ref().map(|(_, who)| who.cgroup_id);
+        let admission = match limits.admit(cgroup) {
+            Ok(a) => a,
+            Err(refusal) => {
+                metrics.connections_refused.inc();
+                if limits.should_log() {
+                    tracing::warn!(
+                        target: "pipelock::conn",
+                        peer = %peer,
+                        orig_dst = orig.as_ref().map(|(d, _)| d.to_string()),
+                        comm = orig.as_ref().map(|(_, w)| w.comm.clone()),
+                        reason = %refusal,
+                        "connection refused: limit reached"
+                    );
+                }
+                relay::reset(stream);
+                continue;
+            }
+        };
         // The config in force now serves this connection to its end.
         let ctx = live.load_full();
-        tracker.spawn(handle(stream, peer, orig, ctx));
+        tracker.spawn(async move {
+            handle(stream, peer, orig, ctx).await;
+            drop(admission);
+        });
     }
 }
 

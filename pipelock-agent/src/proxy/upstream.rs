@@ -48,6 +48,8 @@ pub struct Target {
     pub tls: Option<TlsTarget>,
     /// TCP connect timeout.
     pub connect_timeout: Duration,
+    /// How long the upstream may take to answer with its response headers.
+    pub response_timeout: Duration,
 }
 
 /// TLS parameters towards an upstream.
@@ -213,6 +215,18 @@ impl UpstreamPool {
     /// A request that never left (the reused connection had just closed) is
     /// sent again once on a fresh connection.
     pub async fn send(&self, req: Request<UpBody>) -> Result<Response<Incoming>, Error> {
+        let limit = self.target.response_timeout;
+        tokio::time::timeout(limit, self.send_retrying(req))
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::UpstreamHttp {
+                    addr: self.target.addr,
+                    reason: format!("no response headers within {}s", limit.as_secs()),
+                })
+            })
+    }
+
+    async fn send_retrying(&self, req: Request<UpBody>) -> Result<Response<Incoming>, Error> {
         match self.send_once(req, false).await {
             Ok(r) => Ok(r),
             Err(Attempt::Unsent(req, e)) => {

@@ -53,6 +53,7 @@ counters! {
     request_bytes_scanned => "request_bytes_scanned", "Request body bytes scanned (as sent, before decoding).";
     response_bytes_scanned => "response_bytes_scanned", "Response body bytes scanned (as received, before decoding).";
     exchanges => "scanned_exchanges", "HTTP exchanges passed through the scan pipeline.";
+    connections_refused => "connections_refused", "Redirected connections reset because a connection limit was reached.";
 }
 
 impl Default for Metrics {
