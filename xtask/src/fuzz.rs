@@ -50,7 +50,11 @@ pub fn run(
     let common = ["--fuzz-dir", "fuzz", "--sanitizer", sanitizer];
     let mut build = fuzz(&["build"]);
     build.args(common);
-    if !build.status().context("running cargo fuzz build")?.success() {
+    if !build
+        .status()
+        .context("running cargo fuzz build")?
+        .success()
+    {
         bail!("cargo fuzz build failed");
     }
     let mut failed = Vec::new();
@@ -68,7 +72,9 @@ pub fn run(
             .arg(format!("-max_total_time={seconds}"))
             .arg("-print_final_stats=1");
         eprintln!("xtask: fuzzing {t} for {seconds} s");
-        let status = cmd.status().with_context(|| format!("running fuzz target {t}"))?;
+        let status = cmd
+            .status()
+            .with_context(|| format!("running fuzz target {t}"))?;
         if !status.success() {
             eprintln!("xtask: fuzz target {t} failed ({status})");
             failed.push(*t);

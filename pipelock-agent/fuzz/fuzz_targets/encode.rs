@@ -20,8 +20,7 @@ pub fn encode(c: ContentCoding, data: &[u8], zlib: bool) -> Vec<u8> {
             e.finish().unwrap()
         }
         ContentCoding::Deflate => {
-            let mut e =
-                flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+            let mut e = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
             e.write_all(data).unwrap();
             e.finish().unwrap()
         }

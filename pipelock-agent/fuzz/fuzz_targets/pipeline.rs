@@ -85,7 +85,10 @@ struct Case<'a> {
 fn run(case: &Case<'_>, split: bool) -> (bool, bool) {
     let cut = |b: &[u8]| -> Vec<Vec<u8>> {
         if split {
-            common::chunks(b, case.sizes).into_iter().map(<[u8]>::to_vec).collect()
+            common::chunks(b, case.sizes)
+                .into_iter()
+                .map(<[u8]>::to_vec)
+                .collect()
         } else {
             vec![b.to_vec()]
         }
@@ -167,5 +170,8 @@ fuzz_target!(|data: &[u8]| {
     };
     let whole = run(&case, false);
     let split = run(&case, true);
-    assert_eq!(whole, split, "chunking changed a verdict (request, response)");
+    assert_eq!(
+        whole, split,
+        "chunking changed a verdict (request, response)"
+    );
 });
