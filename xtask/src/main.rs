@@ -2,6 +2,7 @@
 //! Every command first installs what it needs (apt packages, nightly
 //! rust-src, bpf-linker built against rustc's own libLLVM), idempotently,
 //! caching bpf-linker under ~/.cache/pipelock-agent.
+mod fuzz;
 mod setup;
 
 use std::{
@@ -51,6 +52,16 @@ enum Cmd {
     },
     /// rustfmt check and clippy -D warnings on the whole workspace.
     Lint,
+    /// Run the cargo-fuzz targets (nightly), each for N seconds; fails on a crash.
+    Fuzz {
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// address (ASan) or none.
+        #[arg(long, default_value = "address", value_parser = ["address", "none"])]
+        sanitizer: String,
+        /// One target (default: all).
+        target: Option<String>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -136,6 +147,11 @@ fn main() -> anyhow::Result<()> {
             env.set("PIPELOCK_AGENT_BIN", bin.into_os_string());
             cargo(&root, &env, &["bench", "-p", package, "--bench", &name])
         }
+        Cmd::Fuzz {
+            seconds,
+            sanitizer,
+            target,
+        } => fuzz::run(&root, &env, seconds, target.as_deref(), &sanitizer),
         Cmd::Lint => {
             cargo(&root, &env, &["fmt", "--all", "--check"])?;
             cargo(

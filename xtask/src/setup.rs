@@ -68,7 +68,7 @@ pub fn ensure(_root: &Path) -> anyhow::Result<Env> {
     })
 }
 
-fn cache_dir() -> anyhow::Result<PathBuf> {
+pub fn cache_dir() -> anyhow::Result<PathBuf> {
     if let Some(dir) = std::env::var_os("PIPELOCK_CACHE_DIR") {
         return Ok(PathBuf::from(dir));
     }

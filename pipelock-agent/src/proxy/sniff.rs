@@ -140,8 +140,19 @@ fn peek(stream: &TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
     }
 }
 
+/// The classifier `sniff` runs on each peek, as a pure function: `Ok(None)`
+/// means the first message is not complete yet (more bytes are needed).
+/// Public as an entry point for the fuzz targets (`pipelock-agent/fuzz`).
+pub fn classify_bytes(data: &[u8]) -> Result<Option<Sniffed>, SniffError> {
+    Ok(match classify(data)? {
+        Verdict::Done(s) => Some(s),
+        Verdict::NeedMore => None,
+    })
+}
+
 fn classify(data: &[u8]) -> Result<Verdict, SniffError> {
-    if data[0] == 0x16 {
+    // (`sniff` never passes an empty peek; an empty slice needs more bytes.)
+    if data.first() == Some(&0x16) {
         // TLS handshake record; version major 3 (SSL3 .. TLS 1.3 all say 3).
         if data.len() >= 2 && data[1] != 0x03 {
             return Ok(Verdict::Done(Sniffed::Other));

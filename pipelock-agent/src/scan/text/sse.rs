@@ -15,6 +15,10 @@ pub struct SseParser {
     data: Vec<u8>,
     max_event: usize,
     overflow: bool,
+    /// The current line went over `max_event`: its bytes are dropped, and
+    /// it ends as a content line (never as the blank line that ends an
+    /// event), however the body was chunked.
+    line_overflow: bool,
     /// Drop a leading `\n` (the previous line ended with `\r`).
     after_cr: bool,
 }
@@ -27,6 +31,7 @@ impl SseParser {
             data: Vec::new(),
             max_event,
             overflow: false,
+            line_overflow: false,
             after_cr: false,
         }
     }
@@ -59,21 +64,30 @@ impl SseParser {
 
     /// Ends the stream: a final event without a blank line is dispatched.
     pub fn finish(&mut self, text: &mut dyn FnMut(&[u8])) {
-        if !self.line.is_empty() {
+        if !self.line.is_empty() || self.line_overflow {
             self.end_line(text);
         }
         self.dispatch(text);
     }
 
     fn push_line_bytes(&mut self, b: &[u8]) {
+        if self.line_overflow {
+            return;
+        }
         if self.line.len() + b.len() > self.max_event {
             self.overflow = true;
+            self.line_overflow = true;
+            self.line.clear();
             return;
         }
         self.line.extend_from_slice(b);
     }
 
     fn end_line(&mut self, text: &mut dyn FnMut(&[u8])) {
+        if std::mem::take(&mut self.line_overflow) {
+            // Its event is already marked oversized and will be skipped.
+            return;
+        }
         let line = std::mem::take(&mut self.line);
         if line.is_empty() {
             self.dispatch(text);
@@ -198,5 +212,23 @@ event: content_block_delta\r\ndata: {\"type\":\"content_block_delta\",\"delta\":
             &mut |t| out.extend_from_slice(t),
         );
         assert_eq!(out, b"ok");
+    }
+
+    /// Found by the `sse` fuzz target: a line longer than the limit used to
+    /// end its event like a blank line when it came in one chunk (so the
+    /// event's later `data:` lines were dispatched as an event of their
+    /// own) but not when it came in pieces. Now the whole event is skipped
+    /// at every split point.
+    #[test]
+    fn oversized_line_skips_its_event_at_every_split() {
+        let body = b"data: 0123456789abcdefghij\ndata: tail\n\ndata: ok\n\n";
+        for cut in 0..=body.len() {
+            let mut p = SseParser::new(16);
+            let mut out = Vec::new();
+            p.feed(&body[..cut], &mut |t| out.extend_from_slice(t));
+            p.feed(&body[cut..], &mut |t| out.extend_from_slice(t));
+            p.finish(&mut |t| out.extend_from_slice(t));
+            assert_eq!(out, b"ok", "split at {cut}");
+        }
     }
 }
