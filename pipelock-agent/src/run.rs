@@ -314,6 +314,8 @@ fn context(
         log_allowed: cfg.logging.include_allowed,
         header_read_timeout: Duration::from_secs(i.header_read_timeout_seconds.max(1)),
         upstream_response_timeout: Duration::from_secs(i.upstream_response_timeout_seconds.max(1)),
+        relay_idle: Duration::from_secs(i.relay_idle_timeout_seconds.max(1)),
+        relay_max: (i.relay_max_seconds > 0).then(|| Duration::from_secs(i.relay_max_seconds)),
         websocket: Arc::new(WsSettings::new(&cfg.websocket_proxy)),
     }
 }

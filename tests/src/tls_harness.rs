@@ -101,6 +101,8 @@ impl InProcessAgent {
             log_allowed: true,
             header_read_timeout: Duration::from_secs(30),
             upstream_response_timeout: Duration::from_secs(120),
+            relay_idle: Duration::from_secs(300),
+            relay_max: None,
             websocket: Default::default(),
         });
         let records = Arc::new(Mutex::new(Vec::new()));

@@ -1,7 +1,8 @@
 //! Resource bounds through the real agent under the kernel redirect: a
 //! client that sends half a request head is cut at the header timeout; at
 //! the per-pod cap a pod's further connections are reset while its open
-//! ones keep working and another pod's requests still go through.
+//! ones keep working and another pod's requests still go through; a raw
+//! relay with no bytes moving is closed at its idle limit.
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -129,5 +130,59 @@ s.sendall(b'GET /pod-b HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n'
     drop(agent);
     let _ = std::fs::remove_dir(&pod_a);
     let _ = std::fs::remove_dir(&pod_b);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root and the eBPF build: run `cargo xtask test`"
+)]
+fn an_idle_raw_relay_is_closed_at_its_idle_limit() {
+    require_root();
+    let cg = TestCgroup::new("relay-idle");
+    // A raw echo server: each line comes back.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for s in l.incoming().take(4) {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 || s.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let (agent, dir) = start(
+        &cg,
+        &format!(
+            "interceptor:\n  non_http_relay_ports: [{}]\n  relay_idle_timeout_seconds: 2\n",
+            addr.port()
+        ),
+    );
+    let script = format!(
+        "import socket,time\ns=socket.create_connection(('{}',{}),timeout=20)\n\
+s.sendall(b'RAW hello')\nprint('echo', s.recv(100))\nt=time.time()\nd=s.recv(100)\n\
+print('closed after', round(time.time()-t,1), repr(d))\n",
+        addr.ip(),
+        addr.port()
+    );
+    let started = Instant::now();
+    let out = python_in(&cg.procs_file(), &script);
+    assert!(
+        out.contains("echo b'RAW hello'"),
+        "{out}\n{}",
+        agent.output()
+    );
+    assert!(out.contains("closed after"), "{out}");
+    assert!(started.elapsed() < Duration::from_secs(15), "{out}");
+    agent
+        .wait_for_line(Duration::from_secs(5), |l| l.contains("relay idle limit"))
+        .unwrap_or_else(|| panic!("no idle line:\n{}", agent.output()));
     let _ = std::fs::remove_dir_all(dir);
 }

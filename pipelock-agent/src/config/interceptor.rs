@@ -78,6 +78,10 @@ pub struct Interceptor {
     pub header_read_timeout_seconds: u64,
     /// Seconds the upstream may take to answer a request with its headers.
     pub upstream_response_timeout_seconds: u64,
+    /// Seconds a raw relay (passthrough, allowed non-HTTP) may go without a byte.
+    pub relay_idle_timeout_seconds: u64,
+    /// Seconds a raw relay may last at most (0: no limit).
+    pub relay_max_seconds: u64,
 }
 
 impl Default for Interceptor {
@@ -110,6 +114,8 @@ impl Default for Interceptor {
             max_connections_per_pod: 2048,
             header_read_timeout_seconds: 30,
             upstream_response_timeout_seconds: 120,
+            relay_idle_timeout_seconds: 300,
+            relay_max_seconds: 0,
         }
     }
 }

@@ -154,7 +154,7 @@ async fn sniff_or_server_first(
 }
 
 async fn blind_relay(
-    mut client: TcpStream,
+    client: TcpStream,
     pre: Option<TcpStream>,
     ctx: &ProxyContext,
     dst: std::net::SocketAddr,
@@ -172,10 +172,39 @@ async fn blind_relay(
             }
         },
     };
-    let (up, down) = relay::relay(&mut client, &mut upstream).await?;
-    summary.bytes_up = up;
-    summary.bytes_down = down;
-    Ok(())
+    // Bytes are counted as they pass, so the relay can be cut when nothing
+    // moved for `relay_idle` or when it outlived `relay_max`.
+    let counters = Counters::default();
+    let mut counted = CountingIo::new(client, counters.clone());
+    let relaying = relay::relay(&mut counted, &mut upstream);
+    tokio::pin!(relaying);
+    let started = tokio::time::Instant::now();
+    let mut last = counters.get();
+    let mut last_move = started;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let result = loop {
+        tokio::select! {
+            r = &mut relaying => break r.map(|_| ()),
+            _ = tick.tick() => {
+                let now = tokio::time::Instant::now();
+                let seen = counters.get();
+                if seen != last {
+                    last = seen;
+                    last_move = now;
+                }
+                if now.duration_since(last_move) >= ctx.relay_idle {
+                    tracing::info!(target: "pipelock::conn", orig_dst = %dst, kind, "relay idle limit reached; closing");
+                    break Ok(());
+                }
+                if ctx.relay_max.is_some_and(|max| now.duration_since(started) >= max) {
+                    tracing::info!(target: "pipelock::conn", orig_dst = %dst, kind, "relay lifetime limit reached; closing");
+                    break Ok(());
+                }
+            }
+        }
+    };
+    (summary.bytes_up, summary.bytes_down) = counters.get();
+    result
 }
 
 async fn plain_http(

@@ -140,6 +140,11 @@ pub struct ProxyContext {
     pub header_read_timeout: Duration,
     /// Upstream response-header limit.
     pub upstream_response_timeout: Duration,
+    /// A raw relay (passthrough, allowed non-HTTP) with no bytes moving for
+    /// this long is closed.
+    pub relay_idle: Duration,
+    /// A raw relay is closed after this long, if set.
+    pub relay_max: Option<Duration>,
     /// `websocket_proxy` limits for relayed WebSockets.
     pub websocket: Arc<websocket::WsSettings>,
 }
