@@ -21,6 +21,15 @@ pub enum Direction {
 }
 
 impl Direction {
+    /// `Response` when `response`, else `Request`.
+    pub fn of(response: bool) -> Self {
+        if response {
+            Direction::Response
+        } else {
+            Direction::Request
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Direction::Request => "request",

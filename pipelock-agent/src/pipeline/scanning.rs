@@ -4,6 +4,7 @@
 //! they stream (`scan::body`: content-decoded, SSE-reassembled); every hit
 //! goes through the verdict policy, the findings log and the metrics here.
 use std::{
+    borrow::Cow,
     collections::{HashMap, HashSet},
     sync::Arc,
 };
@@ -292,7 +293,7 @@ impl ScanExchange {
         patterns::by_id(id).map(|r| Arc::new(RuleMeta::builtin(r)))
     }
 
-    fn scanner_hit(&mut self, id: &str, location: &'static str) {
+    fn scanner_hit(&mut self, id: &str, location: impl Into<Cow<'static, str>>) {
         if let Some(meta) = Self::scanner_meta(id) {
             self.hits.push(Hit {
                 meta,
@@ -582,11 +583,7 @@ impl Exchange for ScanExchange {
         }
         // A body of its own: no content coding, not SSE; findings reported
         // per message.
-        let direction = if response {
-            Direction::Response
-        } else {
-            Direction::Request
-        };
+        let direction = Direction::of(response);
         self.reported.retain(|(d, _)| *d != direction);
         let body = self.open_body(&http::HeaderMap::new(), response, false);
         if response {
@@ -602,19 +599,9 @@ impl Exchange for ScanExchange {
         if let Some(b) = &self.blocked {
             return Decision::Block(b.clone());
         }
-        let direction = if response {
-            Direction::Response
-        } else {
-            Direction::Request
-        };
+        let direction = Direction::of(response);
         self.reported.retain(|(d, _)| *d != direction);
-        if let Some(meta) = Self::scanner_meta("scanner.unscannable") {
-            self.hits.push(Hit {
-                meta,
-                excerpt: String::new(),
-                location: what.to_owned().into(),
-            });
-        }
+        self.scanner_hit("scanner.unscannable", what.to_owned());
         self.decide(direction)
     }
 
