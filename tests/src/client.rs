@@ -122,3 +122,26 @@ pub fn run_command(mut cmd: Command, timeout: Duration) -> ClientRun {
         pid,
     }
 }
+
+/// curl from the cgroup `cg` with `args`, the response body discarded:
+/// `(Some(HTTP status), pid)` when it got an answer, `(None, pid)` when the
+/// connection failed. `max_time` bounds curl itself (seconds).
+pub fn curl_status(cg: &TestCgroup, max_time: u32, args: &[&str]) -> (Option<String>, u32) {
+    let max_time = max_time.to_string();
+    let mut all = vec![
+        "-sS",
+        "--max-time",
+        &max_time,
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+    ];
+    all.extend_from_slice(args);
+    let place = Place {
+        cgroup: Some(cg),
+        netns: None,
+    };
+    let run = run(place, "curl", &all, Duration::from_secs(60));
+    (run.ok().then(|| run.stdout.trim().to_owned()), run.pid)
+}

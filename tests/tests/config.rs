@@ -11,15 +11,10 @@ use std::{
 };
 
 use pipelock_tests::{
-    agent::Agent,
-    cgroup::TestCgroup,
-    client::{self, Place},
-    free_port, require_root,
-    upstream::Upstream,
+    agent::Agent, cgroup::TestCgroup, client, free_port, require_root, upstream::Upstream,
 };
 use serde_json::Value;
 
-const TIMEOUT: Duration = Duration::from_secs(60);
 /// A GitHub-token-shaped value (critical, high confidence); not a real one.
 const SECRET: &str = "ghp_Zq3xT7vLmN4pR8sK2wYbC6dF0hJ9gA1eUoVi";
 
@@ -84,28 +79,9 @@ fn yaml(mode: &str, cg: &TestCgroup, redirect: SocketAddr, extra: &str) -> Strin
 
 /// POSTs `body` with curl from the cgroup: the HTTP status.
 fn post(cg: &TestCgroup, body: &str, url: &str) -> String {
-    let run = client::run(
-        Place {
-            cgroup: Some(cg),
-            netns: None,
-        },
-        "curl",
-        &[
-            "-sS",
-            "--max-time",
-            "20",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "--data-binary",
-            body,
-            url,
-        ],
-        TIMEOUT,
-    );
-    assert!(run.ok(), "curl failed: {run:?}");
-    run.stdout.trim().to_owned()
+    client::curl_status(cg, 20, &["--data-binary", body, url])
+        .0
+        .unwrap_or_else(|| panic!("curl {url} failed"))
 }
 
 fn hup(agent: &Agent) {

@@ -9,35 +9,14 @@ use std::{net::SocketAddr, path::PathBuf, process::Command, time::Duration};
 use pipelock_tests::{
     agent::{Agent, agent_bin},
     cgroup::TestCgroup,
-    client::{self, Place},
-    free_port, require_root,
+    client, free_port, require_root,
     upstream::Upstream,
 };
-
-const TIMEOUT: Duration = Duration::from_secs(60);
 
 /// curl from the cgroup: Some(status) when it got an answer, None when the
 /// connection failed.
 fn curl(cg: &TestCgroup, url: &str) -> (Option<String>, u32) {
-    let run = client::run(
-        Place {
-            cgroup: Some(cg),
-            netns: None,
-        },
-        "curl",
-        &[
-            "-sS",
-            "--max-time",
-            "5",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            url,
-        ],
-        TIMEOUT,
-    );
-    (run.ok().then(|| run.stdout.trim().to_owned()), run.pid)
+    client::curl_status(cg, 5, &[url])
 }
 
 fn kill9(agent: &mut Agent) {

@@ -28,27 +28,11 @@ const SECRET: &str = "ghp_Zq3xT7vLmN4pR8sK2wYbC6dF0hJ9gA1eUoVi";
 
 /// curl from the cgroup; returns (status, pid).
 fn curl(cg: &TestCgroup, args: &[&str]) -> (String, u32) {
-    let mut all = vec![
-        "-sS",
-        "--max-time",
-        "20",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-    ];
-    all.extend_from_slice(args);
-    let run = client::run(
-        Place {
-            cgroup: Some(cg),
-            netns: None,
-        },
-        "curl",
-        &all,
-        TIMEOUT,
-    );
-    assert!(run.ok(), "curl failed: {run:?}");
-    (run.stdout.trim().to_owned(), run.pid)
+    let (status, pid) = client::curl_status(cg, 20, args);
+    (
+        status.unwrap_or_else(|| panic!("curl {args:?} failed")),
+        pid,
+    )
 }
 
 #[test]
