@@ -20,8 +20,8 @@ use crate::{
     config::{self, Config, Loaded, reload},
     pipeline::{CustomPattern, ScanConfig, ScanPipeline},
     proxy::{
-        LiveContext, ProxyContext, limits::ConnLimits, passthrough::PassthroughDomains,
-        transparent, websocket::WsSettings,
+        LiveContext, ProxyContext, hold::BodyHold, limits::ConnLimits,
+        passthrough::PassthroughDomains, transparent, websocket::WsSettings,
     },
     redirect::{self, RedirectConfig, Redirector},
     scan::engine::known_secrets::KnownSecretsConfig,
@@ -94,11 +94,13 @@ pub async fn run(start: Start) -> anyhow::Result<()> {
         .with_context(|| format!("attaching to cgroup {cgroup}"))?;
     let table = Arc::new(table);
 
+    let body_budget = BodyHold::budget(cfg.interceptor.body_hold_budget_bytes);
     let live: Arc<LiveContext> = Arc::new(ArcSwap::from_pointee(context(
         &cfg,
         pipeline,
         &listen,
         tls.clone(),
+        body_budget,
     )));
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -273,7 +275,14 @@ async fn apply_reload(r: reload::Reload, env: &Reloader<'_>, running: &mut Runni
             return;
         }
     };
-    live.store(Arc::new(context(&new, pipeline, listen, tls.clone())));
+    let body_budget = live.load().body_hold.budget.clone();
+    live.store(Arc::new(context(
+        &new,
+        pipeline,
+        listen,
+        tls.clone(),
+        body_budget,
+    )));
     for n in loaded
         .notices
         .iter()
@@ -297,6 +306,7 @@ fn context(
     pipeline: ScanPipeline,
     listen: &[std::net::SocketAddr],
     tls: Arc<tls::Tls>,
+    body_budget: Arc<tokio::sync::Semaphore>,
 ) -> ProxyContext {
     let i = &cfg.interceptor;
     ProxyContext {
@@ -317,6 +327,12 @@ fn context(
         relay_idle: Duration::from_secs(i.relay_idle_timeout_seconds.max(1)),
         relay_max: (i.relay_max_seconds > 0).then(|| Duration::from_secs(i.relay_max_seconds)),
         websocket: Arc::new(WsSettings::new(&cfg.websocket_proxy)),
+        body_hold: Arc::new(BodyHold {
+            max_body: cfg.request_body_scanning.max_body_bytes,
+            budget: body_budget,
+            budget_wait: Duration::from_millis(i.body_hold_wait_ms),
+            idle: Duration::from_secs(i.body_idle_timeout_seconds.max(1)),
+        }),
     }
 }
 

@@ -104,6 +104,7 @@ impl InProcessAgent {
             relay_idle: Duration::from_secs(300),
             relay_max: None,
             websocket: Default::default(),
+            body_hold: Default::default(),
         });
         let records = Arc::new(Mutex::new(Vec::new()));
         let recs = records.clone();
@@ -212,6 +213,14 @@ impl Exchange for TestExchange {
         } else {
             self.request_body_filter(message, true)
         }
+    }
+    fn trailers_filter(&mut self, response: bool, trailers: &http::HeaderMap) -> Decision {
+        for v in trailers.values() {
+            if self.message_filter(response, v.as_bytes()).is_block() {
+                return block("test.trailer");
+            }
+        }
+        Decision::Continue
     }
     fn unscannable(&mut self, _response: bool, what: &str) -> Decision {
         block(what)

@@ -82,6 +82,13 @@ pub struct Interceptor {
     pub relay_idle_timeout_seconds: u64,
     /// Seconds a raw relay may last at most (0: no limit).
     pub relay_max_seconds: u64,
+    /// Bytes of request bodies held for scanning at once, across all
+    /// connections (each body up to `request_body_scanning.max_body_bytes`).
+    pub body_hold_budget_bytes: u64,
+    /// Milliseconds a body waits for that budget before it is refused (503).
+    pub body_hold_wait_ms: u64,
+    /// Seconds a client may leave a request body without a byte (408).
+    pub body_idle_timeout_seconds: u64,
 }
 
 impl Default for Interceptor {
@@ -116,6 +123,9 @@ impl Default for Interceptor {
             upstream_response_timeout_seconds: 120,
             relay_idle_timeout_seconds: 300,
             relay_max_seconds: 0,
+            body_hold_budget_bytes: 256 << 20,
+            body_hold_wait_ms: 5000,
+            body_idle_timeout_seconds: 60,
         }
     }
 }

@@ -150,6 +150,9 @@ const RESTART_ONLY: &[(&str, Getter)] = &[
     ("interceptor.socket_mark", |c| {
         c.interceptor.socket_mark.to_string()
     }),
+    ("interceptor.body_hold_budget_bytes", |c| {
+        c.interceptor.body_hold_budget_bytes.to_string()
+    }),
     ("interceptor.upstream_ca", |c| {
         format!("{:?}", c.interceptor.upstream_ca)
     }),
@@ -192,6 +195,7 @@ pub fn keep_start_only(running: &Config, mut new: Config) -> Config {
     i.pin_dir.clone_from(&r.pin_dir);
     i.max_connections = r.max_connections;
     i.max_connections_per_pod = r.max_connections_per_pod;
+    i.body_hold_budget_bytes = r.body_hold_budget_bytes;
     let (t, rt) = (&mut new.tls_interception, &running.tls_interception);
     t.ca_cert.clone_from(&rt.ca_cert);
     t.ca_key.clone_from(&rt.ca_key);

@@ -146,11 +146,6 @@ const RULES: &[Rule] = &[
         "enforcement follows `mode` (strict blocks every finding, balanced blocks high-confidence ones, audit logs); `warn` does not lower it (use mode: audit to only log); `block` makes balanced block request findings whatever their confidence"
     ),
     rule!(
-        "request_body_scanning.max_body_bytes",
-        |_c| true,
-        "accepted, not implemented yet: request bodies are scanned as they stream, not held"
-    ),
-    rule!(
         "request_body_scanning.header_mode",
         |c| c.request_body_scanning.header_mode == super::pipelock::HeaderMode::Sensitive,
         "every request header is scanned (a superset of `sensitive`)"

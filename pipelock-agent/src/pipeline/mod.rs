@@ -122,6 +122,10 @@ pub trait Exchange: Send {
     fn response_filter(&mut self, resp: &http::response::Parts) -> Decision;
     /// One chunk of the response body (as received, still content-encoded).
     fn response_body_filter(&mut self, chunk: &[u8], end_of_stream: bool) -> Decision;
+    /// The trailers ending a request body (`response` false: scanned for
+    /// DLP like request headers) or a response body (for injection like
+    /// response headers), before they are forwarded.
+    fn trailers_filter(&mut self, response: bool, trailers: &http::HeaderMap) -> Decision;
     /// One whole message of an upgraded connection (a WebSocket message,
     /// fragments joined), after the upgrade exchange's own hooks ran: scanned
     /// as a body of its own, uncompressed, like a request body when
@@ -168,6 +172,9 @@ impl Exchange for AllowAll {
         Decision::Continue
     }
     fn response_body_filter(&mut self, _chunk: &[u8], _end: bool) -> Decision {
+        Decision::Continue
+    }
+    fn trailers_filter(&mut self, _response: bool, _trailers: &http::HeaderMap) -> Decision {
         Decision::Continue
     }
     fn message_filter(&mut self, _response: bool, _message: &[u8]) -> Decision {

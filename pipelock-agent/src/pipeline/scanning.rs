@@ -440,6 +440,38 @@ impl ScanExchange {
     }
 
     /// Feeds one body chunk to its scanner and accounts for how it went.
+    /// Request header (or trailer) fields, one `name: value` line each,
+    /// for DLP; located as `<kind>:<name>`.
+    fn request_fields(&mut self, fields: &http::HeaderMap, kind: &str) {
+        if !self.shared.cfg.request_headers {
+            return;
+        }
+        for (name, value) in fields {
+            let line = header_line(name, value);
+            let before = self.hits.len();
+            self.block_scan(&line, &format!("{kind}:{}", name.as_str()));
+            if is_auth_header(name.as_str()) {
+                let tail = self.hits.split_off(before);
+                self.hits
+                    .extend(tail.into_iter().filter(|h| h.meta.id != "dlp.jwt"));
+            }
+        }
+    }
+
+    /// Response header (or trailer) fields, one `name: value` line each,
+    /// for injection (a model or tool can be told things in a header as
+    /// well as in the body).
+    fn response_fields(&mut self, fields: &http::HeaderMap, kind: &str) {
+        let shared = Arc::clone(&self.shared);
+        for (name, value) in fields {
+            let line = header_line(name, value);
+            let location = format!("{kind}:{}", name.as_str());
+            if let Err(e) = scan_inj_text(&shared.engine, &line, &location, &mut self.hits) {
+                self.scan_error(&e);
+            }
+        }
+    }
+
     fn body_chunk(&mut self, response: bool, chunk: &[u8], eos: bool) {
         let m = &self.shared.metrics;
         let (slot, counter, loc) = if response {
@@ -510,22 +542,7 @@ impl Exchange for ScanExchange {
         if decoded != target.as_bytes() {
             self.block_scan(&decoded, "url+percent");
         }
-        // Headers, one `name: value` line each.
-        let headers = if self.shared.cfg.request_headers {
-            req.headers.iter().collect()
-        } else {
-            Vec::new()
-        };
-        for (name, value) in headers {
-            let line = header_line(name, value);
-            let before = self.hits.len();
-            self.block_scan(&line, &format!("header:{}", name.as_str()));
-            if is_auth_header(name.as_str()) {
-                let tail = self.hits.split_off(before);
-                self.hits
-                    .extend(tail.into_iter().filter(|h| h.meta.id != "dlp.jwt"));
-            }
-        }
+        self.request_fields(&req.headers, "header");
         self.request = if self.shared.cfg.request_body {
             self.open_body(&req.headers, false, false)
         } else {
@@ -546,16 +563,7 @@ impl Exchange for ScanExchange {
         if let Some(b) = &self.blocked {
             return Decision::Block(b.clone());
         }
-        // Headers, one `name: value` line each, for injection (a model or
-        // tool can be told things in a header as well as in the body).
-        let shared = Arc::clone(&self.shared);
-        for (name, value) in &resp.headers {
-            let line = header_line(name, value);
-            let location = format!("response_header:{}", name.as_str());
-            if let Err(e) = scan_inj_text(&shared.engine, &line, &location, &mut self.hits) {
-                self.scan_error(&e);
-            }
-        }
+        self.response_fields(&resp.headers, "response_header");
         let ct = header_str(&resp.headers, http::header::CONTENT_TYPE).unwrap_or_default();
         self.response = if skip_response_media(&ct) {
             None
@@ -593,6 +601,18 @@ impl Exchange for ScanExchange {
         }
         self.body_chunk(response, message, true);
         self.decide(direction)
+    }
+
+    fn trailers_filter(&mut self, response: bool, trailers: &http::HeaderMap) -> Decision {
+        if let Some(b) = &self.blocked {
+            return Decision::Block(b.clone());
+        }
+        if response {
+            self.response_fields(trailers, "response_trailer");
+        } else {
+            self.request_fields(trailers, "trailer");
+        }
+        self.decide(Direction::of(response))
     }
 
     fn unscannable(&mut self, response: bool, what: &str) -> Decision {

@@ -242,6 +242,7 @@ async fn plain_http(
         default_authority: Authority::try_from(dst.to_string()).ok(),
         tasks: TaskTracker::new(),
         websocket: ctx.websocket.clone(),
+        body_hold: ctx.body_hold.clone(),
     });
     let io = CountingIo::new(client, counters.clone());
     let result = proxy_http::serve(io, proto, conn.clone()).await;
@@ -388,6 +389,7 @@ async fn intercept(
         default_authority: Authority::try_from(authority).ok(),
         tasks: TaskTracker::new(),
         websocket: ctx.websocket.clone(),
+        body_hold: ctx.body_hold.clone(),
     });
     let result = proxy_http::serve(stream, negotiated, conn.clone()).await;
     conn.tasks.close();

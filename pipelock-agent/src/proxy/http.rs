@@ -30,6 +30,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::task::TaskTracker;
 
 use super::{
+    hold::{self, BodyHold, BodyScan, HoldError},
     upstream::{Proto, UpstreamPool},
     websocket::{self, WsSettings},
 };
@@ -68,6 +69,8 @@ pub struct HttpConn {
     /// How long a client may take to send request headers (HTTP/1.1: also
     /// the idle limit between keep-alive requests).
     pub header_read_timeout: std::time::Duration,
+    /// How request bodies are held until scanned.
+    pub body_hold: Arc<BodyHold>,
 }
 
 /// How an upgraded connection is relayed.
@@ -153,6 +156,16 @@ impl ExchangeState {
         d
     }
 
+    fn trailers_filter(&mut self, dir: Dir, trailers: &HeaderMap) -> Decision {
+        let d = self
+            .exchange
+            .trailers_filter(dir == Dir::Response, trailers);
+        if let Decision::Block(b) = &d {
+            self.outcome.blocked = Some(b.clone());
+        }
+        d
+    }
+
     /// Calls the `logging` hook once and writes the per-request log line.
     fn finish(&mut self) {
         if std::mem::replace(&mut self.finished, true) {
@@ -225,9 +238,19 @@ impl Body for ScannedBody {
         let decision = if let Some(data) = frame.data_ref() {
             this.eos_sent |= eos_now;
             lock(&this.state).body_filter(this.dir, data, eos_now)
-        } else if !std::mem::replace(&mut this.eos_sent, true) {
-            // Trailers end the body.
-            lock(&this.state).body_filter(this.dir, &[], true)
+        } else if let Some(trailers) = frame.trailers_ref() {
+            // Trailers end the body: its end is scanned, then they are.
+            let mut st = lock(&this.state);
+            let end = if std::mem::replace(&mut this.eos_sent, true) {
+                Decision::Continue
+            } else {
+                st.body_filter(this.dir, &[], true)
+            };
+            if end.is_block() {
+                end
+            } else {
+                st.trailers_filter(this.dir, trailers)
+            }
         } else {
             Decision::Continue
         };
@@ -289,11 +312,33 @@ impl HttpConn {
                 return error_response(&state, StatusCode::BAD_GATEWAY, reason, down_version);
             }
         };
-        let mut eos_sent = false;
+        let mut body = body;
+        let eos_sent;
+        let mut held = None;
         if body.is_end_stream() {
             eos_sent = true;
             if let Decision::Block(b) = lock(&state).body_filter(Dir::Request, &[], true) {
                 return block_response(&state, b, down_version);
+            }
+        } else {
+            // Held until scanned: a block sends nothing upstream.
+            let length = content_length(&parts.headers);
+            let mut scan = RequestScan(&state);
+            match hold::hold(&mut body, length, &self.body_hold, &mut scan).await {
+                Ok(h) => {
+                    eos_sent = h.is_complete();
+                    held = Some(h);
+                }
+                Err(HoldError::Blocked(b)) => return block_response(&state, b, down_version),
+                Err(e) => {
+                    let status = match e {
+                        HoldError::Idle(_) => StatusCode::REQUEST_TIMEOUT,
+                        HoldError::Budget => StatusCode::SERVICE_UNAVAILABLE,
+                        _ => StatusCode::BAD_REQUEST,
+                    };
+                    tracing::warn!(target: "pipelock::http", conn = self.meta.id, error = %e, "request body not forwarded");
+                    return error_response(&state, status, &e.to_string(), down_version);
+                }
             }
         }
         let mut upgraded = None;
@@ -307,13 +352,16 @@ impl HttpConn {
         if let Err(reason) = self.prepare_request(&mut parts, pool.proto(), on_upgrade.is_some()) {
             return error_response(&state, StatusCode::BAD_REQUEST, &reason, down_version);
         }
-        let up_body = ScannedBody {
+        let rest = ScannedBody {
             inner: body,
             dir: Dir::Request,
             state: state.clone(),
             eos_sent,
-        }
-        .boxed();
+        };
+        let up_body = match held {
+            Some(h) => h.replay(Some(rest)).boxed(),
+            None => rest.boxed(),
+        };
         let mut resp = match pool.send(Request::from_parts(parts, up_body)).await {
             Ok(r) => r,
             Err(e) => {
@@ -474,6 +522,25 @@ impl HttpConn {
     }
 }
 
+/// The request body filter, as [`hold`] calls it.
+struct RequestScan<'a>(&'a Shared);
+
+impl BodyScan for RequestScan<'_> {
+    fn data(&mut self, chunk: &[u8], eos: bool) -> Decision {
+        lock(self.0).body_filter(Dir::Request, chunk, eos)
+    }
+    fn trailers(&mut self, trailers: &HeaderMap) -> Decision {
+        lock(self.0).trailers_filter(Dir::Request, trailers)
+    }
+}
+
+/// The declared `Content-Length`, when there is exactly one valid value.
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
+    let first = values.next()?.to_str().ok()?.trim().parse().ok();
+    if values.next().is_some() { None } else { first }
+}
+
 impl websocket::Hooks for Shared {
     fn with<R>(&self, f: impl FnOnce(&mut dyn Exchange) -> R) -> R {
         f(lock(self).exchange.as_mut())
@@ -576,10 +643,11 @@ fn error_response(
     reason: &str,
     version: Version,
 ) -> Response<DownBody> {
-    let kind = if status == StatusCode::BAD_GATEWAY {
-        "upstream_failure"
-    } else {
-        "bad_request"
+    let kind = match status {
+        StatusCode::BAD_GATEWAY => "upstream_failure",
+        StatusCode::REQUEST_TIMEOUT => "request_timeout",
+        StatusCode::SERVICE_UNAVAILABLE => "overloaded",
+        _ => "bad_request",
     };
     let body = serde_json::json!({ "error": kind, "reason": reason });
     {

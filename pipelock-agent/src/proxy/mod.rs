@@ -3,6 +3,7 @@
 //! (relay, TLS interception, HTTP) and drives the shared [`Pipeline`].
 pub mod counting;
 pub mod dispatch;
+pub mod hold;
 pub mod http;
 pub mod limits;
 pub mod passthrough;
@@ -147,6 +148,9 @@ pub struct ProxyContext {
     pub relay_max: Option<Duration>,
     /// `websocket_proxy` limits for relayed WebSockets.
     pub websocket: Arc<websocket::WsSettings>,
+    /// How request bodies are held until scanned (its budget is shared
+    /// across reloads).
+    pub body_hold: Arc<hold::BodyHold>,
 }
 
 impl ProxyContext {

@@ -337,6 +337,9 @@ mod tests {
             }
             Decision::Continue
         }
+        fn trailers_filter(&mut self, _: bool, _: &http::HeaderMap) -> Decision {
+            Decision::Continue
+        }
         fn unscannable(&mut self, _: bool, what: &str) -> Decision {
             if self.audit {
                 Decision::Continue
