@@ -320,6 +320,7 @@ fn context(
         connect_timeout: Duration::from_secs(i.connect_timeout_seconds.max(1)),
         tls,
         passthrough: PassthroughDomains::new(cfg.passthrough_domains()),
+        passthrough_verified: Default::default(),
         sniff_timeout: Duration::from_millis(i.sniff_timeout_ms.max(1)),
         log_allowed: cfg.logging.include_allowed,
         header_read_timeout: Duration::from_secs(i.header_read_timeout_seconds.max(1)),

@@ -97,6 +97,7 @@ impl InProcessAgent {
             connect_timeout: Duration::from_secs(5),
             tls: tls.clone(),
             passthrough: PassthroughDomains::new(&opts.passthrough),
+            passthrough_verified: Default::default(),
             sniff_timeout: Duration::from_millis(500),
             log_allowed: true,
             header_read_timeout: Duration::from_secs(30),

@@ -374,6 +374,44 @@ fn passthrough_domain_is_not_decrypted() {
 }
 
 #[test]
+fn passthrough_name_the_destination_does_not_prove_is_refused() {
+    // A client in a covered pod names a passthrough domain in its SNI to
+    // get an undecrypted relay to an address that does not serve it.
+    let s = Setup::new("pass-lie", BOTH, |o| {
+        o.passthrough = vec!["*.pass.test".into()]
+    });
+    let ca = s.upstream_ca_file.display().to_string();
+    // The upstream's certificate covers www.pass.test, not evil.pass.test.
+    let resolve = s.resolve("evil.pass.test");
+    let url = s.url("evil.pass.test", "/hello");
+    let out = run(
+        "curl",
+        &["-sS", "-k", "--cacert", &ca, "--resolve", &resolve, &url],
+    );
+    assert!(!out.ok(), "relayed: {out:?}");
+    assert!(!out.stdout.contains("hello from upstream"), "{out:?}");
+    let rec = s
+        .agent
+        .wait_record(Duration::from_secs(5), |r| r.kind == "refused")
+        .expect("refused record");
+    let err = rec.error.as_deref().unwrap_or("");
+    assert!(
+        err.contains("did not prove to serve evil.pass.test"),
+        "{rec:?}"
+    );
+    // The name the destination does serve is relayed (and the proof cached).
+    let resolve = s.resolve("www.pass.test");
+    let url = s.url("www.pass.test", "/hello");
+    for _ in 0..2 {
+        let out = run(
+            "curl",
+            &["-sS", "--cacert", &ca, "--resolve", &resolve, &url],
+        );
+        assert!(out.stdout.contains("hello from upstream"), "{out:?}");
+    }
+}
+
+#[test]
 fn untrusted_or_wrong_name_upstream_gets_502() {
     // An upstream whose CA the agent does not trust.
     let s = Setup::new("untrusted", BOTH, |_| {});

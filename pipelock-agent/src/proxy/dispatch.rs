@@ -104,6 +104,33 @@ pub async fn serve(
             r
         }
         Sniffed::Tls(hello) if ctx.passthrough.matches(hello.sni.as_deref(), dst.ip()) => {
+            // A name is the client's word: the destination must prove it
+            // serves it (an IP pattern is the address connected to).
+            if let Some(sni) = &hello.sni
+                && let Err(reason) = ctx
+                    .passthrough_verified
+                    .check(dst, sni, &ctx.tls, ctx.connect_timeout)
+                    .await
+            {
+                let mode = ctx.pipeline.mode_for(&meta);
+                if mode != Mode::Audit {
+                    summary.kind = "refused";
+                    relay::reset(client);
+                    return Err(Error::PassthroughUnverified {
+                        sni: sni.clone(),
+                        orig_dst: dst,
+                        reason,
+                    });
+                }
+                tracing::warn!(
+                    target: "pipelock::tls",
+                    conn = meta.id,
+                    sni = %sni,
+                    orig_dst = %dst,
+                    reason = %reason,
+                    "passthrough name not proven by the destination; relayed in audit mode, strict and balanced refuse it"
+                );
+            }
             tracing::info!(
                 target: "pipelock::tls",
                 conn = meta.id,

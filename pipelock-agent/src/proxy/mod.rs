@@ -53,6 +53,14 @@ pub enum Error {
         "traffic is neither TLS nor HTTP (or the client stayed silent) and cannot be scanned; refused (interceptor.non_http)"
     )]
     NonHttpRefused,
+    #[error(
+        "passthrough refused: {orig_dst} did not prove to serve {sni} ({reason}); the SNI alone is not trusted"
+    )]
+    PassthroughUnverified {
+        sni: String,
+        orig_dst: SocketAddr,
+        reason: String,
+    },
     #[error("TLS setup: {0}")]
     Tls(crate::tls::Error),
     #[error("TLS handshake with the client for {sni} failed: {reason}")]
@@ -81,6 +89,7 @@ impl Error {
             Error::Relay(_)
             | Error::Sniff(_)
             | Error::NonHttpRefused
+            | Error::PassthroughUnverified { .. }
             | Error::DownstreamTls { .. }
             | Error::DownstreamHttp(_) => Side::Downstream,
             Error::Io { side, .. } => *side,
@@ -132,6 +141,8 @@ pub struct ProxyContext {
     pub tls: Arc<crate::tls::Tls>,
     /// Names relayed without decryption.
     pub passthrough: passthrough::PassthroughDomains,
+    /// Which destinations proved to serve the passthrough name they were asked for.
+    pub passthrough_verified: Arc<passthrough::VerifiedNames>,
     /// How long to wait for a client's first bytes before treating the
     /// connection as non-HTTP (server-speaks-first protocols).
     pub sniff_timeout: Duration,
