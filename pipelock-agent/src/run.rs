@@ -94,13 +94,16 @@ pub async fn run(start: Start) -> anyhow::Result<()> {
         .with_context(|| format!("attaching to cgroup {cgroup}"))?;
     let table = Arc::new(table);
 
-    let body_budget = BodyHold::budget(cfg.interceptor.body_hold_budget_bytes);
+    let bounds = Bounds {
+        body_budget: BodyHold::budget(cfg.interceptor.body_hold_budget_bytes),
+        ws_slots: WsSettings::slots_for(&cfg.websocket_proxy),
+    };
     let live: Arc<LiveContext> = Arc::new(ArcSwap::from_pointee(context(
         &cfg,
         pipeline,
         &listen,
         tls.clone(),
-        body_budget,
+        bounds,
     )));
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -275,13 +278,19 @@ async fn apply_reload(r: reload::Reload, env: &Reloader<'_>, running: &mut Runni
             return;
         }
     };
-    let body_budget = live.load().body_hold.budget.clone();
+    let bounds = {
+        let old = live.load();
+        Bounds {
+            body_budget: old.body_hold.budget.clone(),
+            ws_slots: old.websocket.slots.clone(),
+        }
+    };
     live.store(Arc::new(context(
         &new,
         pipeline,
         listen,
         tls.clone(),
-        body_budget,
+        bounds,
     )));
     for n in loaded
         .notices
@@ -300,13 +309,22 @@ async fn apply_reload(r: reload::Reload, env: &Reloader<'_>, running: &mut Runni
     running.notices = loaded.notices;
 }
 
+/// Budgets shared by every connection that a reload keeps (what is in use
+/// stays counted; their sizes are start-only keys).
+struct Bounds {
+    /// `interceptor.body_hold_budget_bytes`.
+    body_budget: Arc<tokio::sync::Semaphore>,
+    /// `websocket_proxy.max_concurrent_connections`.
+    ws_slots: Arc<tokio::sync::Semaphore>,
+}
+
 /// The per-connection context a config describes.
 fn context(
     cfg: &Config,
     pipeline: ScanPipeline,
     listen: &[std::net::SocketAddr],
     tls: Arc<tls::Tls>,
-    body_budget: Arc<tokio::sync::Semaphore>,
+    bounds: Bounds,
 ) -> ProxyContext {
     let i = &cfg.interceptor;
     ProxyContext {
@@ -327,10 +345,13 @@ fn context(
         upstream_response_timeout: Duration::from_secs(i.upstream_response_timeout_seconds.max(1)),
         relay_idle: Duration::from_secs(i.relay_idle_timeout_seconds.max(1)),
         relay_max: (i.relay_max_seconds > 0).then(|| Duration::from_secs(i.relay_max_seconds)),
-        websocket: Arc::new(WsSettings::new(&cfg.websocket_proxy)),
+        websocket: Arc::new(WsSettings::with_slots(
+            &cfg.websocket_proxy,
+            bounds.ws_slots,
+        )),
         body_hold: Arc::new(BodyHold {
             max_body: cfg.request_body_scanning.max_body_bytes,
-            budget: body_budget,
+            budget: bounds.body_budget,
             budget_wait: Duration::from_millis(i.body_hold_wait_ms),
             idle: Duration::from_secs(i.body_idle_timeout_seconds.max(1)),
         }),

@@ -153,6 +153,9 @@ const RESTART_ONLY: &[(&str, Getter)] = &[
     ("interceptor.body_hold_budget_bytes", |c| {
         c.interceptor.body_hold_budget_bytes.to_string()
     }),
+    ("websocket_proxy.max_concurrent_connections", |c| {
+        c.websocket_proxy.max_concurrent_connections.to_string()
+    }),
     ("interceptor.upstream_ca", |c| {
         format!("{:?}", c.interceptor.upstream_ca)
     }),
@@ -196,6 +199,8 @@ pub fn keep_start_only(running: &Config, mut new: Config) -> Config {
     i.max_connections = r.max_connections;
     i.max_connections_per_pod = r.max_connections_per_pod;
     i.body_hold_budget_bytes = r.body_hold_budget_bytes;
+    new.websocket_proxy.max_concurrent_connections =
+        running.websocket_proxy.max_concurrent_connections;
     let (t, rt) = (&mut new.tls_interception, &running.tls_interception);
     t.ca_cert.clone_from(&rt.ca_cert);
     t.ca_key.clone_from(&rt.ca_key);

@@ -57,17 +57,28 @@ pub struct WsSettings {
 impl WsSettings {
     /// From the config file's `websocket_proxy` section.
     pub fn new(cfg: &WebsocketProxy) -> Self {
+        Self::with_slots(cfg, Self::slots_for(cfg))
+    }
+
+    /// The `max_concurrent_connections` semaphore `cfg` asks for.
+    pub fn slots_for(cfg: &WebsocketProxy) -> Arc<Semaphore> {
+        Arc::new(Semaphore::new(
+            usize::try_from(cfg.max_concurrent_connections.max(1))
+                .unwrap_or(Semaphore::MAX_PERMITS)
+                .min(Semaphore::MAX_PERMITS),
+        ))
+    }
+
+    /// From `cfg`, counting open WebSockets in `slots` (kept across
+    /// reloads, so the WebSockets already open still count).
+    pub fn with_slots(cfg: &WebsocketProxy, slots: Arc<Semaphore>) -> Self {
         let secs = |s: u64| (s > 0).then(|| Duration::from_secs(s));
         WsSettings {
             max_message_bytes: usize::try_from(cfg.max_message_bytes.max(1)).unwrap_or(usize::MAX),
             allow_binary: cfg.allow_binary_frames,
             max_connection: secs(cfg.max_connection_seconds),
             idle_timeout: secs(cfg.idle_timeout_seconds),
-            slots: Arc::new(Semaphore::new(
-                usize::try_from(cfg.max_concurrent_connections.max(1))
-                    .unwrap_or(Semaphore::MAX_PERMITS)
-                    .min(Semaphore::MAX_PERMITS),
-            )),
+            slots,
         }
     }
 
