@@ -175,6 +175,7 @@ fn block(rule: &str) -> Decision {
         status: http::StatusCode::FORBIDDEN,
         reason: format!("test rule {rule}"),
         rule_ids: vec![rule.to_owned()],
+        kind: Default::default(),
     })
 }
 
