@@ -32,7 +32,15 @@ const PYTHON: &str = "/usr/bin/python3";
 /// A request from the test process itself (not redirected): (status, body).
 fn http(method: &str, url: &str, headers: &[&str], body: Option<&str>) -> (u16, String) {
     let mut cmd = Command::new("curl");
-    cmd.args(["-sS", "--max-time", "5", "-X", method, "-w", "\n%{http_code}"]);
+    cmd.args([
+        "-sS",
+        "--max-time",
+        "5",
+        "-X",
+        method,
+        "-w",
+        "\n%{http_code}",
+    ]);
     for h in headers {
         cmd.args(["-H", h]);
     }
@@ -147,8 +155,8 @@ fn healthcheck(addr: SocketAddr) -> (Option<i32>, String) {
         .args(["healthcheck", "--addr", &addr.to_string()])
         .output()
         .expect("running pipelock-agent healthcheck");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned()
-        + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     (out.status.code(), text)
 }
 
@@ -243,7 +251,10 @@ fn health_metrics_and_the_kill_switch_by_signal_file_and_api() {
     let (code, out) = healthcheck(admin);
     assert_eq!(code, Some(0), "{out}");
     let (code, body) = http("GET", &url("/nope"), &[], None);
-    assert_eq!((code, json(&body)["error"].clone()), (404, "not_found".into()));
+    assert_eq!(
+        (code, json(&body)["error"].clone()),
+        (404, "not_found".into())
+    );
 
     // /metrics moves as requests flow (both exposition formats parse).
     let before = scrape(admin, "prometheus");

@@ -183,7 +183,7 @@ impl Admin {
                 if parts.method != Method::POST {
                     return method_not_allowed("POST");
                 }
-                if let Err(r) = authorize(&status, &parts.headers) {
+                if let Some(r) = refusal(&status, &parts.headers) {
                     return r;
                 }
                 if !self.rate_ok() {
@@ -211,7 +211,7 @@ impl Admin {
                 if parts.method != Method::GET {
                     return method_not_allowed("GET");
                 }
-                if let Err(r) = authorize(&status, &parts.headers) {
+                if let Some(r) = refusal(&status, &parts.headers) {
                     return r;
                 }
                 json_response(StatusCode::OK, self.kill_switch_status())
@@ -334,10 +334,11 @@ pub async fn serve(listener: tokio::net::TcpListener, admin: Arc<Admin>) {
     }
 }
 
-/// Checks `Authorization: Bearer <api_token>`.
-fn authorize(status: &Status, headers: &http::HeaderMap) -> Result<(), Response<DownBody>> {
+/// Checks `Authorization: Bearer <api_token>`: `None` when authorised,
+/// else the refusal to answer with.
+fn refusal(status: &Status, headers: &http::HeaderMap) -> Option<Response<DownBody>> {
     let Some(token) = &status.api_token else {
-        return Err(error(
+        return Some(error(
             StatusCode::FORBIDDEN,
             "api_disabled",
             "kill switch API not configured (no kill_switch.api_token)",
@@ -353,9 +354,9 @@ fn authorize(status: &Status, headers: &http::HeaderMap) -> Result<(), Response<
             header::WWW_AUTHENTICATE,
             HeaderValue::from_static("Bearer realm=\"pipelock\""),
         );
-        return Err(r);
+        return Some(r);
     }
-    Ok(())
+    None
 }
 
 /// Compares two tokens in time independent of where they differ and of
@@ -455,21 +456,19 @@ mod tests {
         };
         let a = admin("version: 1\nkill_switch:\n  api_token: tok-123\n");
         let st = a.status.load_full();
-        assert!(authorize(&st, &with("Bearer tok-123")).is_ok());
-        let r = authorize(&st, &with("Bearer tok-124")).unwrap_err();
+        assert!(refusal(&st, &with("Bearer tok-123")).is_none());
+        let r = refusal(&st, &with("Bearer tok-124")).unwrap();
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
         assert!(r.headers().contains_key(header::WWW_AUTHENTICATE));
-        let r = authorize(&st, &with("tok-123")).unwrap_err();
+        let r = refusal(&st, &with("tok-123")).unwrap();
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
         assert_eq!(
-            authorize(&st, &http::HeaderMap::new())
-                .unwrap_err()
-                .status(),
+            refusal(&st, &http::HeaderMap::new()).unwrap().status(),
             StatusCode::UNAUTHORIZED
         );
         // No token configured: the API is off, whatever is sent.
         let off = admin("version: 1\n");
-        let r = authorize(&off.status.load_full(), &with("Bearer ")).unwrap_err();
+        let r = refusal(&off.status.load_full(), &with("Bearer ")).unwrap();
         assert_eq!(r.status(), StatusCode::FORBIDDEN);
     }
 
