@@ -41,6 +41,18 @@ pub enum Command {
     /// Certificate authority operations.
     #[command(subcommand)]
     Ca(CaCommand),
+    /// Probe a running agent: GET /health; exit 0 when it answers 200 and healthy, 1 otherwise.
+    Healthcheck(HealthcheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct HealthcheckArgs {
+    /// Where the agent serves /health (the forward listener, or kill_switch.api_listen).
+    #[arg(long, default_value = "127.0.0.1:8888")]
+    pub addr: String,
+    /// Seconds to wait for the answer.
+    #[arg(long, default_value_t = 3)]
+    pub timeout: u64,
 }
 
 #[derive(Debug, Args)]

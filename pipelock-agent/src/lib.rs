@@ -1,6 +1,7 @@
 //! pipelock-agent: a transparent egress interceptor. The kernel (eBPF,
 //! `redirect`) sends a cgroup's outbound TCP connections to the agent's
 //! listeners (`proxy`), which pass every exchange through one `pipeline`.
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod pipeline;

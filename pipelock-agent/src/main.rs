@@ -21,6 +21,9 @@ fn main() -> ExitCode {
         }
         Some(Command::Detach(args)) => detach(&args),
         Some(Command::Ca(CaCommand::Export(args))) => ca_export(&args),
+        Some(Command::Healthcheck(args)) => {
+            pipelock_agent::admin::healthcheck::run(&args.addr, args.timeout)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

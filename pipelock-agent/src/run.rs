@@ -15,6 +15,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
+    admin::{self, Admin, KillSwitch},
     cli::RunArgs,
     config::pipelock::{PatternSeverity, ResponseAction, WarnBlock},
     config::{self, Config, Loaded, reload},
@@ -67,7 +68,21 @@ pub async fn run(start: Start) -> anyhow::Result<()> {
     let tls = tls::load(&cfg).context("loading TLS material")?;
     // One registry for the agent's life: a reloaded pipeline keeps counting in it.
     let metrics = Arc::new(Metrics::new());
-    let pipeline = scan_pipeline(&cfg, &mount, &metrics)?;
+    // One kill switch too: its API and signal states outlive reloads.
+    let kill_switch = Arc::new(KillSwitch::new(&cfg.kill_switch, Some(metrics.clone())));
+    let pipeline = scan_pipeline(&cfg, &mount, &metrics, &kill_switch)?;
+    // Installed early: SIGUSR1's default action would end the process.
+    let mut usr1 = signal(SignalKind::user_defined1()).context("installing SIGUSR1 handler")?;
+    let admin = Arc::new(Admin::new(&cfg, metrics.clone(), kill_switch.clone()));
+    let api_listener = match cfg
+        .kill_switch
+        .api_listen
+        .as_deref()
+        .filter(|a| !a.is_empty())
+    {
+        Some(addr) => Some(admin_listener(addr).await?),
+        None => None,
+    };
 
     // Listen before attaching, so no connection is ever sent to a dead port.
     let listen = cfg.interceptor.listen_addrs();
@@ -93,6 +108,7 @@ pub async fn run(start: Start) -> anyhow::Result<()> {
     let (redirector, table) = Redirector::attach(&redirect_cfg)
         .with_context(|| format!("attaching to cgroup {cgroup}"))?;
     let table = Arc::new(table);
+    admin.set_ebpf(Some(cgroup.clone()));
 
     let bounds = Bounds {
         body_budget: BodyHold::budget(cfg.interceptor.body_hold_budget_bytes),
@@ -162,15 +178,29 @@ pub async fn run(start: Start) -> anyhow::Result<()> {
         tls: &tls,
         live: &live,
         metrics: &metrics,
+        kill_switch: &kill_switch,
     };
+    if let Some(listener) = api_listener {
+        tracing::info!(
+            target: "pipelock::admin",
+            listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            "admin endpoints (/health, /metrics, kill switch API) listening"
+        );
+        tokio::spawn(admin::serve(listener, admin.clone()));
+    }
+    tokio::spawn(kill_switch.clone().watch_sentinel(shutdown.clone()));
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     loop {
         tokio::select! {
             _ = term.recv() => { tracing::info!("SIGTERM received"); break; }
             _ = int.recv() => { tracing::info!("SIGINT received"); break; }
+            _ = usr1.recv() => { kill_switch.toggle_signal(); }
             Some(r) = async { reloads.as_mut()?.recv().await }, if reloads.is_some() => {
+                let before = live.load_full();
                 apply_reload(r, &reloader, &mut running).await;
+                // A context is swapped in only when the reload was applied.
+                admin.reloaded(!Arc::ptr_eq(&before, &live.load_full()), &running.config);
             }
         }
     }
@@ -219,6 +249,7 @@ struct Reloader<'a> {
     tls: &'a Arc<tls::Tls>,
     live: &'a Arc<LiveContext>,
     metrics: &'a Arc<Metrics>,
+    kill_switch: &'a Arc<KillSwitch>,
 }
 
 /// Checks a reloaded file and swaps it in, or keeps the running config.
@@ -230,6 +261,7 @@ async fn apply_reload(r: reload::Reload, env: &Reloader<'_>, running: &mut Runni
         tls,
         live,
         metrics,
+        kill_switch,
     } = *env;
     let trigger = r.trigger.as_str();
     let loaded = match r.result {
@@ -260,8 +292,13 @@ async fn apply_reload(r: reload::Reload, env: &Reloader<'_>, running: &mut Runni
         );
     }
     let new = reload::keep_start_only(&running.config, new);
-    let (cfg, mnt, metrics) = (new.clone(), mount.to_path_buf(), metrics.clone());
-    let built = tokio::task::spawn_blocking(move || scan_pipeline(&cfg, &mnt, &metrics)).await;
+    let (cfg, mnt, metrics, ks) = (
+        new.clone(),
+        mount.to_path_buf(),
+        metrics.clone(),
+        kill_switch.clone(),
+    );
+    let built = tokio::task::spawn_blocking(move || scan_pipeline(&cfg, &mnt, &metrics, &ks)).await;
     let pipeline = match built {
         Ok(Ok(p)) => p,
         Ok(Err(e)) => {
@@ -408,6 +445,7 @@ fn scan_pipeline(
     cfg: &Config,
     mount: &Path,
     metrics: &Arc<Metrics>,
+    kill_switch: &Arc<KillSwitch>,
 ) -> anyhow::Result<ScanPipeline> {
     // Each override covers its cgroup's whole subtree (containers live in
     // leaf cgroups below the pod's); a missing cgroup is an error here.
@@ -419,11 +457,24 @@ fn scan_pipeline(
     }
     let started = std::time::Instant::now();
     let pipeline = ScanPipeline::with_metrics(scan_config(cfg, subtrees), metrics.clone())
-        .context("building the scan engine")?;
+        .context("building the scan engine")?
+        .with_kill_switch(kill_switch.clone());
     tracing::info!(
         mode = cfg.effective_mode().as_str(),
         compile_ms = started.elapsed().as_millis() as u64,
         "scan engine ready"
     );
     Ok(pipeline)
+}
+
+/// Binds `kill_switch.api_listen` (`host:port`, or `:port` for every address).
+async fn admin_listener(addr: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    let full = if addr.starts_with(':') {
+        format!("0.0.0.0{addr}")
+    } else {
+        addr.to_owned()
+    };
+    tokio::net::TcpListener::bind(&full)
+        .await
+        .with_context(|| format!("kill_switch.api_listen {addr}: cannot listen"))
 }

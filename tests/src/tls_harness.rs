@@ -177,6 +177,7 @@ fn block(rule: &str) -> Decision {
         status: http::StatusCode::FORBIDDEN,
         reason: format!("test rule {rule}"),
         rule_ids: vec![rule.to_owned()],
+        kind: Default::default(),
     })
 }
 

@@ -20,6 +20,7 @@ const APT_PACKAGES: &[&str] = &[
     "ruby-faraday",
     "python3",
     "python3-websockets",
+    "python3-prometheus-client",
     "util-linux",
     "procps",
 ];

@@ -165,6 +165,9 @@ const RESTART_ONLY: &[(&str, Getter)] = &[
     ("tls_interception.cert_cache_size", |c| {
         c.tls_interception.cert_cache_size.to_string()
     }),
+    ("kill_switch.api_listen", |c| {
+        format!("{:?}", c.kill_switch.api_listen)
+    }),
     ("logging.format", |c| format!("{:?}", c.logging.format)),
     ("logging.output", |c| format!("{:?}", c.logging.output)),
     ("logging.file", |c| format!("{:?}", c.logging.file)),
@@ -207,6 +210,9 @@ pub fn keep_start_only(running: &Config, mut new: Config) -> Config {
     t.cert_ttl = rt.cert_ttl;
     t.cert_cache_size = rt.cert_cache_size;
     new.logging.format = running.logging.format;
+    new.kill_switch
+        .api_listen
+        .clone_from(&running.kill_switch.api_listen);
     new.logging.output = running.logging.output;
     new.logging.file.clone_from(&running.logging.file);
     new

@@ -185,12 +185,6 @@ const RULES: &[Rule] = &[
         |c| c.tool_chain_detection.enabled,
         LATER
     ),
-    rule!("kill_switch.enabled", |c| c.kill_switch.enabled, LATER),
-    rule!(
-        "kill_switch.sentinel_file",
-        |c| c.kill_switch.sentinel_file.is_some(),
-        LATER
-    ),
     rule!(
         "logging.output",
         |c| c.logging.output != super::pipelock::LogOutput::Stdout && c.logging.file.is_none(),
@@ -238,7 +232,11 @@ const RULES: &[Rule] = &[
         "accepted, not implemented yet: the checksum is always verified"
     ),
     rule!("reverse_proxy.enabled", |c| c.reverse_proxy.enabled, LATER),
-    rule!("metrics_listen", |c| c.metrics_listen.is_some(), LATER),
+    rule!(
+        "metrics_listen",
+        |c| c.metrics_listen.is_some(),
+        "accepted, not implemented yet: /metrics is served on kill_switch.api_listen (and the main listener)"
+    ),
 ];
 
 /// Documented Pipelock sections kept as raw YAML (contents not checked).

@@ -127,7 +127,7 @@ pub fn log_finding(f: &Finding, mode: Mode, info: &ExchangeInfo, conn: &ConnMeta
 impl Finding {
     /// Counts the finding and the action it got.
     pub fn count(&self, m: &Metrics) {
-        m.scanner_hits.inc();
+        m.scanner_hit(self.rule_id.clone().into());
         match self.class {
             RuleClass::Dlp => m.dlp_hits.inc(),
             RuleClass::Injection => m.injection_hits.inc(),

@@ -25,6 +25,17 @@ pub enum Listener {
     Mcp,
 }
 
+impl Listener {
+    /// The name in logs and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Listener::Transparent => "transparent",
+            Listener::Forward => "forward",
+            Listener::Mcp => "mcp",
+        }
+    }
+}
+
 /// Who made a connection, as recorded by the kernel at `connect()`.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Attribution {
@@ -66,17 +77,37 @@ pub struct Block {
     pub reason: String,
     /// Ids of the rules that caused the block.
     pub rule_ids: Vec<String>,
+    /// What kind of refusal it is (shapes the JSON answer).
+    pub kind: BlockKind,
+}
+
+/// Why an exchange is refused, as the client is told.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BlockKind {
+    /// A scanner or policy finding (or a limit): `{"error":"blocked",…}`.
+    #[default]
+    Policy,
+    /// The kill switch is on: Pipelock's `{"error":"kill_switch_active","message":…}`
+    /// (`reason` holds `kill_switch.message`).
+    KillSwitch,
 }
 
 impl Block {
     /// The JSON body every listener answers a block with:
-    /// `{"error":"blocked","reason":…,"rule_ids":[…]}`.
+    /// `{"error":"blocked","reason":…,"rule_ids":[…]}`, or for the kill
+    /// switch `{"error":"kill_switch_active","message":…}`.
     pub fn json_body(&self) -> serde_json::Value {
-        serde_json::json!({
-            "error": "blocked",
-            "reason": self.reason,
-            "rule_ids": self.rule_ids,
-        })
+        match self.kind {
+            BlockKind::Policy => serde_json::json!({
+                "error": "blocked",
+                "reason": self.reason,
+                "rule_ids": self.rule_ids,
+            }),
+            BlockKind::KillSwitch => serde_json::json!({
+                "error": "kill_switch_active",
+                "message": self.reason,
+            }),
+        }
     }
 }
 
@@ -148,6 +179,12 @@ pub trait Pipeline: Send + Sync + 'static {
     /// outside an exchange, such as unscannable connections).
     fn mode_for(&self, _conn: &ConnMeta) -> crate::config::Mode {
         crate::config::Mode::Balanced
+    }
+    /// True when a connection that is not scanned as HTTP (a raw relay, a
+    /// passthrough or CONNECT tunnel) must be refused now: the kill switch
+    /// is on. Counts the denial.
+    fn refuse_connection(&self, _conn: &ConnMeta) -> bool {
+        false
     }
 }
 

@@ -7,9 +7,11 @@ use std::{
     borrow::Cow,
     collections::{HashMap, HashSet},
     sync::Arc,
+    time::{Duration, Instant},
 };
 
 use crate::{
+    admin::kill_switch::KillSwitch,
     config::Mode,
     pipeline::{
         Block, ConnMeta, Decision, Exchange, Outcome, Pipeline,
@@ -148,6 +150,8 @@ struct Shared {
     policy: Policy,
     cfg: ScanConfig,
     metrics: Arc<Metrics>,
+    /// Checked first on every request (and WebSocket message).
+    kill_switch: Arc<KillSwitch>,
 }
 
 /// The scanning pipeline. Cheap to clone; shared by all listeners.
@@ -207,8 +211,24 @@ impl ScanPipeline {
                 },
                 cfg,
                 metrics,
+                kill_switch: Arc::default(),
             }),
         })
+    }
+
+    /// The same pipeline, refusing everything while `kill_switch` is on
+    /// (the process's one switch, which outlives a pipeline rebuilt on reload).
+    pub fn with_kill_switch(self, kill_switch: Arc<KillSwitch>) -> Self {
+        let s = &self.shared;
+        ScanPipeline {
+            shared: Arc::new(Shared {
+                engine: Arc::clone(&s.engine),
+                policy: s.policy.clone(),
+                cfg: s.cfg.clone(),
+                metrics: Arc::clone(&s.metrics),
+                kill_switch,
+            }),
+        }
     }
 
     /// The registry it counts in (for `/metrics`).
@@ -228,6 +248,16 @@ impl Pipeline for ScanPipeline {
         self.shared.policy.mode_for(cgroup)
     }
 
+    fn refuse_connection(&self, conn: &ConnMeta) -> bool {
+        if !self.shared.kill_switch.refuses(conn.peer.ip()) {
+            return false;
+        }
+        self.shared
+            .metrics
+            .kill_switch_denial(conn.listener.as_str(), "connection");
+        true
+    }
+
     fn exchange(&self, conn: &Arc<ConnMeta>) -> Box<dyn Exchange> {
         let cgroup = conn.attribution.as_ref().map(|a| a.cgroup_id);
         self.shared.metrics.exchanges.inc();
@@ -241,6 +271,8 @@ impl Pipeline for ScanPipeline {
             blocked: None,
             reported: HashSet::new(),
             hits: Vec::new(),
+            started: Instant::now(),
+            scan_time: Duration::ZERO,
         })
     }
 }
@@ -258,6 +290,10 @@ struct ScanExchange {
     /// (direction, rule id) already reported in this exchange.
     reported: HashSet<(Direction, String)>,
     hits: Vec<Hit>,
+    /// When the exchange began (request latency).
+    started: Instant,
+    /// Time spent scanning so far (scan latency).
+    scan_time: Duration,
 }
 
 fn header_str(h: &http::HeaderMap, name: http::header::HeaderName) -> Option<String> {
@@ -306,6 +342,7 @@ impl ScanExchange {
     /// Applies policy to the pending hits; returns the decision.
     fn decide(&mut self, direction: Direction) -> Decision {
         let mut block_ids = Vec::new();
+        let mut block_class = "";
         let hits = std::mem::take(&mut self.hits);
         for hit in hits {
             // A credential may go to its own service: judged by the name the
@@ -337,6 +374,9 @@ impl ScanExchange {
             log_finding(&finding, self.mode, &self.info, &self.conn);
             finding.count(&self.shared.metrics);
             if action == Action::Block {
+                if block_ids.is_empty() {
+                    block_class = finding.class.as_str();
+                }
                 block_ids.push(finding.rule_id);
             }
         }
@@ -351,6 +391,7 @@ impl ScanExchange {
             Direction::Request => m.requests_blocked.inc(),
             Direction::Response => m.responses_cut.inc(),
         };
+        m.block(direction.as_str(), block_class);
         let b = verdict::block(direction.as_str(), &block_ids);
         self.blocked = Some(b.clone());
         Decision::Block(b)
@@ -487,7 +528,9 @@ impl ScanExchange {
             return;
         };
         counter.inc_by(chunk.len() as u64);
+        let t = Instant::now();
         let status = body.feed(chunk, eos, &mut self.hits);
+        self.scan_time += t.elapsed();
         if matches!(status, BodyStatus::Ok) && !eos {
             *slot = Some(body);
         }
@@ -523,6 +566,18 @@ impl Exchange for ScanExchange {
             method: req.method.as_str().to_owned(),
             path: redact_path(req.uri.path()),
         };
+        // The kill switch first: nothing of the request is looked at.
+        let ks = &self.shared.kill_switch;
+        if ks.refuses(self.conn.peer.ip()) {
+            let m = &self.shared.metrics;
+            m.kill_switch_denial(self.conn.listener.as_str(), "http");
+            m.requests_blocked.inc();
+            m.block("request", "kill_switch");
+            let b = ks.block();
+            self.blocked = Some(b.clone());
+            return Decision::Block(b);
+        }
+        let t = Instant::now();
         // A Host / :authority other than the verified name is domain
         // fronting: the request would be judged for one host and sent to another.
         if let Some(name) = &self.conn.verified_name
@@ -548,6 +603,7 @@ impl Exchange for ScanExchange {
         } else {
             None
         };
+        self.scan_time += t.elapsed();
         self.decide(Direction::Request)
     }
 
@@ -589,6 +645,16 @@ impl Exchange for ScanExchange {
         if let Some(b) = &self.blocked {
             return Decision::Block(b.clone());
         }
+        // A WebSocket opened before the kill switch went on is cut at its next message.
+        let ks = &self.shared.kill_switch;
+        if ks.refuses(self.conn.peer.ip()) {
+            let m = &self.shared.metrics;
+            m.kill_switch_denial(self.conn.listener.as_str(), "http");
+            m.block(Direction::of(response).as_str(), "kill_switch");
+            let b = ks.block();
+            self.blocked = Some(b.clone());
+            return Decision::Block(b);
+        }
         // A body of its own: no content coding, not SSE; findings reported
         // per message.
         let direction = Direction::of(response);
@@ -626,6 +692,17 @@ impl Exchange for ScanExchange {
     }
 
     fn logging(&mut self, outcome: &Outcome) {
+        let m = &self.shared.metrics;
+        m.request(if outcome.blocked.is_some() {
+            "blocked"
+        } else if outcome.error.is_some() {
+            "error"
+        } else {
+            "allowed"
+        });
+        m.request_duration
+            .observe(self.started.elapsed().as_secs_f64());
+        m.scan_duration.observe(self.scan_time.as_secs_f64());
         tracing::debug!(
             target: "pipelock::scan",
             conn_id = self.conn.id,

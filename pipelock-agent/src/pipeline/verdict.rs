@@ -105,6 +105,7 @@ pub fn block(direction: &str, rule_ids: &[String]) -> Block {
         status: http::StatusCode::FORBIDDEN,
         reason,
         rule_ids: ids,
+        kind: Default::default(),
     }
 }
 

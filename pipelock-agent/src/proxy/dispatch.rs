@@ -87,7 +87,7 @@ pub async fn serve(
                     "unscannable traffic (neither TLS nor HTTP) relayed in audit mode; strict and balanced refuse it"
                 );
             }
-            blind_relay(client, pre, &ctx, dst, "relay", summary).await
+            blind_relay(client, pre, &meta, &ctx, dst, "relay", summary).await
         }
         Sniffed::Http {
             h2c_prior_knowledge,
@@ -138,7 +138,7 @@ pub async fn serve(
                 orig_dst = %dst,
                 "passthrough domain: relaying without decryption"
             );
-            blind_relay(client, pre, &ctx, dst, "passthrough", summary).await
+            blind_relay(client, pre, &meta, &ctx, dst, "passthrough", summary).await
         }
         Sniffed::Tls(hello) => {
             summary.kind = "tls";
@@ -183,12 +183,18 @@ async fn sniff_or_server_first(
 async fn blind_relay(
     client: TcpStream,
     pre: Option<TcpStream>,
+    meta: &ConnMeta,
     ctx: &ProxyContext,
     dst: std::net::SocketAddr,
     kind: &'static str,
     summary: &mut ConnSummary,
 ) -> Result<(), Error> {
     summary.kind = kind;
+    if ctx.pipeline.refuse_connection(meta) {
+        summary.kind = "kill_switch";
+        relay::reset(client);
+        return Err(Error::KillSwitch);
+    }
     let mut upstream = match pre {
         Some(u) => u,
         None => match relay::connect_upstream(dst, ctx.connect_timeout).await {

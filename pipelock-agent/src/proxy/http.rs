@@ -465,6 +465,7 @@ impl HttpConn {
                     status: StatusCode::SERVICE_UNAVAILABLE,
                     reason: "websocket_proxy.max_concurrent_connections reached".into(),
                     rule_ids: Vec::new(),
+                    kind: Default::default(),
                 });
             };
             websocket::prepare_request(headers, id);

@@ -75,6 +75,8 @@ pub enum Error {
     UpstreamHttp { addr: SocketAddr, reason: String },
     #[error("HTTP with the client: {0}")]
     DownstreamHttp(String),
+    #[error("refused: the kill switch is on")]
+    KillSwitch,
 }
 
 impl Error {
@@ -85,7 +87,9 @@ impl Error {
             | Error::ConnectTimeout(_)
             | Error::UpstreamTls { .. }
             | Error::UpstreamHttp { .. } => Side::Upstream,
-            Error::SelfCall(_) | Error::NoOrigDst(_) | Error::Tls(_) => Side::Internal,
+            Error::SelfCall(_) | Error::NoOrigDst(_) | Error::Tls(_) | Error::KillSwitch => {
+                Side::Internal
+            }
             Error::Relay(_)
             | Error::Sniff(_)
             | Error::NonHttpRefused

@@ -64,6 +64,8 @@ pub async fn serve(
         };
         let orig = table.take(peer);
         let cgroup = orig.as_ref().map(|(_, who)| who.cgroup_id);
+        metrics.connections_accepted.inc();
+        metrics.redirected_from(cgroup.unwrap_or(0));
         let admission = match limits.admit(cgroup) {
             Ok(a) => a,
             Err(refusal) => {
@@ -78,14 +80,18 @@ pub async fn serve(
                         "connection refused: limit reached"
                     );
                 }
+                metrics.connection("transparent", "limit");
                 relay::reset(stream);
                 continue;
             }
         };
         // The config in force now serves this connection to its end.
         let ctx = live.load_full();
+        let metrics = metrics.clone();
         tracker.spawn(async move {
-            handle(stream, peer, orig, ctx).await;
+            metrics.active_connections.inc();
+            handle(stream, peer, orig, ctx, &metrics).await;
+            metrics.active_connections.dec();
             drop(admission);
         });
     }
@@ -96,6 +102,7 @@ async fn handle(
     peer: SocketAddr,
     orig: Option<(SocketAddr, crate::pipeline::Attribution)>,
     ctx: Arc<ProxyContext>,
+    metrics: &Metrics,
 ) {
     let started = Instant::now();
     let _ = stream.set_nodelay(true);
@@ -124,8 +131,34 @@ async fn handle(
         }
         Some(_) => dispatch::serve(stream, meta.clone(), ctx, &mut summary).await,
     };
+    count_connection(metrics, &summary, result.as_ref().err());
     if result.is_err() || ctx_log_allowed {
         log_connection(&meta, &summary, started.elapsed(), result.as_ref().err());
+    }
+}
+
+/// Counts how a connection was served, and for intercepted TLS how the
+/// interception went.
+fn count_connection(m: &Metrics, s: &ConnSummary, error: Option<&Error>) {
+    let kind = match (s.kind, error) {
+        ("", Some(Error::NoOrigDst(_))) => "unattributed",
+        ("", Some(Error::SelfCall(_))) => "loop",
+        ("", _) => "error",
+        (k, _) => k,
+    };
+    m.connection("transparent", kind);
+    if kind == "tls" {
+        m.tls_intercept(match error {
+            Some(Error::DownstreamTls { .. }) => "handshake_error",
+            Some(
+                Error::UpstreamTls { .. }
+                | Error::UpstreamHttp { .. }
+                | Error::Connect { .. }
+                | Error::ConnectTimeout(_),
+            ) => "upstream_error",
+            Some(Error::Tls(_)) => "failed",
+            _ => "success",
+        });
     }
 }
 

@@ -325,6 +325,7 @@ mod tests {
             status: http::StatusCode::FORBIDDEN,
             reason: format!("rule {rule}"),
             rule_ids: vec![rule.into()],
+            kind: Default::default(),
         })
     }
 

@@ -1,32 +1,171 @@
 //! The agent's metrics: one registry ([`Metrics`], on `prometheus-client`)
-//! holding every counter under its `pipelock_` name, shared by whatever
-//! counts (the scan pipeline) and encoded by the `/metrics` endpoint. A
-//! pipeline rebuilt on a config reload is handed the same `Arc<Metrics>`, so
-//! counters never go back to zero while the process lives.
-use prometheus_client::{encoding::text, metrics::counter::Counter, registry::Registry};
+//! holding every metric under its `pipelock_` name, shared by whatever
+//! counts (the scan pipeline, the listeners, the kill switch, reloads) and
+//! encoded by the `/metrics` endpoint (`crate::admin`). A pipeline rebuilt
+//! on a config reload is handed the same `Arc<Metrics>`, so counters never go
+//! back to zero while the process lives.
+//!
+//! Pipelock's names are used where the meaning is the same
+//! (`pipelock_info`, `pipelock_requests_total{result}`,
+//! `pipelock_scanner_hits_total{scanner}`, `pipelock_tunnels_total{result}`,
+//! `pipelock_tls_intercept_total{outcome}`, `pipelock_kill_switch_active{source}`,
+//! `pipelock_kill_switch_denials_total{transport,endpoint}`,
+//! `pipelock_request_duration_seconds`); the rest are the agent's own.
+//! Label values are `&'static str` or integers wherever possible, so counting
+//! allocates nothing; the label sets that grow with traffic (cgroups) are capped.
+use std::{
+    borrow::Cow,
+    sync::atomic::{AtomicUsize, Ordering},
+};
 
-/// Declares the counters once: the fields, their registration (name without
-/// the `pipelock_` prefix and the `_total` suffix the encoder adds) and a
-/// `u64` reader per counter.
+use prometheus_client::{
+    encoding::{EncodeLabelSet, prometheus_text, text},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
+
+/// At most this many cgroups get a series of their own in
+/// `pipelock_redirected_connections_total`; later ones count under `cgroup_id="0"`.
+pub const MAX_CGROUP_SERIES: usize = 512;
+
+/// `{result}`: allowed, blocked, error (requests); completed, blocked (tunnels);
+/// success, failure (config reloads).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
+/// `{scanner}`: the rule id of a finding.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ScannerLabel {
+    pub scanner: Cow<'static, str>,
+}
+
+/// `{direction, reason}` of a block: reason is the rule class of the first
+/// blocking finding (dlp, injection, scanner) or `kill_switch`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BlockLabels {
+    pub direction: &'static str,
+    pub reason: &'static str,
+}
+
+/// `{outcome}` of a TLS interception: success, handshake_error, upstream_error.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: &'static str,
+}
+
+/// `{source}` of the kill switch: config, api, signal, sentinel.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabel {
+    pub source: &'static str,
+}
+
+/// `{transport, endpoint}` of a kill-switch denial: transport is the
+/// listener (transparent, forward, mcp, admin); endpoint what was refused
+/// (`http` for a request, `connection` for a raw relay or tunnel, or the
+/// admin path).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DenialLabels {
+    pub transport: &'static str,
+    pub endpoint: &'static str,
+}
+
+/// `{listener, kind}` of a connection: kind is how it was served (http, tls,
+/// passthrough, relay, refused, reset, empty, malformed, kill_switch, …).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnLabels {
+    pub listener: &'static str,
+    pub kind: &'static str,
+}
+
+/// `{cgroup_id}`: the cgroup v2 id of the process that connected.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CgroupLabel {
+    pub cgroup_id: u64,
+}
+
+/// Declares the plain counters once: the fields, their registration (name
+/// without the `pipelock_` prefix and the `_total` suffix the encoder adds)
+/// and a `u64` reader per counter.
 macro_rules! counters {
     ($($field:ident => $name:literal, $help:literal;)*) => {
-        /// Every counter of the agent (monotonic, process lifetime).
-        /// Count with `metrics.<name>.inc()`; read with `metrics.<name>()`.
+        /// Every metric of the agent (process lifetime). Count plain
+        /// counters with `metrics.<name>.inc()`, read them with
+        /// `metrics.<name>()`; labelled ones through the methods below.
         #[derive(Debug)]
         pub struct Metrics {
             registry: Registry,
             $(#[doc = $help] pub $field: Counter,)*
+            /// `pipelock_requests_total{result}`.
+            pub requests: Family<ResultLabel, Counter>,
+            /// `pipelock_scanner_hits_total{scanner}`.
+            pub scanner_hits: Family<ScannerLabel, Counter>,
+            /// `pipelock_blocks_total{direction,reason}`.
+            pub blocks: Family<BlockLabels, Counter>,
+            /// `pipelock_tunnels_total{result}` (CONNECT tunnels of the forward proxy).
+            pub tunnels: Family<ResultLabel, Counter>,
+            /// `pipelock_tls_intercept_total{outcome}`.
+            pub tls_intercepts: Family<OutcomeLabel, Counter>,
+            /// `pipelock_kill_switch_active{source}` (0 or 1).
+            pub kill_switch_active: Family<SourceLabel, Gauge>,
+            /// `pipelock_kill_switch_denials_total{transport,endpoint}`.
+            pub kill_switch_denials: Family<DenialLabels, Counter>,
+            /// `pipelock_connections_total{listener,kind}`.
+            pub connections: Family<ConnLabels, Counter>,
+            /// `pipelock_redirected_connections_total{cgroup_id}`.
+            pub redirected: Family<CgroupLabel, Counter>,
+            /// `pipelock_active_connections`.
+            pub active_connections: Gauge,
+            /// `pipelock_config_reloads_total{result}`.
+            pub config_reloads: Family<ResultLabel, Counter>,
+            /// `pipelock_request_duration_seconds`: request headers to the
+            /// end of the response, per exchange.
+            pub request_duration: Histogram,
+            /// `pipelock_scan_duration_seconds`: time spent scanning, per exchange.
+            pub scan_duration: Histogram,
+            /// Sum of the kill-switch denials (not exported; for `/health`).
+            denied: Counter,
+            /// Series in `redirected` (about: two first connections of one
+            /// cgroup at once may count it twice).
+            cgroup_series: AtomicUsize,
         }
 
         impl Metrics {
-            /// A registry with every counter at zero.
+            /// A registry with every metric at zero.
             pub fn new() -> Self {
                 let mut registry = Registry::with_prefix("pipelock");
                 $(
                     let $field = Counter::default();
                     registry.register($name, $help, $field.clone());
                 )*
-                Metrics { registry, $($field,)* }
+                let m = Metrics {
+                    $($field,)*
+                    requests: Family::default(),
+                    scanner_hits: Family::default(),
+                    blocks: Family::default(),
+                    tunnels: Family::default(),
+                    tls_intercepts: Family::default(),
+                    kill_switch_active: Family::default(),
+                    kill_switch_denials: Family::default(),
+                    connections: Family::default(),
+                    redirected: Family::default(),
+                    active_connections: Gauge::default(),
+                    config_reloads: Family::default(),
+                    // Pipelock's buckets.
+                    request_duration: Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+                    // 10 µs to ~10 s.
+                    scan_duration: Histogram::new(exponential_buckets(0.000_01, 4.0, 11)),
+                    denied: Counter::default(),
+                    cgroup_series: AtomicUsize::new(0),
+                    registry: Registry::default(),
+                };
+                m.register_labelled(registry)
             }
 
             $(
@@ -40,7 +179,6 @@ macro_rules! counters {
 }
 
 counters! {
-    scanner_hits => "scanner_hits", "Findings of any rule (after home-host exemptions and de-duplication).";
     dlp_hits => "dlp_hits", "Findings of DLP rules.";
     injection_hits => "injection_hits", "Findings of prompt-injection rules.";
     findings_blocked => "findings_blocked", "Findings whose action was block.";
@@ -54,6 +192,7 @@ counters! {
     response_bytes_scanned => "response_bytes_scanned", "Response body bytes scanned (as received, before decoding).";
     exchanges => "scanned_exchanges", "HTTP exchanges passed through the scan pipeline.";
     connections_refused => "connections_refused", "Redirected connections reset because a connection limit was reached.";
+    connections_accepted => "accepted_connections", "Connections accepted by any listener (including refused ones).";
 }
 
 impl Default for Metrics {
@@ -66,6 +205,93 @@ impl Metrics {
     /// Content type of [`Metrics::encode`]'s output.
     pub const CONTENT_TYPE: &'static str =
         "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    /// Content type of [`Metrics::encode_prometheus`]'s output.
+    pub const PROMETHEUS_CONTENT_TYPE: &'static str = prometheus_text::CONTENT_TYPE;
+
+    fn register_labelled(mut self, mut registry: Registry) -> Self {
+        let r = &mut registry;
+        r.register(
+            "requests",
+            "HTTP requests through the pipeline by result (allowed, blocked, error).",
+            self.requests.clone(),
+        );
+        r.register(
+            "scanner_hits",
+            "Findings by rule (after home-host exemptions and de-duplication).",
+            self.scanner_hits.clone(),
+        );
+        r.register(
+            "blocks",
+            "Requests refused and responses cut, by direction and reason (dlp, injection, scanner, kill_switch).",
+            self.blocks.clone(),
+        );
+        r.register(
+            "tunnels",
+            "CONNECT tunnels of the forward proxy by result.",
+            self.tunnels.clone(),
+        );
+        r.register(
+            "tls_intercept",
+            "TLS interceptions by outcome (success, handshake_error, upstream_error).",
+            self.tls_intercepts.clone(),
+        );
+        r.register(
+            "kill_switch_active",
+            "Whether a kill switch source is active (1) or not (0).",
+            self.kill_switch_active.clone(),
+        );
+        r.register(
+            "kill_switch_denials",
+            "Requests and connections refused by the kill switch.",
+            self.kill_switch_denials.clone(),
+        );
+        r.register(
+            "connections",
+            "Connections accepted, by listener and how they were served.",
+            self.connections.clone(),
+        );
+        r.register(
+            "redirected_connections",
+            "Kernel-redirected connections by cgroup v2 id (0: past the series cap, or not attributed).",
+            self.redirected.clone(),
+        );
+        r.register(
+            "active_connections",
+            "Connections open now (all listeners).",
+            self.active_connections.clone(),
+        );
+        r.register(
+            "config_reloads",
+            "Config reload attempts by result (success, failure).",
+            self.config_reloads.clone(),
+        );
+        r.register(
+            "request_duration_seconds",
+            "Request latency in seconds: request headers to the end of the response.",
+            self.request_duration.clone(),
+        );
+        r.register(
+            "scan_duration_seconds",
+            "Time spent scanning one exchange (URL, headers, bodies) in seconds.",
+            self.scan_duration.clone(),
+        );
+        let info = Gauge::<i64>::default();
+        info.set(1);
+        registry
+            .sub_registry_with_label((
+                Cow::Borrowed("version"),
+                Cow::Borrowed(env!("CARGO_PKG_VERSION")),
+            ))
+            .register("info", "Build information.", info);
+        // Every source shows, at 0, before the switch is ever used.
+        for source in ["config", "api", "signal", "sentinel"] {
+            self.kill_switch_active
+                .get_or_create(&SourceLabel { source })
+                .set(0);
+        }
+        self.registry = registry;
+        self
+    }
 
     /// Every metric in the OpenMetrics text exposition format (the
     /// Prometheus text format with `# EOF`), for `/metrics`.
@@ -73,6 +299,107 @@ impl Metrics {
         let mut out = String::new();
         text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
+    }
+
+    /// Every metric in the Prometheus text format 0.0.4 (what Pipelock
+    /// serves, and what a scraper gets unless it asks for OpenMetrics).
+    pub fn encode_prometheus(&self) -> String {
+        let mut out = String::new();
+        prometheus_text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+
+    /// Findings of any rule (the sum of `pipelock_scanner_hits_total`).
+    pub fn scanner_hits(&self) -> u64 {
+        self.findings_blocked() + self.findings_warned() + self.findings_logged()
+    }
+
+    /// Counts one finding of `rule`.
+    pub fn scanner_hit(&self, rule: Cow<'static, str>) {
+        self.scanner_hits
+            .get_or_create(&ScannerLabel { scanner: rule })
+            .inc();
+    }
+
+    /// Counts the end of one HTTP exchange.
+    pub fn request(&self, result: &'static str) {
+        self.requests.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    /// Value of `pipelock_requests_total{result}`.
+    pub fn requests(&self, result: &'static str) -> u64 {
+        self.requests
+            .get(&ResultLabel { result })
+            .map_or(0, |c| c.get())
+    }
+
+    /// Counts a block.
+    pub fn block(&self, direction: &'static str, reason: &'static str) {
+        self.blocks
+            .get_or_create(&BlockLabels { direction, reason })
+            .inc();
+    }
+
+    /// Counts a CONNECT tunnel (`completed`, `blocked`).
+    pub fn tunnel(&self, result: &'static str) {
+        self.tunnels.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    /// Counts a TLS interception.
+    pub fn tls_intercept(&self, outcome: &'static str) {
+        self.tls_intercepts
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
+    }
+
+    /// Counts a kill-switch denial.
+    pub fn kill_switch_denial(&self, transport: &'static str, endpoint: &'static str) {
+        self.kill_switch_denials
+            .get_or_create(&DenialLabels {
+                transport,
+                endpoint,
+            })
+            .inc();
+        self.denied.inc();
+    }
+
+    /// Kill-switch denials so far (all transports and endpoints).
+    pub fn kill_switch_denials_total(&self) -> u64 {
+        self.denied.get()
+    }
+
+    /// Sets `pipelock_kill_switch_active{source}`.
+    pub fn set_kill_switch_source(&self, source: &'static str, active: bool) {
+        self.kill_switch_active
+            .get_or_create(&SourceLabel { source })
+            .set(i64::from(active));
+    }
+
+    /// Counts a connection that ended, by listener and how it was served.
+    pub fn connection(&self, listener: &'static str, kind: &'static str) {
+        self.connections
+            .get_or_create(&ConnLabels { listener, kind })
+            .inc();
+    }
+
+    /// Counts a kernel-redirected connection from `cgroup_id` (0: unknown).
+    pub fn redirected_from(&self, cgroup_id: u64) {
+        let mut label = CgroupLabel { cgroup_id };
+        if self.redirected.get(&label).is_none()
+            && self.cgroup_series.fetch_add(1, Ordering::Relaxed) >= MAX_CGROUP_SERIES
+        {
+            self.cgroup_series.fetch_sub(1, Ordering::Relaxed);
+            label.cgroup_id = 0;
+        }
+        self.redirected.get_or_create(&label).inc();
+    }
+
+    /// Counts a config reload attempt.
+    pub fn config_reload(&self, ok: bool) {
+        let result = if ok { "success" } else { "failure" };
+        self.config_reloads
+            .get_or_create(&ResultLabel { result })
+            .inc();
     }
 }
 
@@ -85,8 +412,17 @@ mod tests {
         let m = Metrics::new();
         m.requests_blocked.inc();
         m.request_bytes_scanned.inc_by(1234);
+        m.request("allowed");
+        m.scanner_hit("dlp.github_token".into());
+        m.tls_intercept("success");
+        m.kill_switch_denial("transparent", "http");
+        m.set_kill_switch_source("signal", true);
+        m.redirected_from(42);
+        m.request_duration.observe(0.02);
         assert_eq!(m.requests_blocked(), 1);
         assert_eq!(m.request_bytes_scanned(), 1234);
+        assert_eq!(m.requests("allowed"), 1);
+        assert_eq!(m.kill_switch_denials_total(), 1);
         assert_eq!(m.scanner_hits(), 0);
         let text = m.encode();
         let lines: Vec<&str> = text.lines().collect();
@@ -94,8 +430,16 @@ mod tests {
             "# TYPE pipelock_requests_blocked counter",
             "pipelock_requests_blocked_total 1",
             "pipelock_request_bytes_scanned_total 1234",
-            "pipelock_scanner_hits_total 0",
             "pipelock_scanned_exchanges_total 0",
+            "pipelock_requests_total{result=\"allowed\"} 1",
+            "pipelock_scanner_hits_total{scanner=\"dlp.github_token\"} 1",
+            "pipelock_tls_intercept_total{outcome=\"success\"} 1",
+            "pipelock_kill_switch_denials_total{transport=\"transparent\",endpoint=\"http\"} 1",
+            "pipelock_kill_switch_active{source=\"signal\"} 1",
+            "pipelock_kill_switch_active{source=\"api\"} 0",
+            "pipelock_redirected_connections_total{cgroup_id=\"42\"} 1",
+            "pipelock_request_duration_seconds_count 1",
+            "pipelock_info{version=\"0.1.0\"} 1",
             "# EOF",
         ] {
             assert!(lines.contains(&want), "no {want:?} in\n{text}");
@@ -105,6 +449,41 @@ mod tests {
                 .iter()
                 .any(|l| l.starts_with("# HELP pipelock_scan_errors ")),
             "{text}"
+        );
+        let prom = m.encode_prometheus();
+        assert!(
+            prom.contains("# TYPE pipelock_requests_total counter\n"),
+            "{prom}"
+        );
+        assert!(!prom.contains("# EOF"), "{prom}");
+    }
+
+    #[test]
+    fn cgroup_series_are_capped() {
+        let m = Metrics::new();
+        for id in 1..=(MAX_CGROUP_SERIES as u64 + 10) {
+            m.redirected_from(id);
+        }
+        m.redirected_from(1);
+        let series = m
+            .encode()
+            .lines()
+            .filter(|l| l.starts_with("pipelock_redirected_connections_total{"))
+            .count();
+        assert_eq!(series, MAX_CGROUP_SERIES + 1);
+        assert_eq!(
+            m.redirected
+                .get(&CgroupLabel { cgroup_id: 0 })
+                .unwrap()
+                .get(),
+            10
+        );
+        assert_eq!(
+            m.redirected
+                .get(&CgroupLabel { cgroup_id: 1 })
+                .unwrap()
+                .get(),
+            2
         );
     }
 }
