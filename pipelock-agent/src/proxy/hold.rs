@@ -274,6 +274,7 @@ mod tests {
                     status: http::StatusCode::FORBIDDEN,
                     reason: "secret".into(),
                     rule_ids: vec!["test".into()],
+                    kind: Default::default(),
                 });
             }
             Decision::Continue
