@@ -336,6 +336,45 @@ mod tests {
     }
 
     #[test]
+    fn the_pipeline_refuses_requests_and_connections_while_on() {
+        use crate::pipeline::{ConnMeta, Decision, Listener, Pipeline, ScanConfig, ScanPipeline};
+        let m = Arc::new(Metrics::new());
+        let ks = Arc::new(KillSwitch::new(
+            &cfg(|c| c.message = "stop".into()),
+            Some(m.clone()),
+        ));
+        let p = ScanPipeline::with_metrics(ScanConfig::default(), m.clone())
+            .unwrap()
+            .with_kill_switch(ks.clone());
+        let conn = Arc::new(ConnMeta {
+            id: 1,
+            listener: Listener::Transparent,
+            peer: "10.0.0.2:40000".parse().unwrap(),
+            orig_dst: Some("203.0.113.9:80".parse().unwrap()),
+            attribution: None,
+            verified_name: None,
+        });
+        let req = http::Request::get("http://example.com/x")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        assert_eq!(p.exchange(&conn).request_filter(&req), Decision::Continue);
+        assert!(!p.refuse_connection(&conn));
+        ks.set_api(true);
+        let Decision::Block(b) = p.exchange(&conn).request_filter(&req) else {
+            panic!("not refused");
+        };
+        assert_eq!(b.status, http::StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(b.kind, BlockKind::KillSwitch);
+        assert_eq!(b.json_body()["message"], "stop");
+        assert!(p.refuse_connection(&conn));
+        assert_eq!(m.kill_switch_denials_total(), 2);
+        ks.set_api(false);
+        assert_eq!(p.exchange(&conn).request_filter(&req), Decision::Continue);
+    }
+
+    #[test]
     fn sentinel_file_is_on_while_it_exists() {
         let path = std::env::temp_dir().join(format!("plk-ks-sentinel-{}", std::process::id()));
         let _ = std::fs::remove_file(&path);
