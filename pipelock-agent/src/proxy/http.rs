@@ -284,7 +284,7 @@ impl Drop for ScannedBody {
 }
 
 impl HttpConn {
-    async fn handle(self: Arc<Self>, mut req: Request<Incoming>) -> Response<DownBody> {
+    pub async fn handle(self: Arc<Self>, mut req: Request<Incoming>) -> Response<DownBody> {
         let down_version = req.version();
         let mut on_upgrade =
             is_upgrade(req.headers(), down_version).then(|| hyper::upgrade::on(&mut req));

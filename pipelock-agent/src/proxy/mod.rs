@@ -3,6 +3,7 @@
 //! (relay, TLS interception, HTTP) and drives the shared [`Pipeline`].
 pub mod counting;
 pub mod dispatch;
+pub mod forward;
 pub mod hold;
 pub mod http;
 pub mod limits;
@@ -67,6 +68,8 @@ pub enum Error {
     UpstreamHttp { addr: SocketAddr, reason: String },
     #[error("HTTP with the client: {0}")]
     DownstreamHttp(String),
+    #[error("TLS SNI {sni} differs from the CONNECT host {connect}: refused as domain fronting")]
+    DomainFronting { connect: String, sni: String },
 }
 
 impl Error {
@@ -82,7 +85,8 @@ impl Error {
             | Error::Sniff(_)
             | Error::NonHttpRefused
             | Error::DownstreamTls { .. }
-            | Error::DownstreamHttp(_) => Side::Downstream,
+            | Error::DownstreamHttp(_)
+            | Error::DomainFronting { .. } => Side::Downstream,
             Error::Io { side, .. } => *side,
         }
     }
@@ -156,9 +160,8 @@ pub struct ProxyContext {
 impl ProxyContext {
     /// True when `dst` is one of the agent's own listeners.
     pub fn is_self(&self, dst: SocketAddr) -> bool {
-        self.self_addrs.iter().any(|l| {
-            l.port() == dst.port()
-                && (l.ip() == dst.ip() || (l.ip().is_unspecified() && dst.ip().is_loopback()))
-        })
+        self.self_addrs
+            .iter()
+            .any(|l| transparent::is_addr(*l, dst))
     }
 }
