@@ -25,6 +25,17 @@ pub enum Listener {
     Mcp,
 }
 
+impl Listener {
+    /// The name in log lines.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Listener::Transparent => "transparent",
+            Listener::Forward => "forward",
+            Listener::Mcp => "mcp",
+        }
+    }
+}
+
 /// Who made a connection, as recorded by the kernel at `connect()`.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Attribution {

@@ -173,7 +173,7 @@ pub(crate) fn log_connection(
                 tgid = who.map_or(0, |w| w.tgid),
                 comm = who.map_or("", |w| w.comm.as_str()),
                 cgroup_id = who.map_or(0, |w| w.cgroup_id),
-                listener = ?meta.listener,
+                listener = meta.listener.as_str(),
                 kind = s.kind,
                 bytes_up = s.bytes_up,
                 bytes_down = s.bytes_down,
