@@ -194,7 +194,6 @@ async fn sniff_or_server_first<S: ClientStream>(
             Ok((s, prefix, Some(upstream)))
         }
         _ = upstream.peek(&mut probe) => {
-            drop(sniffing);
             Ok((Sniffed::Other, Vec::new(), Some(upstream)))
         }
     }

@@ -42,6 +42,9 @@ pub async fn bind(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, std::io::Err
 }
 
 /// Accepts until `shutdown`; every connection runs as a task on `tracker`.
+/// `forward`: the forward listener's address and state, for redirected
+/// connections to it.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve(
     listener: TcpListener,
     table: Arc<OrigDstTable>,
