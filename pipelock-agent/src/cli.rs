@@ -218,6 +218,19 @@ pub struct RunArgs {
     /// /sys/fs/bpf/pipelock].
     #[arg(long)]
     pub pin_dir: Option<PathBuf>,
+    /// Forward proxy listen address (CONNECT, absolute-form HTTP, /health), as
+    /// Pipelock's `--listen` [config: interceptor.forward_listen; default
+    /// 127.0.0.1:8888 without a cgroup].
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// MCP listen address, as Pipelock's `--mcp-listen`; accepted, the MCP proxy
+    /// is not implemented yet [config: interceptor.mcp_listen].
+    #[arg(long)]
+    pub mcp_listen: Option<SocketAddr>,
+    /// MCP upstream URL, as Pipelock's `--mcp-upstream`; accepted, not implemented
+    /// yet [config: interceptor.mcp_upstream].
+    #[arg(long)]
+    pub mcp_upstream: Option<String>,
 }
 
 impl RunArgs {
@@ -248,6 +261,15 @@ impl RunArgs {
             i.redirect_addr6 = Some(a);
         }
         replace(&mut i.redirect_listen, &self.redirect_listen);
+        if let Some(a) = self.listen {
+            i.forward_listen = Some(a);
+        }
+        if let Some(a) = self.mcp_listen {
+            i.mcp_listen = Some(a);
+        }
+        if let Some(u) = &self.mcp_upstream {
+            i.mcp_upstream = Some(u.clone());
+        }
         replace(&mut i.bypass_cidrs, &self.bypass_cidrs);
         replace(&mut i.bypass_ports, &self.bypass_ports);
         replace(&mut i.known_secret_env, &self.known_secret_env);

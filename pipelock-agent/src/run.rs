@@ -21,7 +21,7 @@ use crate::{
     config::{self, Config, Loaded, reload},
     pipeline::{CustomPattern, ScanConfig, ScanPipeline},
     proxy::{
-        LiveContext, ProxyContext, hold::BodyHold, limits::ConnLimits,
+        LiveContext, ProxyContext, forward, hold::BodyHold, limits::ConnLimits,
         passthrough::PassthroughDomains, transparent, websocket::WsSettings,
     },
     redirect::{self, RedirectConfig, Redirector},
@@ -50,20 +50,33 @@ impl Start {
 /// Runs the agent until a termination signal.
 pub async fn run(start: Start) -> anyhow::Result<()> {
     let cfg = start.effective();
-    let Some(cgroup) = cfg.interceptor.cgroup.clone() else {
-        bail!(
-            "missing --cgroup (config: interceptor.cgroup): the cgroup v2 path to intercept, e.g. --cgroup /sure"
-        );
-    };
+    let cgroup = cfg.interceptor.cgroup.clone();
+    // Without a cgroup: a plain forward proxy (Pipelock's mode in Sure's
+    // chart), on 127.0.0.1:8888 unless --listen says otherwise.
+    let forward_listen = cfg.interceptor.forward_listen.or_else(|| {
+        cgroup
+            .is_none()
+            .then(|| std::net::SocketAddr::from(([127, 0, 0, 1], 8888)))
+    });
     let redirect_addr = cfg.interceptor.redirect_addr;
-    let IpAddr::V4(redirect_v4) = redirect_addr.ip() else {
-        bail!(
-            "--redirect-addr {redirect_addr} must be an IPv4 address; use --redirect-addr6 for IPv6"
-        );
+    let mount = match &cgroup {
+        Some(_) => redirect::cgroup2_mount()?,
+        // Only interceptor.mode_overrides would need it (and fail without it).
+        None => redirect::cgroup2_mount().unwrap_or_else(|_| PathBuf::from("/sys/fs/cgroup")),
     };
-    let mount = redirect::cgroup2_mount()?;
-    let cgroup_dir = redirect::resolve_cgroup(&mount, &cgroup)?;
-    redirect::check_privilege()?;
+    let cgroup_dir = match &cgroup {
+        Some(c) => {
+            if !redirect_addr.is_ipv4() {
+                bail!(
+                    "--redirect-addr {redirect_addr} must be an IPv4 address; use --redirect-addr6 for IPv6"
+                );
+            }
+            let dir = redirect::resolve_cgroup(&mount, c)?;
+            redirect::check_privilege()?;
+            Some(dir)
+        }
+        None => None,
+    };
     // The CA and trust store next: a bad CA file or upstream CA stops here.
     let tls = tls::load(&cfg).context("loading TLS material")?;
     // One registry for the agent's life: a reloaded pipeline keeps counting in it.
@@ -85,30 +98,19 @@ pub async fn run(start: Start) -> anyhow::Result<()> {
     };
 
     // Listen before attaching, so no connection is ever sent to a dead port.
-    let listen = cfg.interceptor.listen_addrs();
-    let listeners = transparent::bind(&listen).await?;
-
-    // Only the ports the operator listed: a destination is never skipped
-    // because its port number happens to be the agent's.
-    let mut bypass_ports = cfg.interceptor.bypass_ports.clone();
-    bypass_ports.sort_unstable();
-    bypass_ports.dedup();
-    crate::proxy::relay::set_socket_mark(cfg.interceptor.socket_mark);
-    let redirect_cfg = RedirectConfig {
-        cgroup_dir: cgroup_dir.clone(),
-        redirect_v4,
-        redirect_v6: cfg.interceptor.redirect_addr6,
-        port: redirect_addr.port(),
-        bypass_cidrs: cfg.interceptor.bypass_cidrs.clone(),
-        bypass_ports,
-        agent_mark: cfg.interceptor.socket_mark,
-        fail_mode: cfg.interceptor.fail_mode,
-        pin_dir: cfg.interceptor.pin_dir.clone(),
+    let listen = if cgroup.is_some() {
+        cfg.interceptor.listen_addrs()
+    } else {
+        Vec::new()
     };
-    let (redirector, table) = Redirector::attach(&redirect_cfg)
-        .with_context(|| format!("attaching to cgroup {cgroup}"))?;
-    let table = Arc::new(table);
-    admin.set_ebpf(Some(cgroup.clone()));
+    let listeners = transparent::bind(&listen).await?;
+    let forward_listener = match forward_listen {
+        Some(a) => Some(transparent::bind(&[a]).await?.remove(0)),
+        None => None,
+    };
+    // The loop guard covers every listener of the agent.
+    let mut own_addrs = listen.clone();
+    own_addrs.extend(forward_listen);
 
     let bounds = Bounds {
         body_budget: BodyHold::budget(cfg.interceptor.body_hold_budget_bytes),
@@ -117,7 +119,7 @@ pub async fn run(start: Start) -> anyhow::Result<()> {
     let live: Arc<LiveContext> = Arc::new(ArcSwap::from_pointee(context(
         &cfg,
         pipeline,
-        &listen,
+        &own_addrs,
         tls.clone(),
         bounds,
     )));
@@ -137,28 +139,95 @@ pub async fn run(start: Start) -> anyhow::Result<()> {
             "interceptor.max_connections needs more file descriptors than RLIMIT_NOFILE allows"
         );
     }
-    for listener in listeners {
-        tokio::spawn(transparent::serve(
-            listener,
-            table.clone(),
+    let fwd = forward::Forward {
+        settings: Arc::new(forward::ForwardSettings::new(&cfg.forward_proxy)),
+        admin: Arc::new(admin.clone()),
+        tracker: tracker.clone(),
+    };
+    if let Some(l) = forward_listener {
+        tokio::spawn(forward::serve(
+            l,
             live.clone(),
             limits.clone(),
             metrics.clone(),
+            fwd.clone(),
             shutdown.clone(),
-            tracker.clone(),
         ));
+        tracing::info!(
+            listen = ?forward_listen,
+            enabled = cfg.forward_proxy.enabled,
+            "forward proxy listening (CONNECT, absolute-form HTTP, /health)"
+        );
     }
-    tracing::info!(
-        cgroup = %cgroup_dir.display(),
-        redirect = %redirect_addr,
-        redirect6 = ?cfg.interceptor.redirect_addr6,
-        listen = ?listen,
-        mode = cfg.effective_mode().as_str(),
-        fail_mode = cfg.interceptor.fail_mode.as_str(),
-        pins = redirector.pinned().map(|p| p.display().to_string()),
-        config = start.loaded.path.as_ref().map(|p| p.display().to_string()),
-        "pipelock-agent attached; intercepting"
-    );
+    if cfg.interceptor.mcp_listen.is_some() || cfg.interceptor.mcp_upstream.is_some() {
+        tracing::warn!(
+            mcp_listen = ?cfg.interceptor.mcp_listen,
+            mcp_upstream = cfg.interceptor.mcp_upstream.as_deref(),
+            "--mcp-listen / --mcp-upstream accepted, not implemented yet: no MCP listener is started"
+        );
+    }
+
+    let redirector = match (&cgroup, &cgroup_dir) {
+        (Some(cgroup), Some(cgroup_dir)) => {
+            let IpAddr::V4(redirect_v4) = redirect_addr.ip() else {
+                unreachable!("checked above");
+            };
+            // Only the ports the operator listed: a destination is never skipped
+            // because its port number happens to be the agent's.
+            let mut bypass_ports = cfg.interceptor.bypass_ports.clone();
+            bypass_ports.sort_unstable();
+            bypass_ports.dedup();
+            crate::proxy::relay::set_socket_mark(cfg.interceptor.socket_mark);
+            let redirect_cfg = RedirectConfig {
+                cgroup_dir: cgroup_dir.clone(),
+                redirect_v4,
+                redirect_v6: cfg.interceptor.redirect_addr6,
+                port: redirect_addr.port(),
+                bypass_cidrs: cfg.interceptor.bypass_cidrs.clone(),
+                bypass_ports,
+                agent_mark: cfg.interceptor.socket_mark,
+                fail_mode: cfg.interceptor.fail_mode,
+                pin_dir: cfg.interceptor.pin_dir.clone(),
+            };
+            let (redirector, table) = Redirector::attach(&redirect_cfg)
+                .with_context(|| format!("attaching to cgroup {cgroup}"))?;
+            let table = Arc::new(table);
+            admin.set_ebpf(Some(cgroup.clone()));
+            for listener in listeners {
+                tokio::spawn(transparent::serve(
+                    listener,
+                    table.clone(),
+                    live.clone(),
+                    limits.clone(),
+                    metrics.clone(),
+                    shutdown.clone(),
+                    tracker.clone(),
+                    forward_listen.map(|a| (a, fwd.clone())),
+                ));
+            }
+            tracing::info!(
+                cgroup = %cgroup_dir.display(),
+                redirect = %redirect_addr,
+                redirect6 = ?cfg.interceptor.redirect_addr6,
+                listen = ?listen,
+                mode = cfg.effective_mode().as_str(),
+                fail_mode = cfg.interceptor.fail_mode.as_str(),
+                pins = redirector.pinned().map(|p| p.display().to_string()),
+                config = start.loaded.path.as_ref().map(|p| p.display().to_string()),
+                "pipelock-agent attached; intercepting"
+            );
+            Some(redirector)
+        }
+        _ => {
+            tracing::info!(
+                listen = ?forward_listen,
+                mode = cfg.effective_mode().as_str(),
+                config = start.loaded.path.as_ref().map(|p| p.display().to_string()),
+                "no cgroup (--cgroup / interceptor.cgroup): plain forward proxy, no eBPF redirect loaded"
+            );
+            None
+        }
+    };
 
     let mut reloads = match &start.loaded.path {
         Some(path) => {
@@ -174,7 +243,7 @@ pub async fn run(start: Start) -> anyhow::Result<()> {
     let reloader = Reloader {
         flags: &start.flags,
         mount: &mount,
-        listen: &listen,
+        listen: &own_addrs,
         tls: &tls,
         live: &live,
         metrics: &metrics,
@@ -207,7 +276,8 @@ pub async fn run(start: Start) -> anyhow::Result<()> {
     // fail_mode open: detach first, so from here on new connections of the
     // cgroup go direct. closed: the pinned programs stay (a rolling update
     // must not open a window); new connects fail until an agent is back.
-    let pinned = redirector.pinned().is_some();
+    let pinned = redirector.as_ref().is_some_and(|r| r.pinned().is_some());
+    let attached = redirector.is_some();
     drop(redirector);
     shutdown.cancel();
     tracker.close();
@@ -216,11 +286,13 @@ pub async fn run(start: Start) -> anyhow::Result<()> {
             open = tracker.len(),
             "stopping; the redirect stays pinned (fail_mode: closed); draining open connections"
         );
-    } else {
+    } else if attached {
         tracing::info!(
             open = tracker.len(),
             "detached from cgroup; draining open connections"
         );
+    } else {
+        tracing::info!(open = tracker.len(), "draining open connections");
     }
     let drain = Duration::from_secs(running.config.interceptor.drain_seconds);
     if tokio::time::timeout(drain, tracker.wait()).await.is_err() {

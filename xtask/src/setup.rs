@@ -18,6 +18,7 @@ const APT_PACKAGES: &[&str] = &[
     "ruby",
     "ruby-httparty",
     "ruby-faraday",
+    "python3-requests",
     "python3",
     "python3-websockets",
     "python3-prometheus-client",

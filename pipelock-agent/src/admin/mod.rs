@@ -428,6 +428,14 @@ fn method_not_allowed(allow: &'static str) -> Response<DownBody> {
     r
 }
 
+/// Origin-form requests to the forward proxy (:8888) are the admin routes.
+impl crate::proxy::forward::AdminRoutes for Arc<Admin> {
+    fn handle(&self, req: Request<Incoming>) -> crate::proxy::forward::AdminFuture {
+        let admin = Arc::clone(self);
+        Box::pin(async move { Admin::handle(&admin, req).await })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -29,6 +29,13 @@ pub struct Interceptor {
     pub redirect_addr6: Option<Ipv6Addr>,
     /// Listen addresses for redirected connections (empty: the redirect addresses).
     pub redirect_listen: Vec<SocketAddr>,
+    /// Forward proxy listener (CONNECT, absolute-form HTTP, /health); Pipelock's
+    /// `--listen`. None: 127.0.0.1:8888 without a cgroup, no listener with one.
+    pub forward_listen: Option<SocketAddr>,
+    /// MCP reverse proxy listener (Pipelock's `--mcp-listen`); recorded only.
+    pub mcp_listen: Option<SocketAddr>,
+    /// MCP upstream URL (Pipelock's `--mcp-upstream`); recorded only.
+    pub mcp_upstream: Option<String>,
     /// Destinations never redirected.
     pub bypass_cidrs: Vec<IpNet>,
     /// Destination ports never redirected.
@@ -98,6 +105,9 @@ impl Default for Interceptor {
             redirect_addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 15001),
             redirect_addr6: None,
             redirect_listen: Vec::new(),
+            forward_listen: None,
+            mcp_listen: None,
+            mcp_upstream: None,
             bypass_cidrs: Vec::new(),
             bypass_ports: Vec::new(),
             mode_overrides: BTreeMap::new(),

@@ -137,6 +137,15 @@ const RESTART_ONLY: &[(&str, Getter)] = &[
     ("interceptor.redirect_listen", |c| {
         format!("{:?}", c.interceptor.redirect_listen)
     }),
+    ("interceptor.forward_listen", |c| {
+        format!("{:?}", c.interceptor.forward_listen)
+    }),
+    ("interceptor.mcp_listen", |c| {
+        format!("{:?}", c.interceptor.mcp_listen)
+    }),
+    ("interceptor.mcp_upstream", |c| {
+        format!("{:?}", c.interceptor.mcp_upstream)
+    }),
     ("interceptor.bypass_cidrs", |c| {
         format!("{:?}", c.interceptor.bypass_cidrs)
     }),
@@ -190,6 +199,9 @@ pub fn keep_start_only(running: &Config, mut new: Config) -> Config {
     i.redirect_addr = r.redirect_addr;
     i.redirect_addr6 = r.redirect_addr6;
     i.redirect_listen.clone_from(&r.redirect_listen);
+    i.forward_listen = r.forward_listen;
+    i.mcp_listen = r.mcp_listen;
+    i.mcp_upstream.clone_from(&r.mcp_upstream);
     i.bypass_cidrs.clone_from(&r.bypass_cidrs);
     i.bypass_ports.clone_from(&r.bypass_ports);
     i.state_dir.clone_from(&r.state_dir);

@@ -52,13 +52,20 @@ const RULES: &[Rule] = &[
     rule!("api_allowlist", |c| c.api_allowlist.is_some(), LATER),
     rule!("suppress", |c| !c.suppress.is_empty(), LATER),
     rule!(
-        "forward_proxy.enabled",
-        |c| c.forward_proxy.enabled,
-        "accepted, not implemented yet: no :8888 listener is started"
+        "forward_proxy.sni_verification",
+        |c| !c.forward_proxy.sni_verification,
+        "always on: a ClientHello whose SNI differs from the CONNECT host is refused"
     ),
-    rule!("forward_proxy.max_tunnel_seconds", |_c| true, LATER),
-    rule!("forward_proxy.idle_timeout_seconds", |_c| true, LATER),
-    rule!("forward_proxy.sni_verification", |_c| true, LATER),
+    rule!(
+        "interceptor.mcp_listen",
+        |c| c.interceptor.mcp_listen.is_some(),
+        "accepted, not implemented yet: no MCP listener is started"
+    ),
+    rule!(
+        "interceptor.mcp_upstream",
+        |c| c.interceptor.mcp_upstream.is_some(),
+        "accepted, not implemented yet: the MCP reverse proxy is a later issue"
+    ),
     rule!(
         "forward_proxy.redirect_websocket_hosts",
         |c| !c.forward_proxy.redirect_websocket_hosts.is_empty(),

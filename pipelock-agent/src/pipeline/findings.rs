@@ -110,6 +110,7 @@ pub fn log_finding(f: &Finding, mode: Mode, info: &ExchangeInfo, conn: &ConnMeta
                 method = %info.method,
                 path = %info.path,
                 conn_id = conn.id,
+                listener = conn.listener.as_str(),
                 orig_dst = orig_dst.as_deref(),
                 pid = pid,
                 comm = comm,

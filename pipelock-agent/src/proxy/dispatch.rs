@@ -22,7 +22,7 @@ use super::{
     counting::{Counters, CountingIo},
     http::{self as proxy_http, HttpConn},
     relay,
-    sniff::{self, ClientHelloInfo, Sniffed},
+    sniff::{ClientHelloInfo, ClientStream, Rewind, Sniffed},
     upstream::{self, Proto, Target, TlsTarget, UpstreamPool},
 };
 use crate::{
@@ -38,14 +38,28 @@ use crate::{
 const CLIENT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves one accepted, redirected connection whose original destination is known.
-pub async fn serve(
-    client: TcpStream,
+pub async fn serve<S: ClientStream>(
+    client: S,
     meta: Arc<ConnMeta>,
     ctx: Arc<ProxyContext>,
     summary: &mut ConnSummary,
 ) -> Result<(), Error> {
+    serve_as(client, meta, ctx, None, summary).await
+}
+
+/// Serves one connection; `connect_host` is the host a CONNECT tunnel was
+/// opened for (forward proxy): a ClientHello must name it (else it is domain
+/// fronting and refused), and it is the name the upstream's certificate is
+/// verified against.
+pub async fn serve_as<S: ClientStream>(
+    mut client: S,
+    meta: Arc<ConnMeta>,
+    ctx: Arc<ProxyContext>,
+    connect_host: Option<String>,
+    summary: &mut ConnSummary,
+) -> Result<(), Error> {
     let dst = meta.orig_dst.ok_or(Error::NoOrigDst(meta.peer))?;
-    let (sniffed, pre) = match sniff_or_server_first(&client, &ctx, dst).await {
+    let (sniffed, prefix, pre) = match sniff_or_server_first(&mut client, &ctx, dst).await {
         Ok(s) => s,
         Err(e) => {
             summary.kind = if matches!(e, Error::Sniff(_)) {
@@ -53,9 +67,36 @@ pub async fn serve(
             } else {
                 "relay"
             };
-            relay::reset(client);
+            client.abort();
             return Err(e);
         }
+    };
+    let client = Rewind::new(client, prefix);
+    let connect_host = connect_host.map(|h| h.trim_end_matches('.').to_ascii_lowercase());
+    if let (Sniffed::Tls(hello), Some(host)) = (&sniffed, &connect_host) {
+        let sni = hello
+            .sni
+            .as_deref()
+            .map(|s| s.trim_end_matches('.').to_ascii_lowercase());
+        if sni.as_deref().is_some_and(|s| s != host) {
+            summary.kind = "refused";
+            abort(client);
+            return Err(Error::DomainFronting {
+                connect: host.clone(),
+                sni: sni.unwrap_or_default(),
+            });
+        }
+    }
+    // Inside a tunnel the CONNECT host names the destination when the
+    // ClientHello does not.
+    let sniffed = match (sniffed, &connect_host) {
+        (Sniffed::Tls(mut hello), Some(host)) => {
+            if hello.sni.is_none() && host.parse::<std::net::IpAddr>().is_err() {
+                hello.sni = Some(host.clone());
+            }
+            Sniffed::Tls(hello)
+        }
+        (s, _) => s,
     };
     match sniffed {
         Sniffed::Closed => {
@@ -75,7 +116,7 @@ pub async fn serve(
                 } else {
                     "refused"
                 };
-                relay::reset(client);
+                abort(client);
                 return Err(Error::NonHttpRefused);
             }
             if ctx.non_http == NonHttpAction::Refuse && !ctx.non_http_relay.allows(dst) {
@@ -115,7 +156,7 @@ pub async fn serve(
                 let mode = ctx.pipeline.mode_for(&meta);
                 if mode != Mode::Audit {
                     summary.kind = "refused";
-                    relay::reset(client);
+                    abort(client);
                     return Err(Error::PassthroughUnverified {
                         sni: sni.clone(),
                         orig_dst: dst,
@@ -155,33 +196,38 @@ pub async fn serve(
 /// connect overlaps the client's first flight). If the upstream speaks before
 /// the client (SMTP, MySQL, …: server-speaks-first protocols), the connection
 /// is "other" at once instead of after the whole sniff timeout.
-async fn sniff_or_server_first(
-    client: &TcpStream,
+async fn sniff_or_server_first<S: ClientStream>(
+    client: &mut S,
     ctx: &ProxyContext,
     dst: std::net::SocketAddr,
-) -> Result<(Sniffed, Option<TcpStream>), Error> {
-    let sniffing = sniff::sniff(client, ctx.sniff_timeout);
+) -> Result<(Sniffed, Vec<u8>, Option<TcpStream>), Error> {
+    let sniffing = client.sniff_first(ctx.sniff_timeout);
     let connecting = relay::connect_upstream(dst, ctx.connect_timeout);
     tokio::pin!(sniffing, connecting);
     let upstream = tokio::select! {
         s = &mut sniffing => {
-            let s = s.map_err(Error::Sniff)?;
+            let (s, prefix) = s.map_err(Error::Sniff)?;
             if matches!(s, Sniffed::Closed) {
-                return Ok((s, None));
+                return Ok((s, prefix, None));
             }
-            return Ok((s, Some(connecting.await?)));
+            return Ok((s, prefix, Some(connecting.await?)));
         }
         c = &mut connecting => c?,
     };
     let mut probe = [0u8; 1];
     tokio::select! {
-        s = &mut sniffing => Ok((s.map_err(Error::Sniff)?, Some(upstream))),
-        _ = upstream.peek(&mut probe) => Ok((Sniffed::Other, Some(upstream))),
+        s = &mut sniffing => {
+            let (s, prefix) = s.map_err(Error::Sniff)?;
+            Ok((s, prefix, Some(upstream)))
+        }
+        _ = upstream.peek(&mut probe) => {
+            Ok((Sniffed::Other, Vec::new(), Some(upstream)))
+        }
     }
 }
 
-async fn blind_relay(
-    client: TcpStream,
+async fn blind_relay<S: ClientStream>(
+    client: Rewind<S>,
     pre: Option<TcpStream>,
     meta: &ConnMeta,
     ctx: &ProxyContext,
@@ -192,7 +238,7 @@ async fn blind_relay(
     summary.kind = kind;
     if ctx.pipeline.refuse_connection(meta) {
         summary.kind = "kill_switch";
-        relay::reset(client);
+        abort(client);
         return Err(Error::KillSwitch);
     }
     let mut upstream = match pre {
@@ -200,7 +246,7 @@ async fn blind_relay(
         None => match relay::connect_upstream(dst, ctx.connect_timeout).await {
             Ok(u) => u,
             Err(e) => {
-                relay::reset(client);
+                abort(client);
                 return Err(e);
             }
         },
@@ -240,8 +286,8 @@ async fn blind_relay(
     result
 }
 
-async fn plain_http(
-    client: TcpStream,
+async fn plain_http<S: ClientStream>(
+    client: Rewind<S>,
     pre: Option<TcpStream>,
     proto: Proto,
     meta: &Arc<ConnMeta>,
@@ -258,7 +304,7 @@ async fn plain_http(
     let (io, up_proto) = match upstream::dial(&target, proto, pre).await {
         Ok(x) => x,
         Err(e) => {
-            relay::reset(client);
+            abort(client);
             return Err(e);
         }
     };
@@ -284,8 +330,8 @@ async fn plain_http(
     result.map_err(downstream_http)
 }
 
-async fn intercept(
-    client: TcpStream,
+async fn intercept<S: ClientStream>(
+    client: Rewind<S>,
     pre: Option<TcpStream>,
     hello: ClientHelloInfo,
     meta: &Arc<ConnMeta>,
@@ -334,7 +380,7 @@ async fn intercept(
     let (upstream, up_proto) = match upstream::dial(&target, Proto::Http1, pre).await {
         Ok((io, proto)) => (Ok(io), proto),
         Err(e @ (Error::Connect { .. } | Error::ConnectTimeout(_))) => {
-            relay::reset(client);
+            abort(client);
             return Err(e);
         }
         Err(e) => {
@@ -362,7 +408,7 @@ async fn intercept(
     let server_cfg = match ctx.tls.server_config(&leaf_name, &alpn) {
         Ok(c) => c,
         Err(e) => {
-            relay::reset(client);
+            abort(client);
             return Err(Error::Tls(e));
         }
     };
@@ -431,6 +477,11 @@ async fn intercept(
         return Err(e);
     }
     result.map_err(downstream_http)
+}
+
+/// Closes a client connection abruptly.
+fn abort<S: ClientStream>(client: Rewind<S>) {
+    client.into_inner().abort();
 }
 
 fn downstream_http(e: hyper::Error) -> Error {

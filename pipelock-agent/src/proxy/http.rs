@@ -127,6 +127,7 @@ struct ExchangeState {
     outcome: Outcome,
     finished: bool,
     conn: u64,
+    listener: &'static str,
     method: Method,
     host: String,
     path: String,
@@ -177,6 +178,7 @@ impl ExchangeState {
         tracing::info!(
             target: "pipelock::http",
             conn = self.conn,
+            listener = self.listener,
             method = %self.method,
             host = %self.host,
             path = %self.path,
@@ -284,7 +286,7 @@ impl Drop for ScannedBody {
 }
 
 impl HttpConn {
-    async fn handle(self: Arc<Self>, mut req: Request<Incoming>) -> Response<DownBody> {
+    pub async fn handle(self: Arc<Self>, mut req: Request<Incoming>) -> Response<DownBody> {
         let down_version = req.version();
         let mut on_upgrade =
             is_upgrade(req.headers(), down_version).then(|| hyper::upgrade::on(&mut req));
@@ -294,6 +296,7 @@ impl HttpConn {
             outcome: Outcome::default(),
             finished: false,
             conn: self.meta.id,
+            listener: self.meta.listener.as_str(),
             method: parts.method.clone(),
             host: authority_of(&parts.uri, &parts.headers)
                 .map(|a| a.to_string())

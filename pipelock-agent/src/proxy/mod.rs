@@ -3,6 +3,7 @@
 //! (relay, TLS interception, HTTP) and drives the shared [`Pipeline`].
 pub mod counting;
 pub mod dispatch;
+pub mod forward;
 pub mod hold;
 pub mod http;
 pub mod limits;
@@ -77,6 +78,8 @@ pub enum Error {
     DownstreamHttp(String),
     #[error("refused: the kill switch is on")]
     KillSwitch,
+    #[error("TLS SNI {sni} differs from the CONNECT host {connect}: refused as domain fronting")]
+    DomainFronting { connect: String, sni: String },
 }
 
 impl Error {
@@ -95,7 +98,8 @@ impl Error {
             | Error::NonHttpRefused
             | Error::PassthroughUnverified { .. }
             | Error::DownstreamTls { .. }
-            | Error::DownstreamHttp(_) => Side::Downstream,
+            | Error::DownstreamHttp(_)
+            | Error::DomainFronting { .. } => Side::Downstream,
             Error::Io { side, .. } => *side,
         }
     }
@@ -171,9 +175,8 @@ pub struct ProxyContext {
 impl ProxyContext {
     /// True when `dst` is one of the agent's own listeners.
     pub fn is_self(&self, dst: SocketAddr) -> bool {
-        self.self_addrs.iter().any(|l| {
-            l.port() == dst.port()
-                && (l.ip() == dst.ip() || (l.ip().is_unspecified() && dst.ip().is_loopback()))
-        })
+        self.self_addrs
+            .iter()
+            .any(|l| transparent::is_addr(*l, dst))
     }
 }

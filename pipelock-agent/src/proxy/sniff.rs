@@ -213,6 +213,144 @@ fn parse_hello(data: &[u8]) -> Result<Verdict, SniffError> {
     }
 }
 
+/// Sniffs a stream that cannot be peeked (a CONNECT tunnel's upgraded
+/// stream) by reading its first message into a buffer; the bytes read are
+/// returned so they can be replayed ([`Rewind`]).
+pub async fn sniff_read<S>(stream: &mut S, idle: Duration) -> Result<(Sniffed, Vec<u8>), SniffError>
+where
+    S: tokio::io::AsyncRead + Unpin,
+{
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::with_capacity(2048);
+    let mut chunk = vec![0u8; 4096];
+    let first_deadline = Instant::now() + idle;
+    let mut complete_deadline: Option<Instant> = None;
+    loop {
+        let deadline = complete_deadline.unwrap_or(first_deadline);
+        let n = match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+            Err(_) if complete_deadline.is_none() => return Ok((Sniffed::Other, buf)),
+            Err(_) => return Err(SniffError::Stalled(buf.len())),
+            Ok(r) => r?,
+        };
+        if n == 0 {
+            let s = if buf.is_empty() {
+                Sniffed::Closed
+            } else {
+                Sniffed::Other
+            };
+            return Ok((s, buf));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Verdict::Done(s) = classify(&buf)? {
+            return Ok((s, buf));
+        }
+        if buf.len() >= MAX_HELLO {
+            return Err(SniffError::HelloTooLarge);
+        }
+        complete_deadline.get_or_insert(Instant::now() + COMPLETE_TIMEOUT);
+    }
+}
+
+/// A stream whose first bytes (read while sniffing) are replayed before the
+/// rest of it.
+pub struct Rewind<S> {
+    prefix: Vec<u8>,
+    pos: usize,
+    inner: S,
+}
+
+impl<S> Rewind<S> {
+    pub fn new(inner: S, prefix: Vec<u8>) -> Self {
+        Self {
+            prefix,
+            pos: 0,
+            inner,
+        }
+    }
+
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Rewind<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        out: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if this.pos < this.prefix.len() {
+            let n = (this.prefix.len() - this.pos).min(out.remaining());
+            out.put_slice(&this.prefix[this.pos..this.pos + n]);
+            this.pos += n;
+            if this.pos == this.prefix.len() {
+                this.prefix = Vec::new();
+                this.pos = 0;
+            }
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut this.inner).poll_read(cx, out)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Rewind<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A client connection dispatch can serve: a redirected `TcpStream`
+/// (sniffed by peeking, reset on failure) or any other byte stream, such as
+/// a CONNECT tunnel (sniffed by reading and replaying, closed on failure).
+pub trait ClientStream:
+    tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static
+{
+    /// Classifies the first bytes; returns what was consumed to get there.
+    fn sniff_first(
+        &mut self,
+        idle: Duration,
+    ) -> impl std::future::Future<Output = Result<(Sniffed, Vec<u8>), SniffError>> + Send;
+    /// Closes the connection abruptly (a TCP reset where there is one).
+    fn abort(self);
+}
+
+impl ClientStream for TcpStream {
+    async fn sniff_first(&mut self, idle: Duration) -> Result<(Sniffed, Vec<u8>), SniffError> {
+        Ok((sniff(self, idle).await?, Vec::new()))
+    }
+    fn abort(self) {
+        super::relay::reset(self);
+    }
+}
+
+impl ClientStream for hyper_util::rt::TokioIo<hyper::upgrade::Upgraded> {
+    async fn sniff_first(&mut self, idle: Duration) -> Result<(Sniffed, Vec<u8>), SniffError> {
+        sniff_read(self, idle).await
+    }
+    fn abort(self) {
+        drop(self);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

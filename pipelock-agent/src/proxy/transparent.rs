@@ -13,7 +13,9 @@ use std::{
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use super::{ConnSummary, Error, LiveContext, ProxyContext, dispatch, limits::ConnLimits, relay};
+use super::{
+    ConnSummary, Error, LiveContext, ProxyContext, dispatch, forward, limits::ConnLimits, relay,
+};
 use crate::{
     pipeline::{ConnMeta, Listener},
     redirect::OrigDstTable,
@@ -40,6 +42,9 @@ pub async fn bind(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, std::io::Err
 }
 
 /// Accepts until `shutdown`; every connection runs as a task on `tracker`.
+/// `forward`: the forward listener's address and state, for redirected
+/// connections to it.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve(
     listener: TcpListener,
     table: Arc<OrigDstTable>,
@@ -48,7 +53,9 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
+    forward: Option<(SocketAddr, forward::Forward)>,
 ) {
+    let forward = forward.map(Arc::new);
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -87,6 +94,18 @@ pub async fn serve(
         };
         // The config in force now serves this connection to its end.
         let ctx = live.load_full();
+        // A covered pod calling the forward proxy (:8888) is served by the
+        // forward proxy directly (keeping its attribution): scanned once.
+        if let (Some((dst, _)), Some(fwd)) = (&orig, &forward)
+            && is_addr(fwd.0, *dst)
+        {
+            let (fwd, who) = (fwd.1.clone(), orig.map(|(_, w)| w));
+            tracker.spawn(async move {
+                forward::serve_connection(stream, peer, who, ctx, fwd).await;
+                drop(admission);
+            });
+            continue;
+        }
         let metrics = metrics.clone();
         tracker.spawn(async move {
             metrics.active_connections.inc();
@@ -162,8 +181,19 @@ fn count_connection(m: &Metrics, s: &ConnSummary, error: Option<&Error>) {
     }
 }
 
+/// True when `dst` is the listener address `l` (an unspecified `l` covers loopback).
+pub fn is_addr(l: SocketAddr, dst: SocketAddr) -> bool {
+    l.port() == dst.port()
+        && (l.ip() == dst.ip() || (l.ip().is_unspecified() && dst.ip().is_loopback()))
+}
+
 /// The one line per connection: destination, who, bytes, duration, outcome.
-fn log_connection(meta: &ConnMeta, s: &ConnSummary, took: Duration, error: Option<&Error>) {
+pub(crate) fn log_connection(
+    meta: &ConnMeta,
+    s: &ConnSummary,
+    took: Duration,
+    error: Option<&Error>,
+) {
     let who = meta.attribution.as_ref();
     let dst = meta.orig_dst.map(|d| d.to_string()).unwrap_or_default();
     let side = error.map(|e| tracing::field::debug(e.side()));
@@ -179,6 +209,7 @@ fn log_connection(meta: &ConnMeta, s: &ConnSummary, took: Duration, error: Optio
                 tgid = who.map_or(0, |w| w.tgid),
                 comm = who.map_or("", |w| w.comm.as_str()),
                 cgroup_id = who.map_or(0, |w| w.cgroup_id),
+                listener = meta.listener.as_str(),
                 kind = s.kind,
                 bytes_up = s.bytes_up,
                 bytes_down = s.bytes_down,

@@ -1,0 +1,394 @@
+//! The forward proxy (:8888) of the real binary, started with Sure's chart
+//! arguments and config and no cgroup (a plain proxy: no eBPF, no root
+//! needed): `/health`, `curl -x` over HTTP (absolute-form) and HTTPS
+//! (CONNECT, intercepted with the exported CA), Python `requests` and Ruby
+//! Faraday through `HTTPS_PROXY`; a bad upstream certificate gives 502, a
+//! passthrough domain shows the upstream's own certificate, an SNI other
+//! than the CONNECT host is refused. Upstreams are on loopback.
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use pipelock_tests::{
+    agent::{Agent, agent_bin},
+    client::{ClientRun, run_command},
+    free_port,
+    tls_upstream::{HttpsUpstream, TestCa},
+    unique_index,
+    upstream::{Upstream, hex, pattern_sha256},
+};
+use sha2::{Digest, Sha256};
+
+const CHART: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../pipelock-agent/src/config/testdata/sure-chart.yaml"
+);
+const SECRET: &str = "ghp_Zq3xT7vLmN4pR8sK2wYbC6dF0hJ9gA1eUoVi";
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A plain-mode agent started with the chart's arguments.
+struct Fwd {
+    agent: Agent,
+    port: u16,
+    dir: PathBuf,
+    /// The agent's CA (what clients trust).
+    ca: PathBuf,
+    /// The test CA of the HTTPS upstreams (trusted by the agent).
+    upstream_ca: TestCa,
+}
+
+impl Drop for Fwd {
+    fn drop(&mut self) {
+        self.agent.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Fwd {
+    fn proxy(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn ca(&self) -> &str {
+        self.ca.to_str().unwrap()
+    }
+}
+
+fn start(extra: &[&str]) -> Fwd {
+    let dir =
+        std::env::temp_dir().join(format!("plk-fwd-{}-{}", std::process::id(), unique_index()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let state = dir.join("state");
+    let out = Command::new(agent_bin())
+        .args(["ca", "export", "--state-dir"])
+        .arg(&state)
+        .output()
+        .expect("ca export");
+    assert!(out.status.success(), "ca export: {out:?}");
+    let ca = dir.join("agent-ca.pem");
+    std::fs::write(&ca, &out.stdout).unwrap();
+    let upstream_ca = TestCa::new("forward-test upstream CA");
+    let up_ca = dir.join("upstream-ca.pem");
+    upstream_ca.write_pem(&up_ca);
+
+    let port = free_port();
+    let mut args: Vec<String> = [
+        "run",
+        "--config",
+        CHART,
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--mcp-listen",
+        &format!("127.0.0.1:{}", free_port()),
+        "--mcp-upstream",
+        "http://127.0.0.1:9/mcp",
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--upstream-ca",
+        up_ca.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let agent = Agent::spawn(&args);
+    if agent
+        .wait_for_line(TIMEOUT, |l| l.contains("forward proxy listening"))
+        .is_none()
+    {
+        panic!("agent did not start; its output:\n{}", agent.output());
+    }
+    Fwd {
+        agent,
+        port,
+        dir,
+        ca,
+        upstream_ca,
+    }
+}
+
+fn curl(args: &[&str]) -> ClientRun {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", "20", "-w", "\n%{http_code}"])
+        .args(args)
+        .env_remove("http_proxy")
+        .env_remove("https_proxy")
+        .env_remove("HTTPS_PROXY")
+        .env_remove("NO_PROXY")
+        .env_remove("no_proxy");
+    run_command(cmd, TIMEOUT)
+}
+
+/// (body, status code) of a `curl -w '\n%{http_code}'` run.
+fn split(run: &ClientRun) -> (String, String) {
+    let s = run.stdout.trim_end();
+    match s.rsplit_once('\n') {
+        Some((body, code)) => (body.to_owned(), code.to_owned()),
+        None => (String::new(), s.to_owned()),
+    }
+}
+
+fn https_upstream(f: &Fwd, names: &[&str]) -> HttpsUpstream {
+    HttpsUpstream::start(
+        &f.upstream_ca,
+        names,
+        &[b"http/1.1"],
+        "127.0.0.1:0".parse::<SocketAddr>().unwrap(),
+    )
+}
+
+fn download_sha(args: &[&str], out: &Path) -> String {
+    let mut a = vec!["-o", out.to_str().unwrap()];
+    a.extend_from_slice(args);
+    let run = curl(&a);
+    assert!(run.ok(), "{run:?}");
+    let bytes = std::fs::read(out).unwrap();
+    hex(&Sha256::digest(&bytes))
+}
+
+#[test]
+fn chart_arguments_start_a_plain_proxy_and_health_answers() {
+    let f = start(&[]);
+    assert!(
+        f.agent
+            .output()
+            .contains("plain forward proxy, no eBPF redirect loaded"),
+        "{}",
+        f.agent.output()
+    );
+    let run = curl(&[&format!("http://127.0.0.1:{}/health", f.port)]);
+    let (body, code) = split(&run);
+    assert_eq!(code, "200", "{run:?}");
+    let json: serde_json::Value = serde_json::from_str(&body).expect("health JSON");
+    assert_eq!(json["status"], "healthy", "{json}");
+    let (_, code) = split(&curl(&[&format!("http://127.0.0.1:{}/nope", f.port)]));
+    assert_eq!(code, "404");
+}
+
+#[test]
+fn curl_http_absolute_form_is_scanned() {
+    let f = start(&["--mode", "strict"]);
+    let up = Upstream::start("127.0.0.1:0".parse().unwrap());
+    let n: u64 = 1 << 20;
+    let sha = download_sha(
+        &["-x", &f.proxy(), &up.url(&format!("/bytes/{n}"))],
+        &f.dir.join("clean"),
+    );
+    assert_eq!(sha, pattern_sha256(n), "clean bytes changed");
+
+    let body = format!("{{\"note\":\"my key is {SECRET}\"}}");
+    let run = curl(&["-x", &f.proxy(), "--data-binary", &body, &up.url("/leak")]);
+    let (resp, code) = split(&run);
+    assert_eq!(code, "403", "{run:?}");
+    assert!(!resp.contains(SECRET));
+    assert!(!up.seen().contains(&"/leak".to_string()), "upstream got it");
+
+    let run = curl(&["-x", &f.proxy(), &up.url("/inject")]);
+    assert!(!run.stdout.contains("API keys"), "{run:?}");
+    // Proxy-Authorization goes neither upstream nor into the log.
+    let run = curl(&[
+        "-x",
+        &f.proxy(),
+        "--proxy-user",
+        "sure:hunter2-proxy-pass",
+        &up.url("/bytes/10"),
+    ]);
+    assert!(run.ok(), "{run:?}");
+    assert!(!f.agent.output().contains("hunter2"));
+    let records = f.agent.records();
+    assert!(
+        records.iter().any(|r| r["listener"]
+            .as_str()
+            .is_some_and(|l| l.contains("forward"))
+            || r.to_string().contains("Forward")),
+        "no record names the forward listener: {}",
+        f.agent.output()
+    );
+}
+
+#[test]
+fn curl_https_connect_is_intercepted_and_scanned() {
+    let f = start(&["--mode", "strict"]);
+    let up = https_upstream(&f, &["localhost"]);
+    let url = |p: &str| format!("https://localhost:{}{p}", up.addr.port());
+    let n: u64 = 1 << 20;
+    let sha = download_sha(
+        &[
+            "-x",
+            &f.proxy(),
+            "--cacert",
+            f.ca(),
+            &url(&format!("/bytes/{n}")),
+        ],
+        &f.dir.join("clean-tls"),
+    );
+    assert_eq!(sha, pattern_sha256(n));
+
+    let body = format!("{{\"note\":\"my key is {SECRET}\"}}");
+    let run = curl(&[
+        "-x",
+        &f.proxy(),
+        "--cacert",
+        f.ca(),
+        "--data-binary",
+        &body,
+        &url("/echo"),
+    ]);
+    let (resp, code) = split(&run);
+    assert_eq!(code, "403", "{run:?}");
+    assert!(!resp.contains(SECRET));
+
+    let run = curl(&["-x", &f.proxy(), "--cacert", f.ca(), &url("/inject")]);
+    assert!(
+        !run.stdout.to_lowercase().contains("ignore all previous"),
+        "{run:?}"
+    );
+}
+
+#[test]
+fn bad_upstream_certificate_through_connect_is_502() {
+    let f = start(&[]);
+    // Signed by a CA the agent does not trust.
+    let other = TestCa::new("untrusted");
+    let up = HttpsUpstream::start(
+        &other,
+        &["localhost"],
+        &[b"http/1.1"],
+        "127.0.0.1:0".parse().unwrap(),
+    );
+    let run = curl(&[
+        "-x",
+        &f.proxy(),
+        "--cacert",
+        f.ca(),
+        &format!("https://localhost:{}/hello", up.addr.port()),
+    ]);
+    let (_, code) = split(&run);
+    assert_eq!(code, "502", "{run:?}");
+    assert!(!run.stdout.contains("hello from upstream"));
+}
+
+#[test]
+fn passthrough_domain_tunnel_shows_the_upstreams_certificate() {
+    let f = start(&["--passthrough-domain", "localhost"]);
+    let up = https_upstream(&f, &["localhost"]);
+    let up_ca = f.dir.join("upstream-ca.pem");
+    let run = curl(&[
+        "-x",
+        &f.proxy(),
+        "--cacert",
+        up_ca.to_str().unwrap(),
+        &format!("https://localhost:{}/hello", up.addr.port()),
+    ]);
+    let (body, code) = split(&run);
+    assert_eq!(code, "200", "{run:?}");
+    assert!(body.contains("hello from upstream"));
+}
+
+#[test]
+fn sni_other_than_the_connect_host_is_refused() {
+    let f = start(&[]);
+    let up = https_upstream(&f, &["localhost", "evil.example"]);
+    let mut cmd = Command::new("openssl");
+    cmd.args([
+        "s_client",
+        "-proxy",
+        &format!("127.0.0.1:{}", f.port),
+        "-connect",
+        &format!("localhost:{}", up.addr.port()),
+        "-servername",
+        "evil.example",
+        "-CAfile",
+        f.ca(),
+        "-verify_return_error",
+        "-brief",
+    ])
+    .stdin(std::process::Stdio::null());
+    let run = run_command(cmd, TIMEOUT);
+    assert!(!run.ok(), "handshake succeeded: {run:?}");
+    assert!(
+        f.agent
+            .wait_for_line(Duration::from_secs(5), |l| l.contains("domain fronting"))
+            .is_some(),
+        "{}",
+        f.agent.output()
+    );
+}
+
+#[test]
+fn python_requests_with_https_proxy() {
+    let ok = Command::new("python3")
+        .args(["-c", "import requests"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        panic!("python3 lacks requests: run `cargo xtask setup` (python3-requests)");
+    }
+    let f = start(&["--mode", "strict"]);
+    let up = https_upstream(&f, &["localhost"]);
+    let script = r#"
+import os, sys, requests
+url = sys.argv[1]
+r = requests.get(url + "/hello", timeout=20)
+print(r.status_code, r.text.strip())
+r = requests.post(url + "/echo", data=sys.argv[2], timeout=20)
+print(r.status_code)
+"#;
+    let mut cmd = Command::new("python3");
+    cmd.args([
+        "-c",
+        script,
+        &format!("https://localhost:{}", up.addr.port()),
+        &format!("key={SECRET}"),
+    ])
+    .env("HTTPS_PROXY", f.proxy())
+    .env("REQUESTS_CA_BUNDLE", f.ca())
+    .env("NO_PROXY", "")
+    .env_remove("no_proxy");
+    let run = run_command(cmd, TIMEOUT);
+    assert!(run.ok(), "{run:?}");
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(lines.first(), Some(&"200 hello from upstream"), "{run:?}");
+    assert_eq!(lines.get(1), Some(&"403"), "{run:?}");
+}
+
+#[test]
+fn ruby_faraday_with_https_proxy() {
+    let ok = Command::new("ruby")
+        .args(["-e", "require 'faraday'"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        panic!("ruby lacks faraday: run `cargo xtask setup` (ruby-faraday)");
+    }
+    let f = start(&["--mode", "strict"]);
+    let up = https_upstream(&f, &["localhost"]);
+    // Ruby skips env proxies for loopback destinations, so the proxy is
+    // given from HTTPS_PROXY explicitly (as ruby-openai's Faraday does with
+    // a configured proxy).
+    let script = r##"
+require "faraday"
+c = Faraday.new(url: ARGV[0], proxy: ENV["HTTPS_PROXY"], ssl: { ca_file: ENV["SSL_CERT_FILE"] })
+r = c.get("/hello")
+puts "#{r.status} #{r.body.strip}"
+r = c.post("/echo", ARGV[1])
+puts r.status
+"##;
+    let mut cmd = Command::new("ruby");
+    cmd.args([
+        "-e",
+        script,
+        &format!("https://localhost:{}", up.addr.port()),
+        &format!("key={SECRET}"),
+    ])
+    .env("HTTPS_PROXY", f.proxy())
+    .env("SSL_CERT_FILE", f.ca());
+    let run = run_command(cmd, TIMEOUT);
+    assert!(run.ok(), "{run:?}");
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(lines.first(), Some(&"200 hello from upstream"), "{run:?}");
+    assert_eq!(lines.get(1), Some(&"403"), "{run:?}");
+}
