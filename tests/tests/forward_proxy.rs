@@ -152,10 +152,12 @@ fn download_sha(args: &[&str], out: &Path) -> String {
 #[test]
 fn chart_arguments_start_a_plain_proxy_and_health_answers() {
     let f = start(&[]);
+    // Said once the listeners are up (the start line may follow the probe).
     assert!(
         f.agent
-            .output()
-            .contains("plain forward proxy, no eBPF redirect loaded"),
+            .wait_for_line(Duration::from_secs(10), |l| l
+                .contains("plain forward proxy, no eBPF redirect loaded"))
+            .is_some(),
         "{}",
         f.agent.output()
     );
