@@ -142,6 +142,7 @@ pub async fn run(start: Start) -> anyhow::Result<()> {
     let fwd = forward::Forward {
         settings: Arc::new(forward::ForwardSettings::new(&cfg.forward_proxy)),
         admin: Arc::new(admin.clone()),
+        metrics: metrics.clone(),
         tracker: tracker.clone(),
     };
     if let Some(l) = forward_listener {

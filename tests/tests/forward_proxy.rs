@@ -248,6 +248,21 @@ fn curl_https_connect_is_intercepted_and_scanned() {
         !run.stdout.to_lowercase().contains("ignore all previous"),
         "{run:?}"
     );
+    // The three tunnels are counted once they close.
+    let metrics = || {
+        let run = curl(&[&format!("http://127.0.0.1:{}/metrics", f.port)]);
+        let line = run
+            .stdout
+            .lines()
+            .find(|l| l.starts_with("pipelock_tunnels_total{result=\"completed\"}"))
+            .map(str::to_owned);
+        line.and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while metrics() != Some(3.0) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(metrics(), Some(3.0), "{}", f.agent.output());
 }
 
 #[test]

@@ -78,6 +78,8 @@ impl ForwardSettings {
 #[derive(Clone)]
 pub struct Forward {
     pub settings: Arc<ForwardSettings>,
+    /// The agent's registry (tunnels and connections are counted).
+    pub metrics: Arc<Metrics>,
     pub admin: Arc<dyn AdminRoutes>,
     pub tracker: TaskTracker,
 }
@@ -231,6 +233,21 @@ async fn route(
                 }
                 Err(e) => Err(Error::DownstreamHttp(format!("CONNECT upgrade: {e}"))),
             };
+            let blocked = matches!(
+                result,
+                Err(Error::DomainFronting { .. }
+                    | Error::KillSwitch
+                    | Error::NonHttpRefused
+                    | Error::PassthroughUnverified { .. })
+            );
+            fwd.metrics
+                .tunnel(if blocked { "blocked" } else { "completed" });
+            let kind = if summary.kind.is_empty() {
+                "error"
+            } else {
+                summary.kind
+            };
+            fwd.metrics.connection("forward", kind);
             if result.is_err() || ctx.log_allowed {
                 log_connection(&meta, &summary, started.elapsed(), result.as_ref().err());
             }
