@@ -452,12 +452,13 @@ fn missing_cgroup_is_a_clear_error() {
         .chain([loopback_redirect().to_string()])
         .collect();
     expect_startup_error(&args, "cgroup /plk-no-such-cgroup not found");
+    // Without a cgroup the agent is a plain forward proxy (Pipelock's
+    // mode); its busy listen port is a clear error too.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
     expect_startup_error(
-        &[
-            "--redirect-addr".to_string(),
-            loopback_redirect().to_string(),
-        ],
-        "missing --cgroup",
+        &["--listen".to_string(), addr.to_string()],
+        &format!("cannot listen on {addr}"),
     );
 }
 
