@@ -94,18 +94,7 @@ pub async fn serve(
     fwd: Forward,
     shutdown: CancellationToken,
 ) {
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    while let Some((stream, peer)) = super::transparent::accept(&listener, &shutdown).await {
         let admission = match limits.admit(None) {
             Ok(a) => a,
             Err(refusal) => {

@@ -56,19 +56,7 @@ pub async fn serve(
     forward: Option<(SocketAddr, forward::Forward)>,
 ) {
     let forward = forward.map(Arc::new);
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    while let Some((stream, peer)) = accept(&listener, &shutdown).await {
         let orig = table.take(peer);
         let cgroup = orig.as_ref().map(|(_, who)| who.cgroup_id);
         metrics.connections_accepted.inc();
@@ -178,6 +166,26 @@ fn count_connection(m: &Metrics, s: &ConnSummary, error: Option<&Error>) {
             Some(Error::Tls(_)) => "failed",
             _ => "success",
         });
+    }
+}
+
+/// The next connection on `listener`, or None once `shutdown` is cancelled.
+/// A failed accept (EMFILE and friends) backs off instead of spinning.
+pub(crate) async fn accept(
+    listener: &TcpListener,
+    shutdown: &CancellationToken,
+) -> Option<(TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => return Some(a),
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
     }
 }
 
