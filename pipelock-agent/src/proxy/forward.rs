@@ -32,7 +32,6 @@ use super::{
     ConnSummary, Error, LiveContext, ProxyContext, dispatch,
     http::{DownBody, HttpConn},
     limits::ConnLimits,
-    relay,
     transparent::{log_connection, next_conn_id},
     upstream::{self, Proto, Target, UpstreamPool},
 };
@@ -95,16 +94,10 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     while let Some((stream, peer)) = super::transparent::accept(&listener, &shutdown).await {
-        let admission = match limits.admit(None) {
-            Ok(a) => a,
-            Err(refusal) => {
-                metrics.connections_refused.inc();
-                if limits.should_log() {
-                    tracing::warn!(target: "pipelock::conn", peer = %peer, reason = %refusal, listener = "forward", "connection refused: limit reached");
-                }
-                relay::reset(stream);
-                continue;
-            }
+        let Some((stream, admission)) =
+            limits.admit_or_reset(stream, peer, "forward", None, &metrics)
+        else {
+            continue;
         };
         let ctx = live.load_full();
         let f = fwd.clone();

@@ -1,4 +1,4 @@
-//! Connection admission on the transparent listener: at most
+//! Connection admission on every listener: at most
 //! `interceptor.max_connections` open at once, and at most
 //! `max_connections_per_pod` from one cgroup, so one pod cannot take the
 //! agent's descriptors from every other pod on the node. Past a cap the new
@@ -93,6 +93,41 @@ impl ConnLimits {
             None => None,
         };
         Ok(Admission { _slot: slot, pod })
+    }
+
+    /// Admits a newly accepted connection of `listener`, or resets it at
+    /// once: counted (`connections_refused`, `connections_total{kind=limit}`)
+    /// and logged at most once a second. `orig`: the destination and caller
+    /// the kernel recorded, when it was redirected.
+    pub fn admit_or_reset(
+        self: &Arc<Self>,
+        stream: tokio::net::TcpStream,
+        peer: std::net::SocketAddr,
+        listener: &'static str,
+        orig: Option<&(std::net::SocketAddr, crate::pipeline::Attribution)>,
+        metrics: &crate::telemetry::metrics::Metrics,
+    ) -> Option<(tokio::net::TcpStream, Admission)> {
+        metrics.connections_accepted.inc();
+        match self.admit(orig.map(|(_, who)| who.cgroup_id)) {
+            Ok(admission) => Some((stream, admission)),
+            Err(refusal) => {
+                metrics.connections_refused.inc();
+                if self.should_log() {
+                    tracing::warn!(
+                        target: "pipelock::conn",
+                        peer = %peer,
+                        listener,
+                        orig_dst = orig.map(|(d, _)| d.to_string()),
+                        comm = orig.map(|(_, w)| w.comm.clone()),
+                        reason = %refusal,
+                        "connection refused: limit reached"
+                    );
+                }
+                metrics.connection(listener, "limit");
+                super::relay::reset(stream);
+                None
+            }
+        }
     }
 
     /// True when a refusal should be logged now (at most once a second).

@@ -58,27 +58,11 @@ pub async fn serve(
     let forward = forward.map(Arc::new);
     while let Some((stream, peer)) = accept(&listener, &shutdown).await {
         let orig = table.take(peer);
-        let cgroup = orig.as_ref().map(|(_, who)| who.cgroup_id);
-        metrics.connections_accepted.inc();
-        metrics.redirected_from(cgroup.unwrap_or(0));
-        let admission = match limits.admit(cgroup) {
-            Ok(a) => a,
-            Err(refusal) => {
-                metrics.connections_refused.inc();
-                if limits.should_log() {
-                    tracing::warn!(
-                        target: "pipelock::conn",
-                        peer = %peer,
-                        orig_dst = orig.as_ref().map(|(d, _)| d.to_string()),
-                        comm = orig.as_ref().map(|(_, w)| w.comm.clone()),
-                        reason = %refusal,
-                        "connection refused: limit reached"
-                    );
-                }
-                metrics.connection("transparent", "limit");
-                relay::reset(stream);
-                continue;
-            }
+        metrics.redirected_from(orig.as_ref().map_or(0, |(_, who)| who.cgroup_id));
+        let Some((stream, admission)) =
+            limits.admit_or_reset(stream, peer, "transparent", orig.as_ref(), &metrics)
+        else {
+            continue;
         };
         // The config in force now serves this connection to its end.
         let ctx = live.load_full();
