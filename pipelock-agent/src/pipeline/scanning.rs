@@ -515,21 +515,29 @@ impl ScanExchange {
 
     fn body_chunk(&mut self, response: bool, chunk: &[u8], eos: bool) {
         let m = &self.shared.metrics;
-        let (slot, counter, loc) = if response {
+        let (slot, counter, decoded, loc) = if response {
             (
                 &mut self.response,
                 &m.response_bytes_scanned,
+                &m.response_bytes_decoded,
                 "response_body",
             )
         } else {
-            (&mut self.request, &m.request_bytes_scanned, "request_body")
+            (
+                &mut self.request,
+                &m.request_bytes_scanned,
+                &m.request_bytes_decoded,
+                "request_body",
+            )
         };
         let Some(mut body) = slot.take() else {
             return;
         };
         counter.inc_by(chunk.len() as u64);
         let t = Instant::now();
+        let before = body.decoded_bytes();
         let status = body.feed(chunk, eos, &mut self.hits);
+        decoded.inc_by(body.decoded_bytes() - before);
         self.scan_time += t.elapsed();
         if matches!(status, BodyStatus::Ok) && !eos {
             *slot = Some(body);
@@ -1162,8 +1170,18 @@ mod tests {
                 );
             }
             let clean = zstd::encode_all(&b"nothing here"[..], 3).unwrap();
+            let (wire, decoded) = (
+                p.metrics().request_bytes_scanned(),
+                p.metrics().request_bytes_decoded(),
+            );
             let d = post(&p, 1, &[("content-encoding", "zstd")], &clean, 5);
             assert_eq!(d, Decision::Continue);
+            // Both sides of the decoder are counted.
+            assert_eq!(
+                p.metrics().request_bytes_scanned() - wire,
+                clean.len() as u64
+            );
+            assert_eq!(p.metrics().request_bytes_decoded() - decoded, 12);
         }
     }
 

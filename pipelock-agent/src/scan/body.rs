@@ -54,6 +54,8 @@ pub struct BodyScanner {
     decoder: ContentDecoder,
     text: TextScanner,
     sse: Option<(SseParser, TextScanner)>,
+    /// Bytes the decoder produced so far (what the text scanner saw).
+    decoded: u64,
 }
 
 impl std::fmt::Debug for BodyScanner {
@@ -96,19 +98,30 @@ impl BodyScanner {
         } else {
             None
         };
-        Ok(BodyScanner { decoder, text, sse })
+        Ok(BodyScanner {
+            decoder,
+            text,
+            sse,
+            decoded: 0,
+        })
     }
 
     /// Decodes and scans one chunk (`eos`: the last one), pushing hits to
     /// `hits`. After `eos` or any status but [`BodyStatus::Ok`] the body is
     /// over: the scanner is to be dropped.
     pub fn feed(&mut self, chunk: &[u8], eos: bool, hits: &mut Vec<Hit>) -> BodyStatus {
-        let BodyScanner { decoder, text, sse } = self;
+        let BodyScanner {
+            decoder,
+            text,
+            sse,
+            decoded,
+        } = self;
         let mut error: Option<Error> = None;
         let status = decoder.feed(chunk, eos, &mut |data| {
             if error.is_some() {
                 return;
             }
+            *decoded += data.len() as u64;
             if let Err(e) = text.feed(data, hits) {
                 error = Some(e);
                 return;
@@ -135,6 +148,11 @@ impl BodyScanner {
             (None, DecodeStatus::Bomb) => BodyStatus::Bomb,
             (None, DecodeStatus::Failed) => BodyStatus::Undecodable,
         }
+    }
+
+    /// Bytes of decoded body scanned so far (after gzip, br, …).
+    pub fn decoded_bytes(&self) -> u64 {
+        self.decoded
     }
 
     /// Ends the streams: the decoded text, then the SSE parser and its text.

@@ -190,8 +190,10 @@ counters! {
     scan_errors => "scan_errors", "Internal scan errors (the exchange fails closed).";
     request_bytes_scanned => "request_bytes_scanned", "Request body bytes scanned (as sent, before decoding).";
     response_bytes_scanned => "response_bytes_scanned", "Response body bytes scanned (as received, before decoding).";
+    request_bytes_decoded => "request_bytes_decoded", "Request body bytes scanned after content decoding (gzip, br, zstd, deflate).";
+    response_bytes_decoded => "response_bytes_decoded", "Response body bytes scanned after content decoding (gzip, br, zstd, deflate).";
     exchanges => "scanned_exchanges", "HTTP exchanges passed through the scan pipeline.";
-    connections_refused => "connections_refused", "Redirected connections reset because a connection limit was reached.";
+    connections_refused => "connections_refused", "Connections reset because a connection limit was reached.";
     connections_accepted => "accepted_connections", "Connections accepted by any listener (including refused ones).";
 }
 
