@@ -140,7 +140,6 @@ pub async fn run(start: Start) -> anyhow::Result<()> {
         );
     }
     let fwd = forward::Forward {
-        settings: Arc::new(forward::ForwardSettings::new(&cfg.forward_proxy)),
         admin: Arc::new(admin.clone()),
         metrics: metrics.clone(),
         tracker: tracker.clone(),
@@ -458,6 +457,9 @@ fn context(
         websocket: Arc::new(WsSettings::with_slots(
             &cfg.websocket_proxy,
             bounds.ws_slots,
+        )),
+        forward: Arc::new(crate::proxy::forward::ForwardSettings::new(
+            &cfg.forward_proxy,
         )),
         body_hold: Arc::new(BodyHold {
             max_body: cfg.request_body_scanning.max_body_bytes,

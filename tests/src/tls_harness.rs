@@ -106,6 +106,7 @@ impl InProcessAgent {
             relay_max: None,
             websocket: Default::default(),
             body_hold: Default::default(),
+            forward: Default::default(),
         });
         let records = Arc::new(Mutex::new(Vec::new()));
         let recs = records.clone();

@@ -58,6 +58,11 @@ impl Fwd {
 }
 
 fn start(extra: &[&str]) -> Fwd {
+    start_with(Path::new(CHART), extra)
+}
+
+/// The agent with `config` instead of the chart's file.
+fn start_with(config: &Path, extra: &[&str]) -> Fwd {
     let dir =
         std::env::temp_dir().join(format!("plk-fwd-{}-{}", std::process::id(), unique_index()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -78,7 +83,7 @@ fn start(extra: &[&str]) -> Fwd {
     let mut args: Vec<String> = [
         "run",
         "--config",
-        CHART,
+        config.to_str().unwrap(),
         "--listen",
         &format!("127.0.0.1:{port}"),
         "--mcp-listen",
@@ -408,4 +413,46 @@ puts r.status
     let lines: Vec<&str> = run.stdout.lines().collect();
     assert_eq!(lines.first(), Some(&"200 hello from upstream"), "{run:?}");
     assert_eq!(lines.get(1), Some(&"403"), "{run:?}");
+}
+
+#[test]
+fn forward_proxy_settings_follow_a_reload() {
+    let dir = std::env::temp_dir().join(format!(
+        "plk-fwd-reload-{}-{}",
+        std::process::id(),
+        unique_index()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("pipelock.yaml");
+    let chart = std::fs::read_to_string(CHART).unwrap();
+    std::fs::write(&config, &chart).unwrap();
+    let f = start_with(&config, &[]);
+    let up = Upstream::start("127.0.0.1:0".parse().unwrap());
+    let run = curl(&["-x", &f.proxy(), &up.url("/hello")]);
+    assert_eq!(split(&run).1, "200", "{run:?}\n{}", f.agent.output());
+
+    let off = chart.replace(
+        "forward_proxy:\n  enabled: true",
+        "forward_proxy:\n  enabled: false",
+    );
+    assert_ne!(off, chart, "the chart's forward_proxy section moved");
+    std::fs::write(&config, off).unwrap();
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(f.agent.pid() as i32, libc::SIGHUP) };
+    assert!(
+        f.agent
+            .wait_for_line(TIMEOUT, |l| l.contains("config reloaded"))
+            .is_some(),
+        "no reload: {}",
+        f.agent.output()
+    );
+    // A new connection gets the new settings: proxying is off (405), the
+    // admin routes stay.
+    let (body, code) = split(&curl(&["-x", &f.proxy(), &up.url("/hello")]));
+    assert_eq!(code, "405", "{body}");
+    assert!(body.contains("forward_proxy_disabled"), "{body}");
+    let (_, code) = split(&curl(&[&format!("{}/health", f.proxy())]));
+    assert_eq!(code, "200");
+    drop(f);
+    let _ = std::fs::remove_dir_all(&dir);
 }

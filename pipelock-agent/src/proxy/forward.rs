@@ -49,7 +49,8 @@ pub trait AdminRoutes: Send + Sync + 'static {
     fn handle(&self, req: Request<Incoming>) -> AdminFuture;
 }
 
-/// `forward_proxy` settings (read at start).
+/// `forward_proxy` settings (part of the live context: a reload applies
+/// them to new connections).
 #[derive(Clone, Debug)]
 pub struct ForwardSettings {
     /// `forward_proxy.enabled`: false answers proxy requests with 405 (the
@@ -60,6 +61,12 @@ pub struct ForwardSettings {
     pub idle: Duration,
     /// `forward_proxy.max_tunnel_seconds`: a CONNECT tunnel is closed after this.
     pub max_tunnel: Option<Duration>,
+}
+
+impl Default for ForwardSettings {
+    fn default() -> Self {
+        Self::new(&Default::default())
+    }
 }
 
 impl ForwardSettings {
@@ -76,7 +83,6 @@ impl ForwardSettings {
 /// What every forward-proxy connection shares.
 #[derive(Clone)]
 pub struct Forward {
-    pub settings: Arc<ForwardSettings>,
     /// The agent's registry (tunnels and connections are counted).
     pub metrics: Arc<Metrics>,
     pub admin: Arc<dyn AdminRoutes>,
@@ -119,7 +125,7 @@ pub async fn serve_connection(
     fwd: Forward,
 ) {
     let _ = stream.set_nodelay(true);
-    let idle = fwd.settings.idle;
+    let idle = ctx.forward.idle;
     let svc = service_fn(move |req| {
         let (ctx, fwd, who) = (ctx.clone(), fwd.clone(), attribution.clone());
         async move { Ok::<_, Infallible>(route(req, peer, who, ctx, fwd).await) }
@@ -149,7 +155,7 @@ async fn route(
     if !is_connect && req.uri().scheme().is_none() {
         return fwd.admin.handle(req).await;
     }
-    if !fwd.settings.enabled {
+    if !ctx.forward.enabled {
         return error(
             StatusCode::METHOD_NOT_ALLOWED,
             "forward proxy disabled (forward_proxy.enabled: false)",
@@ -193,7 +199,7 @@ async fn route(
         verified_name: None,
     });
     if is_connect {
-        let max = fwd.settings.max_tunnel;
+        let max = ctx.forward.max_tunnel;
         fwd.tracker.spawn(async move {
             let started = Instant::now();
             let mut summary = ConnSummary::default();

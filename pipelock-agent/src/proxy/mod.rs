@@ -170,6 +170,8 @@ pub struct ProxyContext {
     /// How request bodies are held until scanned (its budget is shared
     /// across reloads).
     pub body_hold: Arc<hold::BodyHold>,
+    /// `forward_proxy` settings of the forward listener.
+    pub forward: Arc<forward::ForwardSettings>,
 }
 
 impl ProxyContext {
