@@ -93,7 +93,11 @@ pub async fn run(start: Start) -> anyhow::Result<()> {
         .as_deref()
         .filter(|a| !a.is_empty())
     {
-        Some(addr) => Some(admin_listener(addr).await?),
+        Some(addr) => Some(admin_listener("kill_switch.api_listen", addr).await?),
+        None => None,
+    };
+    let metrics_listener = match cfg.metrics_listen.as_deref().filter(|a| !a.is_empty()) {
+        Some(addr) => Some(admin_listener("metrics_listen", addr).await?),
         None => None,
     };
 
@@ -255,7 +259,19 @@ pub async fn run(start: Start) -> anyhow::Result<()> {
             listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
             "admin endpoints (/health, /metrics, kill switch API) listening"
         );
-        tokio::spawn(admin::serve(listener, admin.clone()));
+        tokio::spawn(admin::serve(listener, admin.clone(), admin::Endpoints::Api));
+    }
+    if let Some(listener) = metrics_listener {
+        tracing::info!(
+            target: "pipelock::admin",
+            listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            "metrics endpoints (/metrics, /stats, /health) listening; /metrics and /stats moved off the main listener"
+        );
+        tokio::spawn(admin::serve(
+            listener,
+            admin.clone(),
+            admin::Endpoints::Metrics,
+        ));
     }
     tokio::spawn(kill_switch.clone().watch_sentinel(shutdown.clone()));
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
@@ -542,8 +558,9 @@ fn scan_pipeline(
     Ok(pipeline)
 }
 
-/// Binds `kill_switch.api_listen` (`host:port`, or `:port` for every address).
-async fn admin_listener(addr: &str) -> anyhow::Result<tokio::net::TcpListener> {
+/// Binds an admin listener at `addr` (`host:port`, or `:port` for every
+/// address), for the config key `key`.
+async fn admin_listener(key: &str, addr: &str) -> anyhow::Result<tokio::net::TcpListener> {
     let full = if addr.starts_with(':') {
         format!("0.0.0.0{addr}")
     } else {
@@ -551,5 +568,5 @@ async fn admin_listener(addr: &str) -> anyhow::Result<tokio::net::TcpListener> {
     };
     tokio::net::TcpListener::bind(&full)
         .await
-        .with_context(|| format!("kill_switch.api_listen {addr}: cannot listen"))
+        .with_context(|| format!("{key} {addr}: cannot listen"))
 }

@@ -456,3 +456,67 @@ fn forward_proxy_settings_follow_a_reload() {
     drop(f);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn metrics_listen_serves_metrics_and_stats_off_the_proxy_port() {
+    let dir = std::env::temp_dir().join(format!(
+        "plk-fwd-stats-{}-{}",
+        std::process::id(),
+        unique_index()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("pipelock.yaml");
+    let metrics_port = free_port();
+    let chart = std::fs::read_to_string(CHART).unwrap();
+    std::fs::write(
+        &config,
+        format!("{chart}\nmetrics_listen: 127.0.0.1:{metrics_port}\n"),
+    )
+    .unwrap();
+    let f = start_with(&config, &["--mode", "strict"]);
+    let up = Upstream::start("127.0.0.1:0".parse().unwrap());
+    let body = format!("{{\"note\":\"my key is {SECRET}\"}}");
+    for _ in 0..2 {
+        let run = curl(&["-x", &f.proxy(), "--data-binary", &body, &up.url("/leak")]);
+        assert_eq!(split(&run).1, "403", "{run:?}");
+    }
+    let (_, code) = split(&curl(&["-x", &f.proxy(), &up.url("/hello")]));
+    assert_eq!(code, "200");
+
+    // Moved: the proxy port no longer serves them; /health stays there.
+    let (_, code) = split(&curl(&[&format!("{}/metrics", f.proxy())]));
+    assert_eq!(code, "404");
+    let (_, code) = split(&curl(&[&format!("{}/stats", f.proxy())]));
+    assert_eq!(code, "404");
+    let (_, code) = split(&curl(&[&format!("{}/health", f.proxy())]));
+    assert_eq!(code, "200");
+
+    let m = format!("http://127.0.0.1:{metrics_port}");
+    let (text, code) = split(&curl(&[&format!("{m}/metrics")]));
+    assert_eq!(code, "200");
+    assert!(text.contains("pipelock_requests_blocked_total 2"), "{text}");
+    let (stats, code) = split(&curl(&[&format!("{m}/stats")]));
+    assert_eq!(code, "200", "{stats}");
+    let stats: serde_json::Value = serde_json::from_str(&stats).expect("stats JSON");
+    assert_eq!(stats["requests"]["blocked"], 2, "{stats}");
+    assert_eq!(stats["requests"]["allowed"], 1, "{stats}");
+    let domains = stats["top_blocked_domains"].as_array().expect("list");
+    assert_eq!(
+        domains.first(),
+        Some(&serde_json::json!({"name": "127.0.0.1", "count": 2})),
+        "{stats}"
+    );
+    assert!(
+        stats["top_scanners"]
+            .as_array()
+            .expect("list")
+            .iter()
+            .any(|s| s["name"] == "dlp.github_token"),
+        "{stats}"
+    );
+    // Only the metrics endpoints there.
+    let (_, code) = split(&curl(&[&format!("{m}/api/v1/killswitch/status")]));
+    assert_eq!(code, "404");
+    drop(f);
+    let _ = std::fs::remove_dir_all(&dir);
+}

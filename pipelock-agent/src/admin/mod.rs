@@ -5,7 +5,10 @@
 //! switch API (`POST /api/v1/killswitch`, `GET /api/v1/killswitch/status`,
 //! Bearer `kill_switch.api_token`). [`Admin::handle`] answers one request
 //! (the forward proxy calls it for origin-form requests on its listener);
-//! [`serve`] runs a listener of its own for `kill_switch.api_listen`.
+//! [`serve`] runs a listener of its own for `kill_switch.api_listen` or
+//! `metrics_listen`. `GET /stats` is Pipelock's JSON summary (requests,
+//! block rate, tunnels, top blocked hosts and rules). When `metrics_listen`
+//! is set, `/metrics` and `/stats` move there, as in Pipelock.
 //!
 //! While the kill switch is on, `/health`, `/metrics` and the API keep
 //! answering when `health_exempt`, `metrics_exempt` and `api_exempt` say so
@@ -39,6 +42,8 @@ pub use kill_switch::KillSwitch;
 
 /// Largest kill switch API request body.
 const MAX_API_BODY: usize = 1024;
+/// Entries of each `/stats` top list.
+const STATS_TOP: usize = 10;
 /// Toggles allowed per minute (as Pipelock).
 const API_RATE_PER_MINUTE: u32 = 10;
 
@@ -54,6 +59,7 @@ struct Status {
     tls_interception_enabled: bool,
     api_token: Option<String>,
     api_listen: bool,
+    metrics_listen: bool,
 }
 
 impl Status {
@@ -77,6 +83,7 @@ impl Status {
                 .api_listen
                 .as_deref()
                 .is_some_and(|a| !a.is_empty()),
+            metrics_listen: cfg.metrics_listen.as_deref().is_some_and(|a| !a.is_empty()),
         }
     }
 }
@@ -88,6 +95,8 @@ enum Place {
     Main,
     /// `kill_switch.api_listen`.
     ApiListener,
+    /// `metrics_listen`: `/metrics`, `/stats` and `/health` only.
+    MetricsListener,
 }
 
 /// Everything the endpoints report and control.
@@ -160,7 +169,7 @@ impl Admin {
         let api = path == "/api/v1/killswitch" || path == "/api/v1/killswitch/status";
         let (exempt, endpoint) = match path {
             "/health" => (ks_settings.health_exempt, "/health"),
-            "/metrics" => (ks_settings.metrics_exempt, "/metrics"),
+            "/metrics" | "/stats" => (ks_settings.metrics_exempt, "/metrics"),
             _ if api => (
                 place == Place::ApiListener || ks_settings.api_exempt,
                 "/api",
@@ -172,8 +181,18 @@ impl Admin {
             let b = self.kill_switch.block();
             return json_response(b.status, b.json_body());
         }
+        let moved = matches!(path, "/metrics" | "/stats");
+        match place {
+            Place::Main if moved && status.metrics_listen => return not_found(),
+            Place::MetricsListener if !moved && path != "/health" => return not_found(),
+            _ => {}
+        }
         match path {
             "/health" => json_response(StatusCode::OK, self.health(&status)),
+            "/stats" => match parts.method {
+                Method::GET | Method::HEAD => json_response(StatusCode::OK, self.stats()),
+                _ => method_not_allowed("GET"),
+            },
             "/metrics" => match parts.method {
                 Method::GET | Method::HEAD => self.metrics_response(&parts.headers),
                 _ => method_not_allowed("GET"),
@@ -262,6 +281,32 @@ impl Admin {
         })
     }
 
+    /// The `/stats` document (Pipelock's shape, the parts the agent has).
+    fn stats(&self) -> Value {
+        let m = &self.metrics;
+        let allowed = m.requests("allowed");
+        let blocked = m.requests("blocked");
+        let total = allowed + blocked + m.requests("error");
+        let top = |t: &crate::telemetry::top::TopCounts| -> Value {
+            t.top(STATS_TOP)
+                .into_iter()
+                .map(|(name, count)| json!({ "name": name, "count": count }))
+                .collect()
+        };
+        json!({
+            "uptime_seconds": self.started.elapsed().as_secs_f64(),
+            "requests": {
+                "total": total,
+                "allowed": allowed,
+                "blocked": blocked,
+                "block_rate": if total == 0 { 0.0 } else { blocked as f64 / total as f64 },
+            },
+            "tunnels": m.tunnels("completed") + m.tunnels("blocked"),
+            "top_blocked_domains": top(&m.blocked_hosts),
+            "top_scanners": top(&m.top_rules),
+        })
+    }
+
     /// The kill switch API's status document.
     fn kill_switch_status(&self) -> Value {
         let sources = self.kill_switch.sources();
@@ -306,9 +351,21 @@ impl Admin {
     }
 }
 
-/// Serves the admin endpoints on `listener` (`kill_switch.api_listen`),
-/// HTTP/1.1, until the process ends.
-pub async fn serve(listener: tokio::net::TcpListener, admin: Arc<Admin>) {
+/// Which endpoints a listener of its own serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoints {
+    /// `kill_switch.api_listen`: everything, the kill switch API always.
+    Api,
+    /// `metrics_listen`: `/metrics`, `/stats`, `/health`.
+    Metrics,
+}
+
+/// Serves the admin endpoints on `listener`, HTTP/1.1, until the process ends.
+pub async fn serve(listener: tokio::net::TcpListener, admin: Arc<Admin>, endpoints: Endpoints) {
+    let place = match endpoints {
+        Endpoints::Api => Place::ApiListener,
+        Endpoints::Metrics => Place::MetricsListener,
+    };
     use hyper_util::rt::{TokioIo, TokioTimer};
     loop {
         let (stream, _peer) = match listener.accept().await {
@@ -323,7 +380,7 @@ pub async fn serve(listener: tokio::net::TcpListener, admin: Arc<Admin>) {
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
                 let admin = admin.clone();
-                async move { Ok::<_, Infallible>(admin.respond(req, Place::ApiListener).await) }
+                async move { Ok::<_, Infallible>(admin.respond(req, place).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())

@@ -178,6 +178,7 @@ const RESTART_ONLY: &[(&str, Getter)] = &[
         format!("{:?}", c.kill_switch.api_listen)
     }),
     ("logging.format", |c| format!("{:?}", c.logging.format)),
+    ("metrics_listen", |c| format!("{:?}", c.metrics_listen)),
     ("logging.output", |c| format!("{:?}", c.logging.output)),
     ("logging.file", |c| format!("{:?}", c.logging.file)),
 ];
@@ -225,6 +226,7 @@ pub fn keep_start_only(running: &Config, mut new: Config) -> Config {
     new.kill_switch
         .api_listen
         .clone_from(&running.kill_switch.api_listen);
+    new.metrics_listen.clone_from(&running.metrics_listen);
     new.logging.output = running.logging.output;
     new.logging.file.clone_from(&running.logging.file);
     new

@@ -239,11 +239,6 @@ const RULES: &[Rule] = &[
         "accepted, not implemented yet: the checksum is always verified"
     ),
     rule!("reverse_proxy.enabled", |c| c.reverse_proxy.enabled, LATER),
-    rule!(
-        "metrics_listen",
-        |c| c.metrics_listen.is_some(),
-        "accepted, not implemented yet: /metrics is served on kill_switch.api_listen (and the main listener)"
-    ),
 ];
 
 /// Documented Pipelock sections kept as raw YAML (contents not checked).

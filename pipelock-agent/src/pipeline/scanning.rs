@@ -392,9 +392,25 @@ impl ScanExchange {
             Direction::Response => m.responses_cut.inc(),
         };
         m.block(direction.as_str(), block_class);
+        m.blocked_hosts.inc(&self.stats_host());
         let b = verdict::block(direction.as_str(), &block_ids);
         self.blocked = Some(b.clone());
         Decision::Block(b)
+    }
+
+    /// The host a block is counted under in `/stats`: the verified TLS
+    /// name, else the request's host, else the address connected to.
+    fn stats_host(&self) -> String {
+        if let Some(name) = &self.conn.verified_name {
+            return name.clone();
+        }
+        if !self.info.host.is_empty() {
+            return self.info.host.clone();
+        }
+        self.conn
+            .orig_dst
+            .map(|a| a.ip().to_string())
+            .unwrap_or_default()
     }
 
     fn scan_error(&mut self, err: &Error) {

@@ -129,6 +129,10 @@ macro_rules! counters {
             pub request_duration: Histogram,
             /// `pipelock_scan_duration_seconds`: time spent scanning, per exchange.
             pub scan_duration: Histogram,
+            /// Blocked exchanges by host (not exported; for `/stats`).
+            pub blocked_hosts: super::top::TopCounts,
+            /// Findings by rule (not exported; for `/stats`).
+            pub top_rules: super::top::TopCounts,
             /// Sum of the kill-switch denials (not exported; for `/health`).
             denied: Counter,
             /// Series in `redirected` (about: two first connections of one
@@ -161,6 +165,8 @@ macro_rules! counters {
                     request_duration: Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
                     // 10 µs to ~10 s.
                     scan_duration: Histogram::new(exponential_buckets(0.000_01, 4.0, 11)),
+                    blocked_hosts: Default::default(),
+                    top_rules: Default::default(),
                     denied: Counter::default(),
                     cgroup_series: AtomicUsize::new(0),
                     registry: Registry::default(),
@@ -318,6 +324,7 @@ impl Metrics {
 
     /// Counts one finding of `rule`.
     pub fn scanner_hit(&self, rule: Cow<'static, str>) {
+        self.top_rules.inc(&rule);
         self.scanner_hits
             .get_or_create(&ScannerLabel { scanner: rule })
             .inc();
@@ -340,6 +347,13 @@ impl Metrics {
         self.blocks
             .get_or_create(&BlockLabels { direction, reason })
             .inc();
+    }
+
+    /// Value of `pipelock_tunnels_total{result}`.
+    pub fn tunnels(&self, result: &'static str) -> u64 {
+        self.tunnels
+            .get(&ResultLabel { result })
+            .map_or(0, |c| c.get())
     }
 
     /// Counts a CONNECT tunnel (`completed`, `blocked`).

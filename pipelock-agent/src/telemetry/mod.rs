@@ -1,7 +1,8 @@
 //! Logging setup: tracing to stdout and/or a file (`logging:`), text or JSON lines; `log` records
 //! (aya-log's kernel-side messages) are bridged into tracing. The metrics
-//! registry is `metrics`.
+//! registry is `metrics`; `top` keeps the bounded counts `/stats` ranks.
 pub mod metrics;
+pub mod top;
 
 use tracing_subscriber::{
     EnvFilter,
