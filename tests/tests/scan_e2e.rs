@@ -1,7 +1,10 @@
 //! Scanning end to end through the real agent under the real kernel
 //! redirect: secrets in request bodies are blocked (strict, balanced) or only
 //! logged (audit); injected responses are cut; clean traffic is untouched.
-//! Plaintext HTTP upstream here; the HTTPS variants live in tls.rs.
+//! A request caught by the redirect, one sent through the forward proxy and
+//! one from a covered pod to the forward proxy get the same findings (the
+//! last scanned once). Plaintext HTTP upstream here; the HTTPS variants
+//! live in tls.rs.
 use std::{net::SocketAddr, time::Duration};
 
 use pipelock_tests::{
@@ -254,4 +257,133 @@ fn injected_responses_pass_in_audit_mode_but_are_logged() {
     );
     let f = wait_finding(&agent, |f| f["direction"] == "response");
     assert_eq!(f["action"], "log");
+}
+
+/// What a finding says about the traffic (not where it came in).
+fn verdict_of(f: &Value) -> String {
+    [
+        "rule_id",
+        "class",
+        "severity",
+        "confidence",
+        "direction",
+        "location",
+        "action",
+    ]
+    .iter()
+    .map(|k| f[*k].as_str().unwrap_or("?").to_owned())
+    .collect::<Vec<_>>()
+    .join(" ")
+}
+
+fn verdicts_for(agent: &Agent, path: &str) -> Vec<String> {
+    let mut v: Vec<String> = findings(agent)
+        .iter()
+        .filter(|f| f["path"] == path)
+        .map(verdict_of)
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root and the eBPF build: run `cargo xtask test`"
+)]
+fn redirected_and_forward_proxied_requests_find_the_same() {
+    require_root();
+    let cg = TestCgroup::new("scan-same");
+    let up = Upstream::start("127.0.0.1:0".parse().unwrap());
+    let redirect = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let forward = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    // Pipelock's default leaves the forward proxy off; Sure's chart turns it on.
+    let config = std::env::temp_dir().join(format!(
+        "plk-same-{}-{}.yaml",
+        std::process::id(),
+        pipelock_tests::unique_index()
+    ));
+    std::fs::write(&config, "forward_proxy:\n  enabled: true\n").unwrap();
+    let args: Vec<String> = [
+        "--config",
+        config.to_str().unwrap(),
+        "--cgroup",
+        cg.rel(),
+        "--redirect-addr",
+        &redirect.to_string(),
+        "--listen",
+        &forward.to_string(),
+        "--mode",
+        "strict",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let agent = Agent::start(&args);
+    let body = format!("{{\"note\":\"key {SECRET} and card 4111 1111 1111 1111\"}}");
+    let proxy = format!("http://{forward}");
+
+    // 1. Caught by the kernel redirect.
+    let (_, code) = post(&cg, &body, &up.url("/same-redirected"));
+    assert_eq!(code, "403");
+    // 2. Through the forward proxy from outside the covered cgroup.
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args([
+        "-sS",
+        "--max-time",
+        "20",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+    ])
+    .args(["-x", &proxy, "--data-binary", &body])
+    .arg(up.url("/same-forward"));
+    let run = client::run_command(cmd, TIMEOUT);
+    assert_eq!(run.stdout.trim(), "403", "{run:?}");
+    // 3. A covered pod that uses the forward proxy: redirected to it, served
+    //    by it, scanned once.
+    let run = curl(
+        &cg,
+        &[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-x",
+            &proxy,
+            "--data-binary",
+            &body,
+            &up.url("/same-both"),
+        ],
+    );
+    assert_eq!(run.stdout.trim(), "403", "{run:?}");
+
+    wait_finding(&agent, |f| f["path"] == "/same-both");
+    let redirected = verdicts_for(&agent, "/same-redirected");
+    assert!(
+        redirected.len() >= 2,
+        "expected the key and the card: {redirected:?}\n{}",
+        agent.output()
+    );
+    assert_eq!(verdicts_for(&agent, "/same-forward"), redirected);
+    assert_eq!(
+        verdicts_for(&agent, "/same-both"),
+        redirected,
+        "scanned once"
+    );
+    let both: Vec<Value> = findings(&agent)
+        .into_iter()
+        .filter(|f| f["path"] == "/same-both")
+        .collect();
+    assert!(
+        both.iter()
+            .all(|f| f["listener"] == "forward" && f["comm"] == "curl"),
+        "the covered pod keeps its attribution on the forward listener: {both:?}"
+    );
+    assert!(
+        up.seen().iter().all(|p| !p.starts_with("/same-")),
+        "{:?}",
+        up.seen()
+    );
 }
