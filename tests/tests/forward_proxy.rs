@@ -4,7 +4,10 @@
 //! (CONNECT, intercepted with the exported CA), Python `requests` and Ruby
 //! Faraday through `HTTPS_PROXY`; a bad upstream certificate gives 502, a
 //! passthrough domain shows the upstream's own certificate, an SNI other
-//! than the CONNECT host is refused. Upstreams are on loopback.
+//! than the CONNECT host is refused, bytes that are neither TLS nor HTTP
+//! inside a tunnel never reach the upstream; a reload applies the
+//! `forward_proxy` settings; `metrics_listen` moves `/metrics` and `/stats`.
+//! Upstreams are on loopback.
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -519,4 +522,63 @@ fn metrics_listen_serves_metrics_and_stats_off_the_proxy_port() {
     assert_eq!(code, "404");
     drop(f);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A raw TCP upstream on loopback that records every byte it receives in
+/// its first second on each connection.
+fn raw_upstream() -> (SocketAddr, std::sync::mpsc::Receiver<Vec<u8>>) {
+    use std::io::Read as _;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(4) {
+            let Ok(mut s) = stream else { continue };
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+                let mut got = Vec::new();
+                let _ = s.read_to_end(&mut got);
+                let _ = tx.send(got);
+            });
+        }
+    });
+    (addr, rx)
+}
+
+#[test]
+fn non_http_inside_a_connect_tunnel_is_refused() {
+    use std::io::{Read as _, Write as _};
+    let f = start(&[]);
+    let (up, received) = raw_upstream();
+    for (what, first) in [
+        (
+            "ssh banner",
+            &b"SSH-2.0-OpenSSH_9.6 ghp_Zq3xT7vLmN4pR8sK2wYbC6dF0hJ9gA1eUoVi\r\n"[..],
+        ),
+        ("binary", &[0x00u8, 0x01, 0xfe, 0xff, 0x10, 0x20][..]),
+    ] {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", f.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(s, "CONNECT {up} HTTP/1.1\r\nHost: {up}\r\n\r\n").unwrap();
+        let mut head = [0u8; 256];
+        let n = s.read(&mut head).unwrap();
+        let head = String::from_utf8_lossy(&head[..n]).into_owned();
+        assert!(head.starts_with("HTTP/1.1 200"), "{what}: {head}");
+        s.write_all(first).unwrap();
+        // The agent closes the tunnel (the client sees EOF or a reset) ...
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+        assert!(rest.is_empty(), "{what}: bytes came back: {rest:?}");
+    }
+    // ... and none of it reached the upstream (it may not even be dialled).
+    std::thread::sleep(Duration::from_millis(1500));
+    while let Ok(got) = received.try_recv() {
+        assert!(got.is_empty(), "the upstream received {got:?}");
+    }
+    let out = f.agent.output();
+    assert!(
+        out.contains("non-HTTP") || out.contains("non_http"),
+        "no refusal logged: {out}"
+    );
 }
