@@ -89,6 +89,27 @@ impl TestCa {
         std::fs::write(path, &self.cert_pem).expect("writing test CA");
     }
 
+    /// [`TestCa::leaf`] as PEM texts (certificate, PKCS#8 key), for servers
+    /// that read files (Python's `ssl`).
+    pub fn leaf_pem(&self, names: &[&str]) -> (String, String) {
+        use base64::Engine as _;
+        let pem = |label: &str, der: &[u8]| {
+            let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+            let mut out = format!("-----BEGIN {label}-----\n");
+            for line in b64.as_bytes().chunks(64) {
+                out.push_str(&String::from_utf8_lossy(line));
+                out.push('\n');
+            }
+            out.push_str(&format!("-----END {label}-----\n"));
+            out
+        };
+        let (certs, key) = self.leaf(names);
+        (
+            pem("CERTIFICATE", &certs[0]),
+            pem("PRIVATE KEY", key.secret_der()),
+        )
+    }
+
     /// A server certificate for `names` (DNS names or IP literals).
     pub fn leaf(&self, names: &[&str]) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
         let key = KeyPair::generate().expect("leaf key");

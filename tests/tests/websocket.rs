@@ -5,7 +5,8 @@
 //! one: a secret (whole or fragmented) never reaches the server, an
 //! injected server message never reaches the client, binary and over-size
 //! messages are refused, audit forwards and logs; an upgrade to anything
-//! but WebSocket is refused.
+//! but WebSocket is refused. The same over wss: the agent intercepts the
+//! TLS, verifies the server's certificate and scans the messages inside.
 use std::{
     net::{SocketAddr, TcpStream},
     path::PathBuf,
@@ -33,8 +34,12 @@ fn secret() -> String {
 }
 
 const SERVER: &str = r#"
-import asyncio, json, sys, websockets
+import asyncio, json, ssl, sys, websockets
 port, record, injection = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+tls = None
+if len(sys.argv) > 5:
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(sys.argv[4], sys.argv[5])
 async def handler(ws, path=None):
     try:
         await serve(ws)
@@ -53,18 +58,22 @@ async def serve(ws):
         else:
             await ws.send(m)
 async def main():
-    async with websockets.serve(handler, "127.0.0.1", port, max_size=None):
+    async with websockets.serve(handler, "127.0.0.1", port, max_size=None, ssl=tls):
         await asyncio.Future()
 asyncio.run(main())
 "#;
 
 const CLIENT: &str = r#"
-import asyncio, json, sys, websockets
+import asyncio, json, ssl, sys, websockets
 async def main():
     url, actions = sys.argv[1], json.loads(sys.argv[2])
+    extra = {}
+    if len(sys.argv) > 3:
+        # wss: trust the agent's CA; the name is the URL's, the address loopback.
+        extra = {"ssl": ssl.create_default_context(cafile=sys.argv[3]), "host": "127.0.0.1", "server_hostname": "localhost"}
     out = []
     try:
-        async with websockets.connect(url, max_size=None, open_timeout=10, close_timeout=3) as ws:
+        async with websockets.connect(url, max_size=None, open_timeout=10, close_timeout=3, **extra) as ws:
             out.append({"extensions": [e.name for e in ws.extensions]})
             for a in actions:
                 if "text" in a:
@@ -88,10 +97,17 @@ struct Server {
     child: Child,
     port: u16,
     record: PathBuf,
+    /// Certificate and key files when it serves wss.
+    tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl Server {
     fn start() -> Server {
+        Self::start_with(None)
+    }
+
+    /// `tls`: certificate and key PEM files, to serve wss.
+    fn start_with(tls: Option<(PathBuf, PathBuf)>) -> Server {
         let port = free_port();
         let record = std::env::temp_dir().join(format!(
             "plk-ws-record-{}-{}",
@@ -99,10 +115,14 @@ impl Server {
             pipelock_tests::unique_index()
         ));
         let _ = std::fs::remove_file(&record);
-        let child = Command::new(PYTHON)
-            .args(["-c", SERVER, &port.to_string()])
+        let mut cmd = Command::new(PYTHON);
+        cmd.args(["-c", SERVER, &port.to_string()])
             .arg(&record)
-            .arg(INJECTION)
+            .arg(INJECTION);
+        if let Some((cert, key)) = &tls {
+            cmd.arg(cert).arg(key);
+        }
+        let child = cmd
             .stdin(Stdio::null())
             .spawn()
             .expect("python3 websockets server");
@@ -116,11 +136,15 @@ impl Server {
             child,
             port,
             record,
+            tls,
         }
     }
 
     fn url(&self, path: &str) -> String {
-        format!("ws://127.0.0.1:{}{path}", self.port)
+        match self.tls {
+            Some(_) => format!("wss://localhost:{}{path}", self.port),
+            None => format!("ws://127.0.0.1:{}{path}", self.port),
+        }
     }
 
     /// Everything the server received so far.
@@ -134,6 +158,10 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.record);
+        if let Some((cert, key)) = &self.tls {
+            let _ = std::fs::remove_file(cert);
+            let _ = std::fs::remove_file(key);
+        }
     }
 }
 
@@ -142,17 +170,57 @@ struct Setup {
     server: Server,
     cg: TestCgroup,
     _config: PathBuf,
+    /// The agent's CA file when the server speaks wss.
+    agent_ca: Option<PathBuf>,
+    state: Option<PathBuf>,
 }
 
 impl Drop for Setup {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self._config);
+        if let Some(state) = &self.state {
+            let _ = std::fs::remove_dir_all(state);
+        }
     }
 }
 
 fn start(mode: &str) -> Setup {
+    start_with(mode, false)
+}
+
+/// `wss`: the server speaks TLS with a certificate of a test CA the agent
+/// trusts (`--upstream-ca`); the client trusts the agent's CA.
+fn start_with(mode: &str, wss: bool) -> Setup {
     let cg = TestCgroup::new(&format!("ws-{mode}"));
-    let server = Server::start();
+    let tmp = |what: &str| {
+        std::env::temp_dir().join(format!(
+            "plk-ws-{what}-{}-{}",
+            std::process::id(),
+            pipelock_tests::unique_index()
+        ))
+    };
+    let mut args = Vec::new();
+    let (mut state, mut agent_ca) = (None, None);
+    let server = if wss {
+        let ca = pipelock_tests::tls_upstream::TestCa::new("pipelock ws upstream CA");
+        let (cert, key) = ca.leaf_pem(&["localhost"]);
+        let (cert_file, key_file, ca_file) = (tmp("cert.pem"), tmp("key.pem"), tmp("upca.pem"));
+        std::fs::write(&cert_file, cert).unwrap();
+        std::fs::write(&key_file, key).unwrap();
+        ca.write_pem(&ca_file);
+        let dir = tmp("state");
+        args.extend([
+            "--state-dir".to_string(),
+            dir.display().to_string(),
+            "--upstream-ca".to_string(),
+            ca_file.display().to_string(),
+        ]);
+        agent_ca = Some(dir.join("ca.crt"));
+        state = Some(dir);
+        Server::start_with(Some((cert_file, key_file)))
+    } else {
+        Server::start()
+    };
     let redirect = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let yaml = format!(
         "version: 1\nmode: {mode}\nresponse_scanning:\n  enabled: true\n\
@@ -166,12 +234,15 @@ fn start(mode: &str) -> Setup {
         pipelock_tests::unique_index()
     ));
     std::fs::write(&config, yaml).unwrap();
-    let agent = Agent::start(&["--config".into(), config.display().to_string()]);
+    args.extend(["--config".into(), config.display().to_string()]);
+    let agent = Agent::start(&args);
     Setup {
         agent,
         server,
         cg,
         _config: config,
+        agent_ca,
+        state,
     }
 }
 
@@ -186,17 +257,13 @@ impl Setup {
     /// Runs the client with `actions` (each sends one message and waits for
     /// one); returns its events.
     fn client(&self, actions: Value) -> Vec<Value> {
-        let run = client::run(
-            self.place(),
-            PYTHON,
-            &[
-                "-c",
-                CLIENT,
-                &self.server.url("/chat"),
-                &actions.to_string(),
-            ],
-            TIMEOUT,
-        );
+        let (url, actions) = (self.server.url("/chat"), actions.to_string());
+        let mut args = vec!["-c", CLIENT, &url, &actions];
+        let ca = self.agent_ca.as_ref().map(|p| p.display().to_string());
+        if let Some(ca) = &ca {
+            args.push(ca);
+        }
+        let run = client::run(self.place(), PYTHON, &args, TIMEOUT);
         assert!(
             run.ok(),
             "client failed: {run:?}\nagent:\n{}",
@@ -351,5 +418,46 @@ fn websocket_audit_forwards_and_logs() {
     assert!(
         !s.agent.output().contains(&secret),
         "agent log holds the secret"
+    );
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root and the eBPF build: run `cargo xtask test`"
+)]
+fn wss_messages_are_scanned_after_tls_interception() {
+    require_root();
+    let s = start_with("balanced", true);
+    let secret = secret();
+    let ev = s.client(json!([{"text": "hello over tls"}]));
+    assert_eq!(
+        ev,
+        vec![
+            json!({"extensions": []}),
+            json!({"recv": "echo:hello over tls"})
+        ],
+        "agent:\n{}",
+        s.agent.output()
+    );
+    let ev = s.client(json!([{"text": "ok"}, {"text": format!("my token is {secret}")}]));
+    assert_eq!(ev[1], json!({"recv": "echo:ok"}), "{ev:?}");
+    assert_eq!(closed(&ev), Some(1008), "{ev:?}");
+    let f = s.wait_finding(|f| f["rule_id"] == "dlp.github_token");
+    assert_eq!(f["action"], "block");
+    let ev = s.client(json!([{"text": "inject-me"}]));
+    assert_eq!(closed(&ev), Some(1008), "{ev:?}");
+    let seen = s.server.seen();
+    assert!(seen.contains("hello over tls"), "{seen}");
+    assert!(!seen.contains(&secret), "server got the secret: {seen}");
+    let tls = s
+        .agent
+        .conn_records()
+        .into_iter()
+        .any(|r| r["kind"] == "tls" && r["comm"] == "python3");
+    assert!(
+        tls,
+        "no intercepted TLS connection record:\n{}",
+        s.agent.output()
     );
 }
