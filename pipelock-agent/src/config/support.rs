@@ -52,11 +52,6 @@ const RULES: &[Rule] = &[
     rule!("api_allowlist", |c| c.api_allowlist.is_some(), LATER),
     rule!("suppress", |c| !c.suppress.is_empty(), LATER),
     rule!(
-        "forward_proxy.sni_verification",
-        |c| !c.forward_proxy.sni_verification,
-        "always on: a ClientHello whose SNI differs from the CONNECT host is refused"
-    ),
-    rule!(
         "interceptor.mcp_listen",
         |c| c.interceptor.mcp_listen.is_some(),
         "accepted, not implemented yet: no MCP listener is started"
