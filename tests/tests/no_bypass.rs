@@ -357,3 +357,43 @@ fn a_connect_tunnel_through_a_proxy_of_the_pods_choosing_is_refused_then_relayed
         })
         .unwrap_or_else(|| panic!("no audit warning:\n{}", agent.output()));
 }
+
+#[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root and the eBPF build: run `cargo xtask test`"
+)]
+fn tcp_fast_open_data_in_the_syn_is_redirected_and_scanned() {
+    require_root();
+    let cg = TestCgroup::new("tfo");
+    let up = Upstream::start("127.0.0.1:0".parse().unwrap());
+    let agent = start_agent(&cg, &[]);
+    // sendto(MSG_FASTOPEN) connects and sends in one call: the data rides
+    // the SYN, past a connect() the program might not see.
+    let script = format!(
+        "import socket\ns=socket.socket()\n\
+s.sendto(b'GET /tfo-leak?t={SECRET} HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n', socket.MSG_FASTOPEN, ('{}', {}))\n\
+s.settimeout(5)\nprint(s.recv(100).split(b'\\r\\n')[0].decode())\n",
+        up.addr.ip(),
+        up.addr.port()
+    );
+    let run = client::run(
+        Place {
+            cgroup: Some(&cg),
+            netns: None,
+        },
+        "python3",
+        &["-c", &script],
+        TIMEOUT,
+    );
+    assert_eq!(
+        run.stdout.trim(),
+        "HTTP/1.1 403 Forbidden",
+        "{run:?}\n{}",
+        agent.output()
+    );
+    assert!(
+        !up.seen().iter().any(|p| p.contains("tfo-leak")),
+        "the secret left"
+    );
+}
