@@ -202,7 +202,7 @@ pub async fn run(start: Start) -> anyhow::Result<()> {
             };
             let (redirector, table) = Redirector::attach(&redirect_cfg)
                 .with_context(|| format!("attaching to cgroup {cgroup}"))?;
-            let table = Arc::new(table);
+            let table: Arc<dyn transparent::OrigDsts> = Arc::new(table);
             admin.set_ebpf(Some(cgroup.clone()));
             for listener in listeners {
                 tokio::spawn(transparent::serve(
