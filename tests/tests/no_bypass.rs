@@ -397,3 +397,78 @@ s.settimeout(5)\nprint(s.recv(100).split(b'\\r\\n')[0].decode())\n",
         "the secret left"
     );
 }
+
+#[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root and the eBPF build: run `cargo xtask test`"
+)]
+fn grpc_messages_compressed_inside_the_body_are_refused() {
+    require_root();
+    let cg = TestCgroup::new("grpc-gzip");
+    let up = Upstream::start("127.0.0.1:0".parse().unwrap());
+    let agent = start_agent(&cg, &[]);
+    // A gRPC request whose one message is gzip'd (flag 1), as
+    // `grpc-encoding: gzip` declares: the secret is invisible in the bytes.
+    let dir = std::env::temp_dir().join(format!("plk-grpc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let frame = dir.join("frame.bin");
+    let msg = {
+        use std::io::Write as _;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(format!("token {SECRET}").as_bytes()).unwrap();
+        gz.finish().unwrap()
+    };
+    let mut body = vec![1u8];
+    body.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    body.extend_from_slice(&msg);
+    std::fs::write(&frame, &body).unwrap();
+    let data = format!("@{}", frame.display());
+    let (code, _) = curl(
+        &cg,
+        &[
+            "-H",
+            "content-type: application/grpc",
+            "-H",
+            "grpc-encoding: gzip",
+            "--data-binary",
+            &data,
+            &up.url("/grpc-up"),
+        ],
+    );
+    assert_eq!(code, "403", "agent log:\n{}", agent.output());
+    assert!(
+        !up.seen().iter().any(|p| p.contains("grpc-up")),
+        "the compressed message left"
+    );
+    // The same message uncompressed (identity) is scanned as it is: the
+    // secret is found in the frame.
+    let mut plain = vec![0u8];
+    let text = format!("token {SECRET}");
+    plain.extend_from_slice(&(text.len() as u32).to_be_bytes());
+    plain.extend_from_slice(text.as_bytes());
+    std::fs::write(&frame, &plain).unwrap();
+    let (code, _) = curl(
+        &cg,
+        &[
+            "-H",
+            "content-type: application/grpc",
+            "-H",
+            "grpc-encoding: identity",
+            "--data-binary",
+            &data,
+            &up.url("/grpc-plain"),
+        ],
+    );
+    assert_eq!(code, "403");
+    // An answer compressed message by message: not passed to the client.
+    let (code, _) = curl(&cg, &[&up.url("/grpc-gzip")]);
+    assert_ne!(code, "200", "agent log:\n{}", agent.output());
+    let f = agent
+        .records()
+        .into_iter()
+        .find(|r| r["rule_id"] == "scanner.unscannable" && r["direction"] == "response")
+        .unwrap_or_else(|| panic!("no response finding; log:\n{}", agent.output()));
+    assert_eq!(f["action"], "block", "{f}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

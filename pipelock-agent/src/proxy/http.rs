@@ -367,6 +367,9 @@ impl HttpConn {
         if let Decision::Block(b) = decision {
             return block_response(&state, b, down_version);
         }
+        if let Err(b) = grpc_compression_filter(&state, false, &mut parts.headers) {
+            return block_response(&state, b, down_version);
+        }
         let pool = match &self.upstream {
             Ok(p) => p.clone(),
             Err(reason) => {
@@ -455,6 +458,9 @@ impl HttpConn {
         lock(&state).outcome.status = Some(rparts.status.as_u16());
         let decision = lock(&state).exchange.response_filter(&rparts);
         if let Decision::Block(b) = decision {
+            return block_response(&state, b, down_version);
+        }
+        if let Err(b) = grpc_compression_filter(&state, true, &mut rparts.headers) {
             return block_response(&state, b, down_version);
         }
         strip_hop_by_hop(&mut rparts.headers, switching && !connect);
@@ -633,6 +639,43 @@ impl BodyScan for RequestScan<'_> {
     }
     fn trailers(&mut self, trailers: &HeaderMap) -> Decision {
         lock(self.0).trailers_filter(Dir::Request, trailers)
+    }
+}
+
+/// gRPC compresses message by message (`grpc-encoding`), inside a body
+/// that carries no Content-Encoding: such messages cannot be scanned. The
+/// agent asks for uncompressed answers (`grpc-accept-encoding` removed
+/// from requests); a body declared compressed anyway (any coding but
+/// `identity`) is [`Exchange::unscannable`]: refused in strict and
+/// balanced, let through with a finding in audit.
+fn grpc_compression_filter(
+    state: &Shared,
+    response: bool,
+    headers: &mut HeaderMap,
+) -> Result<(), Block> {
+    if !response {
+        headers.remove("grpc-accept-encoding");
+    }
+    let coding = headers
+        .get_all("grpc-encoding")
+        .iter()
+        .map(|v| {
+            String::from_utf8_lossy(v.as_bytes())
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .find(|c| c != "identity");
+    let Some(coding) = coding else {
+        return Ok(());
+    };
+    let what: String = format!("grpc-encoding:{coding}")
+        .chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(40)
+        .collect();
+    match lock(state).exchange.unscannable(response, &what) {
+        Decision::Block(b) => Err(b),
+        Decision::Continue => Ok(()),
     }
 }
 
