@@ -578,8 +578,9 @@ impl ScanExchange {
                 jwt::audience_ok(v, is_auth_header(lname), self.conn.verified_name.as_deref());
             let tail = self.hits.split_off(before);
             self.hits.extend(tail.into_iter().filter(|h| {
-                !(carrier && h.meta.id == "dlp.credential_assignment")
-                    && !(jwt_ok && h.meta.id == "dlp.jwt")
+                let generic = carrier && h.meta.id == "dlp.credential_assignment";
+                let own_jwt = jwt_ok && h.meta.id == "dlp.jwt";
+                !(generic || own_jwt)
             }));
         }
     }
