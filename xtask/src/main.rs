@@ -47,9 +47,10 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Run a benchmark: relay, tls or scan.
+    /// Run a benchmark: relay, tls, scan or detect (the detection corpus
+    /// through the real agent; root).
     Bench {
-        #[arg(value_parser = ["relay", "tls", "scan"])]
+        #[arg(value_parser = ["relay", "tls", "scan", "detect"])]
         name: String,
     },
     /// rustfmt check and clippy -D warnings on the whole workspace.
