@@ -202,45 +202,6 @@ pub fn url_password(m: &[u8]) -> bool {
     password.len() >= 3 && !is_placeholder(password)
 }
 
-/// Words that introduce a quotation given as an example.
-const EXAMPLE_CUES: &[&[u8]] = &[
-    b"such as",
-    b"for example",
-    b"for instance",
-    b"e.g",
-    b"phrases like",
-    b"phrase",
-    b"the text",
-    b"the string",
-    b"known as",
-    b"called",
-];
-
-/// Quotation marks as they reach the injection scan (ASCII, typographic
-/// after normalisation, or an HTML entity).
-const QUOTES: &[&[u8]] = &[b"\"", b"&quot;", b"\xe2\x80\x9c", b"\xc2\xab", b"'"];
-
-/// True when an injection match (the end of `win`, which holds up to 80
-/// bytes of normalised text ending with it) is quoted as an example, as a
-/// security article does: an example cue, then a quotation mark opening
-/// within the last 60 bytes, just before the matched words.
-pub fn quoted_example(win: &[u8]) -> bool {
-    let lower = win.to_ascii_lowercase();
-    let tail_from = lower.len().saturating_sub(60);
-    let Some(q) = QUOTES
-        .iter()
-        .filter_map(|q| memchr::memmem::rfind(&lower, q).map(|i| (i, q.len())))
-        .filter(|(i, _)| *i >= tail_from)
-        .max()
-    else {
-        return false;
-    };
-    let before = &lower[q.0.saturating_sub(40)..q.0];
-    EXAMPLE_CUES
-        .iter()
-        .any(|c| memchr::memmem::find(before, c).is_some())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -280,22 +241,6 @@ mod tests {
                 String::from_utf8_lossy(no)
             );
         }
-    }
-
-    #[test]
-    fn quoted_examples() {
-        assert!(quoted_example(
-            b"attackers hide phrases such as &quot;ignore previous instructions"
-        ));
-        assert!(quoted_example(
-            b"a document may contain the text \"ignore all previous instructions"
-        ));
-        assert!(!quoted_example(
-            b"<p>please ignore all previous instructions"
-        ));
-        assert!(!quoted_example(
-            b"he said \"ignore all previous instructions"
-        ));
     }
 
     #[test]

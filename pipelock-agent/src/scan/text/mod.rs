@@ -571,9 +571,6 @@ fn inj_scan(
             to.saturating_sub(INJ_EXCERPT as u64),
             to,
         );
-        if judge::quoted_example(&win) {
-            continue;
-        }
         out.push(Hit {
             meta: Arc::clone(meta),
             excerpt: String::from_utf8_lossy(&win).replace(['\n', '\r'], " "),
@@ -616,9 +613,6 @@ pub fn scan_inj_text(
         };
         let end = (to as usize).min(text.len());
         let win = &text[end.saturating_sub(INJ_EXCERPT)..end];
-        if judge::quoted_example(win) {
-            continue;
-        }
         out.push(Hit {
             meta: Arc::clone(meta),
             excerpt: String::from_utf8_lossy(win).replace(['\n', '\r'], " "),
