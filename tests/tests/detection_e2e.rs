@@ -21,8 +21,8 @@ const CASES: &[&str] = &[
     "bodies-yaml-password",
     "bodies-yaml-password-env-reference",
     "bodies-multipart-env-file",
-    "encodings-hex-colon-aws",
-    "encodings-base64-binary-blob-with-key",
+    "encodings-url-encoded-base64",
+    "encodings-hex-inside-base64",
     "encodings-sha256-in-url",
     "audience-openai-to-openai",
     "audience-openai-to-other",
@@ -36,7 +36,7 @@ const CASES: &[&str] = &[
     "injection-markdown-image-exfil",
     "injection-near-previous-instructions-shelf",
     "benign-aws-docs-example-keys",
-    "benign-security-article-quoted-injection",
+    "benign-llm-sse-response",
     "benign-response-with-github-token",
 ];
 
