@@ -47,6 +47,19 @@ impl Start {
     }
 }
 
+/// What `run` checks of the effective config before touching the system
+/// (also `check-config` with flags): the kernel redirect needs an IPv4
+/// `--redirect-addr`.
+pub fn check_start_flags(cfg: &Config) -> anyhow::Result<()> {
+    let redirect_addr = cfg.interceptor.redirect_addr;
+    if cfg.interceptor.cgroup.is_some() && !redirect_addr.is_ipv4() {
+        bail!(
+            "--redirect-addr {redirect_addr} must be an IPv4 address; use --redirect-addr6 for IPv6"
+        );
+    }
+    Ok(())
+}
+
 /// Runs the agent until a termination signal.
 pub async fn run(start: Start) -> anyhow::Result<()> {
     let cfg = start.effective();
@@ -64,13 +77,9 @@ pub async fn run(start: Start) -> anyhow::Result<()> {
         // Only interceptor.mode_overrides would need it (and fail without it).
         None => redirect::cgroup2_mount().unwrap_or_else(|_| PathBuf::from("/sys/fs/cgroup")),
     };
+    check_start_flags(&cfg)?;
     let cgroup_dir = match &cgroup {
         Some(c) => {
-            if !redirect_addr.is_ipv4() {
-                bail!(
-                    "--redirect-addr {redirect_addr} must be an IPv4 address; use --redirect-addr6 for IPv6"
-                );
-            }
             let dir = redirect::resolve_cgroup(&mount, c)?;
             redirect::check_privilege()?;
             Some(dir)
