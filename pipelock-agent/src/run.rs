@@ -19,6 +19,7 @@ use crate::{
     cli::RunArgs,
     config::pipelock::{PatternSeverity, ResponseAction, WarnBlock},
     config::{self, Config, Loaded, reload},
+    export::Exporter,
     pipeline::{CustomPattern, ScanConfig, ScanPipeline},
     proxy::{
         LiveContext, ProxyContext, forward, hold::BodyHold, limits::ConnLimits,
@@ -92,7 +93,16 @@ pub async fn run(start: Start) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     // One kill switch too: its API and signal states outlive reloads.
     let kill_switch = Arc::new(KillSwitch::new(&cfg.kill_switch, Some(metrics.clone())));
-    let pipeline = scan_pipeline(&cfg, &mount, &metrics, &kill_switch)?;
+    // One exporter too (emit is start-only); its sinks use the upstream trust store.
+    let exporter = Arc::new(
+        Exporter::start(
+            &cfg.emit,
+            Some(tls.client_config(crate::tls::AlpnOffer::Http11)),
+            metrics.clone(),
+        )
+        .context("starting event export (emit)")?,
+    );
+    let pipeline = scan_pipeline(&cfg, &mount, &metrics, &kill_switch, &exporter)?;
     // Installed early: SIGUSR1's default action would end the process.
     let mut usr1 = signal(SignalKind::user_defined1()).context("installing SIGUSR1 handler")?;
     let admin = Arc::new(Admin::new(&cfg, metrics.clone(), kill_switch.clone()));
@@ -261,6 +271,7 @@ pub async fn run(start: Start) -> anyhow::Result<()> {
         live: &live,
         metrics: &metrics,
         kill_switch: &kill_switch,
+        exporter: &exporter,
     };
     if let Some(listener) = api_listener {
         tracing::info!(
@@ -347,6 +358,7 @@ struct Reloader<'a> {
     live: &'a Arc<LiveContext>,
     metrics: &'a Arc<Metrics>,
     kill_switch: &'a Arc<KillSwitch>,
+    exporter: &'a Arc<Exporter>,
 }
 
 /// Checks a reloaded file and swaps it in, or keeps the running config.
@@ -359,6 +371,7 @@ async fn apply_reload(r: reload::Reload, env: &Reloader<'_>, running: &mut Runni
         live,
         metrics,
         kill_switch,
+        exporter,
     } = *env;
     let trigger = r.trigger.as_str();
     let loaded = match r.result {
@@ -389,13 +402,15 @@ async fn apply_reload(r: reload::Reload, env: &Reloader<'_>, running: &mut Runni
         );
     }
     let new = reload::keep_start_only(&running.config, new);
-    let (cfg, mnt, metrics, ks) = (
+    let (cfg, mnt, metrics, ks, ex) = (
         new.clone(),
         mount.to_path_buf(),
         metrics.clone(),
         kill_switch.clone(),
+        exporter.clone(),
     );
-    let built = tokio::task::spawn_blocking(move || scan_pipeline(&cfg, &mnt, &metrics, &ks)).await;
+    let built =
+        tokio::task::spawn_blocking(move || scan_pipeline(&cfg, &mnt, &metrics, &ks, &ex)).await;
     let pipeline = match built {
         Ok(Ok(p)) => p,
         Ok(Err(e)) => {
@@ -546,6 +561,7 @@ fn scan_pipeline(
     mount: &Path,
     metrics: &Arc<Metrics>,
     kill_switch: &Arc<KillSwitch>,
+    exporter: &Arc<Exporter>,
 ) -> anyhow::Result<ScanPipeline> {
     // Each override covers its cgroup's whole subtree (containers live in
     // leaf cgroups below the pod's); a missing cgroup is an error here.
@@ -558,7 +574,8 @@ fn scan_pipeline(
     let started = std::time::Instant::now();
     let pipeline = ScanPipeline::with_metrics(scan_config(cfg, subtrees), metrics.clone())
         .context("building the scan engine")?
-        .with_kill_switch(kill_switch.clone());
+        .with_kill_switch(kill_switch.clone())
+        .with_exporter(exporter.clone());
     tracing::info!(
         mode = cfg.effective_mode().as_str(),
         compile_ms = started.elapsed().as_millis() as u64,
