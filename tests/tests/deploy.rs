@@ -135,12 +135,13 @@ fn assert_valid(path: &Path, docs: &[Value]) {
     assert!(ok, "kubernetes-validate failed:\n{out}");
     let passed = out.lines().filter(|l| l.contains(" passed for ")).count();
     let crds = kind(docs, "ServiceMonitor").len();
-    assert_eq!(passed + crds, docs.len(), "not every resource validated:\n{out}");
+    assert_eq!(
+        passed + crds,
+        docs.len(),
+        "not every resource validated:\n{out}"
+    );
     for l in out.lines().filter(|l| l.starts_with("WARN")) {
-        assert!(
-            l.contains("kind ServiceMonitor"),
-            "unexpected warning: {l}"
-        );
+        assert!(l.contains("kind ServiceMonitor"), "unexpected warning: {l}");
     }
     let lint = yamllint(path);
     assert!(lint.status.success(), "yamllint:\n{}", text(&lint));
@@ -170,7 +171,11 @@ fn chart_renders_validates_and_carries_one_ca_for_every_node() {
     let (ca_dir, ca_pem) = agent_ca();
     let out = tmpdir("full").join("all.yaml");
     let values = out.with_file_name("values.yaml");
-    std::fs::write(&values, "mcp:\n  enabled: true\nsure:\n  namespace: sure-prod\n").unwrap();
+    std::fs::write(
+        &values,
+        "mcp:\n  enabled: true\nsure:\n  namespace: sure-prod\n",
+    )
+    .unwrap();
     let o = render(
         &out,
         &[
@@ -191,11 +196,17 @@ fn chart_renders_validates_and_carries_one_ca_for_every_node() {
         let spec = &d["spec"]["template"]["spec"];
         assert_eq!(spec["nodeSelector"]["pipelock.sure.am/mode"], mode);
         assert_eq!(spec["hostNetwork"], true);
-        assert_eq!(d["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"], 1);
+        assert_eq!(
+            d["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"],
+            1
+        );
         let c = &spec["containers"][0];
         let args = strs(&c["args"]);
         assert!(args.contains(&format!("--mode={mode}")), "{args:?}");
-        assert!(args.iter().any(|a| a.starts_with("--mcp-listen=$(HOST_IP):")));
+        assert!(
+            args.iter()
+                .any(|a| a.starts_with("--mcp-listen=$(HOST_IP):"))
+        );
         let sc = &c["securityContext"];
         assert_eq!(sc["privileged"], false);
         let caps: BTreeSet<String> = strs(&sc["capabilities"]["add"]).into_iter().collect();
@@ -212,12 +223,22 @@ fn chart_renders_validates_and_carries_one_ca_for_every_node() {
             .iter()
             .map(|m| m["mountPath"].as_str().unwrap().to_owned())
             .collect();
-        for p in ["/sys/fs/cgroup", "/sys/fs/bpf", "/sys/kernel/btf", "/var/lib/pipelock", "/etc/pipelock/ca"] {
+        for p in [
+            "/sys/fs/cgroup",
+            "/sys/fs/bpf",
+            "/sys/kernel/btf",
+            "/var/lib/pipelock",
+            "/etc/pipelock/ca",
+        ] {
             assert!(mounts.contains(p), "{p} not mounted: {mounts:?}");
         }
         for probe in ["startupProbe", "livenessProbe", "readinessProbe"] {
             let cmd = strs(&c[probe]["exec"]["command"]);
-            assert_eq!(&cmd[..3], ["pipelock-agent", "healthcheck", "--addr"], "{probe}");
+            assert_eq!(
+                &cmd[..3],
+                ["pipelock-agent", "healthcheck", "--addr"],
+                "{probe}"
+            );
         }
         let ca_vol = spec["volumes"]
             .as_sequence()
@@ -246,7 +267,12 @@ fn chart_renders_validates_and_carries_one_ca_for_every_node() {
     let cm = named(&docs, "ConfigMap", "pipelock-agent-ca");
     assert_eq!(cm["metadata"]["namespace"], "sure-prod");
     assert_eq!(cm["data"]["ca.crt"].as_str().unwrap().trim(), ca_pem.trim());
-    assert!(cm["data"]["ca-bundle.crt"].as_str().unwrap().starts_with(ca_pem.trim()));
+    assert!(
+        cm["data"]["ca-bundle.crt"]
+            .as_str()
+            .unwrap()
+            .starts_with(ca_pem.trim())
+    );
 
     // The agent loads the pair from the Secret as it would from its mount.
     let mounted = tmpdir("secret");
@@ -272,7 +298,11 @@ fn chart_refuses_to_render_without_a_shared_ca() {
     let out = tmpdir("noca").join("all.yaml");
     let o = render(&out, &[]);
     assert!(!o.status.success());
-    assert!(text(&o).contains("every node must use the same CA"), "{}", text(&o));
+    assert!(
+        text(&o).contains("every node must use the same CA"),
+        "{}",
+        text(&o)
+    );
 }
 
 #[test]
@@ -283,7 +313,10 @@ fn rendered_set_is_what_the_chart_renders() {
         &out,
         &[
             "--values".into(),
-            repo().join("deploy/rendered/values.yaml").display().to_string(),
+            repo()
+                .join("deploy/rendered/values.yaml")
+                .display()
+                .to_string(),
         ],
     );
     assert!(o.status.success(), "render: {}", text(&o));
@@ -305,11 +338,15 @@ fn rendered_set_is_what_the_chart_renders() {
 fn kubernetes_validate_rejects_a_broken_daemonset() {
     // The validator can fail: the committed DaemonSet with one field of the
     // wrong type, and one unknown field (strict).
-    let committed = std::fs::read_to_string(repo().join("deploy/rendered/pipelock-agent.yaml")).unwrap();
+    let committed =
+        std::fs::read_to_string(repo().join("deploy/rendered/pipelock-agent.yaml")).unwrap();
     let dir = tmpdir("broken");
     for (i, (from, to)) in [
         ("hostNetwork: true", "hostNetwork: \"yes\""),
-        ("hostNetwork: true", "hostNetwork: true\n      hostNetworking: true"),
+        (
+            "hostNetwork: true",
+            "hostNetwork: true\n      hostNetworking: true",
+        ),
     ]
     .iter()
     .enumerate()
@@ -355,7 +392,9 @@ fn daemonset_config_and_args_load_in_the_agent() {
         let out = text(&o);
         assert!(o.status.success(), "check-config {args:?}: {out}");
         assert!(
-            out.contains(&format!("ok (mode {mode}, cgroup /kubepods.slice, fail_mode open, 0 notices)")),
+            out.contains(&format!(
+                "ok (mode {mode}, cgroup /kubepods.slice, fail_mode open, 0 notices)"
+            )),
             "{out}"
         );
         // The same check fails on a bad argument and on a bad config key.
@@ -388,8 +427,14 @@ fn daemonset_probe_answers_from_a_running_agent() {
     let cfg = std::fs::read_to_string(&file)
         .unwrap()
         .replace("  cgroup: /kubepods.slice\n", "")
-        .replace("metrics_listen: 0.0.0.0:9090", &format!("metrics_listen: 127.0.0.1:{port}"))
-        .replace("/var/lib/pipelock", &dir.join("state").display().to_string());
+        .replace(
+            "metrics_listen: 0.0.0.0:9090",
+            &format!("metrics_listen: 127.0.0.1:{port}"),
+        )
+        .replace(
+            "/var/lib/pipelock",
+            &dir.join("state").display().to_string(),
+        );
     std::fs::write(&file, cfg).unwrap();
     let fwd = free_port();
     args.retain(|a| !a.starts_with("--listen=") && !a.starts_with("--redirect-addr="));
@@ -397,7 +442,8 @@ fn daemonset_probe_answers_from_a_running_agent() {
     args.push(format!("--ca-cert={}", ca_dir.join("ca.crt").display()));
     args.push(format!("--ca-key={}", ca_dir.join("ca.key").display()));
     let ds = named(&docs, "DaemonSet", "pipelock-agent-balanced");
-    let probe = strs(&ds["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["exec"]["command"]);
+    let probe =
+        strs(&ds["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["exec"]["command"]);
     let probe: Vec<String> = probe[1..]
         .iter()
         .map(|a| a.replace("127.0.0.1:9090", &format!("127.0.0.1:{port}")))
@@ -434,11 +480,13 @@ fn daemonset_probe_answers_from_a_running_agent() {
 
 #[test]
 fn sure_values_are_valid_pod_fields_pointing_at_the_agent() {
-    let values: Value =
-        serde_yaml::from_str(&std::fs::read_to_string(repo().join("deploy/sure-values.yaml")).unwrap())
-            .unwrap();
+    let values: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(repo().join("deploy/sure-values.yaml")).unwrap(),
+    )
+    .unwrap();
     let chart: Value =
-        serde_yaml::from_str(&std::fs::read_to_string(chart().join("values.yaml")).unwrap()).unwrap();
+        serde_yaml::from_str(&std::fs::read_to_string(chart().join("values.yaml")).unwrap())
+            .unwrap();
     assert_eq!(values["pipelock"]["enabled"], false);
     let env = &values["rails"]["extraEnvVars"];
     let get = |name: &str| {
@@ -449,9 +497,20 @@ fn sure_values_are_valid_pod_fields_pointing_at_the_agent() {
             .unwrap_or_else(|| panic!("no {name} in rails.extraEnvVars"))
     };
     let port = chart["ports"]["forward"].as_u64().unwrap();
-    assert_eq!(get("HTTPS_PROXY")["value"], format!("http://$(PIPELOCK_NODE_IP):{port}").as_str());
-    assert_eq!(get("PIPELOCK_NODE_IP")["valueFrom"]["fieldRef"]["fieldPath"], "status.hostIP");
-    assert!(!get("NO_PROXY")["value"].as_str().unwrap().contains("cluster.local"));
+    assert_eq!(
+        get("HTTPS_PROXY")["value"],
+        format!("http://$(PIPELOCK_NODE_IP):{port}").as_str()
+    );
+    assert_eq!(
+        get("PIPELOCK_NODE_IP")["valueFrom"]["fieldRef"]["fieldPath"],
+        "status.hostIP"
+    );
+    assert!(
+        !get("NO_PROXY")["value"]
+            .as_str()
+            .unwrap()
+            .contains("cluster.local")
+    );
     for workload in ["web", "worker"] {
         let mount = &values[workload]["extraVolumeMounts"][0];
         let vol = &values[workload]["extraVolumes"][0];
@@ -460,8 +519,15 @@ fn sure_values_are_valid_pod_fields_pointing_at_the_agent() {
         let mut env: Vec<Value> = env.as_sequence().unwrap().clone();
         for var in ["SSL_CERT_FILE", "SSL_CA_FILE"] {
             let v = &values[workload]["extraEnv"][var];
-            assert_eq!(v, format!("{dir}/ca-bundle.crt").as_str(), "{workload} {var}");
-            env.push(serde_yaml::from_str(&format!("{{name: {var}, value: {}}}", v.as_str().unwrap())).unwrap());
+            assert_eq!(
+                v,
+                format!("{dir}/ca-bundle.crt").as_str(),
+                "{workload} {var}"
+            );
+            env.push(
+                serde_yaml::from_str(&format!("{{name: {var}, value: {}}}", v.as_str().unwrap()))
+                    .unwrap(),
+            );
         }
         // Sure's chart puts these into a Deployment's pod template: a
         // Deployment built from them must validate.

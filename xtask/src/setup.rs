@@ -122,7 +122,11 @@ fn python_venv(cache: &Path) -> anyhow::Result<()> {
     if std::fs::read_to_string(&stamp).is_ok_and(|s| s == want) {
         return Ok(());
     }
-    eprintln!("xtask: installing {} into {}", PIP_PACKAGES.join(" "), venv.display());
+    eprintln!(
+        "xtask: installing {} into {}",
+        PIP_PACKAGES.join(" "),
+        venv.display()
+    );
     run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
     run(Command::new(venv.join("bin/pip"))
         .args(["install", "-q", "--disable-pip-version-check"])
