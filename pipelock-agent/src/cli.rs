@@ -32,8 +32,9 @@ pub struct Cli {
 pub enum Command {
     /// Attach to a cgroup and intercept its outbound TCP connections (default).
     Run(Box<RunArgs>),
-    /// Check a config file without running: exit 0 when it loads, 1 when not.
-    CheckConfig(CheckConfigArgs),
+    /// Check a config file, and the `run` flags given with it, without
+    /// running: exit 0 when they load, 1 when not.
+    CheckConfig(Box<CheckConfigArgs>),
     /// Config file helpers.
     Config(ConfigArgs),
     /// Remove the pinned redirect of `fail_mode: closed` (connections go direct again).
@@ -57,8 +58,19 @@ pub struct HealthcheckArgs {
 
 #[derive(Debug, Args)]
 pub struct CheckConfigArgs {
-    /// The pipelock.yaml to check.
-    pub file: PathBuf,
+    /// The pipelock.yaml to check (or `--config FILE`).
+    pub file: Option<PathBuf>,
+    /// `run` flags to check with the file, as the agent would start with
+    /// them (e.g. a DaemonSet's arguments): `check-config --config F --mode strict`.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+impl CheckConfigArgs {
+    /// The file to check: FILE, else `--config`.
+    pub fn file(&self) -> Option<&PathBuf> {
+        self.file.as_ref().or(self.run.config.as_ref())
+    }
 }
 
 #[derive(Debug, Args)]

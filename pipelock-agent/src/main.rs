@@ -1,10 +1,10 @@
 //! pipelock-agent entry point: parse the command line, load the config,
 //! set up logging, run (or check a config, print the defaults, export the CA).
-use std::{path::Path, process::ExitCode};
+use std::process::ExitCode;
 
 use clap::Parser;
 use pipelock_agent::{
-    cli::{CaArgs, CaCommand, Cli, Command, DetachArgs, RunArgs},
+    cli::{CaArgs, CaCommand, CheckConfigArgs, Cli, Command, DetachArgs, RunArgs},
     config::{self, Loaded},
     run, telemetry,
 };
@@ -14,7 +14,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         None => start(cli.run),
         Some(Command::Run(args)) => start(*args),
-        Some(Command::CheckConfig(args)) => check_config(&args.file),
+        Some(Command::CheckConfig(args)) => check_config(*args),
         Some(Command::Config(_)) => {
             print!("{}", config::DEFAULTS_YAML);
             Ok(())
@@ -50,24 +50,38 @@ fn start(flags: RunArgs) -> anyhow::Result<()> {
     rt.block_on(run::run(start))
 }
 
-/// `check-config FILE`: loads and checks the file, compiles its patterns
-/// with the built-in rules, and lists the notices. Runs nothing.
-fn check_config(path: &Path) -> anyhow::Result<()> {
-    let loaded = config::load(path)?;
+/// `check-config FILE [run flags]`: loads and checks the file, applies the
+/// `run` flags given with it, compiles the patterns with the built-in
+/// rules, and lists the notices. Runs nothing.
+fn check_config(args: CheckConfigArgs) -> anyhow::Result<()> {
+    let path = args
+        .file()
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("check-config needs a FILE (or --config FILE)"))?;
+    let loaded = config::load(&path)?;
     for n in &loaded.notices {
         eprintln!("pipelock-agent: warning: {n}");
     }
+    let start = run::Start {
+        loaded,
+        flags: args.run,
+    };
+    let cfg = start.effective();
+    run::check_start_flags(&cfg).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     // Mode overrides name cgroups of the node the agent runs on; they are
     // resolved at start, not here.
-    let scan = run::scan_config(&loaded.config, Default::default());
+    let scan = run::scan_config(&cfg, Default::default());
     pipelock_agent::pipeline::ScanPipeline::new(scan)
         .map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))?;
+    let notices = start.loaded.notices.len();
     println!(
-        "{}: ok (mode {}, {} notice{})",
+        "{}: ok (mode {}, cgroup {}, fail_mode {}, {} notice{})",
         path.display(),
-        loaded.config.effective_mode().as_str(),
-        loaded.notices.len(),
-        if loaded.notices.len() == 1 { "" } else { "s" }
+        cfg.effective_mode().as_str(),
+        cfg.interceptor.cgroup.as_deref().unwrap_or("none"),
+        cfg.interceptor.fail_mode.as_str(),
+        notices,
+        if notices == 1 { "" } else { "s" }
     );
     Ok(())
 }

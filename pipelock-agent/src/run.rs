@@ -19,6 +19,7 @@ use crate::{
     cli::RunArgs,
     config::pipelock::{PatternSeverity, ResponseAction, WarnBlock},
     config::{self, Config, Loaded, reload},
+    export::Exporter,
     pipeline::{CustomPattern, ScanConfig, ScanPipeline},
     proxy::{
         LiveContext, ProxyContext, forward, hold::BodyHold, limits::ConnLimits,
@@ -47,6 +48,19 @@ impl Start {
     }
 }
 
+/// What `run` checks of the effective config before touching the system
+/// (also `check-config` with flags): the kernel redirect needs an IPv4
+/// `--redirect-addr`.
+pub fn check_start_flags(cfg: &Config) -> anyhow::Result<()> {
+    let redirect_addr = cfg.interceptor.redirect_addr;
+    if cfg.interceptor.cgroup.is_some() && !redirect_addr.is_ipv4() {
+        bail!(
+            "--redirect-addr {redirect_addr} must be an IPv4 address; use --redirect-addr6 for IPv6"
+        );
+    }
+    Ok(())
+}
+
 /// Runs the agent until a termination signal.
 pub async fn run(start: Start) -> anyhow::Result<()> {
     let cfg = start.effective();
@@ -64,13 +78,9 @@ pub async fn run(start: Start) -> anyhow::Result<()> {
         // Only interceptor.mode_overrides would need it (and fail without it).
         None => redirect::cgroup2_mount().unwrap_or_else(|_| PathBuf::from("/sys/fs/cgroup")),
     };
+    check_start_flags(&cfg)?;
     let cgroup_dir = match &cgroup {
         Some(c) => {
-            if !redirect_addr.is_ipv4() {
-                bail!(
-                    "--redirect-addr {redirect_addr} must be an IPv4 address; use --redirect-addr6 for IPv6"
-                );
-            }
             let dir = redirect::resolve_cgroup(&mount, c)?;
             redirect::check_privilege()?;
             Some(dir)
@@ -83,7 +93,16 @@ pub async fn run(start: Start) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     // One kill switch too: its API and signal states outlive reloads.
     let kill_switch = Arc::new(KillSwitch::new(&cfg.kill_switch, Some(metrics.clone())));
-    let pipeline = scan_pipeline(&cfg, &mount, &metrics, &kill_switch)?;
+    // One exporter too (emit is start-only); its sinks use the upstream trust store.
+    let exporter = Arc::new(
+        Exporter::start(
+            &cfg.emit,
+            Some(tls.client_config(crate::tls::AlpnOffer::Http11)),
+            metrics.clone(),
+        )
+        .context("starting event export (emit)")?,
+    );
+    let pipeline = scan_pipeline(&cfg, &mount, &metrics, &kill_switch, &exporter)?;
     // Installed early: SIGUSR1's default action would end the process.
     let mut usr1 = signal(SignalKind::user_defined1()).context("installing SIGUSR1 handler")?;
     let admin = Arc::new(Admin::new(&cfg, metrics.clone(), kill_switch.clone()));
@@ -259,6 +278,7 @@ pub async fn run(start: Start) -> anyhow::Result<()> {
         live: &live,
         metrics: &metrics,
         kill_switch: &kill_switch,
+        exporter: &exporter,
     };
     if let Some(listener) = api_listener {
         tracing::info!(
@@ -358,6 +378,7 @@ struct Reloader<'a> {
     live: &'a Arc<LiveContext>,
     metrics: &'a Arc<Metrics>,
     kill_switch: &'a Arc<KillSwitch>,
+    exporter: &'a Arc<Exporter>,
 }
 
 /// Checks a reloaded file and swaps it in, or keeps the running config.
@@ -405,6 +426,7 @@ async fn apply_reload(r: reload::Reload, env: &Reloader<'_>, running: &mut Runni
         live,
         metrics,
         kill_switch,
+        exporter,
     } = *env;
     let trigger = r.trigger.as_str();
     let loaded = match r.result {
@@ -435,13 +457,15 @@ async fn apply_reload(r: reload::Reload, env: &Reloader<'_>, running: &mut Runni
         );
     }
     let new = reload::keep_start_only(&running.config, new);
-    let (cfg, mnt, metrics, ks) = (
+    let (cfg, mnt, metrics, ks, ex) = (
         new.clone(),
         mount.to_path_buf(),
         metrics.clone(),
         kill_switch.clone(),
+        exporter.clone(),
     );
-    let built = tokio::task::spawn_blocking(move || scan_pipeline(&cfg, &mnt, &metrics, &ks)).await;
+    let built =
+        tokio::task::spawn_blocking(move || scan_pipeline(&cfg, &mnt, &metrics, &ks, &ex)).await;
     let pipeline = match built {
         Ok(Ok(p)) => p,
         Ok(Err(e)) => {
@@ -592,6 +616,7 @@ fn scan_pipeline(
     mount: &Path,
     metrics: &Arc<Metrics>,
     kill_switch: &Arc<KillSwitch>,
+    exporter: &Arc<Exporter>,
 ) -> anyhow::Result<ScanPipeline> {
     // Each override covers its cgroup's whole subtree (containers live in
     // leaf cgroups below the pod's); a missing cgroup is an error here.
@@ -604,7 +629,8 @@ fn scan_pipeline(
     let started = std::time::Instant::now();
     let pipeline = ScanPipeline::with_metrics(scan_config(cfg, subtrees), metrics.clone())
         .context("building the scan engine")?
-        .with_kill_switch(kill_switch.clone());
+        .with_kill_switch(kill_switch.clone())
+        .with_exporter(exporter.clone());
     tracing::info!(
         mode = cfg.effective_mode().as_str(),
         compile_ms = started.elapsed().as_millis() as u64,

@@ -22,11 +22,22 @@ const APT_PACKAGES: &[&str] = &[
     "python3",
     "python3-websockets",
     "python3-prometheus-client",
+    "python3-venv",
     "util-linux",
     "procps",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// PyPI tools of the deploy tests (tests/tests/deploy.rs), in a venv of
+/// their own under the cache dir: Helm's Go SDK behind a Python binding
+/// (the `helm` binary is in no registry this project can use), the
+/// Kubernetes schema validator and yamllint.
+const PIP_PACKAGES: &[&str] = &[
+    "helm-python-sdk==0.2.2",
+    "kubernetes-validate==1.37.0",
+    "yamllint==1.38.0",
+];
 
 /// Environment for cargo and the agent: PATH with the cached bpf-linker first.
 pub struct Env {
@@ -60,6 +71,7 @@ pub fn ensure(_root: &Path) -> anyhow::Result<Env> {
     apt_packages()?;
     rust_src()?;
     let bin = bpf_linker(&cache)?;
+    python_venv(&cache)?;
     let mut path = OsString::from(bin);
     if let Some(old) = std::env::var_os("PATH") {
         path.push(":");
@@ -99,6 +111,27 @@ fn apt_packages() -> anyhow::Result<()> {
         .args(["install", "-y", "-qq", "--no-install-recommends"])
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+/// `<cache>/venv` with [`PIP_PACKAGES`]; a stamp file lists what was
+/// installed, so a changed list reinstalls.
+fn python_venv(cache: &Path) -> anyhow::Result<()> {
+    let venv = cache.join("venv");
+    let stamp = venv.join("pipelock-packages.txt");
+    let want = PIP_PACKAGES.join("\n");
+    if std::fs::read_to_string(&stamp).is_ok_and(|s| s == want) {
+        return Ok(());
+    }
+    eprintln!(
+        "xtask: installing {} into {}",
+        PIP_PACKAGES.join(" "),
+        venv.display()
+    );
+    run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+    run(Command::new(venv.join("bin/pip"))
+        .args(["install", "-q", "--disable-pip-version-check"])
+        .args(PIP_PACKAGES))?;
+    std::fs::write(&stamp, want).with_context(|| format!("writing {}", stamp.display()))
 }
 
 fn dpkg_installed(pkg: &str) -> bool {

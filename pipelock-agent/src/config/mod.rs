@@ -5,6 +5,7 @@
 //! file, then command-line flags (`crate::cli`). `support` lists the keys
 //! accepted without being acted on yet; `reload` swaps a new file in live.
 mod duration;
+pub mod emit;
 pub mod interceptor;
 mod lines;
 pub mod pipelock;
@@ -61,8 +62,7 @@ pub struct Config {
     pub fetch_proxy: pipelock::Opaque,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mcp_ws_listener: pipelock::Opaque,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub emit: pipelock::Opaque,
+    pub emit: emit::Emit,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub adaptive_enforcement: pipelock::Opaque,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -147,7 +147,7 @@ impl Default for Config {
             metrics_listen: None,
             fetch_proxy: None,
             mcp_ws_listener: None,
-            emit: None,
+            emit: Default::default(),
             adaptive_enforcement: None,
             cross_request_detection: None,
             scan_api: None,
@@ -300,6 +300,9 @@ impl Config {
                     format!("pattern {:?} does not compile: {e}", p.name),
                 );
             }
+        }
+        if let Err((key, message)) = self.emit.check() {
+            return fail(key, message);
         }
         Ok(())
     }

@@ -184,6 +184,7 @@ const RESTART_ONLY: &[(&str, Getter)] = &[
     ("metrics_listen", |c| format!("{:?}", c.metrics_listen)),
     ("logging.output", |c| format!("{:?}", c.logging.output)),
     ("logging.file", |c| format!("{:?}", c.logging.file)),
+    ("emit", |c| format!("{:?}", c.emit)),
 ];
 
 /// The keys of `new` that differ from `running` but only apply at start.
@@ -233,6 +234,7 @@ pub fn keep_start_only(running: &Config, mut new: Config) -> Config {
     new.metrics_listen.clone_from(&running.metrics_listen);
     new.logging.output = running.logging.output;
     new.logging.file.clone_from(&running.logging.file);
+    new.emit.clone_from(&running.emit);
     new
 }
 

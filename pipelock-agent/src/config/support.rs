@@ -240,7 +240,6 @@ const RULES: &[Rule] = &[
 pub const OPAQUE_SECTIONS: &[&str] = &[
     "fetch_proxy",
     "mcp_ws_listener",
-    "emit",
     "adaptive_enforcement",
     "cross_request_detection",
     "scan_api",

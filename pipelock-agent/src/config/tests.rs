@@ -92,8 +92,11 @@ fn chart_variants_load() {
     );
     let l = ok(&extra);
     assert!(l.config.session_profiling.enabled);
-    assert!(l.config.emit.is_some());
-    assert!(l.notices.iter().any(|n| n.path == "emit"));
+    assert_eq!(
+        l.config.emit.webhook.as_ref().map(|w| w.url.as_str()),
+        Some("https://hooks.example/x")
+    );
+    assert!(!l.notices.iter().any(|n| n.path == "emit"));
     assert!(
         l.notices
             .iter()
@@ -230,4 +233,51 @@ fn defaults_file_is_complete_and_is_the_defaults() {
     }
     walk(&value, String::new(), &lines, &mut missing);
     assert!(missing.is_empty(), "not in defaults.yaml: {missing:?}");
+}
+
+#[test]
+fn emit_section_is_read_and_checked() {
+    let l = ok(
+        "emit:\n  instance_id: n1\n  webhook:\n    url: https://hooks.example/x\n  syslog:\n    address: tcp://logs.example:6514\n    facility: local3\n  otlp:\n    endpoint: http://otel:4318\n    gzip: true\n",
+    );
+    let e = &l.config.emit;
+    assert_eq!(e.instance_id.as_deref(), Some("n1"));
+    let w = e.webhook.as_ref().unwrap();
+    assert_eq!((w.timeout_seconds, w.queue_size), (5, 64));
+    assert_eq!(w.min_severity, super::emit::EventSeverity::Warn);
+    let s = e.syslog.as_ref().unwrap();
+    assert_eq!(
+        s.target().unwrap(),
+        (
+            super::emit::SyslogTransport::Tcp,
+            "logs.example:6514".to_owned()
+        )
+    );
+    assert_eq!(s.tag, "pipelock");
+    let o = e.otlp.as_ref().unwrap();
+    assert_eq!(o.logs_url(), "http://otel:4318/v1/logs");
+    assert_eq!(o.queue_size, 256);
+    for (text, key) in [
+        ("emit:\n  webhook:\n    url: ftp://x/\n", "emit.webhook.url"),
+        (
+            "emit:\n  syslog:\n    address: quic://x:1\n",
+            "emit.syslog.address",
+        ),
+        ("emit:\n  syslog:\n    address: x\n", "emit.syslog.address"),
+        (
+            "emit:\n  syslog:\n    address: x:514\n    facility: local9\n",
+            "emit.syslog.facility",
+        ),
+        (
+            "emit:\n  otlp:\n    endpoint: http://o\n    queue_size: 0\n",
+            "emit.otlp.queue_size",
+        ),
+        (
+            "emit:\n  webhook:\n    url: http://x/\n    retries: 3\n",
+            "emit.webhook.retries",
+        ),
+    ] {
+        let e = parse(text).expect_err(text);
+        assert_eq!(e.key, key, "{text}");
+    }
 }

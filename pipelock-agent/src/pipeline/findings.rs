@@ -1,12 +1,14 @@
 //! The findings log and scan counters: one JSON line per finding (tracing
 //! target `pipelock::finding`) with rule, severity, confidence, direction,
 //! host, method, path, a redacted excerpt, the action taken and the
-//! attribution of the connection; and how a finding is counted in the
-//! metrics (`crate::telemetry::metrics`).
+//! attribution of the connection; how a finding is counted in the
+//! metrics (`crate::telemetry::metrics`); and its hand-off to the event
+//! export (`crate::export`). [`report_finding`] does all three.
 use serde::Serialize;
 
 use crate::{
     config::Mode,
+    export::Exporter,
     pipeline::{ConnMeta, verdict::Action},
     scan::engine::patterns::{Confidence, RuleClass, Severity},
     telemetry::metrics::Metrics,
@@ -83,6 +85,20 @@ pub fn redact_path(path: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join("/")
+}
+
+/// Logs, counts and exports one finding: the one place findings leave the pipeline.
+pub fn report_finding(
+    f: &Finding,
+    mode: Mode,
+    info: &ExchangeInfo,
+    conn: &ConnMeta,
+    metrics: &Metrics,
+    exporter: &Exporter,
+) {
+    log_finding(f, mode, info, conn);
+    f.count(metrics);
+    exporter.emit(f, mode, info, conn);
 }
 
 /// Writes one finding as one log line (JSON when `--log-format json`).

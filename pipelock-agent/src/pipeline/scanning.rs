@@ -13,10 +13,11 @@ use std::{
 use crate::{
     admin::kill_switch::KillSwitch,
     config::Mode,
+    export::Exporter,
     pipeline::{
         Block, ConnMeta, Decision, Exchange, Outcome, Pipeline,
         destination::DestPolicy,
-        findings::{Direction, ExchangeInfo, Finding, log_finding, redact_path},
+        findings::{Direction, ExchangeInfo, Finding, redact_path, report_finding},
         subtree::SubtreeModes,
         verdict::{self, Action, Policy},
     },
@@ -163,6 +164,8 @@ struct Shared {
     metrics: Arc<Metrics>,
     /// Checked first on every request (and WebSocket message).
     kill_switch: Arc<KillSwitch>,
+    /// Where findings are exported (the process's one exporter).
+    exporter: Arc<Exporter>,
 }
 
 /// The scanning pipeline. Cheap to clone; shared by all listeners.
@@ -223,6 +226,7 @@ impl ScanPipeline {
                 cfg,
                 metrics,
                 kill_switch: Arc::default(),
+                exporter: Arc::default(),
             }),
         })
     }
@@ -238,6 +242,23 @@ impl ScanPipeline {
                 cfg: s.cfg.clone(),
                 metrics: Arc::clone(&s.metrics),
                 kill_switch,
+                exporter: Arc::clone(&s.exporter),
+            }),
+        }
+    }
+
+    /// The same pipeline, exporting its findings through `exporter` (the
+    /// process's one exporter, which outlives a pipeline rebuilt on reload).
+    pub fn with_exporter(self, exporter: Arc<Exporter>) -> Self {
+        let s = &self.shared;
+        ScanPipeline {
+            shared: Arc::new(Shared {
+                engine: Arc::clone(&s.engine),
+                policy: s.policy.clone(),
+                cfg: s.cfg.clone(),
+                metrics: Arc::clone(&s.metrics),
+                kill_switch: Arc::clone(&s.kill_switch),
+                exporter,
             }),
         }
     }
@@ -407,8 +428,14 @@ impl ScanExchange {
                 excerpt: hit.excerpt,
                 action,
             };
-            log_finding(&finding, self.mode, &self.info, &self.conn);
-            finding.count(&self.shared.metrics);
+            report_finding(
+                &finding,
+                self.mode,
+                &self.info,
+                &self.conn,
+                &self.shared.metrics,
+                &self.shared.exporter,
+            );
             if action == Action::Block {
                 if block_ids.is_empty() {
                     block_class = finding.class.as_str();

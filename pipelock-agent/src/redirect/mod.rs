@@ -4,6 +4,7 @@ mod cgroup;
 mod loader;
 mod origdst;
 pub mod pin;
+pub mod pods;
 
 pub use cgroup::{cgroup2_mount, resolve_cgroup};
 pub use loader::{

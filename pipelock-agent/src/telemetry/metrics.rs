@@ -84,6 +84,15 @@ pub struct ConnLabels {
     pub kind: &'static str,
 }
 
+/// `{sink, result}` of an exported event: sink is webhook, syslog or otlp;
+/// result sent, failed (refused, or unreachable after retries) or dropped
+/// (the sink's queue was full).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ExportLabels {
+    pub sink: &'static str,
+    pub result: &'static str,
+}
+
 /// `{cgroup_id}`: the cgroup v2 id of the process that connected.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CgroupLabel {
@@ -133,6 +142,8 @@ macro_rules! counters {
             pub active_connections: Gauge,
             /// `pipelock_kernel_unscannable_total{kind,action}`.
             pub kernel_unscannable: Family<KernelLabels, Counter>,
+            /// `pipelock_export_events_total{sink,result}`.
+            pub export_events: Family<ExportLabels, Counter>,
             /// `pipelock_config_reloads_total{result}`.
             pub config_reloads: Family<ResultLabel, Counter>,
             /// `pipelock_request_duration_seconds`: request headers to the
@@ -172,6 +183,7 @@ macro_rules! counters {
                     redirected: Family::default(),
                     active_connections: Gauge::default(),
                     kernel_unscannable: Family::default(),
+                    export_events: Family::default(),
                     config_reloads: Family::default(),
                     // Pipelock's buckets.
                     request_duration: Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
@@ -286,6 +298,11 @@ impl Metrics {
             self.kernel_unscannable.clone(),
         );
         r.register(
+            "export_events",
+            "Findings and blocks exported, by sink (webhook, syslog, otlp) and result (sent, failed, dropped).",
+            self.export_events.clone(),
+        );
+        r.register(
             "config_reloads",
             "Config reload attempts by result (success, failure).",
             self.config_reloads.clone(),
@@ -345,6 +362,27 @@ impl Metrics {
         self.scanner_hits
             .get_or_create(&ScannerLabel { scanner: rule })
             .inc();
+    }
+
+    /// Counts one exported event at `sink` with `result`.
+    pub fn export_event(&self, sink: &'static str, result: &'static str) {
+        self.export_events
+            .get_or_create(&ExportLabels { sink, result })
+            .inc();
+    }
+
+    /// Makes the series of `sink`/`result` appear (at 0).
+    pub fn export_event_series(&self, sink: &'static str, result: &'static str) {
+        let _ = self
+            .export_events
+            .get_or_create(&ExportLabels { sink, result });
+    }
+
+    /// Current value of `pipelock_export_events_total{sink,result}`.
+    pub fn export_events_count(&self, sink: &'static str, result: &'static str) -> u64 {
+        self.export_events
+            .get_or_create(&ExportLabels { sink, result })
+            .get()
     }
 
     /// Counts the end of one HTTP exchange.

@@ -1,0 +1,551 @@
+//! The deployment in `deploy/`, checked offline (no cluster, no root): the
+//! Helm chart rendered by Helm's own engine (`deploy/tools/render.py` on
+//! PyPI's `helm-python-sdk`), every manifest validated by
+//! `kubernetes-validate` (strict, against a current Kubernetes) and
+//! `yamllint`; the committed plain-YAML set equal to what the chart
+//! renders; the DaemonSet's config and arguments loaded by the real agent
+//! (`check-config`), its probe command run against a real agent; the CA
+//! Secret made from a CA the agent generated and loads; Sure's values
+//! valid as pod fields and consistent with the chart.
+//!
+//! The tools live in the venv `cargo xtask setup` makes
+//! (`~/.cache/pipelock-agent/venv`, or `$PIPELOCK_CACHE_DIR/venv`).
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    time::Duration,
+};
+
+use pipelock_tests::{agent::agent_bin, free_port};
+use serde_yaml::Value;
+
+/// The Kubernetes version manifests are validated against.
+const KUBE_VERSION: &str = "1.37.0";
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn chart() -> PathBuf {
+    repo().join("deploy/helm/pipelock-agent")
+}
+
+fn venv_bin(tool: &str) -> PathBuf {
+    let cache = std::env::var_os("PIPELOCK_CACHE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/pipelock-agent")
+        });
+    let bin = cache.join("venv/bin").join(tool);
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo xtask setup` (it installs helm-python-sdk, kubernetes-validate and yamllint)",
+        bin.display()
+    );
+    bin
+}
+
+fn tmpdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "plk-deploy-{tag}-{}-{}",
+        std::process::id(),
+        pipelock_tests::unique_index()
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Renders the chart into `out` with `args` (render.py's --values/--set-file).
+fn render(out: &Path, args: &[String]) -> Output {
+    run(Command::new(venv_bin("python"))
+        .arg(repo().join("deploy/tools/render.py"))
+        .arg(chart())
+        .arg(out)
+        .args(args))
+}
+
+fn docs(path: &Path) -> Vec<Value> {
+    let s = std::fs::read_to_string(path).unwrap();
+    serde_yaml::Deserializer::from_str(&s)
+        .map(|d| Value::deserialize(d).expect("rendered YAML parses"))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+use serde::Deserialize as _;
+
+fn kind<'a>(docs: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    docs.iter().filter(|d| d["kind"] == kind).collect()
+}
+
+fn named<'a>(docs: &'a [Value], kind_: &str, name: &str) -> &'a Value {
+    kind(docs, kind_)
+        .into_iter()
+        .find(|d| d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind_} {name}"))
+}
+
+fn strs(v: &Value) -> Vec<String> {
+    v.as_sequence()
+        .map(|s| {
+            s.iter()
+                .filter_map(|x| x.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// yamllint with the project's rules (long lines allowed: PEM, help text).
+fn yamllint(path: &Path) -> Output {
+    run(Command::new(venv_bin("yamllint")).args([
+        "-s",
+        "-d",
+        "{extends: default, rules: {line-length: {max: 160, allow-non-breakable-inline-mappings: true}, document-start: disable, comments: {min-spaces-from-content: 1}}}",
+    ])
+    .arg(path))
+}
+
+/// kubernetes-validate --strict; returns (success, output).
+fn kube_validate(path: &Path) -> (bool, String) {
+    let o = run(Command::new(venv_bin("kubernetes-validate"))
+        .args(["--strict", "-k", KUBE_VERSION])
+        .arg(path));
+    (o.status.success(), text(&o))
+}
+
+/// Every resource but the ServiceMonitor (a CRD: no schema ships with
+/// kubernetes-validate) must pass; the ServiceMonitor must be the only one
+/// without a schema.
+fn assert_valid(path: &Path, docs: &[Value]) {
+    let (ok, out) = kube_validate(path);
+    assert!(ok, "kubernetes-validate failed:\n{out}");
+    let passed = out.lines().filter(|l| l.contains(" passed for ")).count();
+    let crds = kind(docs, "ServiceMonitor").len();
+    assert_eq!(
+        passed + crds,
+        docs.len(),
+        "not every resource validated:\n{out}"
+    );
+    for l in out.lines().filter(|l| l.starts_with("WARN")) {
+        assert!(l.contains("kind ServiceMonitor"), "unexpected warning: {l}");
+    }
+    let lint = yamllint(path);
+    assert!(lint.status.success(), "yamllint:\n{}", text(&lint));
+}
+
+/// A CA generated by the agent itself (`ca export --state-dir`): (dir with ca.crt, ca.key; PEM of the cert).
+fn agent_ca() -> (PathBuf, String) {
+    let dir = tmpdir("ca");
+    let o = run(Command::new(agent_bin())
+        .args(["ca", "export", "--state-dir"])
+        .arg(&dir));
+    assert!(o.status.success(), "ca export: {}", text(&o));
+    let pem = String::from_utf8(o.stdout).unwrap();
+    assert!(dir.join("ca.key").exists());
+    (dir, pem)
+}
+
+fn b64(s: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .expect("base64")
+}
+
+#[test]
+fn chart_renders_validates_and_carries_one_ca_for_every_node() {
+    let (ca_dir, ca_pem) = agent_ca();
+    let out = tmpdir("full").join("all.yaml");
+    let values = out.with_file_name("values.yaml");
+    std::fs::write(
+        &values,
+        "mcp:\n  enabled: true\nsure:\n  namespace: sure-prod\n",
+    )
+    .unwrap();
+    let o = render(
+        &out,
+        &[
+            "--values".into(),
+            values.display().to_string(),
+            format!("--set-file=ca.cert={}", ca_dir.join("ca.crt").display()),
+            format!("--set-file=ca.key={}", ca_dir.join("ca.key").display()),
+        ],
+    );
+    assert!(o.status.success(), "render: {}", text(&o));
+    let docs = docs(&out);
+    assert_valid(&out, &docs);
+
+    // One DaemonSet per mode, each on the nodes labelled with it.
+    let ds = kind(&docs, "DaemonSet");
+    assert_eq!(ds.len(), 3);
+    for (d, mode) in ds.iter().zip(["audit", "balanced", "strict"]) {
+        let spec = &d["spec"]["template"]["spec"];
+        assert_eq!(spec["nodeSelector"]["pipelock.sure.am/mode"], mode);
+        assert_eq!(spec["hostNetwork"], true);
+        assert_eq!(
+            d["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"],
+            1
+        );
+        let c = &spec["containers"][0];
+        let args = strs(&c["args"]);
+        assert!(args.contains(&format!("--mode={mode}")), "{args:?}");
+        assert!(
+            args.iter()
+                .any(|a| a.starts_with("--mcp-listen=$(HOST_IP):"))
+        );
+        let sc = &c["securityContext"];
+        assert_eq!(sc["privileged"], false);
+        let caps: BTreeSet<String> = strs(&sc["capabilities"]["add"]).into_iter().collect();
+        assert_eq!(
+            caps,
+            ["BPF", "NET_ADMIN", "SYS_ADMIN", "SYS_RESOURCE"]
+                .map(String::from)
+                .into()
+        );
+        assert_eq!(strs(&sc["capabilities"]["drop"]), ["ALL"]);
+        let mounts: BTreeSet<String> = c["volumeMounts"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|m| m["mountPath"].as_str().unwrap().to_owned())
+            .collect();
+        for p in [
+            "/sys/fs/cgroup",
+            "/sys/fs/bpf",
+            "/sys/kernel/btf",
+            "/var/lib/pipelock",
+            "/etc/pipelock/ca",
+        ] {
+            assert!(mounts.contains(p), "{p} not mounted: {mounts:?}");
+        }
+        for probe in ["startupProbe", "livenessProbe", "readinessProbe"] {
+            let cmd = strs(&c[probe]["exec"]["command"]);
+            assert_eq!(
+                &cmd[..3],
+                ["pipelock-agent", "healthcheck", "--addr"],
+                "{probe}"
+            );
+        }
+        let ca_vol = spec["volumes"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "ca")
+            .unwrap();
+        assert_eq!(ca_vol["secret"]["secretName"], "pipelock-agent-ca");
+    }
+
+    // RBAC reads pods and nodes, nothing else.
+    let role = named(&docs, "ClusterRole", "pipelock-agent");
+    for rule in role["rules"].as_sequence().unwrap() {
+        let verbs: BTreeSet<String> = strs(&rule["verbs"]).into_iter().collect();
+        assert!(verbs.is_subset(&["get", "list", "watch"].map(String::from).into()));
+        let res: BTreeSet<String> = strs(&rule["resources"]).into_iter().collect();
+        assert!(res.is_subset(&["pods", "nodes"].map(String::from).into()));
+    }
+
+    // The Secret holds the agent's CA; the ConfigMap in Sure's namespace its certificate.
+    let secret = named(&docs, "Secret", "pipelock-agent-ca");
+    assert_eq!(secret["type"], "kubernetes.io/tls");
+    let crt = String::from_utf8(b64(secret["data"]["tls.crt"].as_str().unwrap())).unwrap();
+    let key = String::from_utf8(b64(secret["data"]["tls.key"].as_str().unwrap())).unwrap();
+    assert_eq!(crt.trim(), ca_pem.trim());
+    let cm = named(&docs, "ConfigMap", "pipelock-agent-ca");
+    assert_eq!(cm["metadata"]["namespace"], "sure-prod");
+    assert_eq!(cm["data"]["ca.crt"].as_str().unwrap().trim(), ca_pem.trim());
+    assert!(
+        cm["data"]["ca-bundle.crt"]
+            .as_str()
+            .unwrap()
+            .starts_with(ca_pem.trim())
+    );
+
+    // The agent loads the pair from the Secret as it would from its mount.
+    let mounted = tmpdir("secret");
+    std::fs::write(mounted.join("tls.crt"), &crt).unwrap();
+    std::fs::write(mounted.join("tls.key"), &key).unwrap();
+    let o = run(Command::new(agent_bin())
+        .args(["ca", "export", "--state-dir"])
+        .arg(tmpdir("unused"))
+        .arg("--ca-cert")
+        .arg(mounted.join("tls.crt"))
+        .arg("--ca-key")
+        .arg(mounted.join("tls.key")));
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), ca_pem.trim());
+
+    for d in [ca_dir, mounted, out.parent().unwrap().to_path_buf()] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
+#[test]
+fn chart_refuses_to_render_without_a_shared_ca() {
+    let out = tmpdir("noca").join("all.yaml");
+    let o = render(&out, &[]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("every node must use the same CA"),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
+fn rendered_set_is_what_the_chart_renders() {
+    let committed = repo().join("deploy/rendered/pipelock-agent.yaml");
+    let out = tmpdir("rendered").join("pipelock-agent.yaml");
+    let o = render(
+        &out,
+        &[
+            "--values".into(),
+            repo()
+                .join("deploy/rendered/values.yaml")
+                .display()
+                .to_string(),
+        ],
+    );
+    assert!(o.status.success(), "render: {}", text(&o));
+    let fresh = std::fs::read_to_string(&out).unwrap();
+    if std::env::var_os("PIPELOCK_UPDATE_RENDERED").is_some() {
+        std::fs::write(&committed, &fresh).unwrap();
+    }
+    let old = std::fs::read_to_string(&committed).unwrap_or_default();
+    assert!(
+        old == fresh,
+        "deploy/rendered/pipelock-agent.yaml is stale: run \
+         PIPELOCK_UPDATE_RENDERED=1 cargo test -p pipelock-tests --test deploy"
+    );
+    assert_valid(&committed, &docs(&committed));
+    let _ = std::fs::remove_dir_all(out.parent().unwrap());
+}
+
+#[test]
+fn kubernetes_validate_rejects_a_broken_daemonset() {
+    // The validator can fail: the committed DaemonSet with one field of the
+    // wrong type, and one unknown field (strict).
+    let committed =
+        std::fs::read_to_string(repo().join("deploy/rendered/pipelock-agent.yaml")).unwrap();
+    let dir = tmpdir("broken");
+    for (i, (from, to)) in [
+        ("hostNetwork: true", "hostNetwork: \"yes\""),
+        (
+            "hostNetwork: true",
+            "hostNetwork: true\n      hostNetworking: true",
+        ),
+    ]
+    .iter()
+    .enumerate()
+    {
+        assert!(committed.contains(from));
+        let p = dir.join(format!("broken{i}.yaml"));
+        std::fs::write(&p, committed.replacen(from, to, 1)).unwrap();
+        let (ok, out) = kube_validate(&p);
+        assert!(!ok, "kubernetes-validate accepted {to:?}:\n{out}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The ConfigMap's pipelock.yaml and a DaemonSet's arguments, with the
+/// config path pointed at a copy and the downward-API address filled in.
+fn daemonset_invocation(docs: &[Value], mode: &str, dir: &Path, host_ip: &str) -> Vec<String> {
+    let cm = named(docs, "ConfigMap", "pipelock-agent-config");
+    let file = dir.join("pipelock.yaml");
+    std::fs::write(&file, cm["data"]["pipelock.yaml"].as_str().unwrap()).unwrap();
+    let ds = named(docs, "DaemonSet", &format!("pipelock-agent-{mode}"));
+    let args = strs(&ds["spec"]["template"]["spec"]["containers"][0]["args"]);
+    assert_eq!(args[0], "run");
+    args[1..]
+        .iter()
+        .map(|a| {
+            if a.starts_with("--config=") {
+                format!("--config={}", file.display())
+            } else {
+                a.replace("$(HOST_IP)", host_ip)
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn daemonset_config_and_args_load_in_the_agent() {
+    let rendered = repo().join("deploy/rendered/pipelock-agent.yaml");
+    let docs = docs(&rendered);
+    let dir = tmpdir("args");
+    for mode in ["audit", "balanced", "strict"] {
+        let args = daemonset_invocation(&docs, mode, &dir, "127.0.0.1");
+        let o = run(Command::new(agent_bin()).arg("check-config").args(&args));
+        let out = text(&o);
+        assert!(o.status.success(), "check-config {args:?}: {out}");
+        assert!(
+            out.contains(&format!(
+                "ok (mode {mode}, cgroup /kubepods.slice, fail_mode open, 0 notices)"
+            )),
+            "{out}"
+        );
+        // The same check fails on a bad argument and on a bad config key.
+        let mut bad = args.clone();
+        bad.push("--mode=enforce".into());
+        let o = run(Command::new(agent_bin()).arg("check-config").args(&bad));
+        assert!(!o.status.success(), "check-config accepted --mode=enforce");
+    }
+    let file = dir.join("pipelock.yaml");
+    let good = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, good.replace("fail_mode: open", "fail_mode: ajar")).unwrap();
+    let o = run(Command::new(agent_bin()).args(["check-config"]).arg(&file));
+    assert!(!o.status.success());
+    assert!(text(&o).contains("fail_mode"), "{}", text(&o));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn daemonset_probe_answers_from_a_running_agent() {
+    // The ConfigMap's config on a real agent (plain mode: no cgroup, so no
+    // root; metrics_listen on a free port), then the probe command as the
+    // DaemonSet gives it, pointed at that port.
+    let rendered = repo().join("deploy/rendered/pipelock-agent.yaml");
+    let docs = docs(&rendered);
+    let dir = tmpdir("probe");
+    let (ca_dir, _) = agent_ca();
+    let mut args = daemonset_invocation(&docs, "balanced", &dir, "127.0.0.1");
+    let file = dir.join("pipelock.yaml");
+    let port = free_port();
+    let cfg = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("  cgroup: /kubepods.slice\n", "")
+        .replace(
+            "metrics_listen: 0.0.0.0:9090",
+            &format!("metrics_listen: 127.0.0.1:{port}"),
+        )
+        .replace(
+            "/var/lib/pipelock",
+            &dir.join("state").display().to_string(),
+        );
+    std::fs::write(&file, cfg).unwrap();
+    let fwd = free_port();
+    args.retain(|a| !a.starts_with("--listen=") && !a.starts_with("--redirect-addr="));
+    args.push(format!("--listen=127.0.0.1:{fwd}"));
+    args.push(format!("--ca-cert={}", ca_dir.join("ca.crt").display()));
+    args.push(format!("--ca-key={}", ca_dir.join("ca.key").display()));
+    let ds = named(&docs, "DaemonSet", "pipelock-agent-balanced");
+    let probe =
+        strs(&ds["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["exec"]["command"]);
+    let probe: Vec<String> = probe[1..]
+        .iter()
+        .map(|a| a.replace("127.0.0.1:9090", &format!("127.0.0.1:{port}")))
+        .collect();
+
+    let mut agent = std::process::Command::new(agent_bin())
+        .arg("run")
+        .args(&args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut healthy = false;
+    for _ in 0..100 {
+        let o = run(Command::new(agent_bin()).args(&probe));
+        if o.status.success() {
+            healthy = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = agent.wait();
+    assert!(healthy, "the probe {probe:?} never succeeded");
+    // Once the agent is gone the probe fails.
+    let o = run(Command::new(agent_bin()).args(&probe));
+    assert!(!o.status.success());
+    let _ = std::fs::remove_dir_all(dir);
+    let _ = std::fs::remove_dir_all(ca_dir);
+}
+
+#[test]
+fn sure_values_are_valid_pod_fields_pointing_at_the_agent() {
+    let values: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(repo().join("deploy/sure-values.yaml")).unwrap(),
+    )
+    .unwrap();
+    let chart: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(chart().join("values.yaml")).unwrap())
+            .unwrap();
+    assert_eq!(values["pipelock"]["enabled"], false);
+    let env = &values["rails"]["extraEnvVars"];
+    let get = |name: &str| {
+        env.as_sequence()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} in rails.extraEnvVars"))
+    };
+    let port = chart["ports"]["forward"].as_u64().unwrap();
+    assert_eq!(
+        get("HTTPS_PROXY")["value"],
+        format!("http://$(PIPELOCK_NODE_IP):{port}").as_str()
+    );
+    assert_eq!(
+        get("PIPELOCK_NODE_IP")["valueFrom"]["fieldRef"]["fieldPath"],
+        "status.hostIP"
+    );
+    assert!(
+        !get("NO_PROXY")["value"]
+            .as_str()
+            .unwrap()
+            .contains("cluster.local")
+    );
+    for workload in ["web", "worker"] {
+        let mount = &values[workload]["extraVolumeMounts"][0];
+        let vol = &values[workload]["extraVolumes"][0];
+        assert_eq!(vol["configMap"]["name"], chart["sure"]["caConfigMap"]);
+        let dir = mount["mountPath"].as_str().unwrap();
+        let mut env: Vec<Value> = env.as_sequence().unwrap().clone();
+        for var in ["SSL_CERT_FILE", "SSL_CA_FILE"] {
+            let v = &values[workload]["extraEnv"][var];
+            assert_eq!(
+                v,
+                format!("{dir}/ca-bundle.crt").as_str(),
+                "{workload} {var}"
+            );
+            env.push(
+                serde_yaml::from_str(&format!("{{name: {var}, value: {}}}", v.as_str().unwrap()))
+                    .unwrap(),
+            );
+        }
+        // Sure's chart puts these into a Deployment's pod template: a
+        // Deployment built from them must validate.
+        let deployment = serde_yaml::to_string(&serde_yaml::from_str::<Value>(&format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: sure-{workload}, namespace: sure}}\n\
+             spec:\n  selector: {{matchLabels: {{app: sure}}}}\n  template:\n    metadata: {{labels: {{app: sure}}}}\n\
+             \x20   spec:\n      containers:\n        - name: {workload}\n          image: sure:latest\n\
+             \x20         env: {}\n          volumeMounts: {}\n      volumes: {}\n",
+            serde_json::to_string(&env).unwrap(),
+            serde_json::to_string(&values[workload]["extraVolumeMounts"]).unwrap(),
+            serde_json::to_string(&values[workload]["extraVolumes"]).unwrap(),
+        ))
+        .unwrap())
+        .unwrap();
+        let p = tmpdir("sure").join("deployment.yaml");
+        std::fs::write(&p, deployment).unwrap();
+        let (ok, out) = kube_validate(&p);
+        assert!(ok && out.contains("passed"), "{out}");
+        let _ = std::fs::remove_dir_all(p.parent().unwrap());
+    }
+}
