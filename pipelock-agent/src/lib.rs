@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod mcp;
 pub mod pipeline;
 pub mod proxy;
 pub mod redirect;

@@ -7,6 +7,7 @@ pub mod agent;
 pub mod cgroup;
 pub mod client;
 pub mod corpus;
+pub mod mcp;
 pub mod netns;
 pub mod tls_client;
 pub mod tls_harness;

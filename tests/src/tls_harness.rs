@@ -107,6 +107,7 @@ impl InProcessAgent {
             websocket: Default::default(),
             body_hold: Default::default(),
             forward: Default::default(),
+            mcp: Default::default(),
         });
         let records = Arc::new(Mutex::new(Vec::new()));
         let recs = records.clone();

@@ -28,6 +28,11 @@ const APT_PACKAGES: &[&str] = &[
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
+/// Python packages from PyPI the tests use (the official MCP SDK: the MCP
+/// proxy tests run its server and client), as pip requirement specifiers,
+/// with the module that shows they are installed.
+const PIP_PACKAGES: &[(&str, &str)] = &[("mcp>=1.9,<2", "mcp")];
+
 /// Environment for cargo and the agent: PATH with the cached bpf-linker first.
 pub struct Env {
     vars: Vec<(&'static str, OsString)>,
@@ -58,6 +63,7 @@ unsafe extern "C" {
 pub fn ensure(_root: &Path) -> anyhow::Result<Env> {
     let cache = cache_dir()?;
     apt_packages()?;
+    pip_packages()?;
     rust_src()?;
     let bin = bpf_linker(&cache)?;
     let mut path = OsString::from(bin);
@@ -99,6 +105,36 @@ fn apt_packages() -> anyhow::Result<()> {
         .args(["install", "-y", "-qq", "--no-install-recommends"])
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+/// Installs [`PIP_PACKAGES`] for the `python3` the tests run, when its
+/// module does not import yet (a Debian system Python needs
+/// `--break-system-packages`; a pyenv or venv one does not).
+fn pip_packages() -> anyhow::Result<()> {
+    for (spec, module) in PIP_PACKAGES {
+        let present = Command::new("python3")
+            .args(["-c", &format!("import {module}")])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        if present {
+            continue;
+        }
+        eprintln!("xtask: pip installing {spec}");
+        let pip = |extra: &[&str]| {
+            Command::new("python3")
+                .args(["-m", "pip", "install", "--quiet"])
+                .args(extra)
+                .arg(spec)
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false)
+        };
+        if !pip(&[]) && !pip(&["--break-system-packages"]) {
+            bail!("pip could not install {spec} for python3 (the MCP proxy tests need it)");
+        }
+    }
+    Ok(())
 }
 
 fn dpkg_installed(pkg: &str) -> bool {

@@ -70,6 +70,13 @@ pub struct ScanConfig {
     /// Response findings block in balanced whatever their confidence
     /// (`response_scanning.action: block`).
     pub response_section_blocks: bool,
+    /// Request bodies on the MCP listener are scanned (`mcp_input_scanning.enabled`;
+    /// it replaces `request_body` there).
+    pub mcp_input: bool,
+    /// Request findings on the MCP listener block in balanced whatever their
+    /// confidence (`mcp_input_scanning.action: block`; replaces
+    /// `request_section_blocks` there).
+    pub mcp_input_section_blocks: bool,
 }
 
 /// One operator DLP pattern, matched case-insensitively as Pipelock does.
@@ -141,6 +148,8 @@ impl Default for ScanConfig {
             custom_dlp: Vec::new(),
             request_section_blocks: false,
             response_section_blocks: false,
+            mcp_input: true,
+            mcp_input_section_blocks: false,
         }
     }
 }
@@ -271,6 +280,7 @@ impl Pipeline for ScanPipeline {
             blocked: None,
             reported: HashSet::new(),
             hits: Vec::new(),
+            section_override: None,
             started: Instant::now(),
             scan_time: Duration::ZERO,
         })
@@ -290,6 +300,9 @@ struct ScanExchange {
     /// (direction, rule id) already reported in this exchange.
     reported: HashSet<(Direction, String)>,
     hits: Vec<Hit>,
+    /// Set while [`Exchange::report`] judges a protocol check's findings
+    /// (its own section's `action: block`).
+    section_override: Option<bool>,
     /// When the exchange began (request latency).
     started: Instant,
     /// Time spent scanning so far (scan latency).
@@ -355,10 +368,13 @@ impl ScanExchange {
             if !self.reported.insert((direction, hit.meta.id.to_string())) {
                 continue;
             }
-            let section_blocks = match direction {
-                Direction::Request => self.shared.cfg.request_section_blocks,
-                Direction::Response => self.shared.cfg.response_section_blocks,
-            };
+            let cfg = &self.shared.cfg;
+            let mcp = self.conn.listener == crate::pipeline::Listener::Mcp;
+            let section_blocks = self.section_override.unwrap_or(match direction {
+                Direction::Request if mcp => cfg.mcp_input_section_blocks,
+                Direction::Request => cfg.request_section_blocks,
+                Direction::Response => cfg.response_section_blocks,
+            });
             let action = verdict::action_for(self.mode, hit.meta.confidence, section_blocks);
             let finding = Finding {
                 rule_id: hit.meta.id.to_string(),
@@ -622,7 +638,12 @@ impl Exchange for ScanExchange {
             self.block_scan(&decoded, "url+percent");
         }
         self.request_fields(&req.headers, "header");
-        self.request = if self.shared.cfg.request_body {
+        let body_scanning = if self.conn.listener == crate::pipeline::Listener::Mcp {
+            self.shared.cfg.mcp_input
+        } else {
+            self.shared.cfg.request_body
+        };
+        self.request = if body_scanning {
             self.open_body(&req.headers, false, false)
         } else {
             None
@@ -713,6 +734,17 @@ impl Exchange for ScanExchange {
         self.reported.retain(|(d, _)| *d != direction);
         self.scanner_hit("scanner.unscannable", what.to_owned());
         self.decide(direction)
+    }
+
+    fn report(&mut self, response: bool, hits: Vec<Hit>, section_blocks: bool) -> Decision {
+        if let Some(b) = &self.blocked {
+            return Decision::Block(b.clone());
+        }
+        self.hits.extend(hits);
+        self.section_override = Some(section_blocks);
+        let d = self.decide(Direction::of(response));
+        self.section_override = None;
+        d
     }
 
     fn logging(&mut self, outcome: &Outcome) {

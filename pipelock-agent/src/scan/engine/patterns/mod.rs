@@ -35,6 +35,9 @@ pub enum RuleClass {
     Injection,
     /// Scanner conditions (decompression bomb, unscannable body).
     Scanner,
+    /// MCP protocol checks (tool poisoning, drift, session binding, tool
+    /// policy, chains), raised by `crate::mcp`, not by the engine.
+    Mcp,
 }
 
 /// Which pass detects a rule.
@@ -223,6 +226,7 @@ impl RuleClass {
             RuleClass::Dlp => "dlp",
             RuleClass::Injection => "injection",
             RuleClass::Scanner => "scanner",
+            RuleClass::Mcp => "mcp",
         }
     }
 }
