@@ -737,3 +737,33 @@ fn non_loopback_listener_without_token_warns() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("needs --mcp-upstream"));
 }
+
+#[test]
+fn session_binding_refuses_calls_outside_the_sessions_tool_list() {
+    let sure = SureUpstream::start();
+    let cfg = chart_with(
+        "mcp_session_binding:\n  enabled: true\n  unknown_tool_action: block\n  no_baseline_action: block\n",
+    );
+    let a = start(&sure.url(), Some(&cfg), &[]);
+    let call = |id, name: &str| rpc(id, "tools/call", json!({"name": name, "arguments": {}}));
+    let session = [("Mcp-Session-Id", SURE_SESSION)];
+    let before = sure.seen().len();
+    let v = post(&a.url(), &call(1, "get_accounts"), &session).json();
+    assert_eq!(error_code(&v), -32002, "no tools/list yet: {v}");
+    assert_eq!(sure.seen().len(), before);
+    let list = post(&a.url(), &rpc(2, "tools/list", json!({})), &session).json();
+    assert!(list["result"]["tools"].is_array());
+    let v = post(&a.url(), &call(3, "get_accounts"), &session).json();
+    assert!(v.get("result").is_some(), "a listed tool: {v}");
+    let v = post(&a.url(), &call(4, "delete_family"), &session).json();
+    assert_eq!(error_code(&v), -32002, "a tool the session never saw: {v}");
+    assert!(a.has_finding("mcp.unknown_tool", "block"));
+    // Another session (another id) has no baseline of its own.
+    let v = post(
+        &a.url(),
+        &call(5, "get_accounts"),
+        &[("Mcp-Session-Id", "other-session")],
+    )
+    .json();
+    assert_eq!(error_code(&v), -32002, "{v}");
+}

@@ -1021,6 +1021,67 @@ mod tests {
     }
 
     #[test]
+    fn protocol_findings_are_judged_by_mode_and_section() {
+        let mcp_conn = Arc::new(ConnMeta {
+            listener: crate::pipeline::Listener::Mcp,
+            ..(*conn(1)).clone()
+        });
+        let hit = || {
+            vec![crate::mcp::hit(
+                "mcp.policy.no_rm",
+                "Tool Policy: no-rm",
+                Severity::High,
+                "tool:exec_shell",
+                "",
+            )]
+        };
+        for (mode, section_blocks, blocked) in [
+            (Mode::Strict, false, true),
+            (Mode::Balanced, false, false),
+            (Mode::Balanced, true, true),
+            (Mode::Audit, true, false),
+        ] {
+            let p = pipeline(mode);
+            let mut ex = p.exchange(&mcp_conn);
+            let d = ex.report(false, hit(), section_blocks);
+            assert_eq!(d.is_block(), blocked, "{mode:?} {section_blocks}");
+            assert_eq!(p.metrics().scanner_hits(), 1);
+            if blocked {
+                assert_eq!(block_ids(&d), vec!["mcp.policy.no_rm".to_owned()]);
+            }
+        }
+        // MCP request bodies follow mcp_input_scanning, not request_body_scanning.
+        let p = ScanPipeline::new(ScanConfig {
+            mode: Mode::Balanced,
+            request_body: false,
+            mcp_input: true,
+            mcp_input_section_blocks: true,
+            ..ScanConfig::default()
+        })
+        .unwrap();
+        let jwt = b"eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U";
+        let mut ex = p.exchange(&mcp_conn);
+        assert_eq!(
+            ex.request_filter(&request("POST", "http://sure:3000/mcp", &[])),
+            Decision::Continue
+        );
+        assert!(
+            ex.request_body_filter(jwt, true).is_block(),
+            "medium confidence, section block"
+        );
+        let mut ex = p.exchange(&conn(1));
+        assert_eq!(
+            ex.request_filter(&request("POST", "http://sure:3000/mcp", &[])),
+            Decision::Continue
+        );
+        assert_eq!(
+            ex.request_body_filter(jwt, true),
+            Decision::Continue,
+            "not scanned"
+        );
+    }
+
+    #[test]
     fn clean_body_passes() {
         for mode in [Mode::Strict, Mode::Balanced, Mode::Audit] {
             let p = pipeline(mode);

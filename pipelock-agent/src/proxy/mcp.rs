@@ -569,7 +569,7 @@ impl Conn {
         if let Some(b) = report(ex, false, chain.into()) {
             let msg = format!(
                 "tool call blocked: chain pattern \"{}\" detected",
-                name.as_deref().map(poison_safe).unwrap_or_default()
+                name.as_deref().map(mcp::poison::safe).unwrap_or_default()
             );
             return Some(self.refuse_boxed(
                 ex,
@@ -756,7 +756,7 @@ impl Conn {
             });
         if sse {
             parts.headers.remove(header::CONTENT_LENGTH);
-            let (tx, _) = tokio::sync::mpsc::channel(1);
+            let (tx, mut rx) = tokio::sync::mpsc::channel(SSE_QUEUE);
             let relay = SseRelay {
                 body,
                 ex,
@@ -767,7 +767,10 @@ impl Conn {
                 tx,
                 outcome,
             };
-            return Response::from_parts(parts, relay.start(&self.proxy.tracker));
+            self.proxy.tracker.spawn(relay.run());
+            let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+            let body = http_body_util::BodyExt::boxed(StreamBody::new(stream));
+            return Response::from_parts(parts, body);
         }
         let bytes = match read_bounded(body, self.settings().max_body).await {
             Ok(b) => b,
@@ -946,13 +949,20 @@ fn check_message(
     }
     // A listing's own checks first, so their findings are logged even when
     // the scan below blocks the answer.
+    // Tool listings are recognised by shape (`result.tools`), whatever the
+    // request was, as Pipelock does: a server cannot slip tools past the
+    // checks in another answer.
     let mut listings = Vec::new();
-    if let Some(paged) = asked.tools_list {
-        for m in &msgs {
-            let listing = sessions.with(&asked.session, Instant::now(), |sess| {
-                mcp::check_listing(settings, sess, m, paged)
+    let paged = asked.tools_list.unwrap_or(false);
+    for m in &msgs {
+        if tools_shaped(m) {
+            // The baseline is copied out: the checks run without the lock.
+            let baseline = sessions.with(&asked.session, Instant::now(), |s| session::Session {
+                tools: s.tools.clone(),
+                tools_complete: s.tools_complete,
+                calls: Default::default(),
             });
-            let Some(mut listing) = listing else {
+            let Some(mut listing) = mcp::check_listing(settings, &baseline, m, paged) else {
                 continue;
             };
             let checked = std::mem::take(&mut listing.checked);
@@ -978,13 +988,15 @@ fn check_message(
     Ok(())
 }
 
+/// A message carrying a tool list (`result.tools` is an array).
+fn tools_shaped(m: &Value) -> bool {
+    m.get("result")
+        .and_then(|r| r.get("tools"))
+        .is_some_and(Value::is_array)
+}
+
 /// The message of a blocked `tools/list` answer (Pipelock's).
 const TOOL_POISONING: &str = "tool poisoning detected in tools/list";
-
-/// A pattern name as a message shows it.
-fn poison_safe(name: &str) -> String {
-    mcp::poison::safe(name)
-}
 
 /// Request-side blocks from the pipeline: the kill switch gets -32004, the rest -32001.
 fn input_code(b: &Block) -> i64 {
@@ -1088,15 +1100,6 @@ type SseItem = Result<hyper::body::Frame<Bytes>, BodyError>;
 const SSE_QUEUE: usize = 8;
 
 impl SseRelay {
-    /// Starts the relay; returns the client's body.
-    fn start(self, tracker: &TaskTracker) -> DownBody {
-        let (tx, mut rx) = tokio::sync::mpsc::channel(SSE_QUEUE);
-        let relay = SseRelay { tx, ..self };
-        tracker.spawn(relay.run());
-        let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
-        http_body_util::BodyExt::boxed(StreamBody::new(stream))
-    }
-
     async fn run(mut self) {
         let error = self.relay().await.err();
         if let Some(e) = &error {
