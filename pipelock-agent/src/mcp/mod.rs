@@ -46,6 +46,9 @@ pub enum Error {
 /// The MCP sections of the config, compiled (part of the live context: a
 /// reload applies them to new requests).
 pub struct McpSettings {
+    /// `mcp_input_scanning.enabled` (the body's DLP follows it in the
+    /// pipeline; here: the de-obfuscated argument strings too).
+    pub input_scanning: bool,
     /// `mcp_input_scanning.on_parse_error: block`: a body that is not JSON is refused.
     pub parse_error_block: bool,
     /// `mcp_tool_scanning.enabled`.
@@ -94,6 +97,7 @@ impl McpSettings {
         let ts = &cfg.mcp_tool_scanning;
         let sb = &cfg.mcp_session_binding;
         McpSettings {
+            input_scanning: cfg.mcp_input_scanning.enabled,
             parse_error_block: cfg.mcp_input_scanning.enabled
                 && cfg.mcp_input_scanning.on_parse_error == OnParseError::Block,
             tool_scan: ts.enabled,

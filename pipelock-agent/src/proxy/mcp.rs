@@ -517,7 +517,9 @@ impl Conn {
         // What a shell would run: the argument strings de-obfuscated, where
         // that changes them, through the DLP scan as well.
         let mut strs = Vec::new();
-        jsonrpc::strings(arguments, &mut strs);
+        if self.settings().input_scanning {
+            jsonrpc::strings(arguments, &mut strs);
+        }
         let mut views = String::new();
         for s in strs {
             let d = mcp::shell::deobfuscate(s);
