@@ -30,6 +30,8 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 struct McpAgent {
     agent: Agent,
     port: u16,
+    /// The forward listener (serves /metrics).
+    fwd_port: u16,
     dir: PathBuf,
 }
 
@@ -82,12 +84,13 @@ fn start(upstream: &str, config: Option<&str>, extra: &[&str]) -> McpAgent {
         }
     };
     let port = free_port();
+    let fwd_port = free_port();
     let mut args: Vec<String> = [
         "run",
         "--config",
         config_path.to_str().unwrap(),
         "--listen",
-        &format!("127.0.0.1:{}", free_port()),
+        &format!("127.0.0.1:{fwd_port}"),
         "--mcp-listen",
         &format!("127.0.0.1:{port}"),
         "--mcp-upstream",
@@ -109,7 +112,12 @@ fn start(upstream: &str, config: Option<&str>, extra: &[&str]) -> McpAgent {
             agent.output()
         );
     }
-    McpAgent { agent, port, dir }
+    McpAgent {
+        agent,
+        port,
+        fwd_port,
+        dir,
+    }
 }
 
 /// The chart's config with the `mcp_*` / chain sections replaced by `sections`.
@@ -577,6 +585,23 @@ fn chains_are_per_session_and_block_in_strict() {
         "{z:?}"
     );
     assert!(a.has_finding("mcp.chain.env_then_network", "block"));
+    let metrics = curl(
+        "GET",
+        &format!("http://127.0.0.1:{}/metrics", a.fwd_port),
+        &[],
+        None,
+        &[],
+    );
+    let text = String::from_utf8_lossy(&metrics.body);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("pipelock_chain_detections_total{")
+                && l.contains("pattern=\"env_then_network\"")
+                && l.contains("severity=\"critical\"")
+                && l.contains("action=\"block\"")
+                && l.ends_with(" 1")),
+        "{text}"
+    );
 }
 
 #[test]

@@ -568,6 +568,7 @@ impl Conn {
         let (chain, name) = sessions.with(&asked.session, Instant::now(), |sess| {
             mcp::check_chain(s, sess, tool, arguments, Instant::now())
         });
+        self.count_chains(&chain);
         if let Some(b) = report(ex, false, chain.into()) {
             let msg = format!(
                 "tool call blocked: chain pattern \"{}\" detected",
@@ -583,6 +584,26 @@ impl Conn {
             ));
         }
         None
+    }
+
+    /// Counts detected chains in `pipelock_chain_detections_total` with the
+    /// action the mode and section give them.
+    fn count_chains(&self, groups: &[Checked; 2]) {
+        let mode = self.ctx.pipeline.mode_for(&self.meta);
+        for g in groups {
+            let action = match mode {
+                crate::config::Mode::Audit => "log",
+                crate::config::Mode::Strict => "block",
+                crate::config::Mode::Balanced if g.section_blocks => "block",
+                crate::config::Mode::Balanced => "warn",
+            };
+            for h in &g.hits {
+                let pattern = h.meta.id.strip_prefix("mcp.chain.").unwrap_or(&h.meta.id);
+                self.proxy
+                    .metrics
+                    .chain_detected(pattern, h.meta.severity.as_str(), action);
+            }
+        }
     }
 
     /// GET (the server's SSE stream) and DELETE (end of session).
