@@ -204,7 +204,7 @@ pub async fn run(start: Start) -> anyhow::Result<()> {
         }
     }
 
-    let redirector = match (&cgroup, &cgroup_dir) {
+    let mut redirector = match (&cgroup, &cgroup_dir) {
         (Some(cgroup), Some(cgroup_dir)) => {
             let IpAddr::V4(redirect_v4) = redirect_addr.ip() else {
                 unreachable!("checked above");
@@ -222,13 +222,20 @@ pub async fn run(start: Start) -> anyhow::Result<()> {
                 port: redirect_addr.port(),
                 bypass_cidrs: cfg.interceptor.bypass_cidrs.clone(),
                 bypass_ports,
+                udp_allow: cfg
+                    .interceptor
+                    .udp_allow
+                    .iter()
+                    .map(|a| (a.port, a.cidr))
+                    .collect(),
+                enforce: cfg.effective_mode() != crate::config::Mode::Audit,
                 agent_mark: cfg.interceptor.socket_mark,
                 fail_mode: cfg.interceptor.fail_mode,
                 pin_dir: cfg.interceptor.pin_dir.clone(),
             };
             let (redirector, table) = Redirector::attach(&redirect_cfg)
                 .with_context(|| format!("attaching to cgroup {cgroup}"))?;
-            let table = Arc::new(table);
+            let table: Arc<dyn transparent::OrigDsts> = Arc::new(table);
             admin.set_ebpf(Some(cgroup.clone()));
             for listener in listeners {
                 tokio::spawn(transparent::serve(
@@ -307,6 +314,8 @@ pub async fn run(start: Start) -> anyhow::Result<()> {
         ));
     }
     tokio::spawn(kill_switch.clone().watch_sentinel(shutdown.clone()));
+    let mut kernel_poll = tokio::time::interval(KERNEL_POLL);
+    let mut kernel_counts = redirect::UnscannedCounts::default();
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     loop {
@@ -314,9 +323,20 @@ pub async fn run(start: Start) -> anyhow::Result<()> {
             _ = term.recv() => { tracing::info!("SIGTERM received"); break; }
             _ = int.recv() => { tracing::info!("SIGINT received"); break; }
             _ = usr1.recv() => { kill_switch.toggle_signal(); }
+            _ = kernel_poll.tick(), if redirector.is_some() => {
+                if let Some(r) = redirector.as_mut() {
+                    kernel_counts = count_kernel_unscanned(r.guard(), kernel_counts, &metrics);
+                }
+            }
             Some(r) = async { reloads.as_mut()?.recv().await }, if reloads.is_some() => {
                 let before = live.load_full();
                 apply_reload(r, &reloader, &mut running).await;
+                if let Some(r) = redirector.as_mut() {
+                    let enforce = running.config.effective_mode() != crate::config::Mode::Audit;
+                    if let Err(e) = r.guard().set_enforce(enforce) {
+                        tracing::error!(error = %e, "could not switch the kernel guard for UDP and raw sockets");
+                    }
+                }
                 // A context is swapped in only when the reload was applied.
                 admin.reloaded(!Arc::ptr_eq(&before, &live.load_full()), &running.config);
             }
@@ -374,6 +394,41 @@ struct Reloader<'a> {
 }
 
 /// Checks a reloaded file and swaps it in, or keeps the running config.
+/// How often the kernel's unscannable-traffic counters are read into metrics.
+const KERNEL_POLL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Adds what the kernel counted since `last` to the metrics and logs what
+/// audit mode let through; returns the new totals.
+fn count_kernel_unscanned(
+    guard: &mut redirect::KernelGuard,
+    last: redirect::UnscannedCounts,
+    metrics: &Metrics,
+) -> redirect::UnscannedCounts {
+    let now = guard.counts();
+    let deltas = [
+        ("udp", "refused", now.udp_refused, last.udp_refused),
+        ("udp", "audited", now.udp_audited, last.udp_audited),
+        ("socket", "refused", now.socket_refused, last.socket_refused),
+        ("socket", "audited", now.socket_audited, last.socket_audited),
+    ];
+    for (kind, action, now, last) in deltas {
+        let delta = now.saturating_sub(last);
+        if delta == 0 {
+            continue;
+        }
+        metrics.kernel_unscannable(kind, action, delta);
+        if action == "audited" {
+            tracing::warn!(
+                target: "pipelock::conn",
+                kind,
+                count = delta,
+                "unscannable traffic let through by the kernel in audit mode (UDP to a destination not in interceptor.udp_allow, or a raw/ICMP/MPTCP/SCTP socket); strict and balanced refuse it"
+            );
+        }
+    }
+    now
+}
+
 async fn apply_reload(r: reload::Reload, env: &Reloader<'_>, running: &mut Running) {
     let Reloader {
         flags,

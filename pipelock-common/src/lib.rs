@@ -17,6 +17,37 @@ pub const BYPASS_CIDR_ENTRIES: u32 = 1_024;
 /// Capacity of the bypass-port map.
 pub const BYPASS_PORT_ENTRIES: u32 = 256;
 
+/// Capacity of the LPM trie of UDP destinations a covered pod may send to.
+pub const UDP_ALLOW_ENTRIES: u32 = 256;
+
+/// Key data of the UDP allow trie: destination port (big endian) then the
+/// 16-byte address; an entry's prefix covers the port (16 bits) plus the
+/// CIDR's bits, so "port 53 anywhere" is a 16-bit prefix.
+pub const fn udp_allow_key(port: u16, addr: [u8; 16]) -> [u8; 18] {
+    let p = port.to_be_bytes();
+    [
+        p[0], p[1], addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7],
+        addr[8], addr[9], addr[10], addr[11], addr[12], addr[13], addr[14], addr[15],
+    ]
+}
+
+/// Index in the `GUARD` array: 1 refuses what cannot be scanned (UDP to a
+/// port not allowed, raw/ICMP/MPTCP/SCTP sockets), 0 only counts it (audit).
+pub const GUARD_ENFORCE: u32 = 0;
+/// Entries of the `GUARD` array.
+pub const GUARD_ENTRIES: u32 = 1;
+
+/// Indexes of the per-CPU `UNSCANNED` counters kept by the kernel programs.
+pub const COUNT_UDP_REFUSED: u32 = 0;
+/// A UDP send or connect that audit mode let through (strict would refuse it).
+pub const COUNT_UDP_AUDITED: u32 = 1;
+/// A socket of a kind that cannot be redirected (raw, ICMP, MPTCP, SCTP…) refused at creation.
+pub const COUNT_SOCKET_REFUSED: u32 = 2;
+/// Such a socket that audit mode let be created.
+pub const COUNT_SOCKET_AUDITED: u32 = 3;
+/// Entries of the `UNSCANNED` counter array.
+pub const COUNT_ENTRIES: u32 = 4;
+
 /// Where a redirected connection was going, and who made it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -9,29 +9,44 @@
 //!   known; move the record to a key of (client source ip, source port), which
 //!   the agent finds from the accepted socket's peer address, even when the
 //!   client lives in another network namespace.
+//! - `pipelock_sendmsg4` / `pipelock_sendmsg6` (`cgroup/sendmsg4|6`) and the
+//!   UDP branch of the connect programs: UDP cannot be redirected and
+//!   scanned, so a datagram to a destination the operator did not allow
+//!   (`UDP_ALLOW`, default: port 53) or outside the bypass CIDRs is refused
+//!   (EPERM) when `GUARD` says enforce, else counted (audit). QUIC/HTTP-3
+//!   is refused this way.
+//! - `pipelock_sock_create` (`cgroup/sock_create`): an inet socket that is
+//!   neither TCP nor UDP (raw, ICMP ping, MPTCP, SCTP, UDP-Lite…) would
+//!   leave unscanned: refused at creation when enforcing, else counted.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
-    bindings::{BPF_SOCK_OPS_TCP_CONNECT_CB, bpf_sock_addr},
+    bindings::{BPF_SOCK_OPS_TCP_CONNECT_CB, bpf_sock, bpf_sock_addr},
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_socket_cookie,
     },
-    macros::{cgroup_sock_addr, map, sock_ops},
-    maps::{HashMap, LpmTrie, LruHashMap, lpm_trie::Key},
-    programs::{SockAddrContext, SockOpsContext},
+    macros::{cgroup_sock, cgroup_sock_addr, map, sock_ops},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
+    programs::{SockAddrContext, SockContext, SockOpsContext},
 };
-use aya_log_ebpf::debug;
+use aya_log_ebpf::{debug, info};
 use pipelock_common::{
-    BYPASS_CIDR_ENTRIES, BYPASS_PORT_ENTRIES, FAMILY_V4, FAMILY_V6, ORIG_MAP_ENTRIES, OrigDst,
-    SockKey, v4_mapped,
+    BYPASS_CIDR_ENTRIES, BYPASS_PORT_ENTRIES, COUNT_ENTRIES, COUNT_SOCKET_AUDITED,
+    COUNT_SOCKET_REFUSED, COUNT_UDP_AUDITED, COUNT_UDP_REFUSED, FAMILY_V4, FAMILY_V6,
+    GUARD_ENFORCE, GUARD_ENTRIES, ORIG_MAP_ENTRIES, OrigDst, SockKey, UDP_ALLOW_ENTRIES,
+    udp_allow_key, v4_mapped,
 };
 
 const SOCK_STREAM: u32 = 1;
+const SOCK_DGRAM: u32 = 2;
 const IPPROTO_TCP: u32 = 6;
-/// Return value of a cgroup sock_addr program that lets the call proceed.
+const IPPROTO_UDP: u32 = 17;
+/// Return value of a cgroup program that lets the call proceed.
 const ALLOW: i32 = 1;
+/// Return value that fails the call with EPERM.
+const DENY: i32 = 0;
 
 // Load-time constants, set by the agent with `EbpfLoader::override_global`.
 /// Redirect IPv4 address, network byte order as stored by the kernel.
@@ -67,6 +82,20 @@ static BYPASS_CIDRS: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(BYPASS_CI
 #[map]
 static BYPASS_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(BYPASS_PORT_ENTRIES, 0);
 
+/// `[GUARD_ENFORCE]`: 1 refuses what cannot be scanned, 0 counts it (audit).
+/// A map rather than a load-time global, so a reload can change the mode.
+#[map]
+static GUARD: Array<u32> = Array::with_max_entries(GUARD_ENTRIES, 0);
+
+/// UDP destinations a covered pod may send to, e.g. port 53 (anywhere or
+/// at the cluster DNS address): key `udp_allow_key(port, addr)`.
+#[map]
+static UDP_ALLOW: LpmTrie<[u8; 18], u8> = LpmTrie::with_max_entries(UDP_ALLOW_ENTRIES, 0);
+
+/// Per-CPU counters of unscannable traffic refused or let through (`COUNT_*`).
+#[map]
+static UNSCANNED: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNT_ENTRIES, 0);
+
 #[inline(always)]
 fn global<T: Copy>(value: &T) -> T {
     // SAFETY: globals are plain data in .rodata; volatile stops the compiler
@@ -77,15 +106,122 @@ fn global<T: Copy>(value: &T) -> T {
 #[cgroup_sock_addr(connect4)]
 pub fn pipelock_connect4(ctx: SockAddrContext) -> i32 {
     // SAFETY: the kernel hands us a valid bpf_sock_addr for the program's lifetime.
-    unsafe { redirect(&ctx, false) };
-    ALLOW
+    unsafe { on_connect(&ctx, false) }
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn pipelock_connect6(ctx: SockAddrContext) -> i32 {
     // SAFETY: as above.
-    unsafe { redirect(&ctx, true) };
+    unsafe { on_connect(&ctx, true) }
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn pipelock_sendmsg4(ctx: SockAddrContext) -> i32 {
+    // SAFETY: as above; sendmsg hooks run for UDP datagrams with an address.
+    unsafe { udp_verdict(&ctx, false) }
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn pipelock_sendmsg6(ctx: SockAddrContext) -> i32 {
+    // SAFETY: as above.
+    unsafe { udp_verdict(&ctx, true) }
+}
+
+#[cgroup_sock(sock_create)]
+pub fn pipelock_sock_create(ctx: SockContext) -> i32 {
+    let sk: *mut bpf_sock = ctx.sock;
+    // SAFETY: the kernel hands us the new socket; the protocol is already
+    // resolved (0 became TCP or UDP).
+    let (kind, proto) = unsafe { ((*sk).type_, (*sk).protocol) };
+    let scannable = (kind == SOCK_STREAM && proto == IPPROTO_TCP)
+        || (kind == SOCK_DGRAM && proto == IPPROTO_UDP);
+    if scannable {
+        return ALLOW;
+    }
+    let verdict = unscannable(COUNT_SOCKET_REFUSED, COUNT_SOCKET_AUDITED);
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    info!(
+        &ctx,
+        "unscannable socket type={} protocol={} tgid={} refused={}",
+        kind,
+        proto,
+        tgid,
+        u32::from(verdict == DENY)
+    );
+    verdict
+}
+
+/// True when the kernel must refuse what cannot be scanned (not audit mode).
+#[inline(always)]
+fn enforcing() -> bool {
+    GUARD.get(GUARD_ENFORCE).is_some_and(|v| *v != 0)
+}
+
+#[inline(always)]
+fn count(index: u32) {
+    if let Some(c) = UNSCANNED.get_ptr_mut(index) {
+        // SAFETY: a per-CPU slot, only this CPU writes it while we run.
+        unsafe { *c += 1 };
+    }
+}
+
+/// DENY and count as refused when enforcing, else ALLOW and count as audited.
+#[inline(always)]
+fn unscannable(refused: u32, audited: u32) -> i32 {
+    if enforcing() {
+        count(refused);
+        DENY
+    } else {
+        count(audited);
+        ALLOW
+    }
+}
+
+/// connect(): TCP is redirected, UDP judged, anything else was judged at
+/// socket creation.
+#[inline(always)]
+unsafe fn on_connect(ctx: &SockAddrContext, v6: bool) -> i32 {
+    let sa: *mut bpf_sock_addr = ctx.sock_addr;
+    // SAFETY: sa is the kernel's context.
+    let (kind, proto) = unsafe { ((*sa).type_, (*sa).protocol) };
+    if kind == SOCK_DGRAM && (proto == IPPROTO_UDP || proto == 0) {
+        // SAFETY: as above.
+        return unsafe { udp_verdict(ctx, v6) };
+    }
+    // SAFETY: as above.
+    unsafe { redirect(ctx, v6) };
     ALLOW
+}
+
+/// A UDP datagram (or UDP connect) to an allowed port or a bypass CIDR
+/// passes; anything else cannot be scanned.
+#[inline(always)]
+unsafe fn udp_verdict(ctx: &SockAddrContext, v6: bool) -> i32 {
+    let sa: *mut bpf_sock_addr = ctx.sock_addr;
+    // SAFETY: sa is the kernel's context.
+    let port = u16::from_be(unsafe { (*sa).user_port } as u16);
+    let addr: [u8; 16] = if v6 {
+        ip6_bytes(unsafe { (*sa).user_ip6 })
+    } else {
+        v4_mapped(unsafe { (*sa).user_ip4 }.to_ne_bytes())
+    };
+    if UDP_ALLOW
+        .get(Key::new(144, udp_allow_key(port, addr)))
+        .is_some()
+    {
+        return ALLOW;
+    }
+    if BYPASS_CIDRS.get(Key::new(128, addr)).is_some() {
+        return ALLOW;
+    }
+    let verdict = unscannable(COUNT_UDP_REFUSED, COUNT_UDP_AUDITED);
+    // Audit counts only: a log line per datagram of a QUIC stream would
+    // flood the ring buffer. A refused send usually stops its sender.
+    if verdict == DENY {
+        let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+        info!(ctx, "unscannable udp refused port={} tgid={}", port, tgid);
+    }
+    verdict
 }
 
 /// Decides whether this connect is redirected, records it and rewrites it.

@@ -2,8 +2,11 @@
 //! keep-alive HTTPS requests/s and latency p50/p99 at concurrency 1 and 50
 //! for (a) the upstream directly, (b) through pipelock-agent's interception
 //! path (in-process: the real `dispatch::serve`, fixed original
-//! destination), (c) mitmproxy and (d) squid-openssl with ssl-bump (both as
-//! CONNECT proxies that bump TLS), with the same Rust client (HTTP/1.1 over
+//! destination), (c) the agent's forward proxy (the release binary in plain
+//! mode, `--listen`: CONNECT, then TLS interception, as Faraday with
+//! `HTTPS_PROXY` reaches it), (d) mitmproxy and (e) squid-openssl with
+//! ssl-bump (both as CONNECT proxies that bump TLS), with the same Rust
+//! client (HTTP/1.1 over
 //! rustls) and the same HTTPS upstream, all on loopback. Also the cost of
 //! minting a leaf (cache miss) and of a full handshake. mitmproxy and squid
 //! are installed on first use (pip, apt-get); a missing one is reported and
@@ -18,6 +21,8 @@ use std::{
 
 use pipelock_agent::tls::LeafName;
 use pipelock_tests::{
+    agent::{Agent, agent_bin},
+    free_port,
     tls_client::{Client, client_config},
     tls_harness::{AgentOptions, InProcessAgent, temp_dir},
     tls_upstream::{HttpsUpstream, TestCa},
@@ -41,7 +46,24 @@ struct Target {
     authority: String,
     connect_to: SocketAddr,
     proxy: Option<SocketAddr>,
+    /// CONNECT by this name (the agent's forward proxy wants the SNI's host).
+    connect_host: Option<String>,
+    /// TLS server name.
+    sni: &'static str,
     cfg: Arc<rustls::ClientConfig>,
+}
+
+impl Target {
+    async fn client(&self) -> Result<Client, String> {
+        Client::connect_as(
+            self.connect_to,
+            self.proxy,
+            self.connect_host.as_deref(),
+            self.sni,
+            self.cfg.clone(),
+        )
+        .await
+    }
 }
 
 async fn load(t: &Target, concurrency: usize) -> Stats {
@@ -50,15 +72,17 @@ async fn load(t: &Target, concurrency: usize) -> Stats {
     let measure_from = start + WARMUP;
     let stop = measure_from + RUN_FOR;
     for _ in 0..concurrency {
-        let (addr, proxy, cfg) = (t.connect_to, t.proxy, t.cfg.clone());
-        let authority = t.authority.clone();
+        let (addr, proxy, cfg, sni) = (t.connect_to, t.proxy, t.cfg.clone(), t.sni);
+        let (authority, connect_host) = (t.authority.clone(), t.connect_host.clone());
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             let mut errors = 0u64;
             let mut client: Option<Client> = None;
             while Instant::now() < stop {
                 if client.is_none() {
-                    match Client::connect(addr, proxy, "upstream.test", cfg.clone()).await {
+                    match Client::connect_as(addr, proxy, connect_host.as_deref(), sni, cfg.clone())
+                        .await
+                    {
                         Ok(c) => client = Some(c),
                         Err(_) => {
                             errors += 1;
@@ -110,9 +134,7 @@ async fn handshake_cost(t: &Target, n: usize) -> Option<Duration> {
     let authority = t.authority.clone();
     let start = Instant::now();
     for _ in 0..n {
-        let mut c = Client::connect(t.connect_to, t.proxy, "upstream.test", t.cfg.clone())
-            .await
-            .ok()?;
+        let mut c = t.client().await.ok()?;
         c.get(&authority, "/hello").await.ok()?;
     }
     Some(start.elapsed() / n as u32)
@@ -301,6 +323,54 @@ fn start_squid(dir: &Path, up_ca: &Path) -> Result<(Proc, SocketAddr, PathBuf), 
     Ok((p, addr, sq.join("ca.crt")))
 }
 
+/// The real agent binary as a plain forward proxy (no cgroup): its
+/// address and the CA file clients trust.
+fn start_forward(dir: &Path, up_ca: &Path) -> Result<(Agent, SocketAddr, PathBuf), String> {
+    let state = dir.join("forward-state");
+    let out = Command::new(agent_bin())
+        .args(["ca", "export", "--state-dir"])
+        .arg(&state)
+        .output()
+        .map_err(|e| format!("running {}: {e}", agent_bin().display()))?;
+    if !out.status.success() {
+        return Err(format!("ca export: {out:?}"));
+    }
+    let ca = dir.join("forward-ca.pem");
+    std::fs::write(&ca, &out.stdout).map_err(|e| e.to_string())?;
+    let cfg = dir.join("forward.yaml");
+    // Request logging off, as the in-process row has it.
+    std::fs::write(
+        &cfg,
+        "forward_proxy:\n  enabled: true\nlogging:\n  include_allowed: false\n",
+    )
+    .map_err(|e| e.to_string())?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let args: Vec<String> = [
+        "run",
+        "--config",
+        cfg.to_str().unwrap_or_default(),
+        "--listen",
+        &addr.to_string(),
+        "--state-dir",
+        state.to_str().unwrap_or_default(),
+        "--upstream-ca",
+        up_ca.to_str().unwrap_or_default(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let agent = Agent::spawn(&args);
+    if agent
+        .wait_for_line(Duration::from_secs(30), |l| {
+            l.contains("forward proxy listening")
+        })
+        .is_none()
+    {
+        return Err(format!("did not start: {}", agent.output()));
+    }
+    Ok((agent, addr, ca))
+}
+
 fn main() {
     // `cargo bench` passes --bench; nothing else is accepted.
     let dir = temp_dir("bench");
@@ -325,6 +395,8 @@ fn main() {
             name: "direct",
             connect_to: up.addr,
             proxy: None,
+            connect_host: None,
+            sni: "upstream.test",
             cfg: client_config(&[&up_ca_file], h1),
         },
         Target {
@@ -332,10 +404,31 @@ fn main() {
             name: "pipelock-agent",
             connect_to: agent.addr,
             proxy: None,
+            connect_host: None,
+            sni: "upstream.test",
             cfg: client_config(&[&agent.ca_file], h1),
         },
     ];
     let mut keep = Vec::new();
+    let mut forward = None;
+    match start_forward(&dir, &up_ca_file) {
+        Ok((a, addr, ca)) => {
+            forward = Some(a);
+            // A ClientHello must name the CONNECT host: CONNECT and TLS
+            // both as localhost (a name of the upstream's certificate).
+            let local = format!("localhost:{}", up.addr.port());
+            targets.push(Target {
+                authority: local.clone(),
+                name: "agent-forward",
+                connect_to: up.addr,
+                proxy: Some(addr),
+                connect_host: Some(local),
+                sni: "localhost",
+                cfg: client_config(&[&ca], h1),
+            });
+        }
+        Err(e) => println!("agent forward proxy: skipped: {e}"),
+    }
     match start_mitmproxy(&dir, &up_ca_file) {
         Ok((p, addr, ca)) => {
             keep.push(p);
@@ -344,6 +437,8 @@ fn main() {
                 name: "mitmproxy",
                 connect_to: up.addr,
                 proxy: Some(addr),
+                connect_host: None,
+                sni: "upstream.test",
                 cfg: client_config(&[&ca], h1),
             });
         }
@@ -357,6 +452,8 @@ fn main() {
                 name: "squid-ssl-bump",
                 connect_to: up.addr,
                 proxy: Some(addr),
+                connect_host: None,
+                sni: "upstream.test",
                 cfg: client_config(&[&ca], h1),
             });
         }
@@ -380,8 +477,7 @@ fn main() {
         // Sanity first: one request must work.
         let authority = t.authority.clone();
         let ok = rt.block_on(async {
-            let mut c =
-                Client::connect(t.connect_to, t.proxy, "upstream.test", t.cfg.clone()).await?;
+            let mut c = t.client().await?;
             c.get(&authority, "/hello").await
         });
         match ok {
@@ -426,17 +522,19 @@ fn main() {
     println!(
         "\nratios (pipelock-agent vs other; throughput: higher is better for the agent; p99: lower is better)"
     );
-    for conc in [1usize, 50] {
-        let Some(a) = get("pipelock-agent", conc) else {
-            continue;
-        };
-        for other in ["direct", "mitmproxy", "squid-ssl-bump"] {
-            if let Some(o) = get(other, conc) {
-                println!(
-                    "  c={conc:<3} agent/{other:<15} throughput x{:.2}   p99 x{:.2}",
-                    a.rps / o.rps,
-                    a.p99_ms / o.p99_ms
-                );
+    for (ours, label) in [("pipelock-agent", "agent"), ("agent-forward", "forward")] {
+        for conc in [1usize, 50] {
+            let Some(a) = get(ours, conc) else {
+                continue;
+            };
+            for other in ["direct", "mitmproxy", "squid-ssl-bump"] {
+                if let Some(o) = get(other, conc) {
+                    println!(
+                        "  c={conc:<3} {label}/{other:<15} throughput x{:.2}   p99 x{:.2}",
+                        a.rps / o.rps,
+                        a.p99_ms / o.p99_ms
+                    );
+                }
             }
         }
     }
@@ -469,6 +567,7 @@ fn main() {
         }
     }
     drop(keep);
+    drop(forward);
     drop(agent);
     drop(up);
     let _ = std::fs::remove_dir_all(&dir);

@@ -171,3 +171,81 @@ pub fn load_all(dir: &Path) -> anyhow::Result<Vec<Case>> {
     }
     Ok(cases)
 }
+
+/// Recall and false-positive counts of one class (or of the whole corpus).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Score {
+    /// Cases expected to be blocked, and how many were.
+    pub positives: usize,
+    pub caught: usize,
+    /// Cases expected to pass, and how many were blocked anyway.
+    pub negatives: usize,
+    pub false_positives: usize,
+}
+
+impl Score {
+    /// Counts one case: what was expected and whether it was blocked.
+    pub fn add(&mut self, expect: Expect, blocked: bool) {
+        match expect {
+            Expect::Block => {
+                self.positives += 1;
+                self.caught += usize::from(blocked);
+            }
+            Expect::Pass => {
+                self.negatives += 1;
+                self.false_positives += usize::from(blocked);
+            }
+        }
+    }
+
+    /// Caught / positives, in percent (100 when there are none).
+    pub fn recall(&self) -> f64 {
+        percent(self.caught, self.positives, 100.0)
+    }
+
+    /// Blocked negatives / negatives, in percent (0 when there are none).
+    pub fn fp_rate(&self) -> f64 {
+        percent(self.false_positives, self.negatives, 0.0)
+    }
+}
+
+fn percent(part: usize, whole: usize, empty: f64) -> f64 {
+    if whole == 0 {
+        empty
+    } else {
+        part as f64 * 100.0 / whole as f64
+    }
+}
+
+/// A table of scores per class and in total, one line each.
+pub fn score_table(by_class: &std::collections::BTreeMap<String, Score>) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let mut total = Score::default();
+    let _ = writeln!(
+        out,
+        "{:>12}  {:>14}  {:>12}",
+        "class", "recall", "false pos."
+    );
+    let mut line = |name: &str, s: &Score| {
+        let _ = writeln!(
+            out,
+            "{name:>12}  {:>3}/{:<3} {:>5.1}%  {:>2}/{:<3} {:>4.1}%",
+            s.caught,
+            s.positives,
+            s.recall(),
+            s.false_positives,
+            s.negatives,
+            s.fp_rate()
+        );
+    };
+    for (class, s) in by_class {
+        line(class, s);
+        total.positives += s.positives;
+        total.caught += s.caught;
+        total.negatives += s.negatives;
+        total.false_positives += s.false_positives;
+    }
+    line("total", &total);
+    out
+}

@@ -42,12 +42,26 @@ impl Client {
         sni: &str,
         cfg: Arc<rustls::ClientConfig>,
     ) -> Result<Client, String> {
+        Client::connect_as(addr, proxy, None, sni, cfg).await
+    }
+
+    /// Like [`Client::connect`], the CONNECT naming `connect_host` (e.g.
+    /// `localhost:443`, as a client that resolves names through the proxy
+    /// sends it) instead of `addr`.
+    pub async fn connect_as(
+        addr: SocketAddr,
+        proxy: Option<SocketAddr>,
+        connect_host: Option<&str>,
+        sni: &str,
+        cfg: Arc<rustls::ClientConfig>,
+    ) -> Result<Client, String> {
         let mut tcp = tokio::net::TcpStream::connect(proxy.unwrap_or(addr))
             .await
             .map_err(|e| format!("connect: {e}"))?;
         let _ = tcp.set_nodelay(true);
         if proxy.is_some() {
-            let req = format!("CONNECT {addr} HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+            let target = connect_host.map_or_else(|| addr.to_string(), str::to_owned);
+            let req = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n");
             tcp.write_all(req.as_bytes())
                 .await
                 .map_err(|e| e.to_string())?;

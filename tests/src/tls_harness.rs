@@ -1,21 +1,33 @@
 //! The in-process tier for TLS interception tests and benchmarks: a loopback
-//! listener whose connections are handed to the agent's real
-//! `proxy::dispatch::serve` with a fixed original destination (what the
-//! kernel redirect would have recorded), plus a [`TestPipeline`] that blocks
-//! on simple markers so the pipeline hooks can be observed.
+//! listener served by the agent's real accept loop (`proxy::transparent::
+//! serve`: admission, loop guard, dispatch, the connection log line) with a
+//! fixed original destination (what the kernel redirect would have
+//! recorded), plus a [`TestPipeline`] that blocks on simple markers so the
+//! pipeline hooks can be observed. Finished connections are read back from
+//! the agent's own `pipelock::conn` log line.
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex, OnceLock,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
 use pipelock_agent::{
     config::NonHttpAction,
-    pipeline::{AllowAll, Block, ConnMeta, Decision, Exchange, Listener, Outcome, Pipeline},
-    proxy::{ConnSummary, ProxyContext, dispatch, passthrough::PassthroughDomains, transparent},
+    pipeline::{AllowAll, Attribution, Block, ConnMeta, Decision, Exchange, Outcome, Pipeline},
+    proxy::{
+        ProxyContext,
+        limits::ConnLimits,
+        passthrough::PassthroughDomains,
+        transparent::{self, OrigDsts},
+    },
+    telemetry::metrics::Metrics,
     tls::Tls,
 };
+use tracing_subscriber::layer::SubscriberExt as _;
 
 /// What one served connection ended with.
 #[derive(Clone, Debug)]
@@ -26,7 +38,7 @@ pub struct ConnRecord {
     pub bytes_up: u64,
     /// Upstream → client bytes.
     pub bytes_down: u64,
-    /// The error `dispatch::serve` returned, as text.
+    /// The error the connection failed with, as its log line shows it.
     pub error: Option<String>,
 }
 
@@ -68,8 +80,139 @@ pub struct InProcessAgent {
     pub tls: Arc<Tls>,
     /// PEM file of the agent's CA (what clients trust).
     pub ca_file: PathBuf,
-    records: Arc<Mutex<Vec<ConnRecord>>>,
+    /// The cgroup id its connections are attributed to.
+    tag: u64,
+    shutdown: tokio_util::sync::CancellationToken,
     _rt: tokio::runtime::Runtime,
+}
+
+impl Drop for InProcessAgent {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+static NEXT_TAG: AtomicU64 = AtomicU64::new(1_000_000);
+
+/// Every original destination is `dst`, attributed to cgroup `tag`.
+struct Fixed {
+    dst: SocketAddr,
+    tag: u64,
+}
+
+impl OrigDsts for Fixed {
+    fn take(&self, _peer: SocketAddr) -> Option<(SocketAddr, Attribution)> {
+        Some((
+            self.dst,
+            Attribution {
+                pid: 0,
+                tgid: 0,
+                comm: "in-process".into(),
+                cgroup_id: self.tag,
+            },
+        ))
+    }
+}
+
+/// `pipelock::conn` lines of every in-process agent: (cgroup id, record).
+fn captured() -> &'static Mutex<Vec<(u64, ConnRecord)>> {
+    static C: OnceLock<Mutex<Vec<(u64, ConnRecord)>>> = OnceLock::new();
+    C.get_or_init(Mutex::default)
+}
+
+/// Installs (once per process) a tracing subscriber that keeps the
+/// agent's connection lines.
+fn install_capture() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        let subscriber = tracing_subscriber::registry().with(Capture);
+        // Another subscriber already set (a bench's): records stay empty.
+        let _ = tracing::subscriber::set_global_default(subscriber);
+    });
+}
+
+struct Capture;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
+    fn on_event(
+        &self,
+        event: &tracing::Event<'_>,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        if event.metadata().target() != "pipelock::conn" {
+            return;
+        }
+        let mut v = ConnLine::default();
+        event.record(&mut v);
+        if v.message.starts_with("connection ") {
+            let rec = ConnRecord {
+                kind: kind_name(&v.kind),
+                bytes_up: v.bytes_up,
+                bytes_down: v.bytes_down,
+                error: v.error,
+            };
+            captured()
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((v.cgroup_id, rec));
+        }
+    }
+}
+
+/// The fields of one connection line.
+#[derive(Default)]
+struct ConnLine {
+    message: String,
+    kind: String,
+    cgroup_id: u64,
+    bytes_up: u64,
+    bytes_down: u64,
+    error: Option<String>,
+}
+
+impl tracing::field::Visit for ConnLine {
+    fn record_str(&mut self, f: &tracing::field::Field, value: &str) {
+        match f.name() {
+            "kind" => value.clone_into(&mut self.kind),
+            "message" => value.clone_into(&mut self.message),
+            _ => {}
+        }
+    }
+    fn record_u64(&mut self, f: &tracing::field::Field, value: u64) {
+        match f.name() {
+            "cgroup_id" => self.cgroup_id = value,
+            "bytes_up" => self.bytes_up = value,
+            "bytes_down" => self.bytes_down = value,
+            _ => {}
+        }
+    }
+    fn record_debug(&mut self, f: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        match f.name() {
+            "error" => self.error = Some(format!("{value:?}")),
+            "message" => self.message = format!("{value:?}"),
+            _ => {}
+        }
+    }
+}
+
+/// The agent's kinds are `&'static str`; the record keeps that type.
+fn kind_name(kind: &str) -> &'static str {
+    const KINDS: &[&str] = &[
+        "tls",
+        "http",
+        "passthrough",
+        "relay",
+        "refused",
+        "reset",
+        "empty",
+        "malformed",
+        "kill_switch",
+    ];
+    KINDS
+        .iter()
+        .find(|k| **k == kind)
+        .copied()
+        .unwrap_or("other")
 }
 
 impl InProcessAgent {
@@ -109,45 +252,43 @@ impl InProcessAgent {
             forward: Default::default(),
             mcp: Default::default(),
         });
-        let records = Arc::new(Mutex::new(Vec::new()));
-        let recs = records.clone();
-        let orig_dst = opts.orig_dst;
-        rt.spawn(async move {
-            while let Ok((stream, peer)) = listener.accept().await {
-                let _ = stream.set_nodelay(true);
-                let (ctx, recs) = (ctx.clone(), recs.clone());
-                tokio::spawn(async move {
-                    let meta = Arc::new(ConnMeta {
-                        id: transparent::next_conn_id(),
-                        listener: Listener::Transparent,
-                        peer,
-                        orig_dst: Some(orig_dst),
-                        attribution: None,
-                        verified_name: None,
-                    });
-                    let mut summary = ConnSummary::default();
-                    let r = dispatch::serve(stream, meta, ctx, &mut summary).await;
-                    recs.lock().expect("records").push(ConnRecord {
-                        kind: summary.kind,
-                        bytes_up: summary.bytes_up,
-                        bytes_down: summary.bytes_down,
-                        error: r.err().map(|e| e.to_string()),
-                    });
-                });
-            }
-        });
+        // Each agent's connections carry a cgroup id of their own, so its
+        // log lines can be told from those of others in the process.
+        let tag = NEXT_TAG.fetch_add(1, Ordering::Relaxed);
+        install_capture();
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        rt.spawn(transparent::serve(
+            listener,
+            Arc::new(Fixed {
+                dst: opts.orig_dst,
+                tag,
+            }),
+            Arc::new(arc_swap::ArcSwap::from(ctx)),
+            ConnLimits::new(8192, 8192),
+            Arc::new(Metrics::new()),
+            shutdown.clone(),
+            tokio_util::task::TaskTracker::new(),
+            None,
+        ));
         InProcessAgent {
             addr,
             tls,
             ca_file,
-            records,
+            tag,
+            shutdown,
             _rt: rt,
         }
     }
 
-    /// Connections finished so far.
+    /// Connections finished so far (from the agent's connection lines).
     pub fn records(&self) -> Vec<ConnRecord> {
-        self.records.lock().expect("records").clone()
+        captured()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(tag, _)| *tag == self.tag)
+            .map(|(_, r)| r.clone())
+            .collect()
     }
 
     /// Waits (bounded) until a finished connection matches `pred`.

@@ -157,6 +157,23 @@ fn injected(path: &str) -> Option<(Vec<u8>, Vec<tiny_http::Header>)> {
                 vec![header("Content-Type", "application/json")],
             ))
         }
+        "/grpc-gzip" => {
+            // A gRPC answer compressed message by message: a length-prefixed
+            // frame whose flag says gzip, with no Content-Encoding.
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            gz.write_all(text.as_bytes()).ok()?;
+            let msg = gz.finish().ok()?;
+            let mut body = vec![1u8];
+            body.extend_from_slice(&u32::try_from(msg.len()).ok()?.to_be_bytes());
+            body.extend_from_slice(&msg);
+            Some((
+                body,
+                vec![
+                    header("Content-Type", "application/grpc"),
+                    header("grpc-encoding", "gzip"),
+                ],
+            ))
+        }
         _ => None,
     }
 }

@@ -11,7 +11,7 @@ use pipelock_agent::{
     config,
     pipeline::{ConnMeta, Decision, Listener, Pipeline, ScanPipeline},
 };
-use pipelock_tests::corpus::{self, Case, CaseListener, Expect};
+use pipelock_tests::corpus::{self, Case, CaseListener, Expect, Score};
 
 fn strict_pipeline() -> ScanPipeline {
     let loaded = config::parse("mode: strict\n").expect("strict config parses");
@@ -90,8 +90,7 @@ fn blocked(pipeline: &ScanPipeline, case: &Case) -> anyhow::Result<bool> {
 fn corpus_in_strict_mode() {
     let cases = corpus::load_all(&corpus::corpus_dir()).expect("the corpus loads");
     let pipeline = strict_pipeline();
-    // class -> (cases, right)
-    let mut by_class: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    let mut by_class: BTreeMap<String, Score> = BTreeMap::new();
     let mut wrong = Vec::new();
     let mut fixed_known_misses = Vec::new();
     for case in &cases {
@@ -100,9 +99,10 @@ fn corpus_in_strict_mode() {
             Err(e) => panic!("case {} ({}): {e:#}", case.id, case.file.display()),
         };
         let right = got == (case.expect == Expect::Block);
-        let entry = by_class.entry(case.class.clone()).or_default();
-        entry.0 += 1;
-        entry.1 += usize::from(right);
+        by_class
+            .entry(case.class.clone())
+            .or_default()
+            .add(case.expect, got);
         match (right, &case.known_miss) {
             (false, None) => wrong.push(format!(
                 "{} [{}] expected {:?}, got {}",
@@ -115,9 +115,7 @@ fn corpus_in_strict_mode() {
             _ => {}
         }
     }
-    for (class, (n, right)) in &by_class {
-        eprintln!("{class:>12}: {right}/{n} as expected");
-    }
+    eprintln!("{}", corpus::score_table(&by_class));
     assert!(
         wrong.is_empty(),
         "{} corpus case(s) not as labelled:\n{}",

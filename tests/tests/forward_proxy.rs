@@ -343,6 +343,93 @@ fn sni_other_than_the_connect_host_is_refused() {
     );
 }
 
+/// `openssl s_client` through the proxy: CONNECT `connect`, SNI `sni`,
+/// trusting the agent's CA; sends one `GET /hello` for `sni` and returns
+/// what came back.
+fn s_client_get(f: &Fwd, connect: &str, sni: &str) -> ClientRun {
+    use std::io::Write as _;
+    let mut cmd = Command::new("openssl");
+    cmd.args([
+        "s_client",
+        "-proxy",
+        &format!("127.0.0.1:{}", f.port),
+        "-connect",
+        connect,
+        "-servername",
+        sni,
+        "-CAfile",
+        f.ca(),
+        "-verify_return_error",
+        "-quiet",
+        "-ign_eof",
+    ])
+    .stdin(std::process::Stdio::piped())
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("openssl");
+    let request = format!("GET /hello HTTP/1.1\r\nHost: {sni}\r\nConnection: close\r\n\r\n");
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(request.as_bytes());
+    }
+    let pid = child.id();
+    // Bounded: the request closes the connection; kill after the timeout.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().expect("openssl output");
+    ClientRun {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        pid,
+    }
+}
+
+#[test]
+fn sni_verification_off_allows_another_sni_only_when_the_upstream_proves_it() {
+    let dir = std::env::temp_dir().join(format!("plk-fwd-sni-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("pipelock.yaml");
+    std::fs::write(
+        &cfg,
+        "forward_proxy:\n  enabled: true\n  sni_verification: false\n",
+    )
+    .unwrap();
+    let f = start_with(&cfg, &[]);
+    // The upstream serves both names: the other SNI is allowed, logged.
+    let both = https_upstream(&f, &["localhost", "other.example"]);
+    let run = s_client_get(
+        &f,
+        &format!("localhost:{}", both.addr.port()),
+        "other.example",
+    );
+    assert!(
+        run.stdout.starts_with("HTTP/1.1 200"),
+        "{run:?}\n{}",
+        f.agent.output()
+    );
+    f.agent
+        .wait_for_line(Duration::from_secs(5), |l| {
+            l.contains("sni_verification: false")
+        })
+        .unwrap_or_else(|| panic!("no warning:\n{}", f.agent.output()));
+    // An upstream that does not prove the SNI name: 502, nothing relayed.
+    let one = https_upstream(&f, &["localhost"]);
+    let run = s_client_get(
+        &f,
+        &format!("localhost:{}", one.addr.port()),
+        "other.example",
+    );
+    assert!(run.stdout.starts_with("HTTP/1.1 502"), "{run:?}");
+    assert!(!run.stdout.contains("hello from upstream"), "{run:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn python_requests_with_https_proxy() {
     let ok = Command::new("python3")

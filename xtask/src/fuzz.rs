@@ -21,6 +21,7 @@ pub const TARGETS: &[&str] = &[
     "normalize",
     "config",
     "pipeline",
+    "websocket",
 ];
 
 /// Builds the targets and runs `target` (or all) for `seconds` each.

@@ -39,15 +39,18 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Run the whole test suite, privileged tests included (needs root).
+    /// Run the whole test suite, privileged tests included (needs root),
+    /// then a short fuzz smoke run of every cargo-fuzz target (not with a
+    /// test-name filter).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Run a benchmark: relay, tls or scan.
+    /// Run a benchmark: relay, tls, scan or detect (the detection corpus
+    /// through the real agent; root).
     Bench {
-        #[arg(value_parser = ["relay", "tls", "scan"])]
+        #[arg(value_parser = ["relay", "tls", "scan", "detect"])]
         name: String,
     },
     /// rustfmt check and clippy -D warnings on the whole workspace.
@@ -63,6 +66,9 @@ enum Cmd {
         target: Option<String>,
     },
 }
+
+/// Seconds each fuzz target runs at the end of `cargo xtask test`.
+const FUZZ_SMOKE_SECONDS: u64 = 10;
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -133,7 +139,19 @@ fn main() -> anyhow::Result<()> {
                 cmd.push("--");
                 cmd.extend(args.iter().map(String::as_str));
             }
-            cargo(&root, &env, &cmd)
+            cargo(&root, &env, &cmd)?;
+            // The whole suite (no filter) ends with a fuzz smoke run: every
+            // cargo-fuzz target for a few seconds, without a sanitizer (the
+            // ASan build takes half an hour on 2 cores; `cargo xtask fuzz`
+            // runs it). A crash fails the suite.
+            if args.is_empty() {
+                eprintln!(
+                    "xtask: fuzz smoke run: {} targets, {FUZZ_SMOKE_SECONDS} s each",
+                    fuzz::TARGETS.len()
+                );
+                fuzz::run(&root, &env, FUZZ_SMOKE_SECONDS, None, "none")?;
+            }
+            Ok(())
         }
         Cmd::Bench { name } => {
             let package = if name == "scan" {

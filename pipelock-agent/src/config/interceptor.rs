@@ -44,6 +44,13 @@ pub struct Interceptor {
     pub bypass_cidrs: Vec<IpNet>,
     /// Destination ports never redirected.
     pub bypass_ports: Vec<u16>,
+    /// UDP destinations covered pods may send to (port 53 anywhere by
+    /// default; narrow it to the cluster DNS address). UDP cannot be
+    /// redirected and scanned: any other UDP datagram (QUIC among them),
+    /// and any inet socket that is neither TCP nor UDP (raw, ICMP, MPTCP,
+    /// SCTP), is refused by the kernel in strict and balanced and counted
+    /// in audit. The bypass CIDRs are allowed too.
+    pub udp_allow: Vec<UdpAllow>,
     /// Mode per cgroup subtree, e.g. `/sure/worker: strict`.
     pub mode_overrides: BTreeMap<String, Mode>,
     /// Persistent state (the generated CA).
@@ -115,6 +122,10 @@ impl Default for Interceptor {
             mcp_auth_token_file: None,
             bypass_cidrs: Vec::new(),
             bypass_ports: Vec::new(),
+            udp_allow: vec![UdpAllow {
+                port: 53,
+                cidr: None,
+            }],
             mode_overrides: BTreeMap::new(),
             state_dir: PathBuf::from("/var/lib/pipelock"),
             ca_cert: None,
@@ -143,6 +154,17 @@ impl Default for Interceptor {
             body_idle_timeout_seconds: 60,
         }
     }
+}
+
+/// One UDP destination covered pods may send to.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UdpAllow {
+    /// Destination port.
+    pub port: u16,
+    /// Destination network (none: any address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cidr: Option<IpNet>,
 }
 
 impl Interceptor {

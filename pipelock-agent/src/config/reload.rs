@@ -155,6 +155,9 @@ const RESTART_ONLY: &[(&str, Getter)] = &[
     ("interceptor.bypass_ports", |c| {
         format!("{:?}", c.interceptor.bypass_ports)
     }),
+    ("interceptor.udp_allow", |c| {
+        format!("{:?}", c.interceptor.udp_allow)
+    }),
     ("interceptor.state_dir", |c| {
         c.interceptor.state_dir.display().to_string()
     }),
@@ -209,6 +212,7 @@ pub fn keep_start_only(running: &Config, mut new: Config) -> Config {
     i.mcp_auth_token_file.clone_from(&r.mcp_auth_token_file);
     i.bypass_cidrs.clone_from(&r.bypass_cidrs);
     i.bypass_ports.clone_from(&r.bypass_ports);
+    i.udp_allow.clone_from(&r.udp_allow);
     i.state_dir.clone_from(&r.state_dir);
     i.ca_cert.clone_from(&r.ca_cert);
     i.ca_key.clone_from(&r.ca_key);

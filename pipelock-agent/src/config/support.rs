@@ -52,11 +52,6 @@ const RULES: &[Rule] = &[
     rule!("api_allowlist", |c| c.api_allowlist.is_some(), LATER),
     rule!("suppress", |c| !c.suppress.is_empty(), LATER),
     rule!(
-        "forward_proxy.sni_verification",
-        |c| !c.forward_proxy.sni_verification,
-        "always on: a ClientHello whose SNI differs from the CONNECT host is refused"
-    ),
-    rule!(
         "forward_proxy.redirect_websocket_hosts",
         |c| !c.forward_proxy.redirect_websocket_hosts.is_empty(),
         LATER

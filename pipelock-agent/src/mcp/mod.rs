@@ -141,6 +141,7 @@ pub fn hit(
             confidence: Confidence::Medium,
             home_hosts: Vec::new(),
             reveal: Reveal::Prefix,
+            confirm: None,
         }),
         excerpt: excerpt.into(),
         location: location.into(),

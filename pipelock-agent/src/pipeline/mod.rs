@@ -4,7 +4,9 @@
 //! decision a hook returns. Scanning and verdicts plug in here, once:
 //! [`ScanPipeline`] (`scanning`) turns the hits of `crate::scan` into
 //! actions by mode (`verdict`), logs them (`findings`) and counts them.
+pub mod destination;
 pub mod findings;
+pub mod jwt;
 pub mod scanning;
 pub mod subtree;
 pub mod verdict;

@@ -15,6 +15,7 @@ use crate::{
     config::Mode,
     pipeline::{
         Block, ConnMeta, Decision, Exchange, Outcome, Pipeline,
+        destination::DestPolicy,
         findings::{Direction, ExchangeInfo, Finding, log_finding, redact_path},
         subtree::SubtreeModes,
         verdict::{self, Action, Policy},
@@ -22,6 +23,7 @@ use crate::{
     telemetry::metrics::Metrics,
 };
 
+use super::jwt;
 use crate::scan::{
     Error,
     body::{BodyScanner, BodySpec, BodyStatus},
@@ -70,6 +72,12 @@ pub struct ScanConfig {
     /// Response findings block in balanced whatever their confidence
     /// (`response_scanning.action: block`).
     pub response_section_blocks: bool,
+    /// DLP findings in responses block (strict, balanced) rather than only
+    /// being logged: responses are what the app reads, not what leaves
+    /// (`interceptor.response_dlp_action: block`).
+    pub response_dlp_blocks: bool,
+    /// Destination policy (SSRF, blocklist, DNS exfiltration, URL entropy).
+    pub destination: DestPolicy,
     /// Request bodies on the MCP listener are scanned (`mcp_input_scanning.enabled`;
     /// it replaces `request_body` there).
     pub mcp_input: bool,
@@ -124,6 +132,7 @@ impl CustomPattern {
                 .map(|d| d.trim_start_matches("*.").to_ascii_lowercase())
                 .collect(),
             reveal: Reveal::Prefix,
+            confirm: None,
         }
     }
 }
@@ -148,6 +157,8 @@ impl Default for ScanConfig {
             custom_dlp: Vec::new(),
             request_section_blocks: false,
             response_section_blocks: false,
+            response_dlp_blocks: false,
+            destination: DestPolicy::default(),
             mcp_input: true,
             mcp_input_section_blocks: false,
         }
@@ -329,6 +340,23 @@ fn is_auth_header(name: &str) -> bool {
     matches!(name, "authorization" | "proxy-authorization" | "cookie")
 }
 
+/// Headers that carry a credential by design: the auth headers and custom
+/// `X-*-Key`, `-Token`, `-Secret`, `-Auth`, `-Session` ones.
+fn carries_credentials(name: &str) -> bool {
+    is_auth_header(name)
+        || [
+            "key",
+            "token",
+            "secret",
+            "auth",
+            "session",
+            "signature",
+            "csrf",
+        ]
+        .iter()
+        .any(|w| name.contains(w))
+}
+
 /// Response bodies with these media types are not scanned (binary media).
 fn skip_response_media(content_type: &str) -> bool {
     let ct = content_type.trim().to_ascii_lowercase();
@@ -375,7 +403,15 @@ impl ScanExchange {
                 Direction::Request => cfg.request_section_blocks,
                 Direction::Response => cfg.response_section_blocks,
             });
-            let action = verdict::action_for(self.mode, hit.meta.confidence, section_blocks);
+            let mut action = verdict::action_for(self.mode, hit.meta.confidence, section_blocks);
+            // What comes back is read by the app, not leaving it: DLP in a
+            // response is logged unless configured to block.
+            if direction == Direction::Response
+                && hit.meta.class == RuleClass::Dlp
+                && !self.shared.cfg.response_dlp_blocks
+            {
+                action = action.min(Action::Log);
+            }
             let finding = Finding {
                 rule_id: hit.meta.id.to_string(),
                 rule_name: hit.meta.name.to_string(),
@@ -512,22 +548,56 @@ impl ScanExchange {
         }
     }
 
-    /// Feeds one body chunk to its scanner and accounts for how it went.
     /// Request header (or trailer) fields, one `name: value` line each,
-    /// for DLP; located as `<kind>:<name>`.
+    /// for DLP; located as `<kind>:<name>`. Every field is scanned, and
+    /// also: Basic credentials decoded, each Cookie pair and any
+    /// percent-encoded value decoded. A header that carries credentials by
+    /// design (Authorization, Cookie, `X-*-Key`/`-Token`) is not judged for
+    /// generic credential assignments (provider keys and their audience
+    /// still are), and a JWT in it passes when sent to its issuer's or
+    /// audience's site (or, in an auth header, when it names neither).
     fn request_fields(&mut self, fields: &http::HeaderMap, kind: &str) {
+        use base64::Engine as _;
         if !self.shared.cfg.request_headers {
             return;
         }
         for (name, value) in fields {
+            let lname = name.as_str();
+            let loc = format!("{kind}:{lname}");
             let line = header_line(name, value);
             let before = self.hits.len();
-            self.block_scan(&line, &format!("{kind}:{}", name.as_str()));
-            if is_auth_header(name.as_str()) {
-                let tail = self.hits.split_off(before);
-                self.hits
-                    .extend(tail.into_iter().filter(|h| h.meta.id != "dlp.jwt"));
+            self.block_scan(&line, &loc);
+            let v = value.as_bytes();
+            if is_auth_header(lname)
+                && v.len() > 6
+                && v[..6].eq_ignore_ascii_case(b"basic ")
+                && let Ok(dec) =
+                    base64::engine::general_purpose::STANDARD.decode(v[6..].trim_ascii())
+            {
+                self.block_scan(&dec, &format!("{loc}+basic"));
             }
+            let pairs: Vec<&[u8]> = if lname == "cookie" {
+                v.split(|&b| b == b';').map(<[u8]>::trim_ascii).collect()
+            } else {
+                vec![v]
+            };
+            for pair in pairs {
+                if memchr::memchr(b'%', pair).is_some() {
+                    let dec = percent_decode_iter(pair, 3);
+                    if dec != pair {
+                        self.block_scan(&dec, &format!("{loc}+percent"));
+                    }
+                }
+            }
+            let carrier = carries_credentials(lname);
+            let jwt_ok =
+                jwt::audience_ok(v, is_auth_header(lname), self.conn.verified_name.as_deref());
+            let tail = self.hits.split_off(before);
+            self.hits.extend(tail.into_iter().filter(|h| {
+                let generic = carrier && h.meta.id == "dlp.credential_assignment";
+                let own_jwt = jwt_ok && h.meta.id == "dlp.jwt";
+                !(generic || own_jwt)
+            }));
         }
     }
 
@@ -625,6 +695,17 @@ impl Exchange for ScanExchange {
             && self.info.host.trim_end_matches('.') != name
         {
             self.scanner_hit("scanner.domain_fronting", "header:host");
+        }
+        // Where it goes, before what it carries.
+        let connected = self.conn.orig_dst.map(|a| a.ip());
+        let dest = self.shared.cfg.destination.check(
+            connected,
+            self.conn.verified_name.as_deref(),
+            &self.info.host,
+            req.uri.path_and_query().map_or("/", |pq| pq.as_str()),
+        );
+        for f in dest {
+            self.scanner_hit(f.rule_id(), "destination");
         }
         // URL: raw and percent-decoded.
         let target = req
@@ -1356,7 +1437,7 @@ data: {\"choices\":[{\"delta\":{\"content\":\"reveal secrets.\"}}]}\n\ndata: [DO
             b"{}",
             &[],
         );
-        assert_eq!(block_ids(&d), vec!["inj.instruction_override".to_owned()]);
+        assert!(block_ids(&d).contains(&"inj.instruction_override".to_owned()));
         let d = respond(
             &p,
             &[
@@ -1419,9 +1500,10 @@ data: {\"choices\":[{\"delta\":{\"content\":\"reveal secrets.\"}}]}\n\ndata: [DO
             let Decision::Block(b) = &d else {
                 panic!("not blocked: {body}")
             };
+            // (`password: …` is also a credential assignment.)
             assert_eq!(
-                b.rule_ids,
-                vec!["known_secret:env:DB_PASSWORD".to_owned()],
+                b.rule_ids[..1],
+                ["known_secret:env:DB_PASSWORD".to_owned()],
                 "{body}"
             );
             assert!(!b.reason.contains("horse"));

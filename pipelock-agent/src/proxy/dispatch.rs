@@ -78,13 +78,24 @@ pub async fn serve_as<S: ClientStream>(
             .sni
             .as_deref()
             .map(|s| s.trim_end_matches('.').to_ascii_lowercase());
-        if sni.as_deref().is_some_and(|s| s != host) {
-            summary.kind = "refused";
-            abort(client);
-            return Err(Error::DomainFronting {
-                connect: host.clone(),
-                sni: sni.unwrap_or_default(),
-            });
+        if let Some(sni) = sni.filter(|s| s != host) {
+            if ctx.forward.sni_verification {
+                summary.kind = "refused";
+                abort(client);
+                return Err(Error::DomainFronting {
+                    connect: host.clone(),
+                    sni,
+                });
+            }
+            // The operator turned the check off: the CONNECT host's
+            // address must still prove the SNI name with its certificate.
+            tracing::warn!(
+                target: "pipelock::conn",
+                conn = meta.id,
+                connect = %host,
+                sni = %sni,
+                "TLS SNI differs from the CONNECT host; allowed (forward_proxy.sni_verification: false), the upstream is verified for the SNI"
+            );
         }
     }
     // Inside a tunnel the CONNECT host names the destination when the
@@ -253,37 +264,16 @@ async fn blind_relay<S: ClientStream>(
     };
     // Bytes are counted as they pass, so the relay can be cut when nothing
     // moved for `relay_idle` or when it outlived `relay_max`.
-    let counters = Counters::default();
-    let mut counted = CountingIo::new(client, counters.clone());
-    let relaying = relay::relay(&mut counted, &mut upstream);
-    tokio::pin!(relaying);
-    let started = tokio::time::Instant::now();
-    let mut last = counters.get();
-    let mut last_move = started;
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let result = loop {
-        tokio::select! {
-            r = &mut relaying => break r.map(|_| ()),
-            _ = tick.tick() => {
-                let now = tokio::time::Instant::now();
-                let seen = counters.get();
-                if seen != last {
-                    last = seen;
-                    last_move = now;
-                }
-                if now.duration_since(last_move) >= ctx.relay_idle {
-                    tracing::info!(target: "pipelock::conn", orig_dst = %dst, kind, "relay idle limit reached; closing");
-                    break Ok(());
-                }
-                if ctx.relay_max.is_some_and(|max| now.duration_since(started) >= max) {
-                    tracing::info!(target: "pipelock::conn", orig_dst = %dst, kind, "relay lifetime limit reached; closing");
-                    break Ok(());
-                }
-            }
+    let (result, counts) = relay::relay_limited(client, &mut upstream, ctx.relay_limits()).await;
+    (summary.bytes_up, summary.bytes_down) = counts;
+    match result {
+        Ok(relay::RelayEnd::Done) => Ok(()),
+        Ok(end) => {
+            tracing::info!(target: "pipelock::conn", orig_dst = %dst, kind, "relay {}; closing", end.as_str());
+            Ok(())
         }
-    };
-    (summary.bytes_up, summary.bytes_down) = counters.get();
-    result
+        Err(e) => Err(e),
+    }
 }
 
 async fn plain_http<S: ClientStream>(
@@ -322,6 +312,7 @@ async fn plain_http<S: ClientStream>(
         tasks: TaskTracker::new(),
         websocket: ctx.websocket.clone(),
         body_hold: ctx.body_hold.clone(),
+        relay_limits: ctx.relay_limits(),
     });
     let io = CountingIo::new(client, counters.clone());
     let result = proxy_http::serve(io, proto, conn.clone()).await;
@@ -469,6 +460,7 @@ async fn intercept<S: ClientStream>(
         tasks: TaskTracker::new(),
         websocket: ctx.websocket.clone(),
         body_hold: ctx.body_hold.clone(),
+        relay_limits: ctx.relay_limits(),
     });
     let result = proxy_http::serve(stream, negotiated, conn.clone()).await;
     conn.tasks.close();

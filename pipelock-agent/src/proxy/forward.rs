@@ -61,6 +61,11 @@ pub struct ForwardSettings {
     pub idle: Duration,
     /// `forward_proxy.max_tunnel_seconds`: a CONNECT tunnel is closed after this.
     pub max_tunnel: Option<Duration>,
+    /// `forward_proxy.sni_verification`: a ClientHello inside a tunnel must
+    /// name the CONNECT host (else refused as domain fronting). Off, the
+    /// mismatch is logged and the upstream (the CONNECT host's address) must
+    /// prove the SNI name with its certificate instead.
+    pub sni_verification: bool,
 }
 
 impl Default for ForwardSettings {
@@ -76,6 +81,7 @@ impl ForwardSettings {
             idle: Duration::from_secs(cfg.idle_timeout_seconds.max(1)),
             max_tunnel: (cfg.max_tunnel_seconds > 0)
                 .then(|| Duration::from_secs(cfg.max_tunnel_seconds)),
+            sni_verification: cfg.sni_verification,
         }
     }
 }
@@ -269,6 +275,7 @@ async fn route(
         tasks: fwd.tracker.clone(),
         websocket: ctx.websocket.clone(),
         body_hold: ctx.body_hold.clone(),
+        relay_limits: ctx.relay_limits(),
     });
     conn.handle(req).await
 }

@@ -11,9 +11,10 @@
 //! relayed as bytes with a warning in audit.
 use std::{
     convert::Infallible,
+    future::Future as _,
     pin::Pin,
     sync::{Arc, Mutex, MutexGuard},
-    task::{Context, Poll, ready},
+    task::{Context, Poll},
 };
 
 use bytes::Bytes;
@@ -48,6 +49,9 @@ pub enum BodyError {
     /// The other side failed.
     #[error("{0}")]
     Io(#[from] hyper::Error),
+    /// The sending side left the body without a byte for too long.
+    #[error("body idle for {0:?}")]
+    Idle(std::time::Duration),
 }
 
 /// Per client connection: what every request on it shares.
@@ -71,13 +75,16 @@ pub struct HttpConn {
     pub header_read_timeout: std::time::Duration,
     /// How request bodies are held until scanned.
     pub body_hold: Arc<BodyHold>,
+    /// Limits of unscanned upgraded connections and CONNECT tunnels (audit).
+    pub relay_limits: super::relay::RelayLimits,
 }
 
 /// How an upgraded connection is relayed.
 enum Upgraded {
     /// Message by message, scanned (holds a `max_concurrent_connections` slot).
     WebSocket(Option<tokio::sync::OwnedSemaphorePermit>),
-    /// As bytes, unscanned (audit only).
+    /// As bytes, unscanned (audit only): a non-WebSocket upgrade or a
+    /// CONNECT tunnel inside the connection.
     Raw(String),
 }
 
@@ -192,12 +199,36 @@ impl ExchangeState {
     }
 }
 
-/// A body stream passed through the pipeline's body filters.
+/// A body stream passed through the pipeline's body filters, cut when its
+/// sender leaves it without a frame for `idle` (a stalled client upload
+/// or upstream response must not hold a connection and its scan state for
+/// ever; waiting on the reader is not idleness).
 struct ScannedBody {
     inner: Incoming,
     dir: Dir,
     state: Shared,
     eos_sent: bool,
+    idle: std::time::Duration,
+    timer: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl ScannedBody {
+    fn new(
+        inner: Incoming,
+        dir: Dir,
+        state: Shared,
+        eos_sent: bool,
+        idle: std::time::Duration,
+    ) -> Self {
+        ScannedBody {
+            inner,
+            dir,
+            state,
+            eos_sent,
+            idle,
+            timer: Box::pin(tokio::time::sleep(idle)),
+        }
+    }
 }
 
 impl Body for ScannedBody {
@@ -209,7 +240,30 @@ impl Body for ScannedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
-        let frame = match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+        let polled = match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Pending => {
+                if this.timer.as_mut().poll(cx).is_ready() {
+                    let mut st = lock(&this.state);
+                    let side = match this.dir {
+                        Dir::Request => "client",
+                        Dir::Response => "upstream",
+                    };
+                    tracing::info!(target: "pipelock::http", conn = st.conn, side, idle_seconds = this.idle.as_secs(), "body idle limit reached; cut");
+                    st.outcome
+                        .error
+                        .get_or_insert_with(|| format!("{side} body idle for {:?}", this.idle));
+                    return Poll::Ready(Some(Err(BodyError::Idle(this.idle))));
+                }
+                return Poll::Pending;
+            }
+            Poll::Ready(polled) => {
+                this.timer
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + this.idle);
+                polled
+            }
+        };
+        let frame = match polled {
             Some(Ok(f)) => f,
             Some(Err(e)) => {
                 let mut st = lock(&this.state);
@@ -288,8 +342,12 @@ impl Drop for ScannedBody {
 impl HttpConn {
     pub async fn handle(self: Arc<Self>, mut req: Request<Incoming>) -> Response<DownBody> {
         let down_version = req.version();
-        let mut on_upgrade =
-            is_upgrade(req.headers(), down_version).then(|| hyper::upgrade::on(&mut req));
+        // A CONNECT inside an intercepted or plain connection asks the
+        // upstream (a proxy of the pod's choosing) for a tunnel the agent
+        // cannot look into.
+        let connect = req.method() == Method::CONNECT;
+        let mut on_upgrade = (connect || is_upgrade(req.headers(), down_version))
+            .then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         let state: Shared = Arc::new(Mutex::new(ExchangeState {
             exchange: self.pipeline.exchange(&self.meta),
@@ -307,6 +365,9 @@ impl HttpConn {
 
         let decision = lock(&state).exchange.request_filter(&parts);
         if let Decision::Block(b) = decision {
+            return block_response(&state, b, down_version);
+        }
+        if let Err(b) = grpc_compression_filter(&state, false, &mut parts.headers) {
             return block_response(&state, b, down_version);
         }
         let pool = match &self.upstream {
@@ -346,7 +407,12 @@ impl HttpConn {
         }
         let mut upgraded = None;
         if on_upgrade.is_some() {
-            match self.upgrade_filter(&state, &mut parts.headers) {
+            let filtered = if connect {
+                self.connect_filter(&state, &parts)
+            } else {
+                self.upgrade_filter(&state, &mut parts.headers)
+            };
+            match filtered {
                 Ok(Some(u)) => upgraded = Some(u),
                 Ok(None) => on_upgrade = None,
                 Err(b) => return block_response(&state, b, down_version),
@@ -355,12 +421,13 @@ impl HttpConn {
         if let Err(reason) = self.prepare_request(&mut parts, pool.proto(), on_upgrade.is_some()) {
             return error_response(&state, StatusCode::BAD_REQUEST, &reason, down_version);
         }
-        let rest = ScannedBody {
-            inner: body,
-            dir: Dir::Request,
-            state: state.clone(),
+        let rest = ScannedBody::new(
+            body,
+            Dir::Request,
+            state.clone(),
             eos_sent,
-        };
+            self.body_hold.idle,
+        );
         let up_body = match held {
             Some(h) => h.replay(Some(rest)).boxed(),
             None => rest.boxed(),
@@ -381,7 +448,8 @@ impl HttpConn {
                 );
             }
         };
-        let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS
+            || (connect && resp.status().is_success());
         if let (true, Some(down), Some(how)) = (switching, on_upgrade, upgraded) {
             let up = hyper::upgrade::on(&mut resp);
             self.spawn_upgrade(down, up, how, state.clone());
@@ -392,7 +460,10 @@ impl HttpConn {
         if let Decision::Block(b) = decision {
             return block_response(&state, b, down_version);
         }
-        strip_hop_by_hop(&mut rparts.headers, switching);
+        if let Err(b) = grpc_compression_filter(&state, true, &mut rparts.headers) {
+            return block_response(&state, b, down_version);
+        }
+        strip_hop_by_hop(&mut rparts.headers, switching && !connect);
         rparts.version = down_version;
         let mut eos_sent = false;
         if rbody.is_end_stream() {
@@ -401,12 +472,13 @@ impl HttpConn {
                 return block_response(&state, b, down_version);
             }
         }
-        let body = ScannedBody {
-            inner: rbody,
-            dir: Dir::Response,
+        let body = ScannedBody::new(
+            rbody,
+            Dir::Response,
             state,
             eos_sent,
-        };
+            self.relay_limits.idle,
+        );
         Response::from_parts(rparts, body.boxed())
     }
 
@@ -425,9 +497,19 @@ impl HttpConn {
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        strip_hop_by_hop(&mut parts.headers, upgrade);
+        let connect = parts.method == Method::CONNECT;
+        strip_hop_by_hop(&mut parts.headers, upgrade && !connect);
         // 100-continue is answered by the agent when it starts reading the body.
         parts.headers.remove(header::EXPECT);
+        if connect {
+            // Authority-form target, as the client sent it (audit only).
+            parts.uri = Uri::from(authority);
+            parts.version = match up {
+                Proto::Http1 => Version::HTTP_11,
+                Proto::Http2 => Version::HTTP_2,
+            };
+            return Ok(());
+        }
         match up {
             Proto::Http1 => {
                 parts.uri = Uri::from(path);
@@ -490,6 +572,27 @@ impl HttpConn {
         }
     }
 
+    /// A CONNECT request: its tunnel cannot be scanned, so it is refused in
+    /// strict and balanced, relayed unscanned with a warning in audit.
+    fn connect_filter(
+        &self,
+        state: &Shared,
+        parts: &http::request::Parts,
+    ) -> Result<Option<Upgraded>, Block> {
+        let target = parts
+            .uri
+            .authority()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        match lock(state).exchange.unscannable(false, "tunnel:CONNECT") {
+            Decision::Block(b) => {
+                tracing::warn!(target: "pipelock::http", conn = self.meta.id, connect = %target, "CONNECT tunnel inside the connection cannot be scanned: refused");
+                Err(b)
+            }
+            Decision::Continue => Ok(Some(Upgraded::Raw("CONNECT".into()))),
+        }
+    }
+
     fn spawn_upgrade(
         &self,
         down: hyper::upgrade::OnUpgrade,
@@ -499,6 +602,7 @@ impl HttpConn {
     ) {
         let id = self.meta.id;
         let ws = self.websocket.clone();
+        let limits = self.relay_limits;
         self.tasks.spawn(async move {
             let (down, up) = match tokio::join!(down, up) {
                 (Ok(d), Ok(u)) => (d, u),
@@ -507,7 +611,7 @@ impl HttpConn {
                     return;
                 }
             };
-            let (mut down, mut up) = (TokioIo::new(down), TokioIo::new(up));
+            let (down, mut up) = (TokioIo::new(down), TokioIo::new(up));
             let name = match how {
                 Upgraded::WebSocket(slot) => {
                     websocket::relay(down, up, state, ws, id, slot).await;
@@ -516,11 +620,11 @@ impl HttpConn {
                 Upgraded::Raw(name) => name,
             };
             tracing::warn!(target: "pipelock::http", conn = id, upgrade = %name, "upgraded connection relayed unscanned (audit)");
-            match tokio::io::copy_bidirectional(&mut down, &mut up).await {
-                Ok((c2u, u2c)) => {
-                    tracing::info!(target: "pipelock::http", conn = id, upgrade = %name, c2u, u2c, "unscanned upgraded connection closed")
+            match super::relay::relay_limited(down, &mut up, limits).await {
+                (Ok(end), (c2u, u2c)) => {
+                    tracing::info!(target: "pipelock::http", conn = id, upgrade = %name, c2u, u2c, end = end.as_str(), "unscanned upgraded connection closed")
                 }
-                Err(e) => tracing::info!(target: "pipelock::http", conn = id, upgrade = %name, error = %e, "unscanned upgraded connection failed"),
+                (Err(e), _) => tracing::info!(target: "pipelock::http", conn = id, upgrade = %name, error = %e, "unscanned upgraded connection failed"),
             }
         });
     }
@@ -535,6 +639,43 @@ impl BodyScan for RequestScan<'_> {
     }
     fn trailers(&mut self, trailers: &HeaderMap) -> Decision {
         lock(self.0).trailers_filter(Dir::Request, trailers)
+    }
+}
+
+/// gRPC compresses message by message (`grpc-encoding`), inside a body
+/// that carries no Content-Encoding: such messages cannot be scanned. The
+/// agent asks for uncompressed answers (`grpc-accept-encoding` removed
+/// from requests); a body declared compressed anyway (any coding but
+/// `identity`) is [`Exchange::unscannable`]: refused in strict and
+/// balanced, let through with a finding in audit.
+fn grpc_compression_filter(
+    state: &Shared,
+    response: bool,
+    headers: &mut HeaderMap,
+) -> Result<(), Block> {
+    if !response {
+        headers.remove("grpc-accept-encoding");
+    }
+    let coding = headers
+        .get_all("grpc-encoding")
+        .iter()
+        .map(|v| {
+            String::from_utf8_lossy(v.as_bytes())
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .find(|c| c != "identity");
+    let Some(coding) = coding else {
+        return Ok(());
+    };
+    let what: String = format!("grpc-encoding:{coding}")
+        .chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(40)
+        .collect();
+    match lock(state).exchange.unscannable(response, &what) {
+        Decision::Block(b) => Err(b),
+        Decision::Continue => Ok(()),
     }
 }
 

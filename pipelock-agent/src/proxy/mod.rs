@@ -185,4 +185,12 @@ impl ProxyContext {
             .iter()
             .any(|l| transparent::is_addr(*l, dst))
     }
+
+    /// The limits of raw relays and unscanned upgraded connections.
+    pub fn relay_limits(&self) -> relay::RelayLimits {
+        relay::RelayLimits {
+            idle: self.relay_idle,
+            max: self.relay_max,
+        }
+    }
 }

@@ -1,5 +1,6 @@
 //! Connecting to the original destination and relaying bytes both ways with
-//! backpressure (bounded buffers, half-close propagated).
+//! backpressure (bounded buffers, half-close propagated), cut when idle or
+//! too old ([`relay_limited`]: raw relays, passthrough, unscanned upgrades).
 use std::{
     net::SocketAddr,
     sync::atomic::{AtomicU32, Ordering},
@@ -11,7 +12,10 @@ use tokio::{
     net::{TcpSocket, TcpStream},
 };
 
-use super::Error;
+use super::{
+    Error,
+    counting::{Counters, CountingIo},
+};
 
 /// Per-direction relay buffer.
 const RELAY_BUFFER: usize = 64 * 1024;
@@ -65,6 +69,78 @@ where
     tokio::io::copy_bidirectional_with_sizes(client, upstream, RELAY_BUFFER, RELAY_BUFFER)
         .await
         .map_err(Error::Relay)
+}
+
+/// Idle and lifetime limits of a relay.
+#[derive(Clone, Copy, Debug)]
+pub struct RelayLimits {
+    /// Closed when no byte moved either way for this long.
+    pub idle: Duration,
+    /// Closed when it lasted this long (None: no limit).
+    pub max: Option<Duration>,
+}
+
+/// Why a limited relay ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RelayEnd {
+    /// Both sides finished (or one failed: see the result).
+    Done,
+    /// No byte moved for `idle`.
+    Idle,
+    /// It reached `max`.
+    Lifetime,
+}
+
+impl RelayEnd {
+    /// For log lines.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RelayEnd::Done => "done",
+            RelayEnd::Idle => "idle limit reached",
+            RelayEnd::Lifetime => "lifetime limit reached",
+        }
+    }
+}
+
+/// [`relay`] under `limits`, checked once a second. Returns how it ended
+/// and the (client→upstream, upstream→client) byte counts so far.
+pub async fn relay_limited<C, U>(
+    client: C,
+    upstream: &mut U,
+    limits: RelayLimits,
+) -> (Result<RelayEnd, Error>, (u64, u64))
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    let counters = Counters::default();
+    let mut counted = CountingIo::new(client, counters.clone());
+    let relaying = relay(&mut counted, upstream);
+    tokio::pin!(relaying);
+    let started = tokio::time::Instant::now();
+    let mut last = counters.get();
+    let mut last_move = started;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let result = loop {
+        tokio::select! {
+            r = &mut relaying => break r.map(|_| RelayEnd::Done),
+            _ = tick.tick() => {
+                let now = tokio::time::Instant::now();
+                let seen = counters.get();
+                if seen != last {
+                    last = seen;
+                    last_move = now;
+                }
+                if now.duration_since(last_move) >= limits.idle {
+                    break Ok(RelayEnd::Idle);
+                }
+                if limits.max.is_some_and(|max| now.duration_since(started) >= max) {
+                    break Ok(RelayEnd::Lifetime);
+                }
+            }
+        }
+    };
+    (result, counters.get())
 }
 
 /// Closes `stream` with a TCP reset instead of a FIN, so the client sees the

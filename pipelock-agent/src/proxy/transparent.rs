@@ -1,6 +1,7 @@
 //! The transparent listener (:15001): accepts kernel-redirected connections,
-//! recovers their original destination and attribution, hands them to
-//! `dispatch`, and logs one line per connection.
+//! recovers their original destination and attribution ([`OrigDsts`]: the
+//! kernel's records), hands them to `dispatch`, and logs one line per
+//! connection.
 use std::{
     net::SocketAddr,
     sync::{
@@ -17,10 +18,23 @@ use super::{
     ConnSummary, Error, LiveContext, ProxyContext, dispatch, forward, limits::ConnLimits, relay,
 };
 use crate::{
-    pipeline::{ConnMeta, Listener},
+    pipeline::{Attribution, ConnMeta, Listener},
     redirect::OrigDstTable,
     telemetry::metrics::Metrics,
 };
+
+/// Where an accepted connection was going and who made it, by its peer
+/// address: the kernel's records in production ([`OrigDstTable`]).
+pub trait OrigDsts: Send + Sync + 'static {
+    /// Takes (reads and forgets) the record of `peer`'s connection.
+    fn take(&self, peer: SocketAddr) -> Option<(SocketAddr, Attribution)>;
+}
+
+impl OrigDsts for OrigDstTable {
+    fn take(&self, peer: SocketAddr) -> Option<(SocketAddr, Attribution)> {
+        OrigDstTable::take(self, peer)
+    }
+}
 
 static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -47,7 +61,7 @@ pub async fn bind(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, std::io::Err
 #[allow(clippy::too_many_arguments)]
 pub async fn serve(
     listener: TcpListener,
-    table: Arc<OrigDstTable>,
+    table: Arc<dyn OrigDsts>,
     live: Arc<LiveContext>,
     limits: Arc<ConnLimits>,
     metrics: Arc<Metrics>,
@@ -91,7 +105,7 @@ pub async fn serve(
 async fn handle(
     stream: TcpStream,
     peer: SocketAddr,
-    orig: Option<(SocketAddr, crate::pipeline::Attribution)>,
+    orig: Option<(SocketAddr, Attribution)>,
     ctx: Arc<ProxyContext>,
     metrics: &Metrics,
 ) {

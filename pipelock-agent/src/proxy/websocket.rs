@@ -460,6 +460,39 @@ mod tests {
         assert_eq!(close_code(next(&mut c).await), Some(CloseCode::Away));
     }
 
+    /// A peer that compresses although no extension was negotiated (a
+    /// frame with RSV1 set, payload deflated): the relay cannot decode it,
+    /// so it must never reach the other side; the connection is closed.
+    #[tokio::test]
+    async fn a_compressed_frame_never_negotiated_is_not_relayed() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let (mut c, down) = tokio::io::duplex(1 << 16);
+        let (up, s) = tokio::io::duplex(1 << 16);
+        let hooks = H(Arc::new(Mutex::new(Test { audit: true })));
+        let relay = tokio::spawn(relay(down, up, hooks, Arc::default(), 1, None));
+        let mut server = WebSocketStream::from_raw_socket(s, Role::Server, None).await;
+        // "Hello" deflated (RFC 7692 §7.2.3.1), masked, FIN|RSV1|text.
+        let payload = [0xf2u8, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00];
+        let mask = [0x11u8, 0x22, 0x33, 0x44];
+        let mut frame = vec![0x80 | 0x40 | 0x1, 0x80 | payload.len() as u8];
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        c.write_all(&frame).await.unwrap();
+        // The server sees no data message: at most a close.
+        match tokio::time::timeout(Duration::from_secs(5), server.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => panic!("relayed: {t}"),
+            Ok(Some(Ok(Message::Binary(b)))) => panic!("relayed: {b:?}"),
+            _ => {}
+        }
+        tokio::time::timeout(Duration::from_secs(5), relay)
+            .await
+            .expect("relay ended")
+            .expect("relay task");
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(1), c.read_to_end(&mut rest)).await;
+        assert!(!rest.windows(5).any(|w| w == b"Hello"));
+    }
+
     #[test]
     fn only_a_plain_websocket_upgrade_is_websocket() {
         let mut h = HeaderMap::new();

@@ -1,5 +1,6 @@
 //! Loading the embedded eBPF object, setting its load-time globals, filling
-//! the bypass maps and attaching the programs to the target cgroup.
+//! the bypass and UDP-allow maps and attaching the programs to the target
+//! cgroup: sock_ops, connect4/6, sendmsg4/6 and sock_create.
 //! Dropping the [`Redirector`] detaches everything (fail-open).
 use std::{
     borrow::BorrowMut,
@@ -10,11 +11,14 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, LpmTrie, Map, MapData, lpm_trie::Key},
-    programs::{CgroupAttachMode, CgroupSockAddr, SockOps, links::FdLink},
+    maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, lpm_trie::Key},
+    programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, SockOps, links::FdLink},
 };
 use ipnet::IpNet;
-use pipelock_common::v4_mapped;
+use pipelock_common::{
+    COUNT_SOCKET_AUDITED, COUNT_SOCKET_REFUSED, COUNT_UDP_AUDITED, COUNT_UDP_REFUSED,
+    GUARD_ENFORCE, udp_allow_key, v4_mapped,
+};
 use sha2::{Digest, Sha256};
 use tokio::{io::unix::AsyncFd, task::JoinHandle};
 
@@ -38,6 +42,13 @@ pub struct RedirectConfig {
     pub bypass_cidrs: Vec<IpNet>,
     /// Destination ports never redirected (only those the operator listed).
     pub bypass_ports: Vec<u16>,
+    /// UDP destinations (port, network; none: anywhere) covered pods may
+    /// send to; any other UDP, and non-TCP/UDP sockets, are refused or
+    /// counted per `enforce`.
+    pub udp_allow: Vec<(u16, Option<IpNet>)>,
+    /// Refuse unscannable traffic in the kernel (strict, balanced) rather
+    /// than only count it (audit).
+    pub enforce: bool,
     /// SO_MARK of the agent's own upstream sockets, never redirected (0: none).
     pub agent_mark: u32,
     /// What happens to the redirect when the agent dies.
@@ -66,12 +77,69 @@ pub struct Redirector {
     logger: Option<JoinHandle<()>>,
     /// Where the pinned state is, when fail-closed.
     pinned: Option<PathBuf>,
+    /// The kernel's refuse-or-count switch and its counters.
+    guard: KernelGuard,
 }
 
 impl Redirector {
     /// The pin set this redirect lives in, when fail-closed.
     pub fn pinned(&self) -> Option<&Path> {
         self.pinned.as_deref()
+    }
+
+    /// The kernel's guard for what cannot be redirected (UDP, raw sockets).
+    pub fn guard(&mut self) -> &mut KernelGuard {
+        &mut self.guard
+    }
+}
+
+/// How many unscannable things the kernel programs refused or let through
+/// (audit) since they were loaded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnscannedCounts {
+    pub udp_refused: u64,
+    pub udp_audited: u64,
+    pub socket_refused: u64,
+    pub socket_audited: u64,
+}
+
+/// The `GUARD` switch (refuse or count) and the `UNSCANNED` counters.
+pub struct KernelGuard {
+    guard: Array<MapData, u32>,
+    counts: PerCpuArray<MapData, u64>,
+}
+
+impl KernelGuard {
+    fn new(guard: Map, counts: Map) -> Result<Self, Error> {
+        Ok(KernelGuard {
+            guard: Array::try_from(guard).map_err(|e| Error::ebpf("GUARD map type", e))?,
+            counts: PerCpuArray::try_from(counts)
+                .map_err(|e| Error::ebpf("UNSCANNED map type", e))?,
+        })
+    }
+
+    /// Refuse (true: strict, balanced) or only count (false: audit) UDP
+    /// and non-TCP/UDP sockets from now on.
+    pub fn set_enforce(&mut self, enforce: bool) -> Result<(), Error> {
+        self.guard
+            .set(GUARD_ENFORCE, u32::from(enforce), 0)
+            .map_err(|e| Error::ebpf("setting the kernel guard", e))
+    }
+
+    /// The counters summed over CPUs.
+    pub fn counts(&self) -> UnscannedCounts {
+        let read = |i: u32| -> u64 {
+            self.counts
+                .get(&i, 0)
+                .map(|per_cpu| per_cpu.iter().copied().sum())
+                .unwrap_or(0)
+        };
+        UnscannedCounts {
+            udp_refused: read(COUNT_UDP_REFUSED),
+            udp_audited: read(COUNT_UDP_AUDITED),
+            socket_refused: read(COUNT_SOCKET_REFUSED),
+            socket_audited: read(COUNT_SOCKET_AUDITED),
+        }
     }
 }
 
@@ -151,6 +219,10 @@ impl Redirector {
                 .try_into()
                 .map_err(|e| Error::ebpf("map type", e))?;
         fill_cidrs(&mut cidrs, cfg)?;
+        let mut udp: LpmTrie<_, [u8; 18], u8> = map_of(ebpf.map_mut("UDP_ALLOW"), "UDP_ALLOW")?
+            .try_into()
+            .map_err(|e| Error::ebpf("map type", e))?;
+        fill_udp_allow(&mut udp, cfg)?;
         if let Some(dir) = &pin_set {
             // Maps first: a pinned link must never point at unpinned maps.
             fs::create_dir_all(dir).map_err(|e| Error::Pin {
@@ -167,6 +239,14 @@ impl Redirector {
                 })?;
             }
         }
+
+        let mut guard = KernelGuard::new(
+            ebpf.take_map("GUARD")
+                .ok_or(Error::ebpf("finding map", missing("GUARD")))?,
+            ebpf.take_map("UNSCANNED")
+                .ok_or(Error::ebpf("finding map", missing("UNSCANNED")))?,
+        )?;
+        guard.set_enforce(cfg.enforce)?;
 
         let cgroup = File::open(&cfg.cgroup_dir).map_err(|source| Error::CgroupOpen {
             full: cfg.cgroup_dir.display().to_string(),
@@ -193,7 +273,34 @@ impl Redirector {
             pin_link(link, &dir.join("sockops"))?;
         }
 
+        // sock_create and sendmsg before connect: UDP and raw sockets are
+        // guarded from the first redirected connect on.
+        {
+            let prog: &mut CgroupSock = ebpf
+                .program_mut("pipelock_sock_create")
+                .ok_or(Error::ebpf(
+                    "finding program",
+                    missing("pipelock_sock_create"),
+                ))?
+                .try_into()
+                .map_err(|e| Error::ebpf("program type", e))?;
+            prog.load()
+                .map_err(|e| Error::ebpf("verifying sock_create program", e))?;
+            let id = prog
+                .attach(&cgroup, CgroupAttachMode::Single)
+                .map_err(|e| Error::ebpf("attaching sock_create program to the cgroup", e))?;
+            if let Some(dir) = &pin_set {
+                let link = prog
+                    .take_link(id)
+                    .map_err(|e| Error::ebpf("taking the sock_create link", e))?;
+                let link = FdLink::try_from(link)
+                    .map_err(|e| Error::ebpf("the sock_create link is not a bpf_link", e))?;
+                pin_link(link, &dir.join("sock_create"))?;
+            }
+        }
         for (name, file) in [
+            ("pipelock_sendmsg4", "sendmsg4"),
+            ("pipelock_sendmsg6", "sendmsg6"),
             ("pipelock_connect4", "connect4"),
             ("pipelock_connect6", "connect6"),
         ] {
@@ -225,6 +332,7 @@ impl Redirector {
                 _ebpf: Some(ebpf),
                 logger,
                 pinned: pin_set,
+                guard,
             },
             table,
         ))
@@ -258,6 +366,19 @@ fn adopt(cfg: &RedirectConfig, dir: PathBuf) -> Result<(Redirector, OrigDstTable
     }
     fill_ports(&mut ports, cfg)?;
     fill_cidrs(&mut cidrs, cfg)?;
+    let mut udp: LpmTrie<MapData, [u8; 18], u8> =
+        LpmTrie::try_from(Map::LpmTrie(open("UDP_ALLOW")?))
+            .map_err(|e| Error::ebpf("UDP_ALLOW map type", e))?;
+    let old_udp: Vec<Key<[u8; 18]>> = udp.keys().filter_map(Result::ok).collect();
+    for k in old_udp {
+        let _ = udp.remove(&k);
+    }
+    fill_udp_allow(&mut udp, cfg)?;
+    let mut guard = KernelGuard::new(
+        Map::Array(open("GUARD")?),
+        Map::PerCpuArray(open("UNSCANNED")?),
+    )?;
+    guard.set_enforce(cfg.enforce)?;
     let mut by_cookie: HashMap<MapData, u64, pipelock_common::OrigDst> =
         HashMap::try_from(Map::LruHashMap(open("ORIG_BY_COOKIE")?))
             .map_err(|e| Error::ebpf("ORIG_BY_COOKIE map type", e))?;
@@ -276,6 +397,7 @@ fn adopt(cfg: &RedirectConfig, dir: PathBuf) -> Result<(Redirector, OrigDstTable
             _ebpf: None,
             logger: None,
             pinned: Some(dir),
+            guard,
         },
         table,
     ))
@@ -307,6 +429,23 @@ fn fill_ports<T: BorrowMut<MapData>>(
         ports
             .insert(port, 1, 0)
             .map_err(|e| Error::ebpf("filling bypass ports", e))?;
+    }
+    Ok(())
+}
+
+fn fill_udp_allow<T: BorrowMut<MapData>>(
+    trie: &mut LpmTrie<T, [u8; 18], u8>,
+    cfg: &RedirectConfig,
+) -> Result<(), Error> {
+    for &(port, net) in &cfg.udp_allow {
+        // 16 bits of port, then the network's bits (IPv4 IPv4-mapped).
+        let (addr, bits) = match net.map(|n| (n.network(), n.prefix_len())) {
+            None => ([0; 16], 0),
+            Some((IpAddr::V4(a), len)) => (v4_mapped(a.octets()), 96 + u32::from(len)),
+            Some((IpAddr::V6(a), len)) => (a.octets(), u32::from(len)),
+        };
+        trie.insert(&Key::new(16 + bits, udp_allow_key(port, addr)), 1, 0)
+            .map_err(|e| Error::ebpf("filling the UDP allow list", e))?;
     }
     Ok(())
 }

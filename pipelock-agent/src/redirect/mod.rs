@@ -6,7 +6,9 @@ mod origdst;
 pub mod pin;
 
 pub use cgroup::{cgroup2_mount, resolve_cgroup};
-pub use loader::{FailMode, RedirectConfig, Redirector, check_privilege};
+pub use loader::{
+    FailMode, KernelGuard, RedirectConfig, Redirector, UnscannedCounts, check_privilege,
+};
 pub use origdst::{OrigDstTable, sock_key};
 
 /// Errors of the redirect subsystem; each says what to check.

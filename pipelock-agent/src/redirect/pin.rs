@@ -16,13 +16,23 @@ use sha2::{Digest, Sha256};
 use super::Error;
 
 /// The links, under their file names.
-pub const LINKS: [&str; 3] = ["sockops", "connect4", "connect6"];
+pub const LINKS: [&str; 6] = [
+    "sockops",
+    "sock_create",
+    "sendmsg4",
+    "sendmsg6",
+    "connect4",
+    "connect6",
+];
 /// The maps, under their file names (the object's map names).
-pub const MAPS: [&str; 4] = [
+pub const MAPS: [&str; 7] = [
     "ORIG_BY_SRC",
     "ORIG_BY_COOKIE",
     "BYPASS_PORTS",
     "BYPASS_CIDRS",
+    "UDP_ALLOW",
+    "GUARD",
+    "UNSCANNED",
 ];
 
 /// Names what a pin set was made from.

@@ -99,6 +99,15 @@ pub struct CgroupLabel {
     pub cgroup_id: u64,
 }
 
+/// `{kind, action}` of unscannable traffic seen by the kernel programs:
+/// kind `udp` (a datagram to a port not allowed) or `socket` (raw, ICMP,
+/// MPTCP, SCTP…); action `refused` (strict, balanced) or `audited`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KernelLabels {
+    pub kind: &'static str,
+    pub action: &'static str,
+}
+
 /// Declares the plain counters once: the fields, their registration (name
 /// without the `pipelock_` prefix and the `_total` suffix the encoder adds)
 /// and a `u64` reader per counter.
@@ -131,6 +140,8 @@ macro_rules! counters {
             pub redirected: Family<CgroupLabel, Counter>,
             /// `pipelock_active_connections`.
             pub active_connections: Gauge,
+            /// `pipelock_kernel_unscannable_total{kind,action}`.
+            pub kernel_unscannable: Family<KernelLabels, Counter>,
             /// `pipelock_config_reloads_total{result}`.
             pub config_reloads: Family<ResultLabel, Counter>,
             /// `pipelock_chain_detections_total{pattern,severity,action}`.
@@ -171,6 +182,7 @@ macro_rules! counters {
                     connections: Family::default(),
                     redirected: Family::default(),
                     active_connections: Gauge::default(),
+                    kernel_unscannable: Family::default(),
                     config_reloads: Family::default(),
                     chain_detections: Family::default(),
                     // Pipelock's buckets.
@@ -279,6 +291,11 @@ impl Metrics {
             "active_connections",
             "Connections open now (all listeners).",
             self.active_connections.clone(),
+        );
+        r.register(
+            "kernel_unscannable",
+            "UDP datagrams to ports not allowed and non-TCP/UDP sockets of covered pods, refused by the kernel (strict, balanced) or let through and counted (audit).",
+            self.kernel_unscannable.clone(),
         );
         r.register(
             "config_reloads",
@@ -406,6 +423,20 @@ impl Metrics {
         self.kill_switch_active
             .get_or_create(&SourceLabel { source })
             .set(i64::from(active));
+    }
+
+    /// Adds `delta` to `pipelock_kernel_unscannable_total{kind,action}`.
+    pub fn kernel_unscannable(&self, kind: &'static str, action: &'static str, delta: u64) {
+        self.kernel_unscannable
+            .get_or_create(&KernelLabels { kind, action })
+            .inc_by(delta);
+    }
+
+    /// Current `pipelock_kernel_unscannable_total{kind,action}`.
+    pub fn kernel_unscannable_total(&self, kind: &'static str, action: &'static str) -> u64 {
+        self.kernel_unscannable
+            .get_or_create(&KernelLabels { kind, action })
+            .get()
     }
 
     /// Counts a connection that ended, by listener and how it was served.

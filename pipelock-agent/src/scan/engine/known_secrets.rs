@@ -178,6 +178,7 @@ pub fn literals(secrets: &[KnownSecret]) -> Vec<ExtraLiteral> {
             confidence: Confidence::High,
             home_hosts: s.allowed_hosts.clone(),
             reveal: Reveal::Nothing,
+            confirm: None,
         };
         for form in encodings(&s.value) {
             out.push(ExtraLiteral {

@@ -52,6 +52,8 @@ pub struct RuleMeta {
     /// Domain suffixes this credential legitimately goes to.
     pub home_hosts: Vec<String>,
     pub reveal: Reveal,
+    /// A check of the matched bytes before the hit counts (see `patterns::Rule`).
+    pub confirm: Option<patterns::Confirm>,
 }
 
 impl RuleMeta {
@@ -65,6 +67,7 @@ impl RuleMeta {
             confidence: rule.confidence,
             home_hosts: rule.home_hosts.iter().map(|h| (*h).to_owned()).collect(),
             reveal: Reveal::Prefix,
+            confirm: rule.confirm,
         }
     }
 
@@ -192,7 +195,7 @@ impl Engine {
                 rule.caseless,
                 rule.multiline,
                 id,
-                true,
+                rule.confirm.is_none(),
             )?);
             span.push(Span::new(rule.expr, rule.caseless, rule.multiline, id)?);
         }

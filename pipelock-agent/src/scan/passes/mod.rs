@@ -3,8 +3,11 @@
 //! and looks closely only where a token may be: `numeric` (card numbers,
 //! SSNs, IBANs, … confirmed by `validators`) and `runs` (encoded runs worth
 //! decoding) share one digit-driven classification (`blocks`) and carry a
-//! `tail` between chunks; `seed` (BIP-39 seed phrases) has its own.
+//! `tail` between chunks; `seed` (BIP-39 seed phrases) has its own. `judge`
+//! checks the bytes of a Hyperscan match that a regex cannot judge
+//! (credential values by context and entropy, vendor example keys).
 pub mod blocks;
+pub mod judge;
 pub mod numeric;
 pub mod runs;
 pub mod seed;

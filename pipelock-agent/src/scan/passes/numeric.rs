@@ -298,6 +298,17 @@ impl NumericScanner {
             }
             return;
         }
+        // Wallet addresses: BTC base58 (1…/3…), bech32 (bc1…), ETH (0x…).
+        let wallet = match first.first() {
+            Some(b'1' | b'3') => validators::btc_base58_address(first),
+            Some(b'b' | b'B') => validators::btc_bech32_address(first),
+            Some(b'0') => validators::eth_address(first),
+            _ => false,
+        };
+        if wallet {
+            self.hit(NumericKind::WalletAddress, first, out);
+            return;
+        }
         // WIF: one base58 segment of 51 (5…) or 52 (K…/L…) characters.
         let wif_shape = (first.len() == 51 && first[0] == b'5')
             || (first.len() == 52 && (first[0] == b'K' || first[0] == b'L'));

@@ -253,6 +253,97 @@ pub fn wif(s: &[u8]) -> bool {
     }
 }
 
+/// Bitcoin legacy address: Base58Check of version 0x00 (P2PKH) or 0x05
+/// (P2SH) and a 20-byte hash, 26–35 characters starting `1` or `3`.
+pub fn btc_base58_address(s: &[u8]) -> bool {
+    (26..=35).contains(&s.len())
+        && matches!(s.first(), Some(b'1' | b'3'))
+        && base58check(s).is_some_and(|p| p.len() == 21 && matches!(p[0], 0x00 | 0x05))
+}
+
+const BECH32_CHARSET: &[u8; 32] = b"qpzry9x8gf2tvdw0s3jn54khce6mua7l";
+
+fn bech32_polymod(values: impl Iterator<Item = u8>) -> u32 {
+    const GEN: [u32; 5] = [
+        0x3b6a_57b2,
+        0x2650_8e6d,
+        0x1ea1_19fa,
+        0x3d42_33dd,
+        0x2a14_62b3,
+    ];
+    let mut chk: u32 = 1;
+    for v in values {
+        let top = chk >> 25;
+        chk = ((chk & 0x01ff_ffff) << 5) ^ u32::from(v);
+        for (i, g) in GEN.iter().enumerate() {
+            if (top >> i) & 1 == 1 {
+                chk ^= g;
+            }
+        }
+    }
+    chk
+}
+
+/// Bitcoin segwit address (BIP-173 bech32 for witness v0, BIP-350 bech32m
+/// for v1+): `bc1`, one case only, checksum and program length checked.
+pub fn btc_bech32_address(s: &[u8]) -> bool {
+    if !(14..=74).contains(&s.len()) {
+        return false;
+    }
+    let lower = s.iter().all(|b| !b.is_ascii_uppercase());
+    let upper = s.iter().all(|b| !b.is_ascii_lowercase());
+    if !(lower || upper) || !s[..3].eq_ignore_ascii_case(b"bc1") {
+        return false;
+    }
+    let mut data = Vec::with_capacity(s.len() - 3);
+    for &c in &s[3..] {
+        match BECH32_CHARSET
+            .iter()
+            .position(|&a| a == c.to_ascii_lowercase())
+        {
+            Some(v) => data.push(v as u8),
+            None => return false,
+        }
+    }
+    if data.len() < 7 {
+        return false;
+    }
+    // hrp "bc" expanded: high bits, 0, low bits.
+    let hrp = [b'b' >> 5, b'c' >> 5, 0, b'b' & 31, b'c' & 31];
+    let check = bech32_polymod(hrp.iter().copied().chain(data.iter().copied()));
+    let version = data[0];
+    let want = if version == 0 { 1 } else { 0x2bc8_30a3 };
+    // 5-bit groups of the program (without version and the 6 checksum groups).
+    let prog_bits = (data.len() - 7) * 5;
+    let prog_len = prog_bits / 8;
+    check == want
+        && version <= 16
+        && (2..=40).contains(&prog_len)
+        && (version != 0 || prog_len == 20 || prog_len == 32)
+}
+
+/// Ethereum address: `0x` + 40 hex; in mixed case the EIP-55 checksum
+/// (Keccak-256 of the lower-case hex) must hold.
+pub fn eth_address(s: &[u8]) -> bool {
+    use sha3::{Digest as _, Keccak256};
+    if s.len() != 42 || !s.starts_with(b"0x") || !s[2..].iter().all(u8::is_ascii_hexdigit) {
+        return false;
+    }
+    let hex = &s[2..];
+    let has_upper = hex.iter().any(u8::is_ascii_uppercase);
+    let has_lower = hex.iter().any(u8::is_ascii_lowercase);
+    if !(has_upper && has_lower) {
+        // No checksum to check; a run of one digit is not an address.
+        return !hex.iter().all(|&b| b == hex[0]);
+    }
+    let lower: Vec<u8> = hex.iter().map(u8::to_ascii_lowercase).collect();
+    let hash = Keccak256::digest(&lower);
+    hex.iter().enumerate().all(|(i, &c)| {
+        let nibble = (hash[i / 2] >> (if i % 2 == 0 { 4 } else { 0 })) & 0xf;
+        !c.is_ascii_alphabetic() || (nibble >= 8) == c.is_ascii_uppercase()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -298,5 +389,35 @@ mod tests {
         // Well-known example key from the Bitcoin wiki.
         assert!(wif(b"5HueCGU8rMjxEXxiPuD5BDku4MkFqeZyd4dZ1jvhTVqvbTLvyTJ"));
         assert!(!wif(b"5HueCGU8rMjxEXxiPuD5BDku4MkFqeZyd4dZ1jvhTVqvbTLvyTK"));
+    }
+
+    #[test]
+    fn wallet_addresses() {
+        // Documented vectors: the genesis address, BIP-13's P2SH example,
+        // BIP-173 and BIP-350 vectors, EIP-55's examples.
+        assert!(btc_base58_address(b"1A1zP1eP5QGefi2DMPTfTL5SLmv7DivfNa"));
+        assert!(btc_base58_address(b"3J98t1WpEZ73CNmQviecrnyiWrnqRhWNLy"));
+        assert!(!btc_base58_address(b"1A1zP1eP5QGefi2DMPTfTL5SLmv7DivfNb"));
+        assert!(btc_bech32_address(
+            b"bc1qw508d6qejxtdg4y5r3zarvary0c5xw7kv8f3t4"
+        ));
+        assert!(btc_bech32_address(
+            b"BC1QW508D6QEJXTDG4Y5R3ZARVARY0C5XW7KV8F3T4"
+        ));
+        assert!(btc_bech32_address(
+            b"bc1p5d7rjq7g6rdk2yhzks9smlaqtedr4dekq08ge8ztwac72sfr9rusxg3297"
+        ));
+        assert!(!btc_bech32_address(
+            b"bc1qw508d6qejxtdg4y5r3zarvary0c5xw7kv8f3t5"
+        ));
+        assert!(!btc_bech32_address(
+            b"bc1qw508d6qejxtdg4y5r3zarvary0c5xw7kV8f3t4"
+        ));
+        assert!(eth_address(b"0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed"));
+        assert!(eth_address(b"0xfB6916095ca1df60bB79Ce92cE3Ea74c37c5d359"));
+        assert!(eth_address(b"0xdbF03B407c01E7cD3CBea99509d93f8DDDC8C6FB"));
+        assert!(eth_address(b"0xde0b295669a9fd93d5f28d9ec85e40f4cb697bae"));
+        assert!(!eth_address(b"0x5AAeb6053F3E94C9b9A09f33669435E7Ef1BeAed"));
+        assert!(!eth_address(b"0x0000000000000000000000000000000000000000"));
     }
 }

@@ -29,6 +29,7 @@ use super::{
     },
     passes::{
         blocks::HotBlocks,
+        judge,
         numeric::{NumericHit, NumericScanner},
         runs::{RunScanner, decodable_parts, discord_token, runs_in},
         seed::{SeedHit, SeedScanner},
@@ -145,6 +146,20 @@ pub fn redacted_excerpt(window: &[u8], start: Option<usize>, reveal: Reveal) -> 
     }
 }
 
+/// Whether a DLP match at `window[start..]` counts: a vendor's example
+/// credential never does, and a rule with a check must pass it (a match
+/// whose start cannot be recovered cannot be checked, so it does not count
+/// for such a rule; for the others it counts).
+fn keep_match(meta: &RuleMeta, window: &[u8], start: Option<usize>) -> bool {
+    let Some(m) = start.and_then(|s| window.get(s..)) else {
+        return meta.confirm.is_none();
+    };
+    if meta.reveal == Reveal::Prefix && judge::is_vendor_example(m) {
+        return false;
+    }
+    meta.confirm.is_none_or(|check| check(m))
+}
+
 /// The DLP rule a validating pass (numeric, encoded-run, seed) reports as,
 /// built once.
 fn pass_rule_meta(kind: NumericKind) -> Option<Arc<RuleMeta>> {
@@ -206,6 +221,9 @@ pub fn scan_dlp_block(
         let from = end.saturating_sub(RING);
         let win = &data[from..end];
         let start = engine.span_start(id, win);
+        if !keep_match(meta, win, start) {
+            continue;
+        }
         out.push(Hit {
             meta: Arc::clone(meta),
             excerpt: redacted_excerpt(win, start, meta.reveal),
@@ -462,6 +480,9 @@ fn report_dlp_hits(
         };
         let win = window(&d.ring, data, d.offset, to.saturating_sub(RING as u64), to);
         let start = engine.span_start(id, &win);
+        if !keep_match(meta, &win, start) {
+            continue;
+        }
         out.push(Hit {
             meta: Arc::clone(meta),
             excerpt: redacted_excerpt(&win, start, meta.reveal),
@@ -550,6 +571,9 @@ fn inj_scan(
             to.saturating_sub(INJ_EXCERPT as u64),
             to,
         );
+        if judge::quoted_example(&win) {
+            continue;
+        }
         out.push(Hit {
             meta: Arc::clone(meta),
             excerpt: String::from_utf8_lossy(&win).replace(['\n', '\r'], " "),
@@ -592,6 +616,9 @@ pub fn scan_inj_text(
         };
         let end = (to as usize).min(text.len());
         let win = &text[end.saturating_sub(INJ_EXCERPT)..end];
+        if judge::quoted_example(win) {
+            continue;
+        }
         out.push(Hit {
             meta: Arc::clone(meta),
             excerpt: String::from_utf8_lossy(win).replace(['\n', '\r'], " "),

@@ -2,6 +2,7 @@
 //! leave the pod (covers Pipelock's default set plus Sure-specific finance
 //! tokens). Expressions are Hyperscan syntax, ASCII, matched on bytes.
 use super::{Confidence as C, NumericKind, Rule, RuleClass::Dlp, Severity as S, rule};
+use crate::scan::passes::judge;
 
 const B58: &str = "[1-9A-HJ-NP-Za-km-z]";
 
@@ -14,6 +15,36 @@ const PLAID: &[&str] = &["plaid.com"];
 const SIMPLEFIN: &[&str] = &["simplefin.org"];
 const STRIPE: &[&str] = &["stripe.com"];
 const SLACK: &[&str] = &["slack.com"];
+/// Every provider's API hosts: a credential assignment without a provider
+/// prefix (a Plaid `secret`, a Twilio password) is how these APIs are
+/// called, so it is not a finding towards them.
+const API_PROVIDERS: &[&str] = &[
+    "anthropic.com",
+    "openai.com",
+    "googleapis.com",
+    "github.com",
+    "amazonaws.com",
+    "plaid.com",
+    "simplefin.org",
+    "stripe.com",
+    "slack.com",
+    "twilio.com",
+    "sendgrid.com",
+    "mailgun.net",
+    "gitlab.com",
+    "huggingface.co",
+    "groq.com",
+    "x.ai",
+    "together.xyz",
+    "replicate.com",
+    "fireworks.ai",
+    "mistral.ai",
+    "cohere.ai",
+    "cohere.com",
+    "openrouter.ai",
+    "synthfinance.com",
+    "api.twelvedata.com",
+];
 
 /// The DLP rule table.
 pub static DLP_RULES: &[Rule] = &[
@@ -30,7 +61,7 @@ pub static DLP_RULES: &[Rule] = &[
     rule("dlp.huggingface_token", "Hugging Face token", Dlp, S::Critical, C::High, r"\bhf_[a-z0-9]{30,}").home(&["huggingface.co"]),
     rule("dlp.replicate_api_token", "Replicate API token", Dlp, S::Critical, C::High, r"\br8_[a-z0-9]{20,}"),
     rule("dlp.together_api_key", "Together AI key", Dlp, S::Critical, C::High, r"\btok_[a-z0-9]{40,}"),
-    rule("dlp.groq_api_key", "Groq API key", Dlp, S::Critical, C::High, r"\bgsk_[a-z0-9]{48,}"),
+    rule("dlp.groq_api_key", "Groq API key", Dlp, S::Critical, C::High, r"\bgsk_[a-z0-9]{48,}").home(&["groq.com"]),
     rule("dlp.xai_api_key", "xAI API key", Dlp, S::Critical, C::High, r"\bxai-[a-z0-9_-]{80,}"),
     rule("dlp.pinecone_api_key", "Pinecone API key", Dlp, S::Critical, C::High, r"\bpcsk_[a-z0-9_]{36,}"),
     // --- code hosting, CI, package registries ---
@@ -71,11 +102,13 @@ pub static DLP_RULES: &[Rule] = &[
     rule("dlp.crypto_wif_private_key", "Bitcoin WIF private key", Dlp, S::Critical, C::High, r"\b(?:5[1-9A-HJ-NP-Za-km-z]{50}|[KL][1-9A-HJ-NP-Za-km-z]{51})\b").case_sensitive().numeric(NumericKind::Wif),
     rule("dlp.crypto_seed_phrase", "BIP-39 seed phrase (checksum)", Dlp, S::Critical, C::High, "").case_sensitive().numeric(NumericKind::SeedPhrase),
     rule("dlp.crypto_extended_private_key", "BIP-32 extended private key", Dlp, S::Critical, C::High, r"\b[xyzt]prv[1-9A-HJ-NP-Za-km-z]{107,108}\b").case_sensitive(),
+    rule("dlp.crypto_wallet_address", "Crypto wallet address (checksum)", Dlp, S::Medium, C::Medium, r"\b(?:[13][1-9A-HJ-NP-Za-km-z]{25,34}|bc1[02-9ac-hj-np-z]{11,71}|0x[0-9a-f]{40})\b").case_sensitive().numeric(NumericKind::WalletAddress),
     rule("dlp.ethereum_private_key", "Ethereum private key (0x + 64 hex)", Dlp, S::Critical, C::Medium, r"\b0x[0-9a-f]{64}\b"),
     // --- assignments and URLs ---
     rule("dlp.env_secret_assignment", "Secret in an environment-variable assignment", Dlp, S::High, C::High, r#"\b[A-Z][A-Z0-9_]*(?:_SECRET(?:_ACCESS)?_KEY|_SECRET|_PASSWORD|_PASSWD|_TOKEN|_API_KEY)\s?=\s?["']?[^\s"'$<{]{8,}"#).case_sensitive(),
     rule("dlp.credential_in_url", "Credential in URL query or form", Dlp, S::High, C::High, r"(?:^|[?&;])(?:password|passwd|pwd|secret|token|apikey|api_key|api-key|access_token|client_secret)=[^\s&]{4,}").multiline(),
-    rule("dlp.url_basic_credentials", "user:password@ credentials in a URL", Dlp, S::High, C::High, r"\b[a-z][a-z0-9+.-]{1,15}://[^\s:/@]{1,64}:[^\s:/@]{3,128}@[a-z0-9-]"),
+    rule("dlp.url_basic_credentials", "user:password@ credentials in a URL", Dlp, S::High, C::High, r"\b[a-z][a-z0-9+.-]{1,15}://[^\s:/@]{0,64}:[^\s:/@]{3,128}@[a-z0-9-]").confirm(judge::url_password),
+    rule("dlp.credential_assignment", "Credential assigned in a config, form or document (judged by value)", Dlp, S::High, C::Medium, r#"[a-z0-9_.-]*(?:password|passwd|pwd|secret|secret[_-]?key(?:[_-]?base)?|client[_-]?secret|api[_-]?key|apikey|access[_-]?key|access[_-]?token|auth[_-]?token|token|private[_-]?key|credentials?)(?:["']?[ \t]{0,3}[:=][ \t]{0,3}|>|["']\r?\n\r?\n)["']?[^\s"'<>,;&]{8,}(?:[\s"'<>,;&]|$)"#).confirm(judge::credential_assignment).home(API_PROVIDERS),
     // --- personal / financial data ---
     rule("dlp.us_ssn", "US Social Security number", Dlp, S::Low, C::Medium, r"\b\d{3}-\d{2}-\d{4}\b").case_sensitive().numeric(NumericKind::Ssn),
     rule("dlp.credit_card", "Payment card number (Luhn + issuer)", Dlp, S::Medium, C::High, r"\b\d{4}(?:[- ]?\d){9,15}\b").case_sensitive().numeric(NumericKind::CreditCard),

@@ -35,6 +35,8 @@ pub enum RuleClass {
     Injection,
     /// Scanner conditions (decompression bomb, unscannable body).
     Scanner,
+    /// Where a request goes (SSRF, blocklist, DNS exfiltration, URL entropy).
+    Destination,
     /// MCP protocol checks (tool poisoning, drift, session binding, tool
     /// policy, chains), raised by `crate::mcp`, not by the engine.
     Mcp,
@@ -66,6 +68,9 @@ pub enum NumericKind {
     /// Found by the seed-phrase pass (`scan::passes::seed`): 12–24 BIP-39 words with
     /// a valid checksum. No regex form (`expr` is empty).
     SeedPhrase,
+    /// A crypto wallet address with a valid checksum (BTC base58 and
+    /// bech32/bech32m, ETH with EIP-55 when mixed case).
+    WalletAddress,
 }
 
 /// One detection rule.
@@ -88,7 +93,14 @@ pub struct Rule {
     /// Hosts (domain suffixes) this credential legitimately goes to and comes
     /// from: a match in an exchange with such a host is not a finding.
     pub home_hosts: &'static [&'static str],
+    /// Checks the matched bytes (rule start to match end) before a hit is
+    /// reported: context and entropy for matches a regex cannot judge.
+    /// Rules with a check report every match, not only the first.
+    pub confirm: Option<Confirm>,
 }
+
+/// A check of a match's bytes; `true` keeps the hit.
+pub type Confirm = fn(&[u8]) -> bool;
 
 /// Compact constructor used by the tables.
 pub(crate) const fn rule(
@@ -110,6 +122,7 @@ pub(crate) const fn rule(
         multiline: false,
         detector: Detector::Hyperscan,
         home_hosts: &[],
+        confirm: None,
     }
 }
 
@@ -133,6 +146,10 @@ impl Rule {
     }
     pub(crate) const fn home(mut self, hosts: &'static [&'static str]) -> Self {
         self.home_hosts = hosts;
+        self
+    }
+    pub(crate) const fn confirm(mut self, check: Confirm) -> Self {
+        self.confirm = Some(check);
         self
     }
 }
@@ -186,12 +203,53 @@ pub static SCANNER_RULES: &[Rule] = &[
     .internal(),
 ];
 
+/// Destination-policy rules (`crate::pipeline::destination`; no expression).
+pub static DESTINATION_RULES: &[Rule] = &[
+    rule(
+        "dest.ssrf",
+        "Request to a cloud metadata or link-local address (SSRF)",
+        RuleClass::Destination,
+        Severity::Critical,
+        Confidence::High,
+        "",
+    )
+    .internal(),
+    rule(
+        "dest.blocklist",
+        "Request to a blocklisted host (paste and file-drop sites)",
+        RuleClass::Destination,
+        Severity::High,
+        Confidence::High,
+        "",
+    )
+    .internal(),
+    rule(
+        "dest.dns_exfil",
+        "Hostname carrying encoded or random data (DNS exfiltration)",
+        RuleClass::Destination,
+        Severity::High,
+        Confidence::Medium,
+        "",
+    )
+    .internal(),
+    rule(
+        "dest.url_entropy",
+        "High-entropy URL path segment or query value",
+        RuleClass::Destination,
+        Severity::Medium,
+        Confidence::Medium,
+        "",
+    )
+    .internal(),
+];
+
 /// Every built-in rule (DLP, injection, scanner), in id order of the tables.
 pub fn all_rules() -> impl Iterator<Item = &'static Rule> {
     dlp::DLP_RULES
         .iter()
         .chain(injection::INJECTION_RULES.iter())
         .chain(SCANNER_RULES.iter())
+        .chain(DESTINATION_RULES.iter())
 }
 
 /// Looks a built-in rule up by id.
@@ -226,6 +284,7 @@ impl RuleClass {
             RuleClass::Dlp => "dlp",
             RuleClass::Injection => "injection",
             RuleClass::Scanner => "scanner",
+            RuleClass::Destination => "destination",
             RuleClass::Mcp => "mcp",
         }
     }
