@@ -235,14 +235,18 @@ pub struct RunArgs {
     /// 127.0.0.1:8888 without a cgroup].
     #[arg(long)]
     pub listen: Option<SocketAddr>,
-    /// MCP listen address, as Pipelock's `--mcp-listen`; accepted, the MCP proxy
-    /// is not implemented yet [config: interceptor.mcp_listen].
+    /// MCP reverse proxy listen address, as Pipelock's `--mcp-listen`
+    /// [config: interceptor.mcp_listen; default 127.0.0.1:8889 when an upstream is given].
     #[arg(long)]
     pub mcp_listen: Option<SocketAddr>,
-    /// MCP upstream URL, as Pipelock's `--mcp-upstream`; accepted, not implemented
-    /// yet [config: interceptor.mcp_upstream].
+    /// MCP upstream URL (http:// or https://), as Pipelock's `--mcp-upstream`
+    /// [config: interceptor.mcp_upstream].
     #[arg(long)]
     pub mcp_upstream: Option<String>,
+    /// File with the token MCP clients must send as `Proxy-Authorization: Bearer
+    /// <token>` [config: interceptor.mcp_auth_token_file].
+    #[arg(long)]
+    pub mcp_auth_token_file: Option<PathBuf>,
 }
 
 impl RunArgs {
@@ -281,6 +285,9 @@ impl RunArgs {
         }
         if let Some(u) = &self.mcp_upstream {
             i.mcp_upstream = Some(u.clone());
+        }
+        if let Some(f) = &self.mcp_auth_token_file {
+            i.mcp_auth_token_file = Some(f.clone());
         }
         replace(&mut i.bypass_cidrs, &self.bypass_cidrs);
         replace(&mut i.bypass_ports, &self.bypass_ports);

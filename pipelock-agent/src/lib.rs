@@ -5,6 +5,7 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod export;
+pub mod mcp;
 pub mod pipeline;
 pub mod proxy;
 pub mod redirect;

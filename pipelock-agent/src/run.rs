@@ -20,9 +20,10 @@ use crate::{
     config::pipelock::{PatternSeverity, ResponseAction, WarnBlock},
     config::{self, Config, Loaded, reload},
     export::Exporter,
+    mcp::McpSettings,
     pipeline::{CustomPattern, ScanConfig, ScanPipeline},
     proxy::{
-        LiveContext, ProxyContext, forward, hold::BodyHold, limits::ConnLimits,
+        LiveContext, ProxyContext, forward, hold::BodyHold, limits::ConnLimits, mcp as mcp_proxy,
         passthrough::PassthroughDomains, transparent, websocket::WsSettings,
     },
     redirect::{self, RedirectConfig, Redirector},
@@ -103,6 +104,8 @@ pub async fn run(start: Start) -> anyhow::Result<()> {
         .context("starting event export (emit)")?,
     );
     let pipeline = scan_pipeline(&cfg, &mount, &metrics, &kill_switch, &exporter)?;
+    let mcp_settings = Arc::new(McpSettings::new(&cfg).context("the MCP config sections")?);
+    let mcp = mcp_start(&cfg)?;
     // Installed early: SIGUSR1's default action would end the process.
     let mut usr1 = signal(SignalKind::user_defined1()).context("installing SIGUSR1 handler")?;
     let admin = Arc::new(Admin::new(&cfg, metrics.clone(), kill_switch.clone()));
@@ -131,9 +134,14 @@ pub async fn run(start: Start) -> anyhow::Result<()> {
         Some(a) => Some(transparent::bind(&[a]).await?.remove(0)),
         None => None,
     };
+    let mcp_listener = match &mcp {
+        Some(m) => Some(transparent::bind(&[m.listen]).await?.remove(0)),
+        None => None,
+    };
     // The loop guard covers every listener of the agent.
     let mut own_addrs = listen.clone();
     own_addrs.extend(forward_listen);
+    own_addrs.extend(mcp.as_ref().map(|m| m.listen));
 
     let bounds = Bounds {
         body_budget: BodyHold::budget(cfg.interceptor.body_hold_budget_bytes),
@@ -142,6 +150,7 @@ pub async fn run(start: Start) -> anyhow::Result<()> {
     let live: Arc<LiveContext> = Arc::new(ArcSwap::from_pointee(context(
         &cfg,
         pipeline,
+        mcp_settings,
         &own_addrs,
         tls.clone(),
         bounds,
@@ -182,12 +191,36 @@ pub async fn run(start: Start) -> anyhow::Result<()> {
             "forward proxy listening (CONNECT, absolute-form HTTP, /health)"
         );
     }
-    if cfg.interceptor.mcp_listen.is_some() || cfg.interceptor.mcp_upstream.is_some() {
-        tracing::warn!(
-            mcp_listen = ?cfg.interceptor.mcp_listen,
-            mcp_upstream = cfg.interceptor.mcp_upstream.as_deref(),
-            "--mcp-listen / --mcp-upstream accepted, not implemented yet: no MCP listener is started"
+    if let (Some(m), Some(l)) = (mcp, mcp_listener) {
+        let listen = m.listen;
+        let token = m.token.is_some();
+        let upstream = m.upstream.authority.to_string();
+        let proxy = Arc::new(mcp_proxy::McpProxy {
+            upstream: m.upstream,
+            sessions: Arc::default(),
+            token: m.token,
+            metrics: metrics.clone(),
+            tracker: tracker.clone(),
+        });
+        tokio::spawn(mcp_proxy::serve(
+            l,
+            live.clone(),
+            limits.clone(),
+            proxy,
+            shutdown.clone(),
+        ));
+        tracing::info!(
+            listen = %listen,
+            upstream,
+            token,
+            "MCP reverse proxy listening (JSON-RPC over HTTP, /health)"
         );
+        if !token && !listen.ip().is_loopback() {
+            tracing::warn!(
+                listen = %listen,
+                "the MCP listener is reachable beyond loopback and has no token (--mcp-auth-token-file): anyone who can reach it can use the upstream's tools with their own credentials"
+            );
+        }
     }
 
     let mut redirector = match (&cgroup, &cgroup_dir) {
@@ -482,6 +515,18 @@ async fn apply_reload(r: reload::Reload, env: &Reloader<'_>, running: &mut Runni
             return;
         }
     };
+    let mcp = match McpSettings::new(&new) {
+        Ok(m) => Arc::new(m),
+        Err(e) => {
+            tracing::error!(
+                target: "pipelock::config",
+                trigger,
+                error = %e,
+                "config reload refused; keeping the running config"
+            );
+            return;
+        }
+    };
     let bounds = {
         let old = live.load();
         Bounds {
@@ -492,6 +537,7 @@ async fn apply_reload(r: reload::Reload, env: &Reloader<'_>, running: &mut Runni
     live.store(Arc::new(context(
         &new,
         pipeline,
+        mcp,
         listen,
         tls.clone(),
         bounds,
@@ -526,6 +572,7 @@ struct Bounds {
 fn context(
     cfg: &Config,
     pipeline: ScanPipeline,
+    mcp: Arc<McpSettings>,
     listen: &[std::net::SocketAddr],
     tls: Arc<tls::Tls>,
     bounds: Bounds,
@@ -556,6 +603,7 @@ fn context(
         forward: Arc::new(crate::proxy::forward::ForwardSettings::new(
             &cfg.forward_proxy,
         )),
+        mcp,
         body_hold: Arc::new(BodyHold {
             max_body: cfg.request_body_scanning.max_body_bytes,
             budget: bounds.body_budget,
@@ -606,6 +654,8 @@ pub fn scan_config(cfg: &Config, subtrees: Vec<(PathBuf, config::Mode)>) -> Scan
             .collect(),
         request_section_blocks: cfg.request_body_scanning.action == WarnBlock::Block,
         response_section_blocks: cfg.response_scanning.action == ResponseAction::Block,
+        mcp_input: cfg.mcp_input_scanning.enabled,
+        mcp_input_section_blocks: cfg.mcp_input_scanning.action == WarnBlock::Block,
         ..defaults
     }
 }
@@ -637,6 +687,49 @@ fn scan_pipeline(
         "scan engine ready"
     );
     Ok(pipeline)
+}
+
+/// The MCP listener's start-only settings.
+struct McpStart {
+    listen: std::net::SocketAddr,
+    upstream: mcp_proxy::UpstreamUrl,
+    token: Option<Vec<u8>>,
+}
+
+/// `--mcp-listen`, `--mcp-upstream`, `--mcp-auth-token-file`: none, or all
+/// that is needed to start the listener (a listener without an upstream, a
+/// bad URL or an unreadable or empty token file stop the start).
+fn mcp_start(cfg: &Config) -> anyhow::Result<Option<McpStart>> {
+    let i = &cfg.interceptor;
+    let Some(url) = i.mcp_upstream.as_deref() else {
+        if let Some(l) = i.mcp_listen {
+            bail!("--mcp-listen {l} needs --mcp-upstream (interceptor.mcp_upstream)");
+        }
+        return Ok(None);
+    };
+    let upstream = mcp_proxy::UpstreamUrl::parse(url)?;
+    let token = match &i.mcp_auth_token_file {
+        Some(path) => {
+            let raw = std::fs::read(path)
+                .with_context(|| format!("--mcp-auth-token-file {}", path.display()))?;
+            let t = raw.trim_ascii().to_vec();
+            if t.is_empty() {
+                bail!(
+                    "--mcp-auth-token-file {}: the file is empty",
+                    path.display()
+                );
+            }
+            Some(t)
+        }
+        None => None,
+    };
+    Ok(Some(McpStart {
+        listen: i
+            .mcp_listen
+            .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 8889))),
+        upstream,
+        token,
+    }))
 }
 
 /// Binds an admin listener at `addr` (`host:port`, or `:port` for every

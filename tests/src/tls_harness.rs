@@ -250,6 +250,7 @@ impl InProcessAgent {
             websocket: Default::default(),
             body_hold: Default::default(),
             forward: Default::default(),
+            mcp: Default::default(),
         });
         // Each agent's connections carry a cgroup id of their own, so its
         // log lines can be told from those of others in the process.

@@ -39,6 +39,11 @@ const PIP_PACKAGES: &[&str] = &[
     "yamllint==1.38.0",
 ];
 
+/// Python packages from PyPI the tests use (the official MCP SDK: the MCP
+/// proxy tests run its server and client), as pip requirement specifiers,
+/// with the module that shows they are installed.
+const TEST_PY_PACKAGES: &[(&str, &str)] = &[("mcp>=1.9,<2", "mcp")];
+
 /// Environment for cargo and the agent: PATH with the cached bpf-linker first.
 pub struct Env {
     vars: Vec<(&'static str, OsString)>,
@@ -69,6 +74,7 @@ unsafe extern "C" {
 pub fn ensure(_root: &Path) -> anyhow::Result<Env> {
     let cache = cache_dir()?;
     apt_packages()?;
+    pip_packages()?;
     rust_src()?;
     let bin = bpf_linker(&cache)?;
     python_venv(&cache)?;
@@ -132,6 +138,36 @@ fn python_venv(cache: &Path) -> anyhow::Result<()> {
         .args(["install", "-q", "--disable-pip-version-check"])
         .args(PIP_PACKAGES))?;
     std::fs::write(&stamp, want).with_context(|| format!("writing {}", stamp.display()))
+}
+
+/// Installs [`TEST_PY_PACKAGES`] for the `python3` the tests run, when its
+/// module does not import yet (a Debian system Python needs
+/// `--break-system-packages`; a pyenv or venv one does not).
+fn pip_packages() -> anyhow::Result<()> {
+    for (spec, module) in TEST_PY_PACKAGES {
+        let present = Command::new("python3")
+            .args(["-c", &format!("import {module}")])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        if present {
+            continue;
+        }
+        eprintln!("xtask: pip installing {spec}");
+        let pip = |extra: &[&str]| {
+            Command::new("python3")
+                .args(["-m", "pip", "install", "--quiet"])
+                .args(extra)
+                .arg(spec)
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false)
+        };
+        if !pip(&[]) && !pip(&["--break-system-packages"]) {
+            bail!("pip could not install {spec} for python3 (the MCP proxy tests need it)");
+        }
+    }
+    Ok(())
 }
 
 fn dpkg_installed(pkg: &str) -> bool {

@@ -32,10 +32,14 @@ pub struct Interceptor {
     /// Forward proxy listener (CONNECT, absolute-form HTTP, /health); Pipelock's
     /// `--listen`. None: 127.0.0.1:8888 without a cgroup, no listener with one.
     pub forward_listen: Option<SocketAddr>,
-    /// MCP reverse proxy listener (Pipelock's `--mcp-listen`); recorded only.
+    /// MCP reverse proxy listener (Pipelock's `--mcp-listen`; 127.0.0.1:8889
+    /// when only the upstream is given).
     pub mcp_listen: Option<SocketAddr>,
-    /// MCP upstream URL (Pipelock's `--mcp-upstream`); recorded only.
+    /// MCP upstream URL (Pipelock's `--mcp-upstream`), http or https.
     pub mcp_upstream: Option<String>,
+    /// File holding the token MCP clients must send as
+    /// `Proxy-Authorization: Bearer <token>` (Pipelock's `--mcp-auth-token-file`).
+    pub mcp_auth_token_file: Option<PathBuf>,
     /// Destinations never redirected.
     pub bypass_cidrs: Vec<IpNet>,
     /// Destination ports never redirected.
@@ -115,6 +119,7 @@ impl Default for Interceptor {
             forward_listen: None,
             mcp_listen: None,
             mcp_upstream: None,
+            mcp_auth_token_file: None,
             bypass_cidrs: Vec::new(),
             bypass_ports: Vec::new(),
             udp_allow: vec![UdpAllow {

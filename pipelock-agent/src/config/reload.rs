@@ -143,6 +143,9 @@ const RESTART_ONLY: &[(&str, Getter)] = &[
     ("interceptor.mcp_listen", |c| {
         format!("{:?}", c.interceptor.mcp_listen)
     }),
+    ("interceptor.mcp_auth_token_file", |c| {
+        format!("{:?}", c.interceptor.mcp_auth_token_file)
+    }),
     ("interceptor.mcp_upstream", |c| {
         format!("{:?}", c.interceptor.mcp_upstream)
     }),
@@ -207,6 +210,7 @@ pub fn keep_start_only(running: &Config, mut new: Config) -> Config {
     i.forward_listen = r.forward_listen;
     i.mcp_listen = r.mcp_listen;
     i.mcp_upstream.clone_from(&r.mcp_upstream);
+    i.mcp_auth_token_file.clone_from(&r.mcp_auth_token_file);
     i.bypass_cidrs.clone_from(&r.bypass_cidrs);
     i.bypass_ports.clone_from(&r.bypass_ports);
     i.udp_allow.clone_from(&r.udp_allow);

@@ -52,16 +52,6 @@ const RULES: &[Rule] = &[
     rule!("api_allowlist", |c| c.api_allowlist.is_some(), LATER),
     rule!("suppress", |c| !c.suppress.is_empty(), LATER),
     rule!(
-        "interceptor.mcp_listen",
-        |c| c.interceptor.mcp_listen.is_some(),
-        "accepted, not implemented yet: no MCP listener is started"
-    ),
-    rule!(
-        "interceptor.mcp_upstream",
-        |c| c.interceptor.mcp_upstream.is_some(),
-        "accepted, not implemented yet: the MCP reverse proxy is a later issue"
-    ),
-    rule!(
         "forward_proxy.redirect_websocket_hosts",
         |c| !c.forward_proxy.redirect_websocket_hosts.is_empty(),
         LATER
@@ -158,33 +148,28 @@ const RULES: &[Rule] = &[
         LATER
     ),
     rule!(
-        "mcp_input_scanning.enabled",
-        |c| c.mcp_input_scanning.enabled,
-        "accepted, not implemented yet: no :8889 MCP listener is started"
-    ),
-    rule!(
-        "mcp_tool_scanning.enabled",
-        |c| c.mcp_tool_scanning.enabled,
-        "accepted, not implemented yet: no :8889 MCP listener is started"
-    ),
-    rule!(
-        "mcp_tool_policy.enabled",
-        |c| c.mcp_tool_policy.enabled,
-        LATER
-    ),
-    rule!(
         "mcp_tool_policy.rules",
-        |c| !c.mcp_tool_policy.rules.is_empty(),
-        LATER
+        |c| c.mcp_tool_policy.enabled
+            && c.mcp_tool_policy
+                .rules
+                .iter()
+                .any(|r| { r.action == Some(super::pipelock::PolicyAction::Redirect) }),
+        "`redirect` is enforced as a block: redirect profiles are not run"
     ),
     rule!(
-        "mcp_session_binding.enabled",
-        |c| c.mcp_session_binding.enabled,
-        LATER
+        "mcp_tool_policy.redirect_profiles",
+        |c| !c.mcp_tool_policy.redirect_profiles.is_empty(),
+        "accepted, not run: a `redirect` rule blocks the call instead"
     ),
     rule!(
-        "tool_chain_detection.enabled",
-        |c| c.tool_chain_detection.enabled,
+        "mcp_tool_policy.action",
+        |c| c.mcp_tool_policy.enabled
+            && c.mcp_tool_policy.action == super::pipelock::PolicyAction::Redirect,
+        "`redirect` is enforced as a block: redirect profiles are not run"
+    ),
+    rule!(
+        "mcp_tool_policy.quarantine_dir",
+        |c| c.mcp_tool_policy.quarantine_dir.is_some(),
         LATER
     ),
     rule!(

@@ -148,7 +148,7 @@ impl Finding {
         match self.class {
             RuleClass::Dlp => m.dlp_hits.inc(),
             RuleClass::Injection => m.injection_hits.inc(),
-            RuleClass::Scanner | RuleClass::Destination => 0,
+            RuleClass::Scanner | RuleClass::Destination | RuleClass::Mcp => 0,
         };
         match self.action {
             Action::Block => m.findings_blocked.inc(),

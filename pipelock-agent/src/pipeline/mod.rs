@@ -169,6 +169,21 @@ pub trait Exchange: Send {
     /// upgrade, a WebSocket binary message when those are not allowed):
     /// blocked in strict and balanced, logged and let through in audit.
     fn unscannable(&mut self, response: bool, what: &str) -> Decision;
+    /// Findings of a listener's own protocol checks (the MCP proxy's tool
+    /// poisoning, drift, session binding, tool policy and chains), judged,
+    /// logged and counted like scanner hits: the action by mode, where
+    /// `section_blocks` (the check's config section says `block`) makes
+    /// balanced block as for the other sections. The default (for
+    /// pipelines that judge nothing, such as [`AllowAll`] and test doubles)
+    /// lets everything through.
+    fn report(
+        &mut self,
+        _response: bool,
+        _hits: Vec<crate::scan::text::Hit>,
+        _section_blocks: bool,
+    ) -> Decision {
+        Decision::Continue
+    }
     /// Called once when the exchange is over.
     fn logging(&mut self, outcome: &Outcome);
 }

@@ -79,6 +79,13 @@ pub struct ScanConfig {
     pub response_dlp_blocks: bool,
     /// Destination policy (SSRF, blocklist, DNS exfiltration, URL entropy).
     pub destination: DestPolicy,
+    /// Request bodies on the MCP listener are scanned (`mcp_input_scanning.enabled`;
+    /// it replaces `request_body` there).
+    pub mcp_input: bool,
+    /// Request findings on the MCP listener block in balanced whatever their
+    /// confidence (`mcp_input_scanning.action: block`; replaces
+    /// `request_section_blocks` there).
+    pub mcp_input_section_blocks: bool,
 }
 
 /// One operator DLP pattern, matched case-insensitively as Pipelock does.
@@ -153,6 +160,8 @@ impl Default for ScanConfig {
             response_section_blocks: false,
             response_dlp_blocks: false,
             destination: DestPolicy::default(),
+            mcp_input: true,
+            mcp_input_section_blocks: false,
         }
     }
 }
@@ -303,6 +312,7 @@ impl Pipeline for ScanPipeline {
             blocked: None,
             reported: HashSet::new(),
             hits: Vec::new(),
+            section_override: None,
             started: Instant::now(),
             scan_time: Duration::ZERO,
         })
@@ -322,6 +332,9 @@ struct ScanExchange {
     /// (direction, rule id) already reported in this exchange.
     reported: HashSet<(Direction, String)>,
     hits: Vec<Hit>,
+    /// Set while [`Exchange::report`] judges a protocol check's findings
+    /// (its own section's `action: block`).
+    section_override: Option<bool>,
     /// When the exchange began (request latency).
     started: Instant,
     /// Time spent scanning so far (scan latency).
@@ -404,10 +417,13 @@ impl ScanExchange {
             if !self.reported.insert((direction, hit.meta.id.to_string())) {
                 continue;
             }
-            let section_blocks = match direction {
-                Direction::Request => self.shared.cfg.request_section_blocks,
-                Direction::Response => self.shared.cfg.response_section_blocks,
-            };
+            let cfg = &self.shared.cfg;
+            let mcp = self.conn.listener == crate::pipeline::Listener::Mcp;
+            let section_blocks = self.section_override.unwrap_or(match direction {
+                Direction::Request if mcp => cfg.mcp_input_section_blocks,
+                Direction::Request => cfg.request_section_blocks,
+                Direction::Response => cfg.response_section_blocks,
+            });
             let mut action = verdict::action_for(self.mode, hit.meta.confidence, section_blocks);
             // What comes back is read by the app, not leaving it: DLP in a
             // response is logged unless configured to block.
@@ -730,7 +746,12 @@ impl Exchange for ScanExchange {
             self.block_scan(&decoded, "url+percent");
         }
         self.request_fields(&req.headers, "header");
-        self.request = if self.shared.cfg.request_body {
+        let body_scanning = if self.conn.listener == crate::pipeline::Listener::Mcp {
+            self.shared.cfg.mcp_input
+        } else {
+            self.shared.cfg.request_body
+        };
+        self.request = if body_scanning {
             self.open_body(&req.headers, false, false)
         } else {
             None
@@ -821,6 +842,17 @@ impl Exchange for ScanExchange {
         self.reported.retain(|(d, _)| *d != direction);
         self.scanner_hit("scanner.unscannable", what.to_owned());
         self.decide(direction)
+    }
+
+    fn report(&mut self, response: bool, hits: Vec<Hit>, section_blocks: bool) -> Decision {
+        if let Some(b) = &self.blocked {
+            return Decision::Block(b.clone());
+        }
+        self.hits.extend(hits);
+        self.section_override = Some(section_blocks);
+        let d = self.decide(Direction::of(response));
+        self.section_override = None;
+        d
     }
 
     fn logging(&mut self, outcome: &Outcome) {
@@ -1094,6 +1126,67 @@ mod tests {
                 assert_eq!(block_ids(&what), vec!["scanner.unscannable".to_owned()]);
             }
         }
+    }
+
+    #[test]
+    fn protocol_findings_are_judged_by_mode_and_section() {
+        let mcp_conn = Arc::new(ConnMeta {
+            listener: crate::pipeline::Listener::Mcp,
+            ..(*conn(1)).clone()
+        });
+        let hit = || {
+            vec![crate::mcp::hit(
+                "mcp.policy.no_rm",
+                "Tool Policy: no-rm",
+                Severity::High,
+                "tool:exec_shell",
+                "",
+            )]
+        };
+        for (mode, section_blocks, blocked) in [
+            (Mode::Strict, false, true),
+            (Mode::Balanced, false, false),
+            (Mode::Balanced, true, true),
+            (Mode::Audit, true, false),
+        ] {
+            let p = pipeline(mode);
+            let mut ex = p.exchange(&mcp_conn);
+            let d = ex.report(false, hit(), section_blocks);
+            assert_eq!(d.is_block(), blocked, "{mode:?} {section_blocks}");
+            assert_eq!(p.metrics().scanner_hits(), 1);
+            if blocked {
+                assert_eq!(block_ids(&d), vec!["mcp.policy.no_rm".to_owned()]);
+            }
+        }
+        // MCP request bodies follow mcp_input_scanning, not request_body_scanning.
+        let p = ScanPipeline::new(ScanConfig {
+            mode: Mode::Balanced,
+            request_body: false,
+            mcp_input: true,
+            mcp_input_section_blocks: true,
+            ..ScanConfig::default()
+        })
+        .unwrap();
+        let jwt = b"eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U";
+        let mut ex = p.exchange(&mcp_conn);
+        assert_eq!(
+            ex.request_filter(&request("POST", "http://sure:3000/mcp", &[])),
+            Decision::Continue
+        );
+        assert!(
+            ex.request_body_filter(jwt, true).is_block(),
+            "medium confidence, section block"
+        );
+        let mut ex = p.exchange(&conn(1));
+        assert_eq!(
+            ex.request_filter(&request("POST", "http://sure:3000/mcp", &[])),
+            Decision::Continue
+        );
+        assert_eq!(
+            ex.request_body_filter(jwt, true),
+            Decision::Continue,
+            "not scanned"
+        );
     }
 
     #[test]

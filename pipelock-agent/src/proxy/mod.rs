@@ -7,6 +7,7 @@ pub mod forward;
 pub mod hold;
 pub mod http;
 pub mod limits;
+pub mod mcp;
 pub mod passthrough;
 pub mod relay;
 pub mod sniff;
@@ -172,6 +173,9 @@ pub struct ProxyContext {
     pub body_hold: Arc<hold::BodyHold>,
     /// `forward_proxy` settings of the forward listener.
     pub forward: Arc<forward::ForwardSettings>,
+    /// The MCP sections (`mcp_*`, `tool_chain_detection`), compiled, for
+    /// the MCP listener.
+    pub mcp: Arc<crate::mcp::McpSettings>,
 }
 
 impl ProxyContext {

@@ -10,6 +10,7 @@
 //! `pipelock_scanner_hits_total{scanner}`, `pipelock_tunnels_total{result}`,
 //! `pipelock_tls_intercept_total{outcome}`, `pipelock_kill_switch_active{source}`,
 //! `pipelock_kill_switch_denials_total{transport,endpoint}`,
+//! `pipelock_chain_detections_total{pattern,severity,action}`,
 //! `pipelock_request_duration_seconds`); the rest are the agent's own.
 //! Label values are `&'static str` or integers wherever possible, so counting
 //! allocates nothing; the label sets that grow with traffic (cgroups) are capped.
@@ -93,6 +94,14 @@ pub struct ExportLabels {
     pub result: &'static str,
 }
 
+/// `{pattern, severity, action}` of a tool-call chain the MCP proxy detected.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChainLabels {
+    pub pattern: String,
+    pub severity: &'static str,
+    pub action: &'static str,
+}
+
 /// `{cgroup_id}`: the cgroup v2 id of the process that connected.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CgroupLabel {
@@ -146,6 +155,8 @@ macro_rules! counters {
             pub export_events: Family<ExportLabels, Counter>,
             /// `pipelock_config_reloads_total{result}`.
             pub config_reloads: Family<ResultLabel, Counter>,
+            /// `pipelock_chain_detections_total{pattern,severity,action}`.
+            pub chain_detections: Family<ChainLabels, Counter>,
             /// `pipelock_request_duration_seconds`: request headers to the
             /// end of the response, per exchange.
             pub request_duration: Histogram,
@@ -185,6 +196,7 @@ macro_rules! counters {
                     kernel_unscannable: Family::default(),
                     export_events: Family::default(),
                     config_reloads: Family::default(),
+                    chain_detections: Family::default(),
                     // Pipelock's buckets.
                     request_duration: Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
                     // 10 µs to ~10 s.
@@ -306,6 +318,11 @@ impl Metrics {
             "config_reloads",
             "Config reload attempts by result (success, failure).",
             self.config_reloads.clone(),
+        );
+        r.register(
+            "chain_detections",
+            "Tool-call chains the MCP proxy detected, by pattern, severity and action.",
+            self.chain_detections.clone(),
         );
         r.register(
             "request_duration_seconds",
@@ -464,6 +481,17 @@ impl Metrics {
     pub fn connection(&self, listener: &'static str, kind: &'static str) {
         self.connections
             .get_or_create(&ConnLabels { listener, kind })
+            .inc();
+    }
+
+    /// Counts a detected tool-call chain.
+    pub fn chain_detected(&self, pattern: &str, severity: &'static str, action: &'static str) {
+        self.chain_detections
+            .get_or_create(&ChainLabels {
+                pattern: pattern.to_owned(),
+                severity,
+                action,
+            })
             .inc();
     }
 

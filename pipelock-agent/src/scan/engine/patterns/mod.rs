@@ -37,6 +37,9 @@ pub enum RuleClass {
     Scanner,
     /// Where a request goes (SSRF, blocklist, DNS exfiltration, URL entropy).
     Destination,
+    /// MCP protocol checks (tool poisoning, drift, session binding, tool
+    /// policy, chains), raised by `crate::mcp`, not by the engine.
+    Mcp,
 }
 
 /// Which pass detects a rule.
@@ -282,6 +285,7 @@ impl RuleClass {
             RuleClass::Injection => "injection",
             RuleClass::Scanner => "scanner",
             RuleClass::Destination => "destination",
+            RuleClass::Mcp => "mcp",
         }
     }
 }

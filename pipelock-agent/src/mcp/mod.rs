@@ -1,0 +1,360 @@
+//! The MCP checks of the :8889 reverse proxy (`crate::proxy::mcp`), apart
+//! from scanning, which the one pipeline does: JSON-RPC message parts
+//! (`jsonrpc`), tool pins and drift (`tools`), tool poisoning (`poison`),
+//! shell de-obfuscation (`shell`), the tool policy (`policy`), chain
+//! detection (`chains`) and per-session state (`session`). Every check
+//! returns hits (`crate::scan::text::Hit`, class `mcp`) that the listener
+//! hands to its pipeline exchange (`Exchange::report`), so they are judged
+//! by mode, logged and counted like every other finding.
+pub mod chains;
+pub mod jsonrpc;
+pub mod poison;
+pub mod policy;
+pub mod session;
+pub mod shell;
+pub mod tools;
+
+use std::{borrow::Cow, sync::Arc, time::Instant};
+
+use serde_json::Value;
+
+use crate::{
+    config::{
+        Config,
+        pipelock::{ChainSeverity, OnParseError, WarnBlock},
+    },
+    scan::{
+        engine::{
+            Reveal, RuleMeta,
+            patterns::{Confidence, RuleClass, Severity},
+        },
+        text::Hit,
+    },
+};
+use session::Session;
+use tools::Pin;
+
+/// A config section of the MCP proxy that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Policy(#[from] policy::RuleError),
+    #[error(transparent)]
+    Chains(#[from] chains::ChainError),
+}
+
+/// The MCP sections of the config, compiled (part of the live context: a
+/// reload applies them to new requests).
+pub struct McpSettings {
+    /// `mcp_input_scanning.enabled` (the body's DLP follows it in the
+    /// pipeline; here: the de-obfuscated argument strings too).
+    pub input_scanning: bool,
+    /// `mcp_input_scanning.on_parse_error: block`: a body that is not JSON is refused.
+    pub parse_error_block: bool,
+    /// `mcp_tool_scanning.enabled`.
+    pub tool_scan: bool,
+    /// `mcp_tool_scanning.action: block`.
+    pub tool_scan_block: bool,
+    /// `mcp_tool_scanning.detect_drift`.
+    pub detect_drift: bool,
+    /// `mcp_session_binding.enabled`.
+    pub binding: bool,
+    pub unknown_tool_block: bool,
+    pub no_baseline_block: bool,
+    /// `mcp_tool_policy` (None: off or no rules).
+    pub policy: Option<policy::Policy>,
+    /// `tool_chain_detection` (None: off).
+    pub chains: Option<chains::Detector>,
+    /// Largest request or (non-streamed) response body read whole for
+    /// scanning (`request_body_scanning.max_body_bytes`).
+    pub max_body: usize,
+}
+
+impl Default for McpSettings {
+    /// The settings of the built-in defaults.
+    fn default() -> Self {
+        let cfg = Config::default();
+        McpSettings {
+            chains: chains::Detector::new(&cfg.tool_chain_detection)
+                .ok()
+                .flatten(),
+            ..McpSettings::base(&cfg)
+        }
+    }
+}
+
+impl McpSettings {
+    pub fn new(cfg: &Config) -> Result<Self, Error> {
+        Ok(McpSettings {
+            policy: policy::Policy::new(&cfg.mcp_tool_policy)?,
+            chains: chains::Detector::new(&cfg.tool_chain_detection)?,
+            ..McpSettings::base(cfg)
+        })
+    }
+
+    /// Everything but the compiled policy and chains.
+    fn base(cfg: &Config) -> Self {
+        let ts = &cfg.mcp_tool_scanning;
+        let sb = &cfg.mcp_session_binding;
+        McpSettings {
+            input_scanning: cfg.mcp_input_scanning.enabled,
+            parse_error_block: cfg.mcp_input_scanning.enabled
+                && cfg.mcp_input_scanning.on_parse_error == OnParseError::Block,
+            tool_scan: ts.enabled,
+            tool_scan_block: ts.action == WarnBlock::Block,
+            detect_drift: ts.enabled && ts.detect_drift,
+            binding: sb.enabled,
+            unknown_tool_block: sb.unknown_tool_action == WarnBlock::Block,
+            no_baseline_block: sb.no_baseline_action == WarnBlock::Block,
+            policy: None,
+            chains: None,
+            max_body: usize::try_from(cfg.request_body_scanning.max_body_bytes)
+                .unwrap_or(usize::MAX)
+                .max(64 * 1024),
+        }
+    }
+}
+
+/// Hits of one check with the block flag of its config section.
+#[derive(Default)]
+pub struct Checked {
+    pub hits: Vec<Hit>,
+    pub section_blocks: bool,
+}
+
+/// An MCP finding as the pipeline takes it.
+pub fn hit(
+    id: impl Into<Cow<'static, str>>,
+    name: impl Into<Cow<'static, str>>,
+    severity: Severity,
+    location: impl Into<Cow<'static, str>>,
+    excerpt: impl Into<String>,
+) -> Hit {
+    Hit {
+        meta: Arc::new(RuleMeta {
+            id: id.into(),
+            name: name.into(),
+            class: RuleClass::Mcp,
+            severity,
+            // Judged by mode: strict blocks, balanced warns unless the
+            // section says block, audit logs.
+            confidence: Confidence::Medium,
+            home_hosts: Vec::new(),
+            reveal: Reveal::Prefix,
+            confirm: None,
+        }),
+        excerpt: excerpt.into(),
+        location: location.into(),
+    }
+}
+
+/// A rule or pattern name as a rule id segment.
+pub fn slug(name: &str) -> String {
+    let s: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect();
+    s.trim_matches('_').to_owned()
+}
+
+/// What a `tools/list` answer showed: poisoning and drift hits, and the
+/// pins to record once the answer is let through ([`commit_listing`]).
+pub struct Listing {
+    pub checked: Checked,
+    pins: Vec<(String, Pin)>,
+    complete: bool,
+}
+
+/// Checks the tools of a `tools/list` response against poisoning and the
+/// session's baseline. `paged`: the request asked for a later page (a cursor).
+pub fn check_listing(
+    s: &McpSettings,
+    session: &Session,
+    msg: &Value,
+    paged: bool,
+) -> Option<Listing> {
+    let tools = tools::listed(msg)?;
+    let last_page = msg
+        .get("result")
+        .and_then(|r| r.get("nextCursor"))
+        .is_none_or(Value::is_null);
+    let mut hits = Vec::new();
+    if s.tool_scan {
+        for t in &tools {
+            for p in poison::check_tool(t) {
+                hits.push(hit(
+                    p.rule_id,
+                    p.rule_name,
+                    Severity::High,
+                    p.location,
+                    p.excerpt,
+                ));
+            }
+        }
+    }
+    let pins: Vec<(String, Pin)> = tools
+        .iter()
+        .map(|t| (t.name.to_owned(), tools::pin(t)))
+        .collect();
+    if s.detect_drift
+        && let Some(base) = &session.tools
+    {
+        let d = tools::compare(base, &pins, !paged && last_page && session.tools_complete);
+        for (name, old, new) in &d.changed {
+            hits.push(hit(
+                "mcp.tool_drift",
+                "Tool Definition Changed (rug pull)",
+                Severity::High,
+                format!("tool:{}", poison::safe(name)),
+                format!("pinned {} now {}", tools::short(old), tools::short(new)),
+            ));
+        }
+        if session.tools_complete {
+            for name in &d.added {
+                hits.push(hit(
+                    "mcp.tool_added",
+                    "Tool Added After Baseline",
+                    Severity::Medium,
+                    format!("tool:{}", poison::safe(name)),
+                    "not in the session's baseline",
+                ));
+            }
+        }
+        for name in &d.removed {
+            hits.push(hit(
+                "mcp.tool_removed",
+                "Tool Removed After Baseline",
+                Severity::Medium,
+                format!("tool:{}", poison::safe(name)),
+                "in the baseline, no longer listed",
+            ));
+        }
+    }
+    Some(Listing {
+        checked: Checked {
+            hits,
+            section_blocks: s.tool_scan_block,
+        },
+        pins,
+        complete: last_page,
+    })
+}
+
+/// Records a let-through listing in the session: the first pins of each
+/// tool stay (a changed tool is compared with what was first seen).
+pub fn commit_listing(session: &mut Session, listing: Listing) {
+    let base = session.tools.get_or_insert_with(Default::default);
+    for (name, pin) in listing.pins {
+        base.entry(name).or_insert(pin);
+    }
+    session.tools_complete |= listing.complete;
+}
+
+/// Session binding of a `tools/call`: a tool the session never listed
+/// (`unknown_tool_action`), or a call before any listing (`no_baseline_action`).
+pub fn check_binding(s: &McpSettings, session: &Session, tool: &str) -> Checked {
+    if !s.binding {
+        return Checked::default();
+    }
+    let loc = format!("tool:{}", poison::safe(tool));
+    match &session.tools {
+        None => Checked {
+            hits: vec![hit(
+                "mcp.no_baseline",
+                "Tool Call Before tools/list",
+                Severity::Low,
+                loc,
+                "no baseline in this session",
+            )],
+            section_blocks: s.no_baseline_block,
+        },
+        Some(t) if !t.contains_key(tool) => Checked {
+            hits: vec![hit(
+                "mcp.unknown_tool",
+                "Tool Not In Session Baseline",
+                Severity::Medium,
+                loc,
+                "not listed in this session",
+            )],
+            section_blocks: s.unknown_tool_block,
+        },
+        Some(_) => Checked::default(),
+    }
+}
+
+/// The tool policy for a `tools/call`: warn-only and blocking rules apart.
+pub fn check_policy(s: &McpSettings, tool: &str, arguments: &Value) -> [Checked; 2] {
+    let mut out = [
+        Checked::default(),
+        Checked {
+            section_blocks: true,
+            ..Default::default()
+        },
+    ];
+    let Some(p) = &s.policy else {
+        return out;
+    };
+    for h in p.check(tool, arguments) {
+        out[usize::from(h.block)].hits.push(hit(
+            format!("mcp.policy.{}", slug(&h.rule)),
+            format!("Tool Policy: {}", h.rule),
+            Severity::High,
+            format!("tool:{}", poison::safe(tool)),
+            "",
+        ));
+    }
+    out
+}
+
+/// Chain detection for a `tools/call`: records it in the session and returns
+/// the sequences it completes (warn-only and blocking apart) and the name of
+/// the one to name in a block (the first blocking one, else the most severe).
+pub fn check_chain(
+    s: &McpSettings,
+    session: &mut Session,
+    tool: &str,
+    arguments: &Value,
+    now: Instant,
+) -> ([Checked; 2], Option<String>) {
+    let mut out = [
+        Checked::default(),
+        Checked {
+            section_blocks: true,
+            ..Default::default()
+        },
+    ];
+    let Some(d) = &s.chains else {
+        return (out, None);
+    };
+    let Some(cat) = d.classify(tool, arguments) else {
+        return (out, None);
+    };
+    let found = d.record(&mut session.calls, cat, now);
+    let named = found
+        .iter()
+        .find(|p| p.block)
+        .or(found.first())
+        .map(|p| p.name.clone());
+    for p in found {
+        out[usize::from(p.block)].hits.push(hit(
+            format!("mcp.chain.{}", slug(&p.name)),
+            format!("Tool Chain: {}", p.name),
+            match p.severity {
+                ChainSeverity::Low => Severity::Low,
+                ChainSeverity::Medium => Severity::Medium,
+                ChainSeverity::High => Severity::High,
+                ChainSeverity::Critical => Severity::Critical,
+            },
+            format!("tool:{}", poison::safe(tool)),
+            chains::names(&p.sequence),
+        ));
+    }
+    (out, named)
+}
