@@ -44,9 +44,9 @@ fn runtime() -> &'static tokio::runtime::Runtime {
     })
 }
 
-struct Shared(Mutex<Box<dyn Exchange>>);
+struct Shared(Arc<Mutex<Box<dyn Exchange>>>);
 
-impl Hooks for Arc<Shared> {
+impl Hooks for Shared {
     fn with<R>(&self, f: impl FnOnce(&mut dyn Exchange) -> R) -> R {
         let mut guard = self.0.lock().unwrap_or_else(|e| e.into_inner());
         f(guard.as_mut())
@@ -67,7 +67,7 @@ fuzz_target!(|data: &[u8]| {
         attribution: None,
         verified_name: None,
     });
-    let hooks = Arc::new(Shared(Mutex::new(pipeline().exchange(&meta))));
+    let hooks = Shared(Arc::new(Mutex::new(pipeline().exchange(&meta))));
     let cfg = WebsocketProxy {
         max_message_bytes: 4096,
         allow_binary_frames: cut & 1 == 1,
