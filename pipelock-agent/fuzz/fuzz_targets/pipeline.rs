@@ -69,6 +69,7 @@ fn conn() -> Arc<ConnMeta> {
             peer: SocketAddr::from(([127, 0, 0, 1], 40000)),
             orig_dst: Some(SocketAddr::from(([127, 0, 0, 1], 443))),
             attribution: None,
+            verified_name: None,
         })
     }))
 }
