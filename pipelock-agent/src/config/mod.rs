@@ -392,7 +392,17 @@ pub fn parse(text: &str) -> Result<Loaded, Invalid> {
         Config::default()
     } else {
         let de = serde_yaml::Deserializer::from_str(text);
-        serde_path_to_error::deserialize(de).map_err(|e| locate(&e, &lines))?
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let mut invalid = locate(&e, &lines);
+            // The YAML scanner reports the end of a text whose last line has
+            // no line break as the line after it: name the last line (YAML
+            // ends a line at \n, \r\n or a lone \r).
+            let breaks = text.matches('\n').count() + text.matches('\r').count()
+                - text.matches("\r\n").count();
+            let last = breaks + 1;
+            invalid.line = invalid.line.map(|l| l.min(last));
+            invalid
+        })?
     };
     config.validate(&lines)?;
     let notices = support::notices(&config, &lines);

@@ -281,3 +281,11 @@ fn emit_section_is_read_and_checked() {
         assert_eq!(e.key, key, "{text}");
     }
 }
+
+/// Found by the config fuzz target: a text whose last line has no line
+/// break and holds a bad key was reported one line past its end.
+#[test]
+fn an_error_on_an_unterminated_last_line_names_that_line() {
+    let e = parse("mode: strict\nwebsocket_proxy:\n  enabled: true\n  y pipe").unwrap_err();
+    assert_eq!(e.line, Some(4), "{e}");
+}
