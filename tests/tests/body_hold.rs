@@ -210,3 +210,37 @@ fn a_client_stalling_mid_body_is_cut_and_nothing_leaves() {
     assert_eq!(status, "408", "log:\n{}", agent.output());
     assert!(!up.seen().iter().any(|p| p == "/stalled"));
 }
+
+#[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root and the eBPF build: run `cargo xtask test`"
+)]
+fn a_client_stalling_mid_streamed_body_is_cut() {
+    require_root();
+    let cg = TestCgroup::new("stream-idle");
+    let up = Upstream::start(SocketAddr::from(([127, 0, 0, 1], 0)));
+    // Past max_body_bytes the body streams (scanned chunk by chunk); the
+    // client then stalls longer than body_idle_timeout_seconds.
+    let agent = agent(
+        &cg,
+        "  body_idle_timeout_seconds: 1\nrequest_body_scanning:\n  max_body_bytes: 16\n",
+    );
+    let status = upload(
+        &cg,
+        &up,
+        "/stalled-stream",
+        &Upload {
+            chunks: &["{\"partial\": \"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"],
+            trailers: &[],
+            pause: 0.0,
+            stall: 4.0,
+        },
+    );
+    assert_ne!(status, "200", "log:\n{}", agent.output());
+    agent
+        .wait_for_line(Duration::from_secs(5), |l| {
+            l.contains("body idle limit reached")
+        })
+        .unwrap_or_else(|| panic!("no idle cut; log:\n{}", agent.output()));
+}

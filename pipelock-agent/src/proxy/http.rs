@@ -210,6 +210,9 @@ struct ScannedBody {
     eos_sent: bool,
     idle: std::time::Duration,
     timer: Pin<Box<tokio::time::Sleep>>,
+    /// The timer runs for the current wait on the sender (reset when a
+    /// wait starts, so time the reader took is never counted).
+    waiting: bool,
 }
 
 impl ScannedBody {
@@ -227,6 +230,7 @@ impl ScannedBody {
             eos_sent,
             idle,
             timer: Box::pin(tokio::time::sleep(idle)),
+            waiting: false,
         }
     }
 }
@@ -242,6 +246,11 @@ impl Body for ScannedBody {
         let this = self.get_mut();
         let polled = match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Pending => {
+                if !std::mem::replace(&mut this.waiting, true) {
+                    this.timer
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + this.idle);
+                }
                 if this.timer.as_mut().poll(cx).is_ready() {
                     let mut st = lock(&this.state);
                     let side = match this.dir {
@@ -257,9 +266,7 @@ impl Body for ScannedBody {
                 return Poll::Pending;
             }
             Poll::Ready(polled) => {
-                this.timer
-                    .as_mut()
-                    .reset(tokio::time::Instant::now() + this.idle);
+                this.waiting = false;
                 polled
             }
         };
