@@ -243,6 +243,19 @@ impl ScanPipeline {
     /// The same pipeline, refusing everything while `kill_switch` is on
     /// (the process's one switch, which outlives a pipeline rebuilt on reload).
     pub fn with_kill_switch(self, kill_switch: Arc<KillSwitch>) -> Self {
+        let exporter = Arc::clone(&self.shared.exporter);
+        self.rebuilt(kill_switch, exporter)
+    }
+
+    /// The same pipeline, exporting its findings through `exporter` (the
+    /// process's one exporter, which outlives a pipeline rebuilt on reload).
+    pub fn with_exporter(self, exporter: Arc<Exporter>) -> Self {
+        let kill_switch = Arc::clone(&self.shared.kill_switch);
+        self.rebuilt(kill_switch, exporter)
+    }
+
+    /// The same engine, policy, config and metrics with these process-wide parts.
+    fn rebuilt(self, kill_switch: Arc<KillSwitch>, exporter: Arc<Exporter>) -> Self {
         let s = &self.shared;
         ScanPipeline {
             shared: Arc::new(Shared {
@@ -251,22 +264,6 @@ impl ScanPipeline {
                 cfg: s.cfg.clone(),
                 metrics: Arc::clone(&s.metrics),
                 kill_switch,
-                exporter: Arc::clone(&s.exporter),
-            }),
-        }
-    }
-
-    /// The same pipeline, exporting its findings through `exporter` (the
-    /// process's one exporter, which outlives a pipeline rebuilt on reload).
-    pub fn with_exporter(self, exporter: Arc<Exporter>) -> Self {
-        let s = &self.shared;
-        ScanPipeline {
-            shared: Arc::new(Shared {
-                engine: Arc::clone(&s.engine),
-                policy: s.policy.clone(),
-                cfg: s.cfg.clone(),
-                metrics: Arc::clone(&s.metrics),
-                kill_switch: Arc::clone(&s.kill_switch),
                 exporter,
             }),
         }
