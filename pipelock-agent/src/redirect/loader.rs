@@ -252,76 +252,51 @@ impl Redirector {
             full: cfg.cgroup_dir.display().to_string(),
             source,
         })?;
+        // Loads program `$name` as `$ty`, attaches it to the cgroup and, when
+        // fail-closed, pins its link as `$file`.
+        macro_rules! attach {
+            ($ty:ty, $name:expr, $file:expr, $what:literal) => {{
+                let prog: &mut $ty = ebpf
+                    .program_mut($name)
+                    .ok_or(Error::ebpf("finding program", missing($name)))?
+                    .try_into()
+                    .map_err(|e| Error::ebpf("program type", e))?;
+                prog.load()
+                    .map_err(|e| Error::ebpf(concat!("verifying ", $what, " program"), e))?;
+                let id = prog
+                    .attach(&cgroup, CgroupAttachMode::Single)
+                    .map_err(|e| {
+                        Error::ebpf(concat!("attaching ", $what, " program to the cgroup"), e)
+                    })?;
+                if let Some(dir) = &pin_set {
+                    let link = prog
+                        .take_link(id)
+                        .map_err(|e| Error::ebpf(concat!("taking the ", $what, " link"), e))?;
+                    let link = FdLink::try_from(link).map_err(|e| {
+                        Error::ebpf(concat!("the ", $what, " link is not a bpf_link"), e)
+                    })?;
+                    pin_link(link, &dir.join($file))?;
+                }
+            }};
+        }
         // sock_ops first: a connect rewritten before its re-keying program
         // is in place would reach the agent with no record to find.
-        let prog: &mut SockOps = ebpf
-            .program_mut("pipelock_sockops")
-            .ok_or(Error::ebpf("finding program", missing("pipelock_sockops")))?
-            .try_into()
-            .map_err(|e| Error::ebpf("program type", e))?;
-        prog.load()
-            .map_err(|e| Error::ebpf("verifying sock_ops program", e))?;
-        let id = prog
-            .attach(&cgroup, CgroupAttachMode::Single)
-            .map_err(|e| Error::ebpf("attaching sock_ops program to the cgroup", e))?;
-        if let Some(dir) = &pin_set {
-            let link = prog
-                .take_link(id)
-                .map_err(|e| Error::ebpf("taking the sock_ops link", e))?;
-            let link = FdLink::try_from(link)
-                .map_err(|e| Error::ebpf("the sock_ops link is not a bpf_link", e))?;
-            pin_link(link, &dir.join("sockops"))?;
-        }
-
+        attach!(SockOps, "pipelock_sockops", "sockops", "sock_ops");
         // sock_create and sendmsg before connect: UDP and raw sockets are
         // guarded from the first redirected connect on.
-        {
-            let prog: &mut CgroupSock = ebpf
-                .program_mut("pipelock_sock_create")
-                .ok_or(Error::ebpf(
-                    "finding program",
-                    missing("pipelock_sock_create"),
-                ))?
-                .try_into()
-                .map_err(|e| Error::ebpf("program type", e))?;
-            prog.load()
-                .map_err(|e| Error::ebpf("verifying sock_create program", e))?;
-            let id = prog
-                .attach(&cgroup, CgroupAttachMode::Single)
-                .map_err(|e| Error::ebpf("attaching sock_create program to the cgroup", e))?;
-            if let Some(dir) = &pin_set {
-                let link = prog
-                    .take_link(id)
-                    .map_err(|e| Error::ebpf("taking the sock_create link", e))?;
-                let link = FdLink::try_from(link)
-                    .map_err(|e| Error::ebpf("the sock_create link is not a bpf_link", e))?;
-                pin_link(link, &dir.join("sock_create"))?;
-            }
-        }
+        attach!(
+            CgroupSock,
+            "pipelock_sock_create",
+            "sock_create",
+            "sock_create"
+        );
         for (name, file) in [
             ("pipelock_sendmsg4", "sendmsg4"),
             ("pipelock_sendmsg6", "sendmsg6"),
             ("pipelock_connect4", "connect4"),
             ("pipelock_connect6", "connect6"),
         ] {
-            let prog: &mut CgroupSockAddr = ebpf
-                .program_mut(name)
-                .ok_or(Error::ebpf("finding program", missing(name)))?
-                .try_into()
-                .map_err(|e| Error::ebpf("program type", e))?;
-            prog.load()
-                .map_err(|e| Error::ebpf("verifying connect program", e))?;
-            let id = prog
-                .attach(&cgroup, CgroupAttachMode::Single)
-                .map_err(|e| Error::ebpf("attaching connect program to the cgroup", e))?;
-            if let Some(dir) = &pin_set {
-                let link = prog
-                    .take_link(id)
-                    .map_err(|e| Error::ebpf("taking the connect link", e))?;
-                let link = FdLink::try_from(link)
-                    .map_err(|e| Error::ebpf("the connect link is not a bpf_link", e))?;
-                pin_link(link, &dir.join(file))?;
-            }
+            attach!(CgroupSockAddr, name, file, "sendmsg/connect");
         }
         let table = OrigDstTable::new(
             ebpf.take_map("ORIG_BY_SRC")
