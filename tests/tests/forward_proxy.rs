@@ -317,21 +317,8 @@ fn passthrough_domain_tunnel_shows_the_upstreams_certificate() {
 fn sni_other_than_the_connect_host_is_refused() {
     let f = start(&[]);
     let up = https_upstream(&f, &["localhost", "evil.example"]);
-    let mut cmd = Command::new("openssl");
-    cmd.args([
-        "s_client",
-        "-proxy",
-        &format!("127.0.0.1:{}", f.port),
-        "-connect",
-        &format!("localhost:{}", up.addr.port()),
-        "-servername",
-        "evil.example",
-        "-CAfile",
-        f.ca(),
-        "-verify_return_error",
-        "-brief",
-    ])
-    .stdin(std::process::Stdio::null());
+    let mut cmd = s_client(&f, &format!("localhost:{}", up.addr.port()), "evil.example");
+    cmd.arg("-brief").stdin(std::process::Stdio::null());
     let run = run_command(cmd, TIMEOUT);
     assert!(!run.ok(), "handshake succeeded: {run:?}");
     assert!(
@@ -344,10 +331,8 @@ fn sni_other_than_the_connect_host_is_refused() {
 }
 
 /// `openssl s_client` through the proxy: CONNECT `connect`, SNI `sni`,
-/// trusting the agent's CA; sends one `GET /hello` for `sni` and returns
-/// what came back.
-fn s_client_get(f: &Fwd, connect: &str, sni: &str) -> ClientRun {
-    use std::io::Write as _;
+/// trusting the agent's CA and failing on a certificate it cannot verify.
+fn s_client(f: &Fwd, connect: &str, sni: &str) -> Command {
     let mut cmd = Command::new("openssl");
     cmd.args([
         "s_client",
@@ -360,12 +345,18 @@ fn s_client_get(f: &Fwd, connect: &str, sni: &str) -> ClientRun {
         "-CAfile",
         f.ca(),
         "-verify_return_error",
-        "-quiet",
-        "-ign_eof",
-    ])
-    .stdin(std::process::Stdio::piped())
-    .stdout(std::process::Stdio::piped())
-    .stderr(std::process::Stdio::piped());
+    ]);
+    cmd
+}
+
+/// [`s_client`] sending one `GET /hello` for `sni`; returns what came back.
+fn s_client_get(f: &Fwd, connect: &str, sni: &str) -> ClientRun {
+    use std::io::Write as _;
+    let mut cmd = s_client(f, connect, sni);
+    cmd.args(["-quiet", "-ign_eof"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
     let mut child = cmd.spawn().expect("openssl");
     let request = format!("GET /hello HTTP/1.1\r\nHost: {sni}\r\nConnection: close\r\n\r\n");
     if let Some(mut stdin) = child.stdin.take() {
