@@ -93,7 +93,18 @@ fn corpus_in_strict_mode() {
     let mut by_class: BTreeMap<String, Score> = BTreeMap::new();
     let mut wrong = Vec::new();
     let mut fixed_known_misses = Vec::new();
+    // `DETECT_CASE=<part of an id>`: print the findings of those cases.
+    let debug = std::env::var("DETECT_CASE").ok();
     for case in &cases {
+        let _log = debug.as_deref().filter(|d| case.id.contains(d)).map(|_| {
+            eprintln!("== {}", case.id);
+            tracing::subscriber::set_default(
+                tracing_subscriber::fmt()
+                    .with_writer(std::io::stderr)
+                    .with_max_level(tracing::Level::INFO)
+                    .finish(),
+            )
+        });
         let got = match blocked(&pipeline, case) {
             Ok(b) => b,
             Err(e) => panic!("case {} ({}): {e:#}", case.id, case.file.display()),

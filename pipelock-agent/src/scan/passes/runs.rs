@@ -249,9 +249,38 @@ pub fn may_decode(part: &[u8]) -> bool {
         && (seen & PCT != 0 || !((std && url) || (slashes >= 3 && slashes * 12 >= part.len())))
 }
 
-/// The parts of a run worth decoding (split at `.`; at least [`RUN_MIN_LEN`]).
+/// The parts of a run worth decoding (at least [`RUN_MIN_LEN`]): split at
+/// `.` and after every `=` run that something follows, so `key=value`
+/// (a query or form field, a cookie pair) yields the value, padding kept.
 pub fn decodable_parts(run: &[u8]) -> impl Iterator<Item = &[u8]> {
-    run.split(|&b| b == b'.').filter(|p| p.len() >= RUN_MIN_LEN)
+    run.split(|&b| b == b'.')
+        .flat_map(|dotted| AssignmentParts { rest: dotted })
+        .filter(|p| p.len() >= RUN_MIN_LEN)
+}
+
+/// Splits after each `=` run that is not at the end.
+struct AssignmentParts<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Iterator for AssignmentParts<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        if self.rest.is_empty() {
+            return None;
+        }
+        let mut cut = self.rest.len();
+        if let Some(eq) = memchr::memchr(b'=', self.rest) {
+            let after = eq + self.rest[eq..].iter().take_while(|&&b| b == b'=').count();
+            if after < self.rest.len() {
+                cut = after;
+            }
+        }
+        let (part, rest) = self.rest.split_at(cut);
+        self.rest = rest;
+        Some(part)
+    }
 }
 
 /// All runs of a whole buffer.
@@ -422,6 +451,25 @@ mod tests {
             }
             assert_eq!(run_end(&buf[..end], from), f, "end after {from} of {end}");
         }
+    }
+
+    #[test]
+    fn assignments_yield_their_values() {
+        let parts = |r: &str| {
+            decodable_parts(r.as_bytes())
+                .map(|p| String::from_utf8_lossy(p).into_owned())
+                .collect::<Vec<_>>()
+        };
+        let v = "QUtJQUFPTjZSWUlaNEFVNFhGREs=";
+        assert_eq!(parts(&format!("d={v}")), [v]);
+        assert_eq!(parts(&format!("state={v}")), [v]);
+        assert_eq!(parts(v), [v]);
+        assert_eq!(parts(&format!("x.{v}.y")), [v]);
+        assert_eq!(
+            parts("payload=736b5f6c6976655f4c477368486254377a48525439414c6f5973423033707337=="),
+            ["736b5f6c6976655f4c477368486254377a48525439414c6f5973423033707337=="]
+        );
+        assert!(parts("a=b=c").is_empty());
     }
 
     #[test]

@@ -149,15 +149,39 @@ pub fn redacted_excerpt(window: &[u8], start: Option<usize>, reveal: Reveal) -> 
 /// Whether a DLP match at `window[start..]` counts: a vendor's example
 /// credential never does, and a rule with a check must pass it (a match
 /// whose start cannot be recovered cannot be checked, so it does not count
-/// for such a rule; for the others it counts).
-fn keep_match(meta: &RuleMeta, window: &[u8], start: Option<usize>) -> bool {
+/// for such a rule; for the others it counts). `after` is what follows the
+/// match end as far as it is known yet: Hyperscan reports the shortest end
+/// of `[…]{20,}`, so the example or mask is judged on the whole token (a
+/// token cut by the chunk end is judged on what is known, which keeps it).
+fn keep_match(meta: &RuleMeta, window: &[u8], start: Option<usize>, after: &[u8]) -> bool {
     let Some(m) = start.and_then(|s| window.get(s..)) else {
         return meta.confirm.is_none();
     };
-    if meta.reveal == Reveal::Prefix && judge::is_vendor_example(m) {
-        return false;
+    if meta.reveal == Reveal::Prefix {
+        let more = token_continuation(after);
+        let example = if more.is_empty() {
+            judge::is_vendor_example(m)
+        } else {
+            judge::is_vendor_example(&[m, more].concat())
+        };
+        if example {
+            return false;
+        }
     }
     meta.confirm.is_none_or(|check| check(m))
+}
+
+/// The token characters at the start of `after` (at most 128 bytes): the
+/// rest of a key whose match ended early.
+fn token_continuation(after: &[u8]) -> &[u8] {
+    let n = after
+        .iter()
+        .take(128)
+        .take_while(|&&b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'+' | b'/' | b'*' | b'#')
+        })
+        .count();
+    &after[..n]
 }
 
 /// The DLP rule a validating pass (numeric, encoded-run, seed) reports as,
@@ -221,7 +245,7 @@ pub fn scan_dlp_block(
         let from = end.saturating_sub(RING);
         let win = &data[from..end];
         let start = engine.span_start(id, win);
-        if !keep_match(meta, win, start) {
+        if !keep_match(meta, win, start, &data[end..]) {
             continue;
         }
         out.push(Hit {
@@ -480,7 +504,11 @@ fn report_dlp_hits(
         };
         let win = window(&d.ring, data, d.offset, to.saturating_sub(RING as u64), to);
         let start = engine.span_start(id, &win);
-        if !keep_match(meta, &win, start) {
+        let after = to
+            .checked_sub(d.offset)
+            .and_then(|at| data.get(at as usize..))
+            .unwrap_or_default();
+        if !keep_match(meta, &win, start, after) {
             continue;
         }
         out.push(Hit {
