@@ -71,6 +71,20 @@ impl RuleMeta {
         }
     }
 
+    /// The placeholder of a decoding trigger (never reported as a hit).
+    fn trigger() -> Self {
+        RuleMeta {
+            id: Cow::Borrowed("scan.delimited_sequence"),
+            name: Cow::Borrowed("Delimited or escaped byte sequence (decoded, not a finding)"),
+            class: RuleClass::Dlp,
+            severity: Severity::Low,
+            confidence: Confidence::Low,
+            home_hosts: Vec::new(),
+            reveal: Reveal::Nothing,
+            confirm: None,
+        }
+    }
+
     /// True when `host` is a home host of the rule (its own provider).
     pub fn is_home_host(&self, host: &str) -> bool {
         let host = host.trim_end_matches('.');
@@ -102,6 +116,9 @@ pub struct Engine {
     inj_block: BlockDatabase,
     inj_stream: StreamingDatabase,
     scratch: ScratchPool,
+    /// DLP ids that are not rules but mark a delimited sequence to decode
+    /// (`passes::delimited::TRIGGERS`).
+    triggers: std::ops::Range<usize>,
     dlp_rules: usize,
     inj_rules: usize,
 }
@@ -205,6 +222,14 @@ impl Engine {
             dlp.push(hs_pattern(expr, *caseless, false, id, true)?);
             span.push(Span::new(expr, *caseless, false, id)?);
         }
+        let first_trigger = metas.len();
+        for expr in crate::scan::passes::delimited::TRIGGERS {
+            let id = metas.len();
+            metas.push(Arc::new(RuleMeta::trigger()));
+            dlp.push(hs_pattern(expr, true, false, id, true)?);
+            span.push(Span::new(expr, true, false, id)?);
+        }
+        let triggers = first_trigger..metas.len();
         for lit in &spec.literals {
             if lit.bytes.is_empty() {
                 continue;
@@ -255,6 +280,7 @@ impl Engine {
             dlp_block,
             dlp_stream,
             spans: span,
+            triggers,
             inj_block,
             inj_stream,
             scratch: ScratchPool {
@@ -269,6 +295,11 @@ impl Engine {
     /// Metadata of a Hyperscan id.
     pub fn meta(&self, id: u32) -> Option<&Arc<RuleMeta>> {
         self.metas.get(id as usize)
+    }
+
+    /// Whether a DLP id is a decoding trigger rather than a rule.
+    pub fn is_trigger(&self, id: u32) -> bool {
+        self.triggers.contains(&(id as usize))
     }
 
     /// Number of DLP and injection expressions compiled.

@@ -5,8 +5,10 @@
 //! decoding) share one digit-driven classification (`blocks`) and carry a
 //! `tail` between chunks; `seed` (BIP-39 seed phrases) has its own. `judge`
 //! checks the bytes of a Hyperscan match that a regex cannot judge
-//! (credential values by context and entropy, vendor example keys).
+//! (credential values by context and entropy, vendor example keys);
+//! `delimited` decodes the hex sequences and escapes Hyperscan flags.
 pub mod blocks;
+pub mod delimited;
 pub mod judge;
 pub mod numeric;
 pub mod runs;

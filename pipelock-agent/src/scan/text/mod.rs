@@ -29,7 +29,7 @@ use super::{
     },
     passes::{
         blocks::HotBlocks,
-        judge,
+        delimited, judge,
         numeric::{NumericHit, NumericScanner},
         runs::{RunScanner, decodable_parts, discord_token, runs_in},
         seed::{SeedHit, SeedScanner},
@@ -237,7 +237,12 @@ pub fn scan_dlp_block(
 ) -> Result<(), Error> {
     let mut hits = Vec::new();
     engine.scan_dlp_block(data, &mut |id, to| hits.push((id, to)))?;
+    let mut delimited = false;
     for (id, to) in hits {
+        if engine.is_trigger(id) {
+            delimited = true;
+            continue;
+        }
         let Some(meta) = engine.meta(id) else {
             continue;
         };
@@ -272,6 +277,9 @@ pub fn scan_dlp_block(
         nh.iter()
             .filter_map(|h| numeric_hit(h, Cow::Owned(location.to_owned()))),
     );
+    if delimited && depth < limits.max_depth {
+        scan_delimited(engine, data, location, limits, depth + 1, out)?;
+    }
     if depth < limits.max_depth {
         let mut runs = RunScanner::new(limits.max_run);
         let mut found = Vec::new();
@@ -282,6 +290,32 @@ pub fn scan_dlp_block(
         }
     }
     Ok(())
+}
+
+/// Decodes the delimited sequences of `data` (hex pairs, escapes, character
+/// references) and scans each; returns whether one reaches the end of
+/// `data` (it may go on in the next chunk).
+fn scan_delimited(
+    engine: &Engine,
+    data: &[u8],
+    location: &str,
+    limits: RunLimits,
+    depth: u8,
+    out: &mut Vec<Hit>,
+) -> Result<bool, Error> {
+    let mut at_end = false;
+    for seq in delimited::sequences(data, limits.max_run) {
+        at_end |= seq.at_end;
+        scan_dlp_block(
+            engine,
+            &seq.bytes,
+            &format!("{location}+escaped"),
+            limits,
+            depth,
+            out,
+        )?;
+    }
+    Ok(at_end)
 }
 
 /// Checks an encoded run for token shapes without a literal (Discord), then
@@ -340,6 +374,9 @@ struct DlpText {
     num_hits: Vec<NumericHit>,
     seed: SeedScanner,
     seed_hits: Vec<SeedHit>,
+    /// A delimited sequence was flagged in this chunk, or reached the end
+    /// of the last one: decode (`passes::delimited`).
+    delimited: bool,
 }
 
 /// Injection state of one text stream.
@@ -398,6 +435,7 @@ impl TextScanner {
                 num_hits: Vec::new(),
                 seed: SeedScanner::default(),
                 seed_hits: Vec::new(),
+                delimited: false,
             })
         } else {
             None
@@ -492,13 +530,17 @@ impl TextScanner {
 
 fn report_dlp_hits(
     engine: &Engine,
-    d: &DlpText,
+    d: &mut DlpText,
     hits: &[(u32, u64)],
     data: &[u8],
     location: &'static str,
     out: &mut Vec<Hit>,
 ) {
     for &(id, to) in hits {
+        if engine.is_trigger(id) {
+            d.delimited = true;
+            continue;
+        }
         let Some(meta) = engine.meta(id) else {
             continue;
         };
@@ -564,6 +606,13 @@ fn dlp_feed(
     d.runs.feed_with(data, &d.hot, &mut d.found_runs);
     for run in &d.found_runs {
         handle_run(engine, run, location, limits, 1, out)?;
+    }
+    if d.delimited {
+        // The sequence may have begun in the bytes before this chunk.
+        let mut joined = Vec::with_capacity(d.ring.buf.len() + data.len());
+        joined.extend_from_slice(&d.ring.buf);
+        joined.extend_from_slice(data);
+        d.delimited = scan_delimited(engine, &joined, location, limits, 1, out)?;
     }
     d.ring.push(data);
     d.offset += data.len() as u64;
