@@ -126,33 +126,70 @@ fn run_end(buf: &[u8], from: usize) -> usize {
     buf.len()
 }
 
-/// Streaming encoded-run finder.
+/// Bytes a long run's next segment repeats from the one before, so a
+/// secret across the cut is whole in one of them (an encoded key is far
+/// shorter).
+const SEGMENT_OVERLAP: usize = 256;
+
+/// Streaming encoded-run finder. A run longer than `max_run` (a large
+/// base64 blob) is reported in segments of `max_run` bytes that overlap by
+/// [`SEGMENT_OVERLAP`], each starting on an 8-byte boundary of its part
+/// (base64, base32 and hex stay aligned), so a secret anywhere in it is
+/// decoded with bounded memory.
 #[derive(Clone, Debug)]
 pub struct RunScanner {
     tail: Tail,
     in_run: bool,
     buf: Vec<u8>,
+    /// Where the current part (after the last `.` or `=`) begins in `buf`.
+    part_start: usize,
     max_run: usize,
 }
 
 impl RunScanner {
-    /// A scanner keeping at most `max_run` bytes of a run.
+    /// A scanner reporting runs in segments of at most `max_run` bytes.
     pub fn new(max_run: usize) -> Self {
         RunScanner {
             tail: Tail::default(),
             in_run: false,
             buf: Vec::new(),
-            max_run: max_run.max(RUN_MIN_LEN),
+            part_start: 0,
+            max_run: (max_run.max(2 * SEGMENT_OVERLAP) / 8) * 8,
         }
     }
 
-    fn push(&mut self, bytes: &[u8]) {
-        let room = self.max_run.saturating_sub(self.buf.len());
-        self.buf.extend_from_slice(&bytes[..bytes.len().min(room)]);
+    fn push(&mut self, mut bytes: &[u8], out: &mut Vec<Vec<u8>>) {
+        while !bytes.is_empty() {
+            let take = bytes.len().min(self.max_run - self.buf.len());
+            let (now, later) = bytes.split_at(take);
+            if let Some(sep) = memchr::memrchr2(b'.', b'=', now) {
+                self.part_start = self.buf.len() + sep + 1;
+            }
+            self.buf.extend_from_slice(now);
+            bytes = later;
+            if self.buf.len() == self.max_run {
+                self.cut(out);
+            }
+        }
+    }
+
+    /// A full buffer: reports it and keeps its aligned end as the start of
+    /// the next segment.
+    fn cut(&mut self, out: &mut Vec<Vec<u8>>) {
+        if decodable_parts(&self.buf).any(may_decode) {
+            out.push(self.buf.clone());
+        }
+        let mut keep_from = self.buf.len() - SEGMENT_OVERLAP;
+        if self.part_start <= keep_from {
+            keep_from -= (keep_from - self.part_start) % 8;
+        }
+        self.buf.drain(..keep_from);
+        self.part_start = self.part_start.saturating_sub(keep_from);
     }
 
     fn end_run(&mut self, out: &mut Vec<Vec<u8>>) {
         self.in_run = false;
+        self.part_start = 0;
         if self.buf.len() >= RUN_MIN_LEN && decodable_parts(&self.buf).any(may_decode) {
             out.push(std::mem::take(&mut self.buf));
         } else {
@@ -179,19 +216,20 @@ impl RunScanner {
                 };
                 let s = run_start(chunk, i.max(p.saturating_sub(self.max_run)), p);
                 self.buf.clear();
+                self.part_start = 0;
                 if s == 0 && i == 0 {
                     let kept = self.tail;
                     let tail = kept.bytes();
                     let k = tail.iter().rev().take_while(|&&b| is_run_byte(b)).count();
-                    self.push(&tail[tail.len() - k..]);
+                    self.push(&tail[tail.len() - k..], out);
                 }
-                self.push(&chunk[s..p]);
+                self.push(&chunk[s..p], out);
                 self.in_run = true;
                 i = p;
             }
             let start = i;
             i = run_end(chunk, i);
-            self.push(&chunk[start..i]);
+            self.push(&chunk[start..i], out);
             if i < len {
                 self.end_run(out);
                 i += 1;
@@ -473,10 +511,31 @@ mod tests {
     }
 
     #[test]
-    fn long_runs_are_truncated() {
-        let long = "ab1".repeat(1000);
-        let got = runs_in(long.as_bytes(), 100);
-        assert_eq!(got.len(), 1);
-        assert_eq!(got[0].len(), 100);
+    fn long_runs_come_in_aligned_overlapping_segments() {
+        use base64::Engine as _;
+        // A key deep inside a large base64 blob, after a `key=` prefix of
+        // odd length: every segment starts on a 4-byte boundary of the value.
+        let mut blob = vec![0x9fu8; 6000];
+        blob.extend_from_slice(b"ghp_secretsecretsecretsecret0123456789");
+        blob.extend_from_slice(&[0x7eu8; 3000]);
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&blob);
+        let text = format!("blob=\"x data={b64}\" end");
+        let runs = runs_in(text.as_bytes(), 1024);
+        assert!(runs.len() > 8, "{} segments", runs.len());
+        assert!(runs.iter().all(|r| r.len() <= 1024));
+        let decoded: Vec<Vec<u8>> = runs
+            .iter()
+            .flat_map(|r| decodable_parts(r))
+            .flat_map(crate::scan::text::decode::decode_candidates)
+            .map(|(_, d)| d)
+            .collect();
+        assert!(
+            decoded.iter().any(|d| memchr::memmem::find(
+                d,
+                b"ghp_secretsecretsecretsecret0123456789"
+            )
+            .is_some()),
+            "the key is whole in one decoded segment"
+        );
     }
 }

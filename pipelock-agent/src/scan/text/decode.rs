@@ -399,8 +399,26 @@ pub fn decode_candidates(run: &[u8]) -> Vec<(SecretEncoding, Vec<u8>)> {
             out.push((SecretEncoding::Base32, d));
         }
     }
-    out.retain(|(_, d)| mostly_printable(d));
-    out
+    // Binary (a blob, an archive): its printable stretches, as `strings`
+    // would show them, may hold a key.
+    let mut kept = Vec::with_capacity(out.len());
+    for (enc, d) in out {
+        if mostly_printable(&d) {
+            kept.push((enc, d));
+        } else {
+            kept.extend(printable_spans(&d).map(|s| (enc, s.to_vec())));
+        }
+    }
+    kept
+}
+
+/// Shortest printable stretch of binary decoded bytes worth scanning.
+const MIN_PRINTABLE_SPAN: usize = 16;
+
+/// The stretches of at least [`MIN_PRINTABLE_SPAN`] printable ASCII bytes.
+fn printable_spans(d: &[u8]) -> impl Iterator<Item = &[u8]> {
+    d.split(|c| !(0x20..0x7f).contains(c))
+        .filter(|s| s.len() >= MIN_PRINTABLE_SPAN)
 }
 
 #[cfg(test)]
