@@ -32,6 +32,16 @@ use crate::scan::Error;
 
 use self::patterns::{Confidence, Detector, Rule, RuleClass, Severity};
 
+/// What a decoding trigger (a DLP id that is not a rule) asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trigger {
+    /// A delimited or escaped byte sequence (`passes::delimited`).
+    Delimited,
+    /// An encoded key prefix: decode the digit-free runs
+    /// (`passes::encoded_prefix`).
+    EncodedPrefix,
+}
+
 /// How an excerpt of a match may be shown.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reveal {
@@ -118,7 +128,9 @@ pub struct Engine {
     scratch: ScratchPool,
     /// DLP ids that are not rules but mark a delimited sequence to decode
     /// (`passes::delimited::TRIGGERS`).
-    triggers: std::ops::Range<usize>,
+    delimited_triggers: std::ops::Range<usize>,
+    /// DLP ids that mark an encoded key prefix (`passes::encoded_prefix`).
+    prefix_triggers: std::ops::Range<usize>,
     dlp_rules: usize,
     inj_rules: usize,
 }
@@ -229,7 +241,15 @@ impl Engine {
             dlp.push(hs_pattern(expr, true, false, id, true)?);
             span.push(Span::new(expr, true, false, id)?);
         }
-        let triggers = first_trigger..metas.len();
+        let delimited_triggers = first_trigger..metas.len();
+        for lit in crate::scan::passes::encoded_prefix::literals() {
+            let id = metas.len();
+            metas.push(Arc::new(RuleMeta::trigger()));
+            let expr = literal_expr(&lit);
+            dlp.push(hs_pattern(&expr, false, false, id, true)?);
+            span.push(Span::new(&expr, false, false, id)?);
+        }
+        let prefix_triggers = delimited_triggers.end..metas.len();
         for lit in &spec.literals {
             if lit.bytes.is_empty() {
                 continue;
@@ -280,7 +300,8 @@ impl Engine {
             dlp_block,
             dlp_stream,
             spans: span,
-            triggers,
+            delimited_triggers,
+            prefix_triggers,
             inj_block,
             inj_stream,
             scratch: ScratchPool {
@@ -297,9 +318,16 @@ impl Engine {
         self.metas.get(id as usize)
     }
 
-    /// Whether a DLP id is a decoding trigger rather than a rule.
-    pub fn is_trigger(&self, id: u32) -> bool {
-        self.triggers.contains(&(id as usize))
+    /// The decoding a DLP id asks for, when it is a trigger rather than a rule.
+    pub fn trigger(&self, id: u32) -> Option<Trigger> {
+        let id = id as usize;
+        if self.delimited_triggers.contains(&id) {
+            Some(Trigger::Delimited)
+        } else if self.prefix_triggers.contains(&id) {
+            Some(Trigger::EncodedPrefix)
+        } else {
+            None
+        }
     }
 
     /// Number of DLP and injection expressions compiled.

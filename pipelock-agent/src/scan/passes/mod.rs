@@ -6,9 +6,11 @@
 //! `tail` between chunks; `seed` (BIP-39 seed phrases) has its own. `judge`
 //! checks the bytes of a Hyperscan match that a regex cannot judge
 //! (credential values by context and entropy, vendor example keys);
-//! `delimited` decodes the hex sequences and escapes Hyperscan flags.
+//! `delimited` decodes the hex sequences and escapes Hyperscan flags, and
+//! `encoded_prefix` the digit-free encoded runs of well-known key prefixes.
 pub mod blocks;
 pub mod delimited;
+pub mod encoded_prefix;
 pub mod judge;
 pub mod numeric;
 pub mod runs;

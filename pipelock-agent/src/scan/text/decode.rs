@@ -353,6 +353,9 @@ pub fn decode_candidates(run: &[u8]) -> Vec<(SecretEncoding, Vec<u8>)> {
         out.retain(|(_, d)| mostly_printable(d));
         return out;
     }
+    if let Some(bytes) = dashed_hex(run) {
+        out.push((SecretEncoding::Hex, bytes));
+    }
     let pad = run.iter().rev().take_while(|&&b| b == b'=').count();
     let body = &run[..run.len() - pad.min(6)];
     if body.contains(&b'=') {
@@ -410,6 +413,20 @@ pub fn decode_candidates(run: &[u8]) -> Vec<(SecretEncoding, Vec<u8>)> {
         }
     }
     kept
+}
+
+/// Hex pairs joined by `-` (`67-68-70-5F`), at least 8 of them.
+fn dashed_hex(run: &[u8]) -> Option<Vec<u8>> {
+    if run.len() < 8 * 3 - 1 || run.len() % 3 != 2 {
+        return None;
+    }
+    let hex = |b: u8| (b as char).to_digit(16).map(|v| v as u8);
+    run.chunks(3)
+        .map(|c| match c {
+            [h, l] | [h, l, b'-'] => Some(hex(*h)? << 4 | hex(*l)?),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Shortest printable stretch of binary decoded bytes worth scanning.
@@ -536,6 +553,16 @@ mod tests {
         assert!(
             got.iter().any(|(e, _)| *e == SecretEncoding::Base64Url),
             "{url}"
+        );
+        let dashed = secret
+            .iter()
+            .map(|b| format!("{b:02X}"))
+            .collect::<Vec<_>>()
+            .join("-");
+        let got = decode_candidates(dashed.as_bytes());
+        assert!(
+            got.iter()
+                .any(|(e, d)| *e == SecretEncoding::Hex && d == secret)
         );
         let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
         let got = decode_candidates(hex.as_bytes());

@@ -24,12 +24,12 @@ use self::{
 use super::{
     Error,
     engine::{
-        Engine, EngineStream, Reveal, RuleMeta,
+        Engine, EngineStream, Reveal, RuleMeta, Trigger,
         patterns::{self, Detector, NumericKind},
     },
     passes::{
         blocks::HotBlocks,
-        delimited, judge,
+        delimited, encoded_prefix, judge,
         numeric::{NumericHit, NumericScanner},
         runs::{RunScanner, decodable_parts, discord_token, runs_in},
         seed::{SeedHit, SeedScanner},
@@ -237,10 +237,10 @@ pub fn scan_dlp_block(
 ) -> Result<(), Error> {
     let mut hits = Vec::new();
     engine.scan_dlp_block(data, &mut |id, to| hits.push((id, to)))?;
-    let mut delimited = false;
+    let mut triggered = Triggered::default();
     for (id, to) in hits {
-        if engine.is_trigger(id) {
-            delimited = true;
+        if let Some(t) = engine.trigger(id) {
+            triggered.set(t);
             continue;
         }
         let Some(meta) = engine.meta(id) else {
@@ -277,8 +277,8 @@ pub fn scan_dlp_block(
         nh.iter()
             .filter_map(|h| numeric_hit(h, Cow::Owned(location.to_owned()))),
     );
-    if delimited && depth < limits.max_depth {
-        scan_delimited(engine, data, location, limits, depth + 1, out)?;
+    if depth < limits.max_depth {
+        scan_triggered(engine, triggered, data, location, limits, depth + 1, out)?;
     }
     if depth < limits.max_depth {
         let mut runs = RunScanner::new(limits.max_run);
@@ -292,11 +292,29 @@ pub fn scan_dlp_block(
     Ok(())
 }
 
-/// Decodes the delimited sequences of `data` (hex pairs, escapes, character
-/// references) and scans each; returns whether one reaches the end of
-/// `data` (it may go on in the next chunk).
-fn scan_delimited(
+/// The decodings Hyperscan's triggers asked for in one buffer.
+#[derive(Clone, Copy, Debug, Default)]
+struct Triggered {
+    delimited: bool,
+    encoded_prefix: bool,
+}
+
+impl Triggered {
+    fn set(&mut self, t: Trigger) {
+        match t {
+            Trigger::Delimited => self.delimited = true,
+            Trigger::EncodedPrefix => self.encoded_prefix = true,
+        }
+    }
+}
+
+/// Runs the decodings `triggered` asks for over `data`: its delimited
+/// sequences (hex pairs, escapes, character references) and its digit-free
+/// encoded runs, each decoded and scanned. Returns whether a delimited
+/// sequence reaches the end of `data` (it may go on in the next chunk).
+fn scan_triggered(
     engine: &Engine,
+    triggered: Triggered,
     data: &[u8],
     location: &str,
     limits: RunLimits,
@@ -304,16 +322,23 @@ fn scan_delimited(
     out: &mut Vec<Hit>,
 ) -> Result<bool, Error> {
     let mut at_end = false;
-    for seq in delimited::sequences(data, limits.max_run) {
-        at_end |= seq.at_end;
-        scan_dlp_block(
-            engine,
-            &seq.bytes,
-            &format!("{location}+escaped"),
-            limits,
-            depth,
-            out,
-        )?;
+    if triggered.delimited {
+        for seq in delimited::sequences(data, limits.max_run) {
+            at_end |= seq.at_end;
+            scan_dlp_block(
+                engine,
+                &seq.bytes,
+                &format!("{location}+escaped"),
+                limits,
+                depth,
+                out,
+            )?;
+        }
+    }
+    if triggered.encoded_prefix {
+        for run in encoded_prefix::digit_free_runs(data, limits.max_run) {
+            handle_run(engine, run, location, limits, depth, out)?;
+        }
     }
     Ok(at_end)
 }
@@ -374,9 +399,9 @@ struct DlpText {
     num_hits: Vec<NumericHit>,
     seed: SeedScanner,
     seed_hits: Vec<SeedHit>,
-    /// A delimited sequence was flagged in this chunk, or reached the end
-    /// of the last one: decode (`passes::delimited`).
-    delimited: bool,
+    /// Decodings flagged in this chunk (or a delimited sequence that
+    /// reached the end of the last one).
+    triggered: Triggered,
 }
 
 /// Injection state of one text stream.
@@ -435,7 +460,7 @@ impl TextScanner {
                 num_hits: Vec::new(),
                 seed: SeedScanner::default(),
                 seed_hits: Vec::new(),
-                delimited: false,
+                triggered: Triggered::default(),
             })
         } else {
             None
@@ -537,8 +562,8 @@ fn report_dlp_hits(
     out: &mut Vec<Hit>,
 ) {
     for &(id, to) in hits {
-        if engine.is_trigger(id) {
-            d.delimited = true;
+        if let Some(t) = engine.trigger(id) {
+            d.triggered.set(t);
             continue;
         }
         let Some(meta) = engine.meta(id) else {
@@ -607,12 +632,16 @@ fn dlp_feed(
     for run in &d.found_runs {
         handle_run(engine, run, location, limits, 1, out)?;
     }
-    if d.delimited {
-        // The sequence may have begun in the bytes before this chunk.
+    if d.triggered.delimited || d.triggered.encoded_prefix {
+        // What was flagged may have begun in the bytes before this chunk.
         let mut joined = Vec::with_capacity(d.ring.buf.len() + data.len());
         joined.extend_from_slice(&d.ring.buf);
         joined.extend_from_slice(data);
-        d.delimited = scan_delimited(engine, &joined, location, limits, 1, out)?;
+        let goes_on = scan_triggered(engine, d.triggered, &joined, location, limits, 1, out)?;
+        d.triggered = Triggered {
+            delimited: goes_on,
+            encoded_prefix: false,
+        };
     }
     d.ring.push(data);
     d.offset += data.len() as u64;
