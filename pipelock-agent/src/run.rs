@@ -21,7 +21,7 @@ use crate::{
     config::{self, Config, Loaded, reload},
     export::Exporter,
     mcp::McpSettings,
-    pipeline::{CustomPattern, ScanConfig, ScanPipeline},
+    pipeline::{CustomPattern, ScanConfig, ScanPipeline, destination::DestPolicy},
     proxy::{
         LiveContext, ProxyContext, forward, hold::BodyHold, limits::ConnLimits, mcp as mcp_proxy,
         passthrough::PassthroughDomains, transparent, websocket::WsSettings,
@@ -656,6 +656,10 @@ pub fn scan_config(cfg: &Config, subtrees: Vec<(PathBuf, config::Mode)>) -> Scan
         response_section_blocks: cfg.response_scanning.action == ResponseAction::Block,
         mcp_input: cfg.mcp_input_scanning.enabled,
         mcp_input_section_blocks: cfg.mcp_input_scanning.action == WarnBlock::Block,
+        destination: DestPolicy {
+            trusted_domains: cfg.trusted_domains.clone(),
+            ..DestPolicy::default()
+        },
         ..defaults
     }
 }
@@ -743,4 +747,30 @@ async fn admin_listener(key: &str, addr: &str) -> anyhow::Result<tokio::net::Tcp
     tokio::net::TcpListener::bind(&full)
         .await
         .with_context(|| format!("{key} {addr}: cannot listen"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trusted_domains_exempt_a_verified_name_from_the_metadata_check() {
+        let metadata = Some("169.254.169.254".parse().expect("an address"));
+        let plain = config::parse("mode: strict\n").expect("parses");
+        let dest = scan_config(&plain.config, Vec::new()).destination;
+        assert!(
+            !dest
+                .check(metadata, Some("imds.corp.test"), "imds.corp.test", "/")
+                .is_empty()
+        );
+        let trusting =
+            config::parse("mode: strict\ntrusted_domains: [\"corp.test\"]\n").expect("parses");
+        let dest = scan_config(&trusting.config, Vec::new()).destination;
+        assert!(
+            dest.check(metadata, Some("imds.corp.test"), "imds.corp.test", "/")
+                .is_empty()
+        );
+        // Only the verified name counts, never the Host the client wrote.
+        assert!(!dest.check(metadata, None, "imds.corp.test", "/").is_empty());
+    }
 }

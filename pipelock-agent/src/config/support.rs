@@ -44,11 +44,6 @@ macro_rules! rule {
 
 const RULES: &[Rule] = &[
     rule!("explain_blocks", |c| c.explain_blocks == Some(true), LATER),
-    rule!(
-        "trusted_domains",
-        |c| !c.trusted_domains.is_empty(),
-        "accepted, not implemented yet (the agent has no SSRF check to exempt from)"
-    ),
     rule!("api_allowlist", |c| c.api_allowlist.is_some(), LATER),
     rule!("suppress", |c| !c.suppress.is_empty(), LATER),
     rule!(
