@@ -6,7 +6,8 @@
 //! clean traffic relayed byte for byte with its headers, every block code
 //! (-32000 result injection and tool poisoning, -32001 argument DLP, -32002
 //! tool policy, -32004 chains and the kill switch, -32020 header mismatch),
-//! rug pulls, sessions that share nothing, the listener token, h2 from
+//! rug pulls within a session and across a client's sessions, sessions
+//! that share nothing, the listener token, h2 from
 //! clients, a TLS upstream, and no token in the agent's log.
 use std::{path::PathBuf, process::Command, time::Duration};
 
@@ -506,17 +507,15 @@ fn injection_in_a_tool_result_over_sse_is_replaced_by_an_error() {
 }
 
 #[test]
-fn rug_pull_is_flagged_per_session_and_sessions_share_nothing() {
+fn rug_pull_is_flagged_within_and_across_a_clients_sessions() {
     // The server changes `add` for everyone after its first listing.
     let server = PyMcpServer::start("rugpull-global", false, None);
     let a = start(&server.url(), None, &["--mode", "strict"]);
-    // Session A pins the clean tools; session B first sees the changed
-    // ones: its own first listing, its own baseline, no drift.
-    let (first, _) = py_client(
-        &a.url(),
-        &json!([["list"]]),
-        &json!({"Authorization": "Bearer user-a"}),
-    );
+    let user_a = json!({"Authorization": "Bearer user-a"});
+    // User A pins the clean tools; user B first sees the changed ones: its
+    // own first listing, its own baseline, no drift (nothing is shared
+    // between users).
+    let (first, _) = py_client(&a.url(), &json!([["list"]]), &user_a);
     assert!(first[1]["tools"].is_array(), "{first:?}");
     let (other, _) = py_client(
         &a.url(),
@@ -532,10 +531,30 @@ fn rug_pull_is_flagged_per_session_and_sessions_share_nothing() {
         "unchanged since B's baseline: {other:?}"
     );
     assert!(
+        a.findings().iter().all(|f| f["rule_id"]
+            .as_str()
+            .is_some_and(|r| !r.starts_with("mcp.tool_drift"))),
+        "{:?}",
         a.findings()
-            .iter()
-            .all(|f| f["rule_id"] != "mcp.tool_drift")
     );
+    // A's next session is shown the changed `add`: a rug pull across
+    // sessions of the same client.
+    let (again, _) = py_client(&a.url(), &json!([["list"]]), &user_a);
+    assert_eq!(again[1]["error"]["code"], -32000, "{again:?}");
+    assert!(a.has_finding("mcp.tool_drift_across_sessions", "block"));
+    drop(a);
+
+    // Balanced with the chart's warn: relayed as the server sent it, logged.
+    let server = PyMcpServer::start("rugpull-global", false, None);
+    let a = start(&server.url(), None, &[]);
+    let (first, _) = py_client(&a.url(), &json!([["list"]]), &user_a);
+    assert_eq!(first[1]["descriptions"]["add"], "Adds two numbers.");
+    let (again, _) = py_client(&a.url(), &json!([["list"]]), &user_a);
+    assert_eq!(
+        again[1]["descriptions"]["add"], "Adds two numbers and also keeps a copy of them.",
+        "{again:?}"
+    );
+    assert!(a.has_finding("mcp.tool_drift_across_sessions", "warn"));
 
     // Within one session the change is a rug pull.
     let server = PyMcpServer::start("rugpull", false, None);

@@ -172,11 +172,14 @@ pub struct Listing {
     complete: bool,
 }
 
-/// Checks the tools of a `tools/list` response against poisoning and the
-/// session's baseline. `paged`: the request asked for a later page (a cursor).
+/// Checks the tools of a `tools/list` response against poisoning, the
+/// session's baseline and the pins the upstream showed the same client in
+/// earlier sessions (`earlier`). `paged`: the request asked for a later
+/// page (a cursor).
 pub fn check_listing(
     s: &McpSettings,
     session: &Session,
+    earlier: &session::Earlier,
     msg: &Value,
     paged: bool,
 ) -> Option<Listing> {
@@ -203,39 +206,8 @@ pub fn check_listing(
         .iter()
         .map(|t| (t.name.to_owned(), tools::pin(t)))
         .collect();
-    if s.detect_drift
-        && let Some(base) = &session.tools
-    {
-        let d = tools::compare(base, &pins, !paged && last_page && session.tools_complete);
-        for (name, old, new) in &d.changed {
-            hits.push(hit(
-                "mcp.tool_drift",
-                "Tool Definition Changed (rug pull)",
-                Severity::High,
-                format!("tool:{}", poison::safe(name)),
-                format!("pinned {} now {}", tools::short(old), tools::short(new)),
-            ));
-        }
-        if session.tools_complete {
-            for name in &d.added {
-                hits.push(hit(
-                    "mcp.tool_added",
-                    "Tool Added After Baseline",
-                    Severity::Medium,
-                    format!("tool:{}", poison::safe(name)),
-                    "not in the session's baseline",
-                ));
-            }
-        }
-        for name in &d.removed {
-            hits.push(hit(
-                "mcp.tool_removed",
-                "Tool Removed After Baseline",
-                Severity::Medium,
-                format!("tool:{}", poison::safe(name)),
-                "in the baseline, no longer listed",
-            ));
-        }
+    if s.detect_drift {
+        hits.extend(drift_hits(session, earlier, &pins, paged, last_page));
     }
     Some(Listing {
         checked: Checked {
@@ -247,12 +219,93 @@ pub fn check_listing(
     })
 }
 
-/// Records a let-through listing in the session: the first pins of each
-/// tool stay (a changed tool is compared with what was first seen).
-pub fn commit_listing(session: &mut Session, listing: Listing) {
+/// Drift of a listing: within the session (changed, added, removed since
+/// its baseline), and for the tools the session has not pinned yet, a
+/// definition other than the one the upstream showed this client in an
+/// earlier session (additions and removals between sessions are not
+/// flagged: a server may offer other tools in another session).
+fn drift_hits(
+    session: &Session,
+    earlier: &session::Earlier,
+    pins: &[(String, Pin)],
+    paged: bool,
+    last_page: bool,
+) -> Vec<Hit> {
+    let mut hits = Vec::new();
+    let changed = |id: &'static str, name: &'static str, tool: &str, old: &Pin, new: &Pin| {
+        hit(
+            id,
+            name,
+            Severity::High,
+            format!("tool:{}", poison::safe(tool)),
+            format!("pinned {} now {}", tools::short(old), tools::short(new)),
+        )
+    };
+    for (tool, new) in pins {
+        if session.tools.as_ref().is_some_and(|t| t.contains_key(tool)) {
+            continue;
+        }
+        if let Some(old) = earlier.get(tool)
+            && old != new
+        {
+            hits.push(changed(
+                "mcp.tool_drift_across_sessions",
+                "Tool Definition Changed Since an Earlier Session (rug pull)",
+                tool,
+                old,
+                new,
+            ));
+        }
+    }
+    let Some(base) = &session.tools else {
+        return hits;
+    };
+    let d = tools::compare(base, pins, !paged && last_page && session.tools_complete);
+    for (tool, old, new) in &d.changed {
+        hits.push(changed(
+            "mcp.tool_drift",
+            "Tool Definition Changed (rug pull)",
+            tool,
+            old,
+            new,
+        ));
+    }
+    if session.tools_complete {
+        for tool in &d.added {
+            hits.push(hit(
+                "mcp.tool_added",
+                "Tool Added After Baseline",
+                Severity::Medium,
+                format!("tool:{}", poison::safe(tool)),
+                "not in the session's baseline",
+            ));
+        }
+    }
+    for tool in &d.removed {
+        hits.push(hit(
+            "mcp.tool_removed",
+            "Tool Removed After Baseline",
+            Severity::Medium,
+            format!("tool:{}", poison::safe(tool)),
+            "in the baseline, no longer listed",
+        ));
+    }
+    hits
+}
+
+/// Records a let-through listing in the session and in the client's
+/// earlier pins: the first pin of each tool stays (a changed tool is
+/// compared with what was first seen), at most
+/// [`session::MAX_PINNED_TOOLS`] tools each.
+pub fn commit_listing(session: &mut Session, earlier: &mut session::Earlier, listing: Listing) {
     let base = session.tools.get_or_insert_with(Default::default);
     for (name, pin) in listing.pins {
-        base.entry(name).or_insert(pin);
+        if base.len() < session::MAX_PINNED_TOOLS && !base.contains_key(&name) {
+            base.insert(name.clone(), pin);
+        }
+        if earlier.len() < session::MAX_PINNED_TOOLS {
+            earlier.entry(name).or_insert(pin);
+        }
     }
     session.tools_complete |= listing.complete;
 }

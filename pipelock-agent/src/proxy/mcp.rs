@@ -128,8 +128,8 @@ impl UpstreamUrl {
 /// What every connection of the MCP listener shares (start-only).
 pub struct McpProxy {
     pub upstream: UpstreamUrl,
-    /// Per-session state, kept across reloads.
-    pub sessions: Arc<session::Sessions>,
+    /// Per-session and per-client state, kept across reloads.
+    pub state: Arc<session::State>,
     /// `--mcp-auth-token-file`: the token clients must send.
     pub token: Option<Vec<u8>>,
     pub metrics: Arc<Metrics>,
@@ -243,6 +243,8 @@ struct Asked {
     /// A `tools/list` request: `Some(paged)` (paged: it asked for a cursor).
     tools_list: Option<bool>,
     session: session::Key,
+    /// The client (its earlier tool pins).
+    client: session::Key,
 }
 
 impl Asked {
@@ -331,6 +333,17 @@ impl Conn {
         )
     }
 
+    /// The client a request comes from, for the upstream.
+    fn client_key(&self, headers: &HeaderMap) -> session::Key {
+        session::client_key(
+            self.proxy.upstream.authority.as_str(),
+            headers
+                .get(header::AUTHORIZATION)
+                .map(HeaderValue::as_bytes),
+            self.peer.ip(),
+        )
+    }
+
     /// The request as the pipeline sees it: the upstream's URL, without the
     /// credentials and session id that belong to the upstream.
     fn scanned_parts(&self, parts: &http::request::Parts) -> http::request::Parts {
@@ -394,6 +407,7 @@ impl Conn {
         let parsed: Option<Value> = serde_json::from_slice(&body).ok();
         let mut asked = Asked {
             session: self.session_key(&parts.headers, None),
+            client: self.client_key(&parts.headers),
             ..Default::default()
         };
         let messages: Vec<&Value> = match &parsed {
@@ -512,6 +526,7 @@ impl Conn {
             batch: false,
             tools_list: None,
             session: asked.session,
+            client: asked.client,
         };
         let answer_for = if asked.batch { asked } else { &one };
         // What a shell would run: the argument strings de-obfuscated, where
@@ -541,7 +556,7 @@ impl Conn {
             ));
         }
         let s = self.settings();
-        let sessions = &self.proxy.sessions;
+        let sessions = &self.proxy.state.sessions;
         let binding = sessions.with(&asked.session, Instant::now(), |sess| {
             mcp::check_binding(s, sess, tool)
         });
@@ -611,6 +626,7 @@ impl Conn {
         let (parts, _body) = req.into_parts();
         let asked = Asked {
             session: self.session_key(&parts.headers, None),
+            client: self.client_key(&parts.headers),
             ..Default::default()
         };
         let mut ex = self.ctx.pipeline.exchange(&self.meta);
@@ -630,7 +646,7 @@ impl Conn {
             Err(reason) => return self.upstream_failed(ex, &asked, &reason, outcome),
         };
         if parts.method == Method::DELETE && resp.status().is_success() {
-            self.proxy.sessions.remove(&asked.session);
+            self.proxy.state.sessions.remove(&asked.session);
         }
         self.respond(resp, ex, asked, outcome, &parts.headers).await
     }
@@ -785,7 +801,7 @@ impl Conn {
                 ex,
                 asked,
                 settings: self.ctx.mcp.clone(),
-                sessions: self.proxy.sessions.clone(),
+                state: self.proxy.state.clone(),
                 buf: BytesMut::new(),
                 tx,
                 outcome,
@@ -818,13 +834,8 @@ impl Conn {
         };
         outcome.response_bytes = bytes.len() as u64;
         if !bytes.is_empty()
-            && let Err((code, msg, b)) = check_message(
-                &mut *ex,
-                &asked,
-                &bytes,
-                &self.ctx.mcp,
-                &self.proxy.sessions,
-            )
+            && let Err((code, msg, b)) =
+                check_message(&mut *ex, &asked, &bytes, &self.ctx.mcp, &self.proxy.state)
         {
             return self.refuse_with_session(ex, &asked, &b, code, msg, outcome, session_header);
         }
@@ -939,7 +950,7 @@ fn check_message(
     asked: &Asked,
     data: &[u8],
     settings: &McpSettings,
-    sessions: &session::Sessions,
+    state: &session::State,
 ) -> Result<(), (i64, &'static str, Block)> {
     let parsed: Option<Value> = serde_json::from_slice(data).ok();
     let msgs: Vec<&Value> = match &parsed {
@@ -979,13 +990,18 @@ fn check_message(
     let paged = asked.tools_list.unwrap_or(false);
     for m in &msgs {
         if tools_shaped(m) {
-            // The baseline is copied out: the checks run without the lock.
-            let baseline = sessions.with(&asked.session, Instant::now(), |s| session::Session {
-                tools: s.tools.clone(),
-                tools_complete: s.tools_complete,
-                calls: Default::default(),
-            });
-            let Some(mut listing) = mcp::check_listing(settings, &baseline, m, paged) else {
+            // The baselines are copied out: the checks run without the locks.
+            let now = Instant::now();
+            let baseline = state
+                .sessions
+                .with(&asked.session, now, |s| session::Session {
+                    tools: s.tools.clone(),
+                    tools_complete: s.tools_complete,
+                    calls: Default::default(),
+                });
+            let earlier = state.clients.with(&asked.client, now, |c| c.clone());
+            let Some(mut listing) = mcp::check_listing(settings, &baseline, &earlier, m, paged)
+            else {
                 continue;
             };
             let checked = std::mem::take(&mut listing.checked);
@@ -1004,8 +1020,11 @@ fn check_message(
         return Err((jsonrpc::RESPONSE_BLOCKED, msg, b));
     }
     for listing in listings {
-        sessions.with(&asked.session, Instant::now(), |sess| {
-            mcp::commit_listing(sess, listing)
+        let now = Instant::now();
+        state.clients.with(&asked.client, now, |earlier| {
+            state.sessions.with(&asked.session, now, |sess| {
+                mcp::commit_listing(sess, earlier, listing)
+            })
         });
     }
     Ok(())
@@ -1110,7 +1129,7 @@ struct SseRelay {
     ex: Box<dyn Exchange>,
     asked: Asked,
     settings: Arc<McpSettings>,
-    sessions: Arc<session::Sessions>,
+    state: Arc<session::State>,
     /// Bytes of the event being received.
     buf: BytesMut,
     tx: tokio::sync::mpsc::Sender<SseItem>,
@@ -1209,13 +1228,14 @@ impl SseRelay {
             batch: false,
             tools_list: self.asked.tools_list,
             session: self.asked.session,
+            client: self.asked.client,
         };
         match check_message(
             &mut *self.ex,
             &answer_for,
             &data,
             &self.settings,
-            &self.sessions,
+            &self.state,
         ) {
             Ok(()) => {
                 self.send(raw).await?;
