@@ -199,6 +199,7 @@ pub async fn run(start: Start) -> anyhow::Result<()> {
             upstream: m.upstream,
             state: Arc::default(),
             token: m.token,
+            loopback: listen.ip().is_loopback(),
             metrics: metrics.clone(),
             tracker: tracker.clone(),
         });

@@ -1,8 +1,9 @@
 //! The MCP checks of the :8889 reverse proxy (`crate::proxy::mcp`), apart
 //! from scanning, which the one pipeline does: JSON-RPC message parts
 //! (`jsonrpc`), tool pins and drift (`tools`), tool poisoning (`poison`),
-//! shell de-obfuscation (`shell`), the tool policy (`policy`), chain
-//! detection (`chains`) and per-session state (`session`). Every check
+//! shell de-obfuscation (`shell`), the tool policy (`policy`) and its
+//! redirect profiles (`redirect`), chain detection (`chains`) and
+//! per-session state (`session`). Every check
 //! returns hits (`crate::scan::text::Hit`, class `mcp`) that the listener
 //! hands to its pipeline exchange (`Exchange::report`), so they are judged
 //! by mode, logged and counted like every other finding.
@@ -10,6 +11,7 @@ pub mod chains;
 pub mod jsonrpc;
 pub mod poison;
 pub mod policy;
+pub mod redirect;
 pub mod session;
 pub mod shell;
 pub mod tools;
@@ -168,6 +170,8 @@ pub fn slug(name: &str) -> String {
 /// pins to record once the answer is let through ([`commit_listing`]).
 pub struct Listing {
     pub checked: Checked,
+    /// Tools with poisoning findings (what a warn strips from the answer).
+    pub poisoned: Vec<String>,
     pins: Vec<(String, Pin)>,
     complete: bool,
 }
@@ -189,9 +193,14 @@ pub fn check_listing(
         .and_then(|r| r.get("nextCursor"))
         .is_none_or(Value::is_null);
     let mut hits = Vec::new();
+    let mut poisoned = Vec::new();
     if s.tool_scan {
         for t in &tools {
-            for p in poison::check_tool(t) {
+            let found = poison::check_tool(t);
+            if !found.is_empty() {
+                poisoned.push(t.name.to_owned());
+            }
+            for p in found {
                 hits.push(hit(
                     p.rule_id,
                     p.rule_name,
@@ -214,6 +223,7 @@ pub fn check_listing(
             hits,
             section_blocks: s.tool_scan_block,
         },
+        poisoned,
         pins,
         complete: last_page,
     })
@@ -310,6 +320,37 @@ pub fn commit_listing(session: &mut Session, earlier: &mut session::Earlier, lis
     session.tools_complete |= listing.complete;
 }
 
+/// The texts of a client message to scan beside its raw bytes
+/// (`mcp_input_scanning`): when the raw JSON has escapes (`has_escapes`),
+/// every string leaf unescaped (an escape such as `\u0067` must not hide a
+/// secret or an instruction from the scan of the raw bytes); and for a
+/// `tools/call`, each argument string as a shell would run it
+/// (`shell::deobfuscate`) where that differs. One text per line; empty
+/// when there is nothing beyond the raw bytes to scan.
+pub fn input_views(msg: &Value, has_escapes: bool) -> String {
+    let mut out = String::new();
+    if has_escapes {
+        let mut strs = Vec::new();
+        jsonrpc::strings(msg, &mut strs);
+        for s in strs {
+            out.push_str(s);
+            out.push('\n');
+        }
+    }
+    if let Some((_, arguments)) = jsonrpc::tool_call(msg) {
+        let mut strs = Vec::new();
+        jsonrpc::strings(arguments, &mut strs);
+        for s in strs {
+            let d = shell::deobfuscate(s);
+            if d != s.split_whitespace().collect::<Vec<_>>().join(" ") {
+                out.push_str(&d);
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
 /// Session binding of a `tools/call`: a tool the session never listed
 /// (`unknown_tool_action`), or a call before any listing (`no_baseline_action`).
 pub fn check_binding(s: &McpSettings, session: &Session, tool: &str) -> Checked {
@@ -342,26 +383,60 @@ pub fn check_binding(s: &McpSettings, session: &Session, tool: &str) -> Checked 
     }
 }
 
-/// The tool policy for a `tools/call`: warn-only and blocking rules apart.
-pub fn check_policy(s: &McpSettings, tool: &str, arguments: &Value) -> [Checked; 2] {
-    let mut out = [
-        Checked::default(),
-        Checked {
-            section_blocks: true,
-            ..Default::default()
-        },
-    ];
+/// The tool policy's verdict on a `tools/call`.
+#[derive(Default)]
+pub struct PolicyCheck {
+    /// Hits of warn-only and of blocking rules, apart.
+    pub groups: [Checked; 2],
+    /// When no rule blocks outright but one redirects: its hits, with the
+    /// profile and rule of the first.
+    pub redirect: Option<Redirect>,
+}
+
+/// A call the policy redirects to a profile's handler.
+pub struct Redirect {
+    pub checked: Checked,
+    pub profile: String,
+    pub rule: String,
+}
+
+/// The tool policy for a `tools/call`. The strictest action wins: a rule
+/// that blocks outright makes every redirecting rule a block too.
+pub fn check_policy(s: &McpSettings, tool: &str, arguments: &Value) -> PolicyCheck {
+    let mut out = PolicyCheck::default();
+    out.groups[1].section_blocks = true;
     let Some(p) = &s.policy else {
         return out;
     };
+    let mut redirects = Vec::new();
     for h in p.check(tool, arguments) {
-        out[usize::from(h.block)].hits.push(hit(
+        let finding = hit(
             format!("mcp.policy.{}", slug(&h.rule)),
             format!("Tool Policy: {}", h.rule),
             Severity::High,
             format!("tool:{}", poison::safe(tool)),
             "",
-        ));
+        );
+        match h.redirect {
+            Some(profile) => redirects.push((finding, profile, h.rule)),
+            None => out.groups[usize::from(h.block)].hits.push(finding),
+        }
+    }
+    if !out.groups[1].hits.is_empty() {
+        out.groups[1]
+            .hits
+            .extend(redirects.into_iter().map(|(h, _, _)| h));
+        return out;
+    }
+    if let Some((_, profile, rule)) = redirects.first() {
+        out.redirect = Some(Redirect {
+            profile: profile.clone(),
+            rule: rule.clone(),
+            checked: Checked {
+                hits: redirects.into_iter().map(|(h, _, _)| h).collect(),
+                section_blocks: true,
+            },
+        });
     }
     out
 }
