@@ -280,25 +280,36 @@ fn drift_hits(
             new,
         ));
     }
-    if session.tools_complete {
-        for tool in &d.added {
-            hits.push(hit(
-                "mcp.tool_added",
-                "Tool Added After Baseline",
-                Severity::Medium,
-                format!("tool:{}", poison::safe(tool)),
-                "not in the session's baseline",
-            ));
-        }
-    }
-    for tool in &d.removed {
-        hits.push(hit(
+    // Additions count once the whole list was seen (else: a later page).
+    let added: &[String] = if session.tools_complete {
+        &d.added
+    } else {
+        &[]
+    };
+    let kinds = [
+        (
+            added,
+            "mcp.tool_added",
+            "Tool Added After Baseline",
+            "not in the session's baseline",
+        ),
+        (
+            &d.removed[..],
             "mcp.tool_removed",
             "Tool Removed After Baseline",
-            Severity::Medium,
-            format!("tool:{}", poison::safe(tool)),
             "in the baseline, no longer listed",
-        ));
+        ),
+    ];
+    for (tools, id, name, excerpt) in kinds {
+        for tool in tools {
+            hits.push(hit(
+                id,
+                name,
+                Severity::Medium,
+                format!("tool:{}", poison::safe(tool)),
+                excerpt,
+            ));
+        }
     }
     hits
 }
@@ -485,4 +496,81 @@ pub fn check_chain(
         ));
     }
     (out, named)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(hits: &[Hit]) -> Vec<(String, String)> {
+        hits.iter()
+            .map(|h| (h.meta.id.to_string(), h.location.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn drift_within_and_across_sessions() {
+        let pins = |v: &[(&str, u8)]| -> Vec<(String, Pin)> {
+            v.iter().map(|(n, p)| (n.to_string(), [*p; 32])).collect()
+        };
+        let listing = pins(&[("a", 9), ("c", 3)]);
+        // Within a session whose whole list was seen.
+        let session = Session {
+            tools: Some(pins(&[("a", 1), ("b", 2)]).into_iter().collect()),
+            tools_complete: true,
+            ..Default::default()
+        };
+        let earlier = session::Earlier::new();
+        assert_eq!(
+            ids(&drift_hits(&session, &earlier, &listing, false, true)),
+            [
+                ("mcp.tool_drift", "tool:a"),
+                ("mcp.tool_added", "tool:c"),
+                ("mcp.tool_removed", "tool:b"),
+            ]
+            .map(|(i, l)| (i.to_owned(), l.to_owned()))
+        );
+        // A paged listing before the whole list was seen: a new tool is the
+        // next page, a missing one not removed.
+        let partial = Session {
+            tools_complete: false,
+            ..session
+        };
+        assert_eq!(
+            ids(&drift_hits(&partial, &earlier, &listing, true, false)),
+            [("mcp.tool_drift".to_owned(), "tool:a".to_owned())]
+        );
+        // A new session: compared with what the client was shown before;
+        // only a changed definition counts.
+        let earlier: session::Earlier = pins(&[("a", 1), ("z", 4)]).into_iter().collect();
+        assert_eq!(
+            ids(&drift_hits(
+                &Session::default(),
+                &earlier,
+                &listing,
+                false,
+                true
+            )),
+            [(
+                "mcp.tool_drift_across_sessions".to_owned(),
+                "tool:a".to_owned()
+            )]
+        );
+        // Once pinned in the session, the session's pin is the reference.
+        let mut fresh = Session::default();
+        let mut earlier = earlier;
+        commit_listing(
+            &mut fresh,
+            &mut earlier,
+            Listing {
+                checked: Checked::default(),
+                poisoned: Vec::new(),
+                pins: listing.clone(),
+                complete: true,
+            },
+        );
+        assert_eq!(earlier.get("a"), Some(&[1; 32]), "the first pin stays");
+        assert_eq!(earlier.get("c"), Some(&[3; 32]));
+        assert!(drift_hits(&fresh, &earlier, &listing, false, true).is_empty());
+    }
 }
