@@ -197,8 +197,9 @@ pub async fn run(start: Start) -> anyhow::Result<()> {
         let upstream = m.upstream.authority.to_string();
         let proxy = Arc::new(mcp_proxy::McpProxy {
             upstream: m.upstream,
-            sessions: Arc::default(),
+            state: Arc::default(),
             token: m.token,
+            loopback: listen.ip().is_loopback(),
             metrics: metrics.clone(),
             tracker: tracker.clone(),
         });

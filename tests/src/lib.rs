@@ -10,6 +10,7 @@ pub mod corpus;
 pub mod corpus_agent;
 pub mod mcp;
 pub mod netns;
+pub mod plain_agent;
 pub mod recording_upstream;
 pub mod tls_client;
 pub mod tls_harness;

@@ -16,43 +16,37 @@ use std::{
 };
 
 use pipelock_tests::{
-    agent::{Agent, agent_bin},
+    agent::agent_bin,
     client::{ClientRun, run_command},
     free_port,
+    plain_agent::{CHART, PlainAgent, test_dir},
     tls_upstream::{HttpsUpstream, TestCa},
-    unique_index,
     upstream::{Upstream, hex, pattern_sha256},
 };
 use sha2::{Digest, Sha256};
 
-const CHART: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../pipelock-agent/src/config/testdata/sure-chart.yaml"
-);
 const SECRET: &str = "ghp_Zq3xT7vLmN4pR8sK2wYbC6dF0hJ9gA1eUoVi";
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A plain-mode agent started with the chart's arguments.
 struct Fwd {
-    agent: Agent,
-    port: u16,
-    dir: PathBuf,
+    plain: PlainAgent,
     /// The agent's CA (what clients trust).
     ca: PathBuf,
     /// The test CA of the HTTPS upstreams (trusted by the agent).
     upstream_ca: TestCa,
 }
 
-impl Drop for Fwd {
-    fn drop(&mut self) {
-        self.agent.stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
+impl std::ops::Deref for Fwd {
+    type Target = PlainAgent;
+    fn deref(&self) -> &PlainAgent {
+        &self.plain
     }
 }
 
 impl Fwd {
     fn proxy(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://127.0.0.1:{}", self.fwd_port)
     }
 
     fn ca(&self) -> &str {
@@ -66,13 +60,10 @@ fn start(extra: &[&str]) -> Fwd {
 
 /// The agent with `config` instead of the chart's file.
 fn start_with(config: &Path, extra: &[&str]) -> Fwd {
-    let dir =
-        std::env::temp_dir().join(format!("plk-fwd-{}-{}", std::process::id(), unique_index()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let state = dir.join("state");
+    let dir = test_dir("fwd");
     let out = Command::new(agent_bin())
         .args(["ca", "export", "--state-dir"])
-        .arg(&state)
+        .arg(PlainAgent::state_dir(&dir))
         .output()
         .expect("ca export");
     assert!(out.status.success(), "ca export: {out:?}");
@@ -81,38 +72,17 @@ fn start_with(config: &Path, extra: &[&str]) -> Fwd {
     let upstream_ca = TestCa::new("forward-test upstream CA");
     let up_ca = dir.join("upstream-ca.pem");
     upstream_ca.write_pem(&up_ca);
-
-    let port = free_port();
-    let mut args: Vec<String> = [
-        "run",
-        "--config",
-        config.to_str().unwrap(),
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "--mcp-listen",
-        &format!("127.0.0.1:{}", free_port()),
-        "--mcp-upstream",
+    let mut args = vec!["--upstream-ca", up_ca.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let plain = PlainAgent::start(
+        dir.clone(),
+        config,
         "http://127.0.0.1:9/mcp",
-        "--state-dir",
-        state.to_str().unwrap(),
-        "--upstream-ca",
-        up_ca.to_str().unwrap(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let agent = Agent::spawn(&args);
-    if agent
-        .wait_for_line(TIMEOUT, |l| l.contains("forward proxy listening"))
-        .is_none()
-    {
-        panic!("agent did not start; its output:\n{}", agent.output());
-    }
+        &args,
+        "forward proxy listening",
+    );
     Fwd {
-        agent,
-        port,
-        dir,
+        plain,
         ca,
         upstream_ca,
     }
@@ -169,12 +139,12 @@ fn chart_arguments_start_a_plain_proxy_and_health_answers() {
         "{}",
         f.agent.output()
     );
-    let run = curl(&[&format!("http://127.0.0.1:{}/health", f.port)]);
+    let run = curl(&[&format!("http://127.0.0.1:{}/health", f.fwd_port)]);
     let (body, code) = split(&run);
     assert_eq!(code, "200", "{run:?}");
     let json: serde_json::Value = serde_json::from_str(&body).expect("health JSON");
     assert_eq!(json["status"], "healthy", "{json}");
-    let (_, code) = split(&curl(&[&format!("http://127.0.0.1:{}/nope", f.port)]));
+    let (_, code) = split(&curl(&[&format!("http://127.0.0.1:{}/nope", f.fwd_port)]));
     assert_eq!(code, "404");
 }
 
@@ -258,7 +228,7 @@ fn curl_https_connect_is_intercepted_and_scanned() {
     );
     // The three tunnels are counted once they close.
     let metrics = || {
-        let run = curl(&[&format!("http://127.0.0.1:{}/metrics", f.port)]);
+        let run = curl(&[&format!("http://127.0.0.1:{}/metrics", f.fwd_port)]);
         let line = run
             .stdout
             .lines()
@@ -337,7 +307,7 @@ fn s_client(f: &Fwd, connect: &str, sni: &str) -> Command {
     cmd.args([
         "s_client",
         "-proxy",
-        &format!("127.0.0.1:{}", f.port),
+        &format!("127.0.0.1:{}", f.fwd_port),
         "-connect",
         connect,
         "-servername",
@@ -498,12 +468,7 @@ puts r.status
 
 #[test]
 fn forward_proxy_settings_follow_a_reload() {
-    let dir = std::env::temp_dir().join(format!(
-        "plk-fwd-reload-{}-{}",
-        std::process::id(),
-        unique_index()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = test_dir("fwd-reload");
     let config = dir.join("pipelock.yaml");
     let chart = std::fs::read_to_string(CHART).unwrap();
     std::fs::write(&config, &chart).unwrap();
@@ -540,12 +505,7 @@ fn forward_proxy_settings_follow_a_reload() {
 
 #[test]
 fn metrics_listen_serves_metrics_and_stats_off_the_proxy_port() {
-    let dir = std::env::temp_dir().join(format!(
-        "plk-fwd-stats-{}-{}",
-        std::process::id(),
-        unique_index()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = test_dir("fwd-stats");
     let config = dir.join("pipelock.yaml");
     let metrics_port = free_port();
     let chart = std::fs::read_to_string(CHART).unwrap();
@@ -636,7 +596,7 @@ fn non_http_inside_a_connect_tunnel_is_refused() {
         ),
         ("binary", &[0x00u8, 0x01, 0xfe, 0xff, 0x10, 0x20][..]),
     ] {
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", f.port)).unwrap();
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", f.fwd_port)).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         write!(s, "CONNECT {up} HTTP/1.1\r\nHost: {up}\r\n\r\n").unwrap();
         let mut head = [0u8; 256];

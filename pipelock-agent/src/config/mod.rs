@@ -284,6 +284,22 @@ impl Config {
                 );
             }
         }
+        for (name, p) in &self.mcp_tool_policy.redirect_profiles {
+            let key = format!("mcp_tool_policy.redirect_profiles.{name}.exec");
+            match p.exec.first() {
+                None => return fail(&key, "is empty: name the handler to run".into()),
+                Some(program) if program.is_empty() => {
+                    return fail(&key, "the program (exec[0]) is empty".into());
+                }
+                Some(program) if p.match_abs_path && !program.starts_with('/') => {
+                    return fail(
+                        &key,
+                        format!("match_abs_path is set but exec[0] {program:?} is not absolute"),
+                    );
+                }
+                Some(_) => {}
+            }
+        }
         for (i, p) in self.dlp.patterns.iter().enumerate() {
             let key = format!("dlp.patterns[{i}].regex");
             if let Err(e) = regex_automata::util::syntax::parse(&p.regex) {

@@ -143,26 +143,6 @@ const RULES: &[Rule] = &[
         LATER
     ),
     rule!(
-        "mcp_tool_policy.rules",
-        |c| c.mcp_tool_policy.enabled
-            && c.mcp_tool_policy
-                .rules
-                .iter()
-                .any(|r| { r.action == Some(super::pipelock::PolicyAction::Redirect) }),
-        "`redirect` is enforced as a block: redirect profiles are not run"
-    ),
-    rule!(
-        "mcp_tool_policy.redirect_profiles",
-        |c| !c.mcp_tool_policy.redirect_profiles.is_empty(),
-        "accepted, not run: a `redirect` rule blocks the call instead"
-    ),
-    rule!(
-        "mcp_tool_policy.action",
-        |c| c.mcp_tool_policy.enabled
-            && c.mcp_tool_policy.action == super::pipelock::PolicyAction::Redirect,
-        "`redirect` is enforced as a block: redirect profiles are not run"
-    ),
-    rule!(
         "mcp_tool_policy.quarantine_dir",
         |c| c.mcp_tool_policy.quarantine_dir.is_some(),
         LATER

@@ -288,3 +288,26 @@ fn an_error_on_an_unterminated_last_line_names_that_line() {
     let e = parse("mode: strict\nwebsocket_proxy:\n  enabled: true\n  y pipe").unwrap_err();
     assert_eq!(e.line, Some(4), "{e}");
 }
+
+#[test]
+fn redirect_profiles_need_a_program() {
+    let base = "mcp_tool_policy:\n  enabled: true\n  rules:\n    - name: r\n      tool_pattern: x\n      action: redirect\n      redirect_profile: safe\n  redirect_profiles:\n    safe:\n";
+    let e = bad(&format!("{base}      exec: []\n"));
+    assert_eq!(e.key, "mcp_tool_policy.redirect_profiles.safe.exec");
+    let e = bad(&format!(
+        "{base}      exec: [\"handler\"]\n      match_abs_path: true\n"
+    ));
+    assert_eq!(e.key, "mcp_tool_policy.redirect_profiles.safe.exec");
+    assert!(e.to_string().contains("not absolute"), "{e}");
+    let l = ok(&format!(
+        "{base}      exec: [\"/usr/bin/handler\", \"--safe\"]\n      match_abs_path: true\n      preserve_argv: true\n"
+    ));
+    assert!(l.config.mcp_tool_policy.redirect_profiles["safe"].preserve_argv);
+    assert!(
+        !l.notices
+            .iter()
+            .any(|n| n.path.starts_with("mcp_tool_policy")),
+        "redirect is acted on: {:?}",
+        l.notices
+    );
+}

@@ -3,13 +3,16 @@
 //! argument keys matching `arg_key`). Names and argument strings are matched
 //! as written and de-obfuscated (`shell`), each string alone and all of them
 //! joined. Patterns are regular expressions, matched case-insensitively.
-//! A rule's own `action` wins over the section's; `redirect` (Pipelock runs
-//! a local program instead) is enforced as a block.
+//! A rule's own `action` wins over the section's; `redirect` runs the
+//! rule's redirect profile (`super::redirect`) instead of the call, and is
+//! a block when the rule names no profile.
 use regex::{Regex, RegexBuilder};
 use serde_json::Value;
 
+use std::collections::BTreeMap;
+
 use super::shell::deobfuscate;
-use crate::config::pipelock::{McpToolPolicy, PolicyAction};
+use crate::config::pipelock::{McpToolPolicy, PolicyAction, RedirectProfile};
 
 /// Compiled regex size limit (a config pattern cannot exhaust memory).
 const REGEX_SIZE_LIMIT: usize = 1 << 20;
@@ -33,11 +36,13 @@ struct Rule {
     arg: Option<Regex>,
     key: Option<Regex>,
     block: bool,
+    redirect: Option<String>,
 }
 
 /// The compiled policy.
 pub struct Policy {
     rules: Vec<Rule>,
+    profiles: BTreeMap<String, RedirectProfile>,
 }
 
 /// A rule that matched a call.
@@ -46,6 +51,8 @@ pub struct PolicyHit {
     pub rule: String,
     /// The rule (or the section) says block (or redirect).
     pub block: bool,
+    /// The rule says redirect, to this profile.
+    pub redirect: Option<String>,
 }
 
 fn compile(pattern: &str) -> Result<Regex, regex::Error> {
@@ -70,6 +77,9 @@ impl Policy {
                 source,
             };
             let action = r.action.unwrap_or(cfg.action);
+            let redirect = (action == PolicyAction::Redirect)
+                .then(|| r.redirect_profile.clone())
+                .flatten();
             rules.push(Rule {
                 name: r.name.clone(),
                 tool: compile(&r.tool_pattern).map_err(|e| err("tool_pattern", e))?,
@@ -86,9 +96,18 @@ impl Policy {
                     .transpose()
                     .map_err(|e| err("arg_key", e))?,
                 block: matches!(action, PolicyAction::Block | PolicyAction::Redirect),
+                redirect,
             });
         }
-        Ok(Some(Policy { rules }))
+        Ok(Some(Policy {
+            rules,
+            profiles: cfg.redirect_profiles.clone(),
+        }))
+    }
+
+    /// The redirect profile called `name`.
+    pub fn profile(&self, name: &str) -> Option<&RedirectProfile> {
+        self.profiles.get(name)
     }
 
     /// The rules a call to `tool` with `arguments` matches.
@@ -117,6 +136,7 @@ impl Policy {
                 hits.push(PolicyHit {
                     rule: r.name.clone(),
                     block: r.block,
+                    redirect: r.redirect.clone(),
                 });
             }
         }
@@ -212,7 +232,8 @@ mod tests {
                 hits,
                 vec![PolicyHit {
                     rule: "no-rm".into(),
-                    block: true
+                    block: true,
+                    redirect: None,
                 }],
                 "{cmd}"
             );
@@ -230,10 +251,31 @@ mod tests {
             p.check("delete_account", &json!({})),
             vec![PolicyHit {
                 rule: "no-delete".into(),
-                block: false
+                block: false,
+                redirect: None,
             }],
             "section action warn"
         );
+    }
+
+    #[test]
+    fn redirect_rules_name_their_profile() {
+        let mut to_safe = rule(
+            "to-safe",
+            "^fetch$",
+            None,
+            None,
+            Some(PolicyAction::Redirect),
+        );
+        to_safe.redirect_profile = Some("safe-fetch".into());
+        let bare = rule("bare", "^fetch$", None, None, Some(PolicyAction::Redirect));
+        let p = policy(vec![to_safe, bare]);
+        let hits = p.check("fetch", &json!({}));
+        assert_eq!(hits[0].redirect.as_deref(), Some("safe-fetch"));
+        assert!(hits[0].block);
+        assert_eq!(hits[1].redirect, None, "no profile: a block");
+        assert!(hits[1].block);
+        assert!(p.profile("safe-fetch").is_none(), "none configured here");
     }
 
     #[test]

@@ -46,6 +46,25 @@ pub fn listed(msg: &Value) -> Option<Vec<ToolDef<'_>>> {
     )
 }
 
+/// Removes the tools named in `names` from a `tools/list` response
+/// (`result.tools`); how many were removed.
+pub fn strip(msg: &mut Value, names: &[String]) -> usize {
+    let Some(tools) = msg
+        .get_mut("result")
+        .and_then(|r| r.get_mut("tools"))
+        .and_then(Value::as_array_mut)
+    else {
+        return 0;
+    };
+    let before = tools.len();
+    tools.retain(|t| {
+        !t.get("name")
+            .and_then(Value::as_str)
+            .is_some_and(|n| names.iter().any(|x| x == n))
+    });
+    before - tools.len()
+}
+
 /// The pin of a tool: SHA-256(description ‖ 0x00 ‖ inputSchema).
 pub fn pin(tool: &ToolDef<'_>) -> Pin {
     let mut h = Sha256::new();
@@ -115,6 +134,18 @@ mod tests {
         h.update(b"d\0{\"properties\":{},\"type\":\"object\"}");
         let want: Pin = h.finalize().into();
         assert_eq!(pin(&tools[0]), want);
+    }
+
+    #[test]
+    fn strip_removes_only_the_named_tools() {
+        let mut msg = json!({"jsonrpc":"2.0","id":1,"result":{"tools":[
+            {"name":"a","description":"x"},{"name":"b"},{"name":"a2"}],"nextCursor":"c"}});
+        assert_eq!(strip(&mut msg, &["a".to_owned()]), 1);
+        assert_eq!(
+            msg["result"],
+            json!({"tools":[{"name":"b"},{"name":"a2"}],"nextCursor":"c"})
+        );
+        assert_eq!(strip(&mut json!({"result":{}}), &["a".to_owned()]), 0);
     }
 
     #[test]

@@ -79,7 +79,7 @@ pub struct ScanConfig {
     pub response_dlp_blocks: bool,
     /// Destination policy (SSRF, blocklist, DNS exfiltration, URL entropy).
     pub destination: DestPolicy,
-    /// Request bodies on the MCP listener are scanned (`mcp_input_scanning.enabled`;
+    /// Request bodies on the MCP listener are scanned, for injection too (`mcp_input_scanning.enabled`;
     /// it replaces `request_body` there).
     pub mcp_input: bool,
     /// Request findings on the MCP listener block in balanced whatever their
@@ -549,10 +549,14 @@ impl ScanExchange {
             }
         };
         let cfg = &self.shared.cfg;
+        // Requests to MCP servers carry text a model reads (tool arguments
+        // end up in prompts and results): with `mcp_input_scanning` they are
+        // scanned for injection as well as for leaks, as Pipelock does.
+        let mcp_input = self.conn.listener == crate::pipeline::Listener::Mcp && cfg.mcp_input;
         let (dlp, injection) = if response {
             (cfg.response_dlp, cfg.response_injection)
         } else {
-            (true, false)
+            (true, mcp_input)
         };
         let spec = BodySpec {
             location,

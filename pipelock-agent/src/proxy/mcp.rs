@@ -7,8 +7,9 @@
 //!   to the upstream URL (the client's path and query are not forwarded).
 //! - `POST` carries JSON-RPC: the body is read whole (up to
 //!   `request_body_scanning.max_body_bytes`), goes through the one pipeline
-//!   (`request_filter`: kill switch, headers; `request_body_filter`: DLP;
-//!   for `tools/call`, the de-obfuscated argument strings through
+//!   (`request_filter`: kill switch, headers; `request_body_filter`: DLP
+//!   and, with `mcp_input_scanning`, injection; the unescaped strings and
+//!   a `tools/call`'s de-obfuscated argument strings through
 //!   `message_filter`), then the MCP checks of `crate::mcp` (session
 //!   binding, tool policy, chains) report their findings to the same
 //!   exchange. Nothing is sent upstream before all of that passed.
@@ -128,10 +129,13 @@ impl UpstreamUrl {
 /// What every connection of the MCP listener shares (start-only).
 pub struct McpProxy {
     pub upstream: UpstreamUrl,
-    /// Per-session state, kept across reloads.
-    pub sessions: Arc<session::Sessions>,
+    /// Per-session and per-client state, kept across reloads.
+    pub state: Arc<session::State>,
     /// `--mcp-auth-token-file`: the token clients must send.
     pub token: Option<Vec<u8>>,
+    /// The listener is on a loopback address (only loopback `Host` names
+    /// are answered: DNS rebinding).
+    pub loopback: bool,
     pub metrics: Arc<Metrics>,
     pub tracker: TaskTracker,
 }
@@ -243,6 +247,8 @@ struct Asked {
     /// A `tools/list` request: `Some(paged)` (paged: it asked for a cursor).
     tools_list: Option<bool>,
     session: session::Key,
+    /// The client (its earlier tool pins).
+    client: session::Key,
 }
 
 impl Asked {
@@ -267,6 +273,10 @@ impl Conn {
         if req.method() == Method::GET && req.uri().path() == "/health" {
             return json_response(StatusCode::OK, &serde_json::json!({ "status": "ok" }), None);
         }
+        if let Some(why) = rebinding(self.proxy.loopback, req.headers(), req.uri()) {
+            tracing::info!(target: "pipelock::http", listener = "mcp", peer = %self.peer, why, "MCP request refused (DNS rebinding protection)");
+            return plain_error(StatusCode::FORBIDDEN, jsonrpc::INVALID_REQUEST, why);
+        }
         if let Some(expected) = &self.proxy.token {
             let given = req
                 .headers()
@@ -275,15 +285,10 @@ impl Conn {
                 .unwrap_or_default();
             if !crate::admin::token_matches(given, expected) {
                 tracing::info!(target: "pipelock::http", listener = "mcp", peer = %self.peer, "MCP request without the listener token refused (407)");
-                let mut r = json_response(
+                let mut r = plain_error(
                     StatusCode::PROXY_AUTHENTICATION_REQUIRED,
-                    &jsonrpc::error(
-                        Value::Null,
-                        jsonrpc::INVALID_REQUEST,
-                        "proxy authentication required (Proxy-Authorization: Bearer <token>)",
-                        &[],
-                    ),
-                    None,
+                    jsonrpc::INVALID_REQUEST,
+                    "proxy authentication required (Proxy-Authorization: Bearer <token>)",
                 );
                 r.headers_mut().insert(
                     header::PROXY_AUTHENTICATE,
@@ -296,15 +301,10 @@ impl Conn {
             Method::POST => self.post(req).await,
             Method::GET | Method::DELETE => self.bodyless(req).await,
             _ => {
-                let mut r = json_response(
+                let mut r = plain_error(
                     StatusCode::METHOD_NOT_ALLOWED,
-                    &jsonrpc::error(
-                        Value::Null,
-                        jsonrpc::INVALID_REQUEST,
-                        "method not allowed",
-                        &[],
-                    ),
-                    None,
+                    jsonrpc::INVALID_REQUEST,
+                    "method not allowed",
                 );
                 r.headers_mut()
                     .insert(header::ALLOW, HeaderValue::from_static("GET, POST, DELETE"));
@@ -317,6 +317,21 @@ impl Conn {
         &self.ctx.mcp
     }
 
+    /// How answers on this connection are judged.
+    fn judge(&self) -> Judge<'_> {
+        Judge {
+            settings: &self.ctx.mcp,
+            state: &self.proxy.state,
+            strip_poisoned: self.strip_poisoned(),
+        }
+    }
+
+    /// Poisoned tools a warn lets through are stripped, except in audit
+    /// (which changes nothing it relays).
+    fn strip_poisoned(&self) -> bool {
+        self.ctx.pipeline.mode_for(&self.meta) != crate::config::Mode::Audit
+    }
+
     /// The session a request belongs to (`session_id` overrides the
     /// request's header: the id an `initialize` answer assigns).
     fn session_key(&self, headers: &HeaderMap, session_id: Option<&HeaderValue>) -> session::Key {
@@ -326,6 +341,17 @@ impl Conn {
                 .map(HeaderValue::as_bytes),
             session_id
                 .or_else(|| headers.get(MCP_SESSION_ID))
+                .map(HeaderValue::as_bytes),
+            self.peer.ip(),
+        )
+    }
+
+    /// The client a request comes from, for the upstream.
+    fn client_key(&self, headers: &HeaderMap) -> session::Key {
+        session::client_key(
+            self.proxy.upstream.authority.as_str(),
+            headers
+                .get(header::AUTHORIZATION)
                 .map(HeaderValue::as_bytes),
             self.peer.ip(),
         )
@@ -366,34 +392,25 @@ impl Conn {
         let body = match read_bounded(body, max).await {
             Ok(b) => b,
             Err(ReadError::TooLarge) => {
-                return json_response(
+                return plain_error(
                     StatusCode::PAYLOAD_TOO_LARGE,
-                    &jsonrpc::error(
-                        Value::Null,
-                        jsonrpc::INVALID_REQUEST,
-                        "request body too large to scan",
-                        &[],
-                    ),
-                    None,
+                    jsonrpc::INVALID_REQUEST,
+                    "request body too large to scan",
                 );
             }
             Err(ReadError::Failed(reason)) => {
                 tracing::debug!(target: "pipelock::conn", listener = "mcp", peer = %self.peer, reason, "reading an MCP request body failed");
-                return json_response(
+                return plain_error(
                     StatusCode::BAD_REQUEST,
-                    &jsonrpc::error(
-                        Value::Null,
-                        jsonrpc::INVALID_REQUEST,
-                        "request body unreadable",
-                        &[],
-                    ),
-                    None,
+                    jsonrpc::INVALID_REQUEST,
+                    "request body unreadable",
                 );
             }
         };
         let parsed: Option<Value> = serde_json::from_slice(&body).ok();
         let mut asked = Asked {
             session: self.session_key(&parts.headers, None),
+            client: self.client_key(&parts.headers),
             ..Default::default()
         };
         let messages: Vec<&Value> = match &parsed {
@@ -431,20 +448,13 @@ impl Conn {
         // Kill switch and headers first, then the body.
         let d = ex.request_filter(&scanned);
         if let Decision::Block(b) = d {
-            return self.refuse(
-                ex,
-                &asked,
-                &b,
-                input_code(&b),
-                "request blocked by MCP input scanning",
-                outcome,
-            );
+            return refuse_input(&mut *ex, &asked, &b, &mut outcome);
         }
         if parsed.is_none() && self.settings().parse_error_block {
             tracing::info!(target: "pipelock::http", listener = "mcp", peer = %self.peer, conn_id = self.meta.id, "MCP request body is not JSON: refused (mcp_input_scanning.on_parse_error: block)");
-            outcome.status = Some(400);
-            ex.logging(&outcome);
-            return json_response(
+            return finish(
+                &mut *ex,
+                &mut outcome,
                 StatusCode::BAD_REQUEST,
                 &jsonrpc::error(
                     Value::Null,
@@ -460,26 +470,23 @@ impl Conn {
             && let Some(why) = header_mismatch(&parts.headers, m)
         {
             tracing::info!(target: "pipelock::http", listener = "mcp", peer = %self.peer, conn_id = self.meta.id, why, "Mcp-Method / Mcp-Name header disagrees with the body");
-            outcome.status = Some(200);
-            ex.logging(&outcome);
-            return json_response(
+            return finish(
+                &mut *ex,
+                &mut outcome,
                 StatusCode::OK,
                 &asked.error(jsonrpc::HEADER_MISMATCH, why, &[]),
                 None,
             );
         }
         if let Decision::Block(b) = ex.request_body_filter(&body, true) {
-            return self.refuse(
-                ex,
-                &asked,
-                &b,
-                input_code(&b),
-                "request blocked by MCP input scanning",
-                outcome,
-            );
+            return refuse_input(&mut *ex, &asked, &b, &mut outcome);
         }
+        let has_escapes = memchr::memchr(b'\\', &body).is_some();
         for m in &messages {
-            if let Some(resp) = self.check_call(&mut *ex, &asked, m, &mut outcome) {
+            if let Some(resp) = self
+                .check_request(&mut *ex, &asked, m, has_escapes, &mut outcome)
+                .await
+            {
                 return resp;
             }
         }
@@ -493,77 +500,80 @@ impl Conn {
             .await
         {
             Ok(r) => r,
-            Err(reason) => return self.upstream_failed(ex, &asked, &reason, outcome),
+            Err(reason) => return self.upstream_failed(&mut *ex, &asked, &reason, &mut outcome),
         };
         self.respond(resp, ex, asked, outcome, &parts.headers).await
     }
 
-    /// The MCP checks of one `tools/call`; `Some` answer when it is blocked.
-    fn check_call(
+    /// The checks of one client message: its texts through the pipeline
+    /// (`mcp_input_scanning`), then for a `tools/call` the MCP checks;
+    /// `Some` answer when it is blocked. `has_escapes`: the raw body has
+    /// JSON escapes.
+    async fn check_request(
         &self,
         ex: &mut dyn Exchange,
         asked: &Asked,
         msg: &Value,
+        has_escapes: bool,
         outcome: &mut Outcome,
     ) -> Option<Response<DownBody>> {
-        let (tool, arguments) = jsonrpc::tool_call(msg)?;
         let one = Asked {
             ids: jsonrpc::id(msg).cloned().into_iter().collect(),
             batch: false,
             tools_list: None,
             session: asked.session,
+            client: asked.client,
         };
         let answer_for = if asked.batch { asked } else { &one };
-        // What a shell would run: the argument strings de-obfuscated, where
-        // that changes them, through the DLP scan as well.
-        let mut strs = Vec::new();
-        if self.settings().input_scanning {
-            jsonrpc::strings(arguments, &mut strs);
-        }
-        let mut views = String::new();
-        for s in strs {
-            let d = mcp::shell::deobfuscate(s);
-            if d != s.split_whitespace().collect::<Vec<_>>().join(" ") {
-                views.push_str(&d);
-                views.push('\n');
-            }
-        }
+        let views = if self.settings().input_scanning {
+            mcp::input_views(msg, has_escapes)
+        } else {
+            String::new()
+        };
         if !views.is_empty()
             && let Decision::Block(b) = ex.message_filter(false, views.as_bytes())
         {
-            return Some(self.refuse_boxed(
-                ex,
-                answer_for,
-                &b,
-                input_code(&b),
-                "request blocked by MCP input scanning",
-                outcome,
-            ));
+            return Some(refuse_input(ex, answer_for, &b, outcome));
         }
+        let (tool, arguments) = jsonrpc::tool_call(msg)?;
         let s = self.settings();
-        let sessions = &self.proxy.sessions;
+        let sessions = &self.proxy.state.sessions;
         let binding = sessions.with(&asked.session, Instant::now(), |sess| {
             mcp::check_binding(s, sess, tool)
         });
         if let Some(b) = report(ex, false, vec![binding]) {
-            return Some(self.refuse_boxed(
+            return Some(refuse(
                 ex,
                 answer_for,
                 &b,
                 jsonrpc::POLICY_BLOCKED,
                 "tool call blocked: tool not in the session's tool baseline",
                 outcome,
+                None,
             ));
         }
-        if let Some(b) = report(ex, false, mcp::check_policy(s, tool, arguments).into()) {
-            return Some(self.refuse_boxed(
+        let policy = mcp::check_policy(s, tool, arguments);
+        if let Some(b) = report(ex, false, policy.groups.into()) {
+            return Some(refuse(
                 ex,
                 answer_for,
                 &b,
                 jsonrpc::POLICY_BLOCKED,
                 "request blocked by tool call policy",
                 outcome,
+                None,
             ));
+        }
+        // A redirect is judged like a block (audit forwards the call).
+        if let Some(r) = policy.redirect
+            && let Some(b) = report(ex, false, vec![r.checked])
+        {
+            let call = mcp::redirect::Call {
+                profile: &r.profile,
+                rule: &r.rule,
+                arguments,
+            };
+            return Some(self.redirect(ex, answer_for, &b, &call, outcome).await);
         }
         let (chain, name) = sessions.with(&asked.session, Instant::now(), |sess| {
             mcp::check_chain(s, sess, tool, arguments, Instant::now())
@@ -574,16 +584,97 @@ impl Conn {
                 "tool call blocked: chain pattern \"{}\" detected",
                 name.as_deref().map(mcp::poison::safe).unwrap_or_default()
             );
-            return Some(self.refuse_boxed(
+            return Some(refuse(
                 ex,
                 answer_for,
                 &b,
                 jsonrpc::CHAIN_OR_KILL_SWITCH,
                 &msg,
                 outcome,
+                None,
             ));
         }
         None
+    }
+
+    /// Answers a `tools/call` the policy redirected (`b`: the block its
+    /// rules made) with the output of the profile's handler, instead of
+    /// sending it upstream. The output is scanned first, on an exchange of
+    /// its own (`ex` ended when the call was stopped), as what leaves
+    /// (DLP; the handler may read anything) and as an answer (injection):
+    /// a finding there refuses it with -32001; a handler that fails, or a
+    /// redirect inside a batch, refuses the call with -32002.
+    async fn redirect(
+        &self,
+        ex: &mut dyn Exchange,
+        asked: &Asked,
+        b: &Block,
+        call: &mcp::redirect::Call<'_>,
+        outcome: &mut Outcome,
+    ) -> Response<DownBody> {
+        let policy_refusal = |ex: &mut dyn Exchange, outcome: &mut Outcome| {
+            refuse(
+                ex,
+                asked,
+                b,
+                jsonrpc::POLICY_BLOCKED,
+                "request blocked by tool call policy",
+                outcome,
+                None,
+            )
+        };
+        if asked.batch {
+            return policy_refusal(ex, outcome);
+        }
+        let s = self.settings();
+        let profile = s.policy.as_ref().and_then(|p| p.profile(call.profile));
+        let started = Instant::now();
+        let text = match mcp::redirect::run(profile, call, s.max_body).await {
+            Ok(text) => text,
+            Err(e) => {
+                tracing::warn!(target: "pipelock::http", listener = "mcp", conn_id = self.meta.id, profile = %mcp::poison::safe(call.profile), rule = %mcp::poison::safe(call.rule), error = %e, "redirect handler gave no result: the call is blocked");
+                return policy_refusal(ex, outcome);
+            }
+        };
+        tracing::info!(target: "pipelock::http", listener = "mcp", conn_id = self.meta.id, profile = %mcp::poison::safe(call.profile), rule = %mcp::poison::safe(call.rule), ms = started.elapsed().as_millis() as u64, "tools/call redirected to its profile's handler");
+        outcome.blocked = Some(b.clone());
+        let id = asked.ids.first().cloned().unwrap_or(Value::Null);
+        let answer = mcp::redirect::result(id, &text);
+        let mut out_ex = self.ctx.pipeline.exchange(&self.meta);
+        let mut out_outcome = Outcome {
+            response_bytes: text.len() as u64,
+            ..Default::default()
+        };
+        let scanned = match out_ex.message_filter(false, text.as_bytes()) {
+            Decision::Block(b) => Err(b),
+            Decision::Continue => {
+                let bytes = serde_json::to_vec(&answer).unwrap_or_default();
+                check_message(&mut *out_ex, asked, &bytes, &self.judge())
+                    .map(drop)
+                    .map_err(|(_, _, b)| b)
+            }
+        };
+        // The call's own exchange ends here: stopped, answered locally.
+        outcome.status = Some(200);
+        ex.logging(outcome);
+        if let Err(b) = scanned {
+            return refuse(
+                &mut *out_ex,
+                asked,
+                &b,
+                jsonrpc::INPUT_BLOCKED,
+                "redirect handler output blocked by content scanning",
+                &mut out_outcome,
+                None,
+            );
+        }
+        finish(
+            &mut *out_ex,
+            &mut out_outcome,
+            StatusCode::OK,
+            &answer,
+            None,
+        )
     }
 
     /// Counts detected chains in `pipelock_chain_detections_total` with the
@@ -611,26 +702,20 @@ impl Conn {
         let (parts, _body) = req.into_parts();
         let asked = Asked {
             session: self.session_key(&parts.headers, None),
+            client: self.client_key(&parts.headers),
             ..Default::default()
         };
         let mut ex = self.ctx.pipeline.exchange(&self.meta);
-        let outcome = Outcome::default();
+        let mut outcome = Outcome::default();
         if let Decision::Block(b) = ex.request_filter(&self.scanned_parts(&parts)) {
-            return self.refuse(
-                ex,
-                &asked,
-                &b,
-                input_code(&b),
-                "request blocked by MCP input scanning",
-                outcome,
-            );
+            return refuse_input(&mut *ex, &asked, &b, &mut outcome);
         }
         let resp = match self.send(&parts, empty()).await {
             Ok(r) => r,
-            Err(reason) => return self.upstream_failed(ex, &asked, &reason, outcome),
+            Err(reason) => return self.upstream_failed(&mut *ex, &asked, &reason, &mut outcome),
         };
         if parts.method == Method::DELETE && resp.status().is_success() {
-            self.proxy.sessions.remove(&asked.session);
+            self.proxy.state.sessions.remove(&asked.session);
         }
         self.respond(resp, ex, asked, outcome, &parts.headers).await
     }
@@ -737,13 +822,14 @@ impl Conn {
         strip_hop_by_hop(&mut parts.headers, false);
         outcome.status = Some(parts.status.as_u16());
         if let Decision::Block(b) = ex.response_filter(&parts) {
-            return self.refuse(
-                ex,
+            return refuse(
+                &mut *ex,
                 &asked,
                 &b,
                 jsonrpc::RESPONSE_BLOCKED,
                 "prompt injection detected in MCP response",
-                outcome,
+                &mut outcome,
+                None,
             );
         }
         let session_header = parts.headers.get(MCP_SESSION_ID).cloned();
@@ -756,13 +842,14 @@ impl Conn {
             // Asked for identity; a coded answer is not read (strict and
             // balanced refuse, audit relays it unread).
             if let Decision::Block(b) = ex.unscannable(true, "content-encoding") {
-                return self.refuse(
-                    ex,
+                return refuse(
+                    &mut *ex,
                     &asked,
                     &b,
                     jsonrpc::RESPONSE_BLOCKED,
                     "upstream response is compressed and cannot be scanned",
-                    outcome,
+                    &mut outcome,
+                    None,
                 );
             }
             ex.logging(&outcome);
@@ -785,7 +872,8 @@ impl Conn {
                 ex,
                 asked,
                 settings: self.ctx.mcp.clone(),
-                sessions: self.proxy.sessions.clone(),
+                state: self.proxy.state.clone(),
+                strip_poisoned: self.strip_poisoned(),
                 buf: BytesMut::new(),
                 tx,
                 outcome,
@@ -799,120 +887,123 @@ impl Conn {
             Ok(b) => b,
             Err(ReadError::TooLarge) => {
                 if let Decision::Block(b) = ex.unscannable(true, "oversized MCP response") {
-                    return self.refuse(
-                        ex,
+                    return refuse(
+                        &mut *ex,
                         &asked,
                         &b,
                         jsonrpc::RESPONSE_BLOCKED,
                         "upstream response too large to scan",
-                        outcome,
+                        &mut outcome,
+                        None,
                     );
                 }
                 outcome.error = Some("oversized response not relayed".into());
-                ex.logging(&outcome);
-                return self.upstream_failed_plain("upstream response too large to scan");
+                return finish(
+                    &mut *ex,
+                    &mut outcome,
+                    StatusCode::BAD_GATEWAY,
+                    &jsonrpc::error(
+                        Value::Null,
+                        jsonrpc::RESPONSE_BLOCKED,
+                        "upstream response too large to scan",
+                        &[],
+                    ),
+                    None,
+                );
             }
             Err(ReadError::Failed(reason)) => {
-                return self.upstream_failed(ex, &asked, &reason, outcome);
+                return self.upstream_failed(&mut *ex, &asked, &reason, &mut outcome);
             }
         };
         outcome.response_bytes = bytes.len() as u64;
-        if !bytes.is_empty()
-            && let Err((code, msg, b)) = check_message(
-                &mut *ex,
-                &asked,
-                &bytes,
-                &self.ctx.mcp,
-                &self.proxy.sessions,
-            )
-        {
-            return self.refuse_with_session(ex, &asked, &b, code, msg, outcome, session_header);
+        let mut bytes = bytes;
+        if !bytes.is_empty() {
+            match check_message(&mut *ex, &asked, &bytes, &self.judge()) {
+                Ok(None) => {}
+                Ok(Some(rewritten)) => bytes = rewritten,
+                Err((code, msg, b)) => {
+                    return refuse(
+                        &mut *ex,
+                        &asked,
+                        &b,
+                        code,
+                        msg,
+                        &mut outcome,
+                        session_header,
+                    );
+                }
+            }
         }
         parts.headers.remove(header::CONTENT_LENGTH);
         ex.logging(&outcome);
         Response::from_parts(parts, full(bytes))
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn refuse_with_session(
-        &self,
-        mut ex: Box<dyn Exchange>,
-        asked: &Asked,
-        b: &Block,
-        code: i64,
-        message: &str,
-        mut outcome: Outcome,
-        session: Option<HeaderValue>,
-    ) -> Response<DownBody> {
-        let (code, message) = kill_switch_or(b, code, message);
-        outcome.status = Some(200);
-        outcome.blocked = Some(b.clone());
-        ex.logging(&outcome);
-        json_response(
-            StatusCode::OK,
-            &asked.error(code, &message, &b.rule_ids),
-            session,
-        )
-    }
-
-    fn refuse(
-        &self,
-        ex: Box<dyn Exchange>,
-        asked: &Asked,
-        b: &Block,
-        code: i64,
-        message: &str,
-        outcome: Outcome,
-    ) -> Response<DownBody> {
-        self.refuse_with_session(ex, asked, b, code, message, outcome, None)
-    }
-
-    /// [`Conn::refuse`] for an exchange that stays owned by the caller.
-    fn refuse_boxed(
+    /// Ends an exchange the upstream failed (502, `upstream unavailable`).
+    fn upstream_failed(
         &self,
         ex: &mut dyn Exchange,
         asked: &Asked,
-        b: &Block,
-        code: i64,
-        message: &str,
+        reason: &str,
         outcome: &mut Outcome,
     ) -> Response<DownBody> {
-        let (code, message) = kill_switch_or(b, code, message);
-        outcome.status = Some(200);
-        outcome.blocked = Some(b.clone());
-        ex.logging(outcome);
-        json_response(
-            StatusCode::OK,
-            &asked.error(code, &message, &b.rule_ids),
-            None,
-        )
-    }
-
-    fn upstream_failed(
-        &self,
-        mut ex: Box<dyn Exchange>,
-        asked: &Asked,
-        reason: &str,
-        mut outcome: Outcome,
-    ) -> Response<DownBody> {
         tracing::warn!(target: "pipelock::conn", listener = "mcp", conn_id = self.meta.id, upstream = %self.proxy.upstream.authority, error = reason, "MCP upstream failed");
-        outcome.status = Some(502);
         outcome.error = Some(reason.to_owned());
-        ex.logging(&outcome);
-        json_response(
+        finish(
+            ex,
+            outcome,
             StatusCode::BAD_GATEWAY,
             &asked.error(jsonrpc::RESPONSE_BLOCKED, "upstream unavailable", &[]),
             None,
         )
     }
+}
 
-    fn upstream_failed_plain(&self, reason: &str) -> Response<DownBody> {
-        json_response(
-            StatusCode::BAD_GATEWAY,
-            &jsonrpc::error(Value::Null, jsonrpc::RESPONSE_BLOCKED, reason, &[]),
-            None,
-        )
-    }
+/// Ends an exchange with an answer of the listener's own (a block, a
+/// failure): the outcome logged with `status`, then the JSON `body` (with
+/// the upstream's session id when given).
+fn finish(
+    ex: &mut dyn Exchange,
+    outcome: &mut Outcome,
+    status: StatusCode,
+    body: &Value,
+    session: Option<HeaderValue>,
+) -> Response<DownBody> {
+    outcome.status = Some(status.as_u16());
+    ex.logging(outcome);
+    json_response(status, body, session)
+}
+
+/// Refuses with the JSON-RPC error `code` and `message` (the kill
+/// switch's own where it is the cause) answering `asked`, HTTP 200.
+fn refuse(
+    ex: &mut dyn Exchange,
+    asked: &Asked,
+    b: &Block,
+    code: i64,
+    message: &str,
+    outcome: &mut Outcome,
+    session: Option<HeaderValue>,
+) -> Response<DownBody> {
+    let (code, message) = kill_switch_or(b, code, message);
+    outcome.blocked = Some(b.clone());
+    finish(
+        ex,
+        outcome,
+        StatusCode::OK,
+        &asked.error(code, &message, &b.rule_ids),
+        session,
+    )
+}
+
+/// An answer before any exchange began (or after the upstream's answer
+/// was given up): a JSON-RPC error without an id.
+fn plain_error(status: StatusCode, code: i64, message: &str) -> Response<DownBody> {
+    json_response(
+        status,
+        &jsonrpc::error(Value::Null, code, message, &[]),
+        None,
+    )
 }
 
 /// Reports each check's hits to the exchange (warn-only groups first, so
@@ -931,25 +1022,75 @@ fn report(ex: &mut dyn Exchange, response: bool, checks: Vec<Checked>) -> Option
     None
 }
 
-/// Scans one JSON-RPC answer (or any answer body): the raw bytes and the
-/// unpacked texts of tool results through the pipeline, then a `tools/list`
-/// result's tools. `Err`: the code, message and block to answer with.
+/// How one answer is judged: the settings, the listener's state, and
+/// whether poisoned tools are stripped when only warned about (not in
+/// audit, which changes nothing).
+struct Judge<'a> {
+    settings: &'a McpSettings,
+    state: &'a session::State,
+    strip_poisoned: bool,
+}
+
+/// Scans one JSON-RPC answer (or any answer body): a `tools/list` result's
+/// tools first (poisoning, pins; poisoned tools a warn lets through are
+/// stripped), then the raw bytes and the unpacked texts of tool results
+/// of what is relayed through the pipeline. `Ok(Some)`: the answer to relay
+/// instead (tools stripped); `Err`: the code, message and block to answer with.
 fn check_message(
     ex: &mut dyn Exchange,
     asked: &Asked,
     data: &[u8],
-    settings: &McpSettings,
-    sessions: &session::Sessions,
-) -> Result<(), (i64, &'static str, Block)> {
-    let parsed: Option<Value> = serde_json::from_slice(data).ok();
-    let msgs: Vec<&Value> = match &parsed {
-        Some(Value::Array(a)) => a.iter().collect(),
-        Some(v) => vec![v],
-        None => Vec::new(),
+    judge: &Judge<'_>,
+) -> Result<Option<Bytes>, (i64, &'static str, Block)> {
+    let mut parsed: Option<Value> = serde_json::from_slice(data).ok();
+    // Tool listings are recognised by shape (`result.tools`), whatever the
+    // request was, as Pipelock does: a server cannot slip tools past the
+    // checks in another answer. Their own checks come first, so their
+    // findings are logged even when the scan below blocks the answer.
+    let mut listings = Vec::new();
+    let mut stripped = Vec::new();
+    let paged = asked.tools_list.unwrap_or(false);
+    for m in messages_mut(&mut parsed) {
+        if !tools_shaped(m) {
+            continue;
+        }
+        // The baselines are copied out: the checks run without the locks.
+        let now = Instant::now();
+        let state = judge.state;
+        let baseline = state
+            .sessions
+            .with(&asked.session, now, |s| session::Session {
+                tools: s.tools.clone(),
+                tools_complete: s.tools_complete,
+                calls: Default::default(),
+            });
+        let earlier = state.clients.with(&asked.client, now, |c| c.clone());
+        let Some(mut listing) = mcp::check_listing(judge.settings, &baseline, &earlier, m, paged)
+        else {
+            continue;
+        };
+        let checked = std::mem::take(&mut listing.checked);
+        if let Some(b) = report(ex, true, vec![checked]) {
+            return Err((jsonrpc::RESPONSE_BLOCKED, TOOL_POISONING, b));
+        }
+        if judge.strip_poisoned && mcp::tools::strip(m, &listing.poisoned) > 0 {
+            stripped.extend(listing.poisoned.iter().map(|n| mcp::poison::safe(n)));
+        }
+        listings.push(listing);
+    }
+    let rewritten = if stripped.is_empty() {
+        None
+    } else {
+        tracing::info!(target: "pipelock::http", listener = "mcp", tools = ?stripped, "poisoned tools stripped from a tools/list answer (mcp_tool_scanning.action: warn)");
+        parsed
+            .as_ref()
+            .and_then(|v| serde_json::to_vec(v).ok())
+            .map(Bytes::from)
     };
-    let mut scan = Vec::with_capacity(data.len() + 64);
-    scan.extend_from_slice(data);
-    for m in &msgs {
+    let relayed = rewritten.as_deref().unwrap_or(data);
+    let mut scan = Vec::with_capacity(relayed.len() + 64);
+    scan.extend_from_slice(relayed);
+    for m in messages_mut(&mut parsed) {
         for t in jsonrpc::result_texts(m) {
             scan.push(b'\n');
             scan.extend_from_slice(t.as_bytes());
@@ -970,31 +1111,6 @@ fn check_message(
             }
         }
     }
-    // A listing's own checks first, so their findings are logged even when
-    // the scan below blocks the answer.
-    // Tool listings are recognised by shape (`result.tools`), whatever the
-    // request was, as Pipelock does: a server cannot slip tools past the
-    // checks in another answer.
-    let mut listings = Vec::new();
-    let paged = asked.tools_list.unwrap_or(false);
-    for m in &msgs {
-        if tools_shaped(m) {
-            // The baseline is copied out: the checks run without the lock.
-            let baseline = sessions.with(&asked.session, Instant::now(), |s| session::Session {
-                tools: s.tools.clone(),
-                tools_complete: s.tools_complete,
-                calls: Default::default(),
-            });
-            let Some(mut listing) = mcp::check_listing(settings, &baseline, m, paged) else {
-                continue;
-            };
-            let checked = std::mem::take(&mut listing.checked);
-            if let Some(b) = report(ex, true, vec![checked]) {
-                return Err((jsonrpc::RESPONSE_BLOCKED, TOOL_POISONING, b));
-            }
-            listings.push(listing);
-        }
-    }
     if let Decision::Block(b) = ex.message_filter(true, &scan) {
         let msg = if listings.is_empty() {
             "prompt injection detected in MCP response"
@@ -1004,11 +1120,24 @@ fn check_message(
         return Err((jsonrpc::RESPONSE_BLOCKED, msg, b));
     }
     for listing in listings {
-        sessions.with(&asked.session, Instant::now(), |sess| {
-            mcp::commit_listing(sess, listing)
+        let now = Instant::now();
+        let state = judge.state;
+        state.clients.with(&asked.client, now, |earlier| {
+            state.sessions.with(&asked.session, now, |sess| {
+                mcp::commit_listing(sess, earlier, listing)
+            })
         });
     }
-    Ok(())
+    Ok(rewritten)
+}
+
+/// The messages of a parsed body (a batch: each of its elements).
+fn messages_mut(parsed: &mut Option<Value>) -> Vec<&mut Value> {
+    match parsed {
+        Some(Value::Array(a)) => a.iter_mut().collect(),
+        Some(v) => vec![v],
+        None => Vec::new(),
+    }
 }
 
 /// A message carrying a tool list (`result.tools` is an array).
@@ -1021,12 +1150,23 @@ fn tools_shaped(m: &Value) -> bool {
 /// The message of a blocked `tools/list` answer (Pipelock's).
 const TOOL_POISONING: &str = "tool poisoning detected in tools/list";
 
-/// Request-side blocks from the pipeline: the kill switch gets -32004, the rest -32001.
-fn input_code(b: &Block) -> i64 {
-    match b.kind {
-        BlockKind::KillSwitch => jsonrpc::CHAIN_OR_KILL_SWITCH,
-        BlockKind::Policy => jsonrpc::INPUT_BLOCKED,
-    }
+/// Refuses a request the pipeline blocked (-32001, Pipelock's input
+/// scanning answer; the kill switch its own).
+fn refuse_input(
+    ex: &mut dyn Exchange,
+    asked: &Asked,
+    b: &Block,
+    outcome: &mut Outcome,
+) -> Response<DownBody> {
+    refuse(
+        ex,
+        asked,
+        b,
+        jsonrpc::INPUT_BLOCKED,
+        "request blocked by MCP input scanning",
+        outcome,
+        None,
+    )
 }
 
 /// The kill switch answers with its own code and message wherever it hits.
@@ -1035,6 +1175,57 @@ fn kill_switch_or(b: &Block, code: i64, message: &str) -> (i64, String) {
         BlockKind::KillSwitch => (jsonrpc::CHAIN_OR_KILL_SWITCH, b.reason.clone()),
         BlockKind::Policy => (code, message.to_owned()),
     }
+}
+
+/// DNS rebinding (the MCP transport's security warning): a web page whose
+/// name was made to resolve to the listener's address sends that name as
+/// `Host` and its own site as `Origin`. The upstream cannot check them any
+/// more (it sees its own name as `Host`), so the listener does: on a
+/// loopback listener only loopback names are answered, in `Host` and in
+/// `Origin`; on any listener a browser request (`Origin`) must come from
+/// the site it addresses. Clients other than browsers send no `Origin`.
+fn rebinding(loopback: bool, headers: &HeaderMap, uri: &Uri) -> Option<&'static str> {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| uri.authority().map(Authority::as_str))
+        .map(host_of);
+    if loopback && !host.as_deref().is_some_and(is_loopback_name) {
+        return Some("Host is not a loopback name on a loopback listener");
+    }
+    let origin = headers
+        .get(header::ORIGIN)?
+        .to_str()
+        .ok()
+        .and_then(|o| o.split_once("://"))
+        .map(|(_, rest)| host_of(rest));
+    let allowed = match &origin {
+        None => false,
+        Some(o) if loopback => is_loopback_name(o),
+        Some(o) => host.as_deref() == Some(o.as_str()),
+    };
+    (!allowed).then_some("Origin is not the site the request addresses")
+}
+
+/// The host of an authority (`host[:port]`, `[v6][:port]`), lower case,
+/// without brackets or a trailing dot.
+fn host_of(authority: &str) -> String {
+    let a = authority.trim();
+    let host = if let Some(rest) = a.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        a.rsplit_once(':').map_or(a, |(h, _)| h)
+    };
+    host.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// `localhost` (and its subdomains) or a loopback address.
+fn is_loopback_name(host: &str) -> bool {
+    host == "localhost"
+        || host.ends_with(".localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// `Mcp-Method` / `Mcp-Name` against the body; the disagreement, if any.
@@ -1110,7 +1301,8 @@ struct SseRelay {
     ex: Box<dyn Exchange>,
     asked: Asked,
     settings: Arc<McpSettings>,
-    sessions: Arc<session::Sessions>,
+    state: Arc<session::State>,
+    strip_poisoned: bool,
     /// Bytes of the event being received.
     buf: BytesMut,
     tx: tokio::sync::mpsc::Sender<SseItem>,
@@ -1209,16 +1401,20 @@ impl SseRelay {
             batch: false,
             tools_list: self.asked.tools_list,
             session: self.asked.session,
+            client: self.asked.client,
         };
-        match check_message(
-            &mut *self.ex,
-            &answer_for,
-            &data,
-            &self.settings,
-            &self.sessions,
-        ) {
-            Ok(()) => {
+        let judge = Judge {
+            settings: &self.settings,
+            state: &self.state,
+            strip_poisoned: self.strip_poisoned,
+        };
+        match check_message(&mut *self.ex, &answer_for, &data, &judge) {
+            Ok(None) => {
                 self.send(raw).await?;
+                Ok(true)
+            }
+            Ok(Some(rewritten)) => {
+                self.send(with_data(&raw, &rewritten)).await?;
                 Ok(true)
             }
             Err((code, msg, b)) => {
@@ -1272,6 +1468,29 @@ fn event_end(buf: &[u8]) -> Option<usize> {
     None
 }
 
+/// An event with its data replaced by `data` (one line: JSON has no raw
+/// line breaks), its other fields (`event:`, `id:`, `retry:`) kept.
+fn with_data(raw: &[u8], data: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(raw.len().max(data.len()) + 16);
+    let text = String::from_utf8_lossy(raw);
+    let mut written = false;
+    for line in text.split(['\n', '\r']).filter(|l| !l.is_empty()) {
+        if line.starts_with("data") {
+            if !written {
+                out.extend_from_slice(b"data: ");
+                out.extend_from_slice(data);
+                out.push(b'\n');
+                written = true;
+            }
+        } else {
+            out.extend_from_slice(line.as_bytes());
+            out.push(b'\n');
+        }
+    }
+    out.push(b'\n');
+    Bytes::from(out)
+}
+
 /// The data of one event: its `data:` lines joined with `\n`.
 fn event_data(raw: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
@@ -1323,6 +1542,71 @@ mod tests {
         assert!(event_end(b"data: partial\n").is_none());
         assert_eq!(event_data(b"data: a\ndata: b\n\n"), b"a\nb");
         assert_eq!(event_data(b": comment\nretry: 5\n\n"), b"");
+        let ev = with_data(
+            b"event: message\r\nid: 7\r\ndata: {\"a\":\r\ndata: 1}\r\n\r\n",
+            b"{}",
+        );
+        assert_eq!(&ev[..], b"event: message\nid: 7\ndata: {}\n\n");
+        assert_eq!(event_data(&ev), b"{}");
+    }
+
+    #[test]
+    fn dns_rebinding() {
+        let uri = Uri::from_static("/mcp");
+        let h = |pairs: &[(&'static str, &'static str)]| {
+            let mut m = HeaderMap::new();
+            for (k, v) in pairs {
+                m.insert(*k, HeaderValue::from_static(v));
+            }
+            m
+        };
+        for ok in [
+            "127.0.0.1:8889",
+            "localhost:8889",
+            "[::1]:8889",
+            "LOCALHOST",
+        ] {
+            assert!(rebinding(true, &h(&[("host", ok)]), &uri).is_none(), "{ok}");
+        }
+        assert!(rebinding(true, &h(&[("host", "evil.example:8889")]), &uri).is_some());
+        assert!(rebinding(true, &h(&[("host", "127.0.0.1.evil.example")]), &uri).is_some());
+        assert!(rebinding(true, &h(&[]), &uri).is_some(), "no Host");
+        let with_origin = |host, origin| h(&[("host", host), ("origin", origin)]);
+        assert!(
+            rebinding(
+                true,
+                &with_origin("127.0.0.1:8889", "http://evil.example"),
+                &uri
+            )
+            .is_some()
+        );
+        assert!(
+            rebinding(
+                true,
+                &with_origin("127.0.0.1:8889", "http://localhost:6274"),
+                &uri
+            )
+            .is_none()
+        );
+        assert!(rebinding(true, &with_origin("127.0.0.1:8889", "null"), &uri).is_some());
+        // Beyond loopback any Host is answered, a browser only from its own site.
+        assert!(rebinding(false, &h(&[("host", "sure-pipelock:8889")]), &uri).is_none());
+        assert!(
+            rebinding(
+                false,
+                &with_origin("sure-pipelock:8889", "https://evil.example"),
+                &uri
+            )
+            .is_some()
+        );
+        assert!(
+            rebinding(
+                false,
+                &with_origin("sure-pipelock:8889", "http://sure-pipelock"),
+                &uri
+            )
+            .is_none()
+        );
     }
 
     #[test]
