@@ -313,6 +313,7 @@ async fn plain_http<S: ClientStream>(
         websocket: ctx.websocket.clone(),
         body_hold: ctx.body_hold.clone(),
         relay_limits: ctx.relay_limits(),
+        log_allowed: ctx.log_allowed,
     });
     let io = CountingIo::new(client, counters.clone());
     let result = proxy_http::serve(io, proto, conn.clone()).await;
@@ -461,6 +462,7 @@ async fn intercept<S: ClientStream>(
         websocket: ctx.websocket.clone(),
         body_hold: ctx.body_hold.clone(),
         relay_limits: ctx.relay_limits(),
+        log_allowed: ctx.log_allowed,
     });
     let result = proxy_http::serve(stream, negotiated, conn.clone()).await;
     conn.tasks.close();

@@ -285,6 +285,7 @@ async fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
     if let Ok(ip) = host.parse::<std::net::IpAddr>() {
         return Ok(SocketAddr::new(ip, port));
     }
+        log_allowed: ctx.log_allowed,
     let mut addrs = tokio::net::lookup_host((host, port))
         .await
         .map_err(|e| format!("resolving {host}: {e}"))?;
