@@ -136,7 +136,7 @@ impl TcpProxy {
                 std::fs::write(
                     &cfg,
                     format!(
-                        "global\n  maxconn 20000\n  nbthread 2\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n\
+                        "global\n  maxconn 4000\n  nbthread 2\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n\
                          frontend f\n  bind {addr}\n  default_backend b\nbackend b\n  server s {server}\n"
                     ),
                 )
