@@ -44,6 +44,9 @@ fn main() {
 
     let mut direct = (Vec::new(), Vec::new());
     let mut agent = (Vec::new(), Vec::new());
+    // The agent's CPU time per GiB relayed (user + system): steadier than
+    // throughput on a shared machine.
+    let mut agent_cpu = Vec::new();
     for round in 0..ROUNDS {
         direct.0.push(run_client(&cg, "bulk", bulk));
         direct.1.push(run_client(&cg, "rate", rate));
@@ -57,7 +60,9 @@ fn main() {
             "--non-http".into(),
             "relay".into(),
         ]);
+        let cpu0 = cpu_seconds(a.pid());
         agent.0.push(run_client(&cg, "bulk", bulk));
+        agent_cpu.push((cpu_seconds(a.pid()) - cpu0) / (BULK_BYTES as f64 / (1u64 << 30) as f64));
         agent.1.push(run_client(&cg, "rate", rate));
         // Records are logged when each connection closes: give the last ones a moment.
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -104,6 +109,10 @@ fn main() {
         a_rate,
         a_rate / d_rate
     );
+    println!(
+        "  agent CPU per GiB relayed (bulk, user + system): {:.3} s",
+        median(&mut agent_cpu)
+    );
     for (name, bulk, rate) in others {
         println!(
             "  {name:<8} as a TCP proxy: bulk {bulk:8.0} MiB/s ratio {:.2}; connections {rate:8.0} conn/s ratio {:.2}",
@@ -111,6 +120,19 @@ fn main() {
             rate / d_rate
         );
     }
+}
+
+/// CPU time (user + system) a process used so far, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which ends with the last ')').
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    // utime and stime are fields 14 and 15 of stat(5): 12 and 13 here.
+    (ticks(11) + ticks(12)) / hz.max(1.0)
 }
 
 /// haproxy (TCP mode) or socat forwarding a loopback port to `server`;
