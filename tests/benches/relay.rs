@@ -79,10 +79,9 @@ fn main() {
     }
     let mut others = Vec::new();
     for name in ["haproxy", "socat"] {
-        let (Some(p_bulk), Some(p_rate)) = (
-            TcpProxy::start(name, bulk),
-            TcpProxy::start(name, rate),
-        ) else {
+        let (Some(p_bulk), Some(p_rate)) =
+            (TcpProxy::start(name, bulk), TcpProxy::start(name, rate))
+        else {
             println!("{name}: not installed; skipped");
             continue;
         };

@@ -244,7 +244,10 @@ fn absolute_form_requests_reuse_the_upstream_connection() {
         .filter_map(|v| v["peer"].as_str().map(str::to_owned))
         .collect();
     assert_eq!(peers.len(), 2, "two JSON answers expected: {run:?}");
-    assert_eq!(peers[0], peers[1], "second request opened a new upstream connection");
+    assert_eq!(
+        peers[0], peers[1],
+        "second request opened a new upstream connection"
+    );
     assert_eq!(up.seen(), vec!["/first".to_string(), "/second".to_string()]);
 }
 
