@@ -1,12 +1,18 @@
 //! `cargo xtask bench relay`: bulk throughput and connection rate, direct vs
-//! through the kernel redirect + agent, same client and server, one run.
+//! through the kernel redirect + agent (raw TCP relay: `--non-http relay`),
+//! and through haproxy (TCP mode) and socat as plain TCP proxies on
+//! loopback for comparison, same client and server, one run. The machine
+//! is shared: compare the ratios of one run.
 //!
 //! The client is this binary re-executed (`--client …`) inside a throwaway
 //! cgroup: "direct" runs it with no agent attached, "agent" with the agent
-//! attached to that cgroup. Loopback only; every loop is bounded.
+//! attached to that cgroup. haproxy and socat come from Debian's packages
+//! (`cargo xtask bench` installs them); a missing one is skipped.
+//! Loopback only; every loop is bounded.
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
+    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -38,6 +44,9 @@ fn main() {
 
     let mut direct = (Vec::new(), Vec::new());
     let mut agent = (Vec::new(), Vec::new());
+    // The agent's CPU time per GiB relayed (user + system): steadier than
+    // throughput on a shared machine.
+    let mut agent_cpu = Vec::new();
     for round in 0..ROUNDS {
         direct.0.push(run_client(&cg, "bulk", bulk));
         direct.1.push(run_client(&cg, "rate", rate));
@@ -51,7 +60,9 @@ fn main() {
             "--non-http".into(),
             "relay".into(),
         ]);
+        let cpu0 = cpu_seconds(a.pid());
         agent.0.push(run_client(&cg, "bulk", bulk));
+        agent_cpu.push((cpu_seconds(a.pid()) - cpu0) / (BULK_BYTES as f64 / (1u64 << 30) as f64));
         agent.1.push(run_client(&cg, "rate", rate));
         // Records are logged when each connection closes: give the last ones a moment.
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -65,6 +76,21 @@ fn main() {
             redirected >= CONNS,
             "round {round}: only {redirected} connections went through the agent"
         );
+    }
+    let mut others = Vec::new();
+    for name in ["haproxy", "socat"] {
+        let (Some(p_bulk), Some(p_rate)) =
+            (TcpProxy::start(name, bulk), TcpProxy::start(name, rate))
+        else {
+            println!("{name}: not installed; skipped");
+            continue;
+        };
+        let mut runs = (Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            runs.0.push(run_client(&cg, "bulk", p_bulk.addr));
+            runs.1.push(run_client(&cg, "rate", p_rate.addr));
+        }
+        others.push((name, median(&mut runs.0), median(&mut runs.1)));
     }
     let (d_bulk, a_bulk) = (median(&mut direct.0), median(&mut agent.0));
     let (d_rate, a_rate) = (median(&mut direct.1), median(&mut agent.1));
@@ -82,6 +108,103 @@ fn main() {
         a_rate,
         a_rate / d_rate
     );
+    println!(
+        "  agent CPU per GiB relayed (bulk, user + system): {:.3} s",
+        median(&mut agent_cpu)
+    );
+    for (name, bulk, rate) in others {
+        println!(
+            "  {name:<8} as a TCP proxy: bulk {bulk:8.0} MiB/s ratio {:.2}; connections {rate:8.0} conn/s ratio {:.2}",
+            bulk / d_bulk,
+            rate / d_rate
+        );
+    }
+}
+
+/// CPU time (user + system) a process used so far, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which ends with the last ')').
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    // utime and stime are fields 14 and 15 of stat(5): 12 and 13 here.
+    (ticks(11) + ticks(12)) / hz.max(1.0)
+}
+
+/// haproxy (TCP mode) or socat forwarding a loopback port to `server`;
+/// stopped on drop.
+struct TcpProxy {
+    child: Child,
+    addr: SocketAddr,
+    _dir: Option<std::path::PathBuf>,
+}
+
+impl TcpProxy {
+    fn start(name: &str, server: SocketAddr) -> Option<TcpProxy> {
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let (mut cmd, dir) = match name {
+            "haproxy" => {
+                let dir = std::env::temp_dir().join(format!(
+                    "plk-relay-haproxy-{}-{}",
+                    std::process::id(),
+                    addr.port()
+                ));
+                std::fs::create_dir_all(&dir).ok()?;
+                let cfg = dir.join("haproxy.cfg");
+                std::fs::write(
+                    &cfg,
+                    format!(
+                        "global\n  maxconn 4000\n  nbthread 2\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n\
+                         frontend f\n  bind {addr}\n  default_backend b\nbackend b\n  server s {server}\n"
+                    ),
+                )
+                .ok()?;
+                let mut c = Command::new("haproxy");
+                c.arg("-db").arg("-f").arg(&cfg);
+                (c, Some(dir))
+            }
+            _ => {
+                let mut c = Command::new("socat");
+                c.arg(format!(
+                    "TCP-LISTEN:{},bind=127.0.0.1,reuseaddr,fork,backlog=1024",
+                    addr.port()
+                ))
+                .arg(format!("TCP:{server}"));
+                (c, None)
+            }
+        };
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let proxy = TcpProxy {
+            child,
+            addr,
+            _dir: dir,
+        };
+        let end = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < end {
+            if TcpStream::connect(addr).is_ok() {
+                return Some(proxy);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(d) = &self._dir {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
 }
 
 fn median(v: &mut [f64]) -> f64 {

@@ -1,16 +1,20 @@
 //! `cargo xtask bench tls` (= `cargo bench -p pipelock-tests --bench tls`):
-//! keep-alive HTTPS requests/s and latency p50/p99 at concurrency 1 and 50
+//! keep-alive HTTPS requests/s and latency p50/p99 at 1, 50 and 500 clients
 //! for (a) the upstream directly, (b) through pipelock-agent's interception
 //! path (in-process: the real `dispatch::serve`, fixed original
-//! destination), (c) the agent's forward proxy (the release binary in plain
-//! mode, `--listen`: CONNECT, then TLS interception, as Faraday with
-//! `HTTPS_PROXY` reaches it), (d) mitmproxy and (e) squid-openssl with
-//! ssl-bump (both as CONNECT proxies that bump TLS), with the same Rust
-//! client (HTTP/1.1 over
-//! rustls) and the same HTTPS upstream, all on loopback. Also the cost of
-//! minting a leaf (cache miss) and of a full handshake. mitmproxy and squid
-//! are installed on first use (pip, apt-get); a missing one is reported and
-//! skipped. Every loop is bounded in time.
+//! destination, no scanning), (c) the agent's forward proxy (the release
+//! binary in plain mode, `--listen`: CONNECT, then TLS interception and
+//! full scanning, as Faraday with `HTTPS_PROXY` reaches it), with request
+//! logging off and on, (d) mitmproxy and (e) squid-openssl with ssl-bump
+//! (both as CONNECT proxies that bump TLS), with the same Rust client
+//! (HTTP/1.1 over rustls) and the same HTTPS upstream, all on loopback.
+//! Also the cost of minting a leaf (cache miss) and of a full handshake,
+//! and the agent's RSS idle and holding 100, 1,000 and 10,000 idle
+//! keep-alive connections (`PIPELOCK_BENCH_NO_RSS=1` skips that part;
+//! `PIPELOCK_BENCH_TARGETS=a,b` measures only those rows). mitmproxy (in a
+//! venv of its own under ~/.cache/pipelock-agent) and squid are installed
+//! on first use; a missing one is reported and skipped. Every loop is
+//! bounded in time. The machine is shared: compare ratios within one run.
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -31,6 +35,8 @@ use pipelock_tests::{
 const NAMES: &[&str] = &["upstream.test", "localhost", "127.0.0.1"];
 const RUN_FOR: Duration = Duration::from_secs(4);
 const WARMUP: Duration = Duration::from_millis(500);
+/// Client counts of the keep-alive rows (the cost must grow linearly).
+const CONCURRENCY: [usize; 3] = [1, 50, 500];
 
 #[derive(Clone, Copy)]
 struct Stats {
@@ -171,35 +177,37 @@ impl Drop for Proc {
     }
 }
 
+/// mitmdump from a venv of its own under the cache dir
+/// (`~/.cache/pipelock-agent/mitmproxy-venv`, created on first use), so
+/// installing it never changes the system's Python packages.
 fn mitmdump() -> Option<PathBuf> {
-    let find = || {
-        let out = Command::new("sh")
-            .args(["-c", "command -v mitmdump || ls $(python3 -m site --user-base 2>/dev/null)/bin/mitmdump 2>/dev/null"])
-            .output()
-            .ok()?;
-        let p = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .next()?
-            .trim()
-            .to_owned();
-        (!p.is_empty()).then(|| PathBuf::from(p))
-    };
-    if let Some(p) = find() {
-        return Some(p);
+    let cache = std::env::var_os("PIPELOCK_CACHE_DIR")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/pipelock-agent"))
+        })?;
+    let venv = cache.join("mitmproxy-venv");
+    let bin = venv.join("bin/mitmdump");
+    if bin.exists() {
+        return Some(bin);
     }
-    eprintln!("installing mitmproxy (pip install mitmproxy) ...");
-    let _ = Command::new("python3")
-        .args(["-m", "pip", "install", "-q", "mitmproxy"])
-        .status();
-    let _ = Command::new("sh")
-        .args(["-c", "pyenv rehash 2>/dev/null"])
-        .status();
-    find()
+    eprintln!("installing mitmproxy into {} ...", venv.display());
+    let ok = Command::new("python3")
+        .arg("-m")
+        .arg("venv")
+        .arg(&venv)
+        .status()
+        .is_ok_and(|s| s.success())
+        && Command::new(venv.join("bin/pip"))
+            .args(["install", "-q", "--disable-pip-version-check", "mitmproxy"])
+            .status()
+            .is_ok_and(|s| s.success());
+    (ok && bin.exists()).then_some(bin)
 }
 
 /// mitmproxy in regular (CONNECT) mode, verifying the upstream with `up_ca`.
 fn start_mitmproxy(dir: &Path, up_ca: &Path) -> Result<(Proc, SocketAddr, PathBuf), String> {
-    let bin = mitmdump().ok_or("mitmdump not found and pip install mitmproxy failed")?;
+    let bin = mitmdump().ok_or("mitmproxy could not be installed into its venv")?;
     let port = pipelock_tests::free_port();
     let addr: SocketAddr = format!("127.0.0.1:{port}")
         .parse()
@@ -325,8 +333,13 @@ fn start_squid(dir: &Path, up_ca: &Path) -> Result<(Proc, SocketAddr, PathBuf), 
 
 /// The real agent binary as a plain forward proxy (no cgroup): its
 /// address and the CA file clients trust.
-fn start_forward(dir: &Path, up_ca: &Path) -> Result<(Agent, SocketAddr, PathBuf), String> {
-    let state = dir.join("forward-state");
+fn start_forward(
+    dir: &Path,
+    up_ca: &Path,
+    name: &str,
+    yaml: &str,
+) -> Result<(Agent, SocketAddr, PathBuf), String> {
+    let state = dir.join(format!("{name}-state"));
     let out = Command::new(agent_bin())
         .args(["ca", "export", "--state-dir"])
         .arg(&state)
@@ -335,15 +348,11 @@ fn start_forward(dir: &Path, up_ca: &Path) -> Result<(Agent, SocketAddr, PathBuf
     if !out.status.success() {
         return Err(format!("ca export: {out:?}"));
     }
-    let ca = dir.join("forward-ca.pem");
+    let ca = dir.join(format!("{name}-ca.pem"));
     std::fs::write(&ca, &out.stdout).map_err(|e| e.to_string())?;
-    let cfg = dir.join("forward.yaml");
-    // Request logging off, as the in-process row has it.
-    std::fs::write(
-        &cfg,
-        "forward_proxy:\n  enabled: true\nlogging:\n  include_allowed: false\n",
-    )
-    .map_err(|e| e.to_string())?;
+    let cfg = dir.join(format!("{name}.yaml"));
+    std::fs::write(&cfg, format!("forward_proxy:\n  enabled: true\n{yaml}"))
+        .map_err(|e| e.to_string())?;
     let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let args: Vec<String> = [
         "run",
@@ -369,6 +378,144 @@ fn start_forward(dir: &Path, up_ca: &Path) -> Result<(Agent, SocketAddr, PathBuf
         return Err(format!("did not start: {}", agent.output()));
     }
     Ok((agent, addr, ca))
+}
+
+/// The agent's forward proxy at `proxy` as a target: a ClientHello must
+/// name the CONNECT host, so CONNECT and TLS both as localhost (a name of
+/// the upstream's certificate).
+fn forward_target(
+    name: &'static str,
+    upstream: SocketAddr,
+    proxy: SocketAddr,
+    ca: &Path,
+) -> Target {
+    let local = format!("localhost:{}", upstream.port());
+    Target {
+        authority: local.clone(),
+        name,
+        connect_to: upstream,
+        proxy: Some(proxy),
+        connect_host: Some(local),
+        sni: "localhost",
+        cfg: client_config(&[ca], &[b"http/1.1"]),
+    }
+}
+
+/// Resident memory of a process, in KiB (`VmRSS`).
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Raises this process's open-file limit (children inherit it): the idle
+/// connection rows hold two sockets per connection here (client and
+/// upstream server) and two in the agent.
+fn raise_nofile(want: u64) -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        let new = libc::rlimit {
+            rlim_cur: want.max(lim.rlim_cur),
+            rlim_max: lim.rlim_max.max(want),
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &new) == 0 {
+            return new.rlim_cur;
+        }
+        lim.rlim_cur
+    }
+}
+
+/// Memory of the agent's forward proxy (scanning on, request logging off)
+/// holding idle keep-alive TLS connections: each CONNECT + TLS + one GET,
+/// then left open. RSS idle first, then at each step of `steps`.
+fn idle_rss(rt: &tokio::runtime::Runtime, dir: &Path, up_ca: &Path, upstream: SocketAddr) {
+    const STEPS: [usize; 3] = [100, 1000, 10_000];
+    let limit = raise_nofile(4 * 10_000 + 2000);
+    let max = STEPS
+        .iter()
+        .copied()
+        .filter(|&n| (2 * n + 1000) as u64 <= limit)
+        .max()
+        .unwrap_or(0);
+    let yaml = format!(
+        "logging:\n  include_allowed: false\ninterceptor:\n  max_connections: {}\n",
+        max + 100
+    );
+    let (agent, addr, ca) = match start_forward(dir, up_ca, "agent-rss", &yaml) {
+        Ok(v) => v,
+        Err(e) => {
+            println!("idle connections: skipped: {e}");
+            return;
+        }
+    };
+    let t = forward_target("agent-rss", upstream, addr, &ca);
+    std::thread::sleep(Duration::from_millis(500));
+    let base = rss_kib(agent.pid()).unwrap_or(0);
+    println!(
+        "\nidle keep-alive TLS connections held by the agent's forward proxy (scanning on); open-file limit {limit}"
+    );
+    println!("  idle, no connection: RSS {:.1} MB", base as f64 / 1024.0);
+    let mut held = Vec::new();
+    for n in STEPS.into_iter().filter(|&n| n <= max) {
+        let end = Instant::now() + Duration::from_secs(120);
+        let mut errors = 0usize;
+        while held.len() < n && Instant::now() < end {
+            let batch = (n - held.len()).min(200);
+            let got: Vec<Result<Client, String>> = rt.block_on(async {
+                let mut tasks = Vec::new();
+                for _ in 0..batch {
+                    let (addr, proxy, host, cfg, authority) = (
+                        t.connect_to,
+                        t.proxy,
+                        t.connect_host.clone(),
+                        t.cfg.clone(),
+                        t.authority.clone(),
+                    );
+                    tasks.push(tokio::spawn(async move {
+                        let mut c =
+                            Client::connect_as(addr, proxy, host.as_deref(), "localhost", cfg)
+                                .await?;
+                        c.get(&authority, "/hello").await?;
+                        Ok::<_, String>(c)
+                    }));
+                }
+                let mut out = Vec::new();
+                for task in tasks {
+                    out.push(task.await.map_err(|e| e.to_string()).and_then(|r| r));
+                }
+                out
+            });
+            for r in got {
+                match r {
+                    Ok(c) => held.push(c),
+                    Err(_) => errors += 1,
+                }
+            }
+            if errors > n / 10 + 10 {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        let rss = rss_kib(agent.pid()).unwrap_or(0);
+        println!(
+            "  {:>6} connections held ({errors} failed to open): RSS {:.1} MB, {:.1} KB per connection above idle",
+            held.len(),
+            rss as f64 / 1024.0,
+            rss.saturating_sub(base) as f64 / held.len().max(1) as f64
+        );
+    }
+    drop(held);
+    drop(agent);
 }
 
 fn main() {
@@ -410,24 +557,20 @@ fn main() {
         },
     ];
     let mut keep = Vec::new();
-    let mut forward = None;
-    match start_forward(&dir, &up_ca_file) {
-        Ok((a, addr, ca)) => {
-            forward = Some(a);
-            // A ClientHello must name the CONNECT host: CONNECT and TLS
-            // both as localhost (a name of the upstream's certificate).
-            let local = format!("localhost:{}", up.addr.port());
-            targets.push(Target {
-                authority: local.clone(),
-                name: "agent-forward",
-                connect_to: up.addr,
-                proxy: Some(addr),
-                connect_host: Some(local),
-                sni: "localhost",
-                cfg: client_config(&[&ca], h1),
-            });
+    let mut forward = Vec::new();
+    // Request logging off (as the in-process row has it), then on (the
+    // default: one JSON line per request on stdout).
+    for (name, yaml) in [
+        ("agent-forward", "logging:\n  include_allowed: false\n"),
+        ("agent-fwd-log", ""),
+    ] {
+        match start_forward(&dir, &up_ca_file, name, yaml) {
+            Ok((a, addr, ca)) => {
+                forward.push(a);
+                targets.push(forward_target(name, up.addr, addr, &ca));
+            }
+            Err(e) => println!("{name}: skipped: {e}"),
         }
-        Err(e) => println!("agent forward proxy: skipped: {e}"),
     }
     match start_mitmproxy(&dir, &up_ca_file) {
         Ok((p, addr, ca)) => {
@@ -504,7 +647,7 @@ fn main() {
         {
             continue;
         }
-        for conc in [1usize, 50] {
+        for conc in CONCURRENCY {
             let s = rt.block_on(load(t, conc));
             println!(
                 "{:<16} {:>5} {:>10.0} {:>9.3} {:>9.3} {:>7}",
@@ -522,8 +665,12 @@ fn main() {
     println!(
         "\nratios (pipelock-agent vs other; throughput: higher is better for the agent; p99: lower is better)"
     );
-    for (ours, label) in [("pipelock-agent", "agent"), ("agent-forward", "forward")] {
-        for conc in [1usize, 50] {
+    for (ours, label) in [
+        ("pipelock-agent", "agent"),
+        ("agent-forward", "forward"),
+        ("agent-fwd-log", "fwd+log"),
+    ] {
+        for conc in CONCURRENCY {
             let Some(a) = get(ours, conc) else {
                 continue;
             };
@@ -565,6 +712,9 @@ fn main() {
                 d.as_secs_f64() * 1e3
             );
         }
+    }
+    if std::env::var_os("PIPELOCK_BENCH_NO_RSS").is_none() {
+        idle_rss(&rt, &dir, &up_ca_file, up.addr);
     }
     drop(keep);
     drop(forward);

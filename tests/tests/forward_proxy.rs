@@ -1,7 +1,9 @@
 //! The forward proxy (:8888) of the real binary, started with Sure's chart
 //! arguments and config and no cgroup (a plain proxy: no eBPF, no root
 //! needed): `/health`, `curl -x` over HTTP (absolute-form) and HTTPS
-//! (CONNECT, intercepted with the exported CA), Python `requests` and Ruby
+//! (CONNECT, intercepted with the exported CA; absolute-form requests of
+//! one client connection share a kept-alive upstream connection), Python
+//! `requests` and Ruby
 //! Faraday through `HTTPS_PROXY`; a bad upstream certificate gives 502, a
 //! passthrough domain shows the upstream's own certificate, an SNI other
 //! than the CONNECT host is refused, bytes that are neither TLS nor HTTP
@@ -187,6 +189,36 @@ fn curl_http_absolute_form_is_scanned() {
         "no record names the forward listener: {}",
         f.agent.output()
     );
+}
+
+/// Absolute-form requests on one client connection reuse one kept-alive
+/// upstream connection: the upstream sees both from the same peer port.
+#[test]
+fn absolute_form_requests_reuse_the_upstream_connection() {
+    let f = start(&[]);
+    let up = Upstream::start("127.0.0.1:0".parse().unwrap());
+    // One curl run, two URLs: curl keeps its proxy connection for both.
+    let run = curl(&[
+        "-x",
+        &f.proxy(),
+        &up.url("/first"),
+        "-w",
+        "\n",
+        &up.url("/second"),
+    ]);
+    assert!(run.ok(), "{run:?}");
+    let peers: Vec<String> = run
+        .stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l.trim()).ok())
+        .filter_map(|v| v["peer"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(peers.len(), 2, "two JSON answers expected: {run:?}");
+    assert_eq!(
+        peers[0], peers[1],
+        "second request opened a new upstream connection"
+    );
+    assert_eq!(up.seen(), vec!["/first".to_string(), "/second".to_string()]);
 }
 
 #[test]

@@ -154,6 +154,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Bench { name } => {
+            setup::bench_packages()?;
             let package = if name == "scan" {
                 "pipelock-agent"
             } else {

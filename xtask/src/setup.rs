@@ -27,6 +27,10 @@ const APT_PACKAGES: &[&str] = &[
     "procps",
 ];
 
+/// Debian packages only the benchmarks use (`cargo xtask bench`): plain TCP
+/// proxies the relay benchmark compares the agent with.
+const BENCH_APT_PACKAGES: &[&str] = &["haproxy", "socat"];
+
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// PyPI tools of the deploy tests (tests/tests/deploy.rs), in a venv of
@@ -97,7 +101,16 @@ pub fn cache_dir() -> anyhow::Result<PathBuf> {
 }
 
 fn apt_packages() -> anyhow::Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
+    apt_install(APT_PACKAGES)
+}
+
+/// Installs [`BENCH_APT_PACKAGES`] when missing (benchmarks only).
+pub fn bench_packages() -> anyhow::Result<()> {
+    apt_install(BENCH_APT_PACKAGES)
+}
+
+fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|p| !dpkg_installed(p))

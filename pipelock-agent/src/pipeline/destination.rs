@@ -165,25 +165,28 @@ pub fn normalise_ip(host: &str) -> Option<IpAddr> {
     Some(IpAddr::V4(Ipv4Addr::from(v as u32)))
 }
 
-/// `host` matches a glob: `*.x` matches x and any subdomain; otherwise equality.
+/// `host` matches a glob: `*.x` matches x and any subdomain; otherwise
+/// equality (ASCII case-insensitive, a trailing dot ignored; no allocation:
+/// it runs for every request).
 pub fn glob_matches(glob: &str, host: &str) -> bool {
-    let host = host.trim_end_matches('.').to_ascii_lowercase();
-    let glob = glob.trim().to_ascii_lowercase();
+    let glob = glob.trim();
     match glob.strip_prefix("*.") {
-        Some(suffix) => {
-            host == suffix
-                || (host.len() > suffix.len()
-                    && host.ends_with(suffix)
-                    && host.as_bytes()[host.len() - suffix.len() - 1] == b'.')
-        }
-        None => host == glob,
+        Some(suffix) => suffix_matches(suffix, host),
+        None => host.trim_end_matches('.').eq_ignore_ascii_case(glob),
     }
 }
 
+/// `host` is `suffix` or a subdomain of it (as the glob `*.suffix`).
+fn suffix_matches(suffix: &str, host: &str) -> bool {
+    let (h, s) = (host.trim_end_matches('.').as_bytes(), suffix.as_bytes());
+    h.eq_ignore_ascii_case(s)
+        || (h.len() > s.len()
+            && h[h.len() - s.len()..].eq_ignore_ascii_case(s)
+            && h[h.len() - s.len() - 1] == b'.')
+}
+
 fn on_suffix(host: &str, suffixes: &[&str]) -> bool {
-    suffixes
-        .iter()
-        .any(|s| glob_matches(&format!("*.{s}"), host))
+    suffixes.iter().any(|s| suffix_matches(s, host))
 }
 
 /// A DNS label that carries data: long and random, or long hex/base32.
@@ -248,8 +251,7 @@ pub fn has_url_entropy(path_and_query: &str) -> bool {
     }
     query.split('&').any(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or(("", pair));
-        let k = k.to_ascii_lowercase();
-        !RANDOM_BY_DESIGN.contains(&k.as_str()) && opaque_value(v)
+        !RANDOM_BY_DESIGN.iter().any(|r| r.eq_ignore_ascii_case(k)) && opaque_value(v)
     })
 }
 
@@ -267,7 +269,7 @@ impl DestPolicy {
         let trusted = verified_name.is_some_and(|n| {
             self.trusted_domains
                 .iter()
-                .any(|g| glob_matches(g, n) || glob_matches(&format!("*.{g}"), n))
+                .any(|g| glob_matches(g, n) || suffix_matches(g.trim_end(), n))
         });
         let host_ip = normalise_ip(host);
         if !trusted
@@ -333,6 +335,12 @@ mod tests {
         assert!(glob_matches("*.pastebin.com", "api.pastebin.com"));
         assert!(!glob_matches("*.pastebin.com", "notpastebin.com"));
         assert!(!glob_matches("*.pastebin.com", "pastebin.com.evil.test"));
+        assert!(glob_matches(" *.PasteBin.com ", "API.pastebin.COM."));
+        assert!(glob_matches("Exact.Test", "exact.test."));
+        assert!(!glob_matches("exact.test", "sub.exact.test"));
+        assert!(!glob_matches("*.é.test", "x.É.test"));
+        assert!(on_suffix("api.github.com", ENTROPY_EXEMPT_HOSTS));
+        assert!(!on_suffix("evilgithub.com", ENTROPY_EXEMPT_HOSTS));
     }
 
     #[test]

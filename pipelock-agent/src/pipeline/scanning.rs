@@ -348,10 +348,16 @@ fn header_str(h: &http::HeaderMap, name: http::header::HeaderName) -> Option<Str
 /// A header as the `name: value` line the scanners see.
 fn header_line(name: &http::HeaderName, value: &http::HeaderValue) -> Vec<u8> {
     let mut line = Vec::with_capacity(name.as_str().len() + 2 + value.len());
+    header_line_into(&mut line, name, value);
+    line
+}
+
+/// `name: value` into `line` (cleared first).
+fn header_line_into(line: &mut Vec<u8>, name: &http::HeaderName, value: &http::HeaderValue) {
+    line.clear();
     line.extend_from_slice(name.as_str().as_bytes());
     line.extend_from_slice(b": ");
     line.extend_from_slice(value.as_bytes());
-    line
 }
 
 fn is_auth_header(name: &str) -> bool {
@@ -634,9 +640,15 @@ impl ScanExchange {
     /// well as in the body).
     fn response_fields(&mut self, fields: &http::HeaderMap, kind: &str) {
         let shared = Arc::clone(&self.shared);
+        // One line and one location buffer for all fields (this runs for
+        // every response).
+        let (mut line, mut location) = (Vec::new(), String::new());
         for (name, value) in fields {
-            let line = header_line(name, value);
-            let location = format!("{kind}:{}", name.as_str());
+            header_line_into(&mut line, name, value);
+            location.clear();
+            location.push_str(kind);
+            location.push(':');
+            location.push_str(name.as_str());
             if let Err(e) = scan_inj_text(&shared.engine, &line, &location, &mut self.hits) {
                 self.scan_error(&e);
             }

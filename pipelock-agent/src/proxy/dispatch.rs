@@ -264,7 +264,14 @@ async fn blind_relay<S: ClientStream>(
     };
     // Bytes are counted as they pass, so the relay can be cut when nothing
     // moved for `relay_idle` or when it outlived `relay_max`.
-    let (result, counts) = relay::relay_limited(client, &mut upstream, ctx.relay_limits()).await;
+    let limits = ctx.relay_limits();
+    // A redirected socket is spliced to the upstream (zero-copy); a
+    // forward-proxy tunnel's stream is copied.
+    let (inner, prefix) = client.into_parts();
+    let (result, counts) = match inner.into_tcp() {
+        Ok(tcp) => relay::relay_limited_tcp(tcp, &prefix, &mut upstream, limits).await,
+        Err(inner) => relay::relay_limited(Rewind::new(inner, prefix), &mut upstream, limits).await,
+    };
     (summary.bytes_up, summary.bytes_down) = counts;
     match result {
         Ok(relay::RelayEnd::Done) => Ok(()),
@@ -313,6 +320,7 @@ async fn plain_http<S: ClientStream>(
         websocket: ctx.websocket.clone(),
         body_hold: ctx.body_hold.clone(),
         relay_limits: ctx.relay_limits(),
+        log_allowed: ctx.log_allowed,
     });
     let io = CountingIo::new(client, counters.clone());
     let result = proxy_http::serve(io, proto, conn.clone()).await;
@@ -461,6 +469,7 @@ async fn intercept<S: ClientStream>(
         websocket: ctx.websocket.clone(),
         body_hold: ctx.body_hold.clone(),
         relay_limits: ctx.relay_limits(),
+        log_allowed: ctx.log_allowed,
     });
     let result = proxy_http::serve(stream, negotiated, conn.clone()).await;
     conn.tasks.close();

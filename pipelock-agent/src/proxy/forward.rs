@@ -132,9 +132,11 @@ pub async fn serve_connection(
 ) {
     let _ = stream.set_nodelay(true);
     let idle = ctx.forward.idle;
+    let pools = Arc::new(PlainPools::default());
     let svc = service_fn(move |req| {
         let (ctx, fwd, who) = (ctx.clone(), fwd.clone(), attribution.clone());
-        async move { Ok::<_, Infallible>(route(req, peer, who, ctx, fwd).await) }
+        let pools = pools.clone();
+        async move { Ok::<_, Infallible>(route(req, peer, who, ctx, fwd, &pools).await) }
     });
     let r = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -154,6 +156,7 @@ async fn route(
     attribution: Option<Attribution>,
     ctx: Arc<ProxyContext>,
     fwd: Forward,
+    pools: &PlainPools,
 ) -> Response<DownBody> {
     // Never forwarded, never logged.
     req.headers_mut().remove(header::PROXY_AUTHORIZATION);
@@ -250,20 +253,26 @@ async fn route(
         *resp.status_mut() = StatusCode::OK;
         return resp;
     }
-    // Absolute-form http://: one upstream for this request, scanned by the
-    // same HttpConn as a redirected plaintext connection.
-    let target = Target {
-        addr: dst,
-        tls: None,
-        connect_timeout: ctx.connect_timeout,
-        response_timeout: ctx.upstream_response_timeout,
-    };
-    let pool = match upstream::dial(&target, Proto::Http1, None).await {
-        Ok((io, proto)) => UpstreamPool::with_first(target, io, proto)
-            .await
-            .map(Arc::new)
-            .map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
+    // Absolute-form http://: scanned by the same HttpConn as a redirected
+    // plaintext connection, sent on an upstream connection this client
+    // connection keeps alive for its next requests to the same address.
+    let pool = match pools.get(dst) {
+        Some(p) => Ok(p),
+        None => {
+            let target = Target {
+                addr: dst,
+                tls: None,
+                connect_timeout: ctx.connect_timeout,
+                response_timeout: ctx.upstream_response_timeout,
+            };
+            match upstream::dial(&target, Proto::Http1, None).await {
+                Ok((io, proto)) => UpstreamPool::with_first(target, io, proto)
+                    .await
+                    .map(|p| pools.put(dst, Arc::new(p)))
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        }
     };
     let conn = Arc::new(HttpConn {
         header_read_timeout: ctx.header_read_timeout,
@@ -276,8 +285,41 @@ async fn route(
         websocket: ctx.websocket.clone(),
         body_hold: ctx.body_hold.clone(),
         relay_limits: ctx.relay_limits(),
+        log_allowed: ctx.log_allowed,
     });
     conn.handle(req).await
+}
+
+/// Upstream pools of one client connection's absolute-form requests, by
+/// the address connected to (never by a client-written name); the oldest is
+/// dropped beyond [`MAX_PLAIN_POOLS`] destinations.
+#[derive(Default)]
+struct PlainPools(std::sync::Mutex<Vec<(SocketAddr, Arc<UpstreamPool>)>>);
+
+/// Destinations one forward-proxy client connection keeps connections to.
+const MAX_PLAIN_POOLS: usize = 8;
+
+impl PlainPools {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(SocketAddr, Arc<UpstreamPool>)>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn get(&self, dst: SocketAddr) -> Option<Arc<UpstreamPool>> {
+        self.lock()
+            .iter()
+            .find(|(a, _)| *a == dst)
+            .map(|(_, p)| p.clone())
+    }
+
+    fn put(&self, dst: SocketAddr, pool: Arc<UpstreamPool>) -> Arc<UpstreamPool> {
+        let mut pools = self.lock();
+        pools.retain(|(a, _)| *a != dst);
+        if pools.len() >= MAX_PLAIN_POOLS {
+            pools.remove(0);
+        }
+        pools.push((dst, pool.clone()));
+        pool
+    }
 }
 
 /// The first address `host` resolves to (a literal address as is).

@@ -77,6 +77,10 @@ pub struct HttpConn {
     pub body_hold: Arc<BodyHold>,
     /// Limits of unscanned upgraded connections and CONNECT tunnels (audit).
     pub relay_limits: super::relay::RelayLimits,
+    /// Write the per-request line of requests that ended allowed and
+    /// without error too (`logging.include_allowed`); blocked and failed
+    /// ones are always logged.
+    pub log_allowed: bool,
 }
 
 /// How an upgraded connection is relayed.
@@ -133,6 +137,7 @@ struct ExchangeState {
     exchange: Box<dyn Exchange>,
     outcome: Outcome,
     finished: bool,
+    log_allowed: bool,
     conn: u64,
     listener: &'static str,
     method: Method,
@@ -181,6 +186,9 @@ impl ExchangeState {
         }
         self.exchange.logging(&self.outcome);
         let o = &self.outcome;
+        if !self.log_allowed && o.blocked.is_none() && o.error.is_none() {
+            return;
+        }
         let blocked = o.blocked.as_ref().map(|b| b.reason.as_str());
         tracing::info!(
             target: "pipelock::http",
@@ -360,6 +368,7 @@ impl HttpConn {
             exchange: self.pipeline.exchange(&self.meta),
             outcome: Outcome::default(),
             finished: false,
+            log_allowed: self.log_allowed,
             conn: self.meta.id,
             listener: self.meta.listener.as_str(),
             method: parts.method.clone(),

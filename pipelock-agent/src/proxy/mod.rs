@@ -11,6 +11,7 @@ pub mod mcp;
 pub mod passthrough;
 pub mod relay;
 pub mod sniff;
+pub mod splice;
 pub mod transparent;
 pub mod upstream;
 pub mod websocket;

@@ -116,6 +116,43 @@ where
     let counters = Counters::default();
     let mut counted = CountingIo::new(client, counters.clone());
     let relaying = relay(&mut counted, upstream);
+    limited(relaying, &counters, limits).await
+}
+
+/// [`relay_limited`] between two TCP sockets with `splice(2)`: the bytes
+/// go from one socket to the other through a kernel pipe and are never
+/// copied into the agent (nothing of a raw relay is scanned). `prefix`,
+/// already read from the client (the sniffed bytes), is sent first.
+pub async fn relay_limited_tcp(
+    client: TcpStream,
+    prefix: &[u8],
+    upstream: &mut TcpStream,
+    limits: RelayLimits,
+) -> (Result<RelayEnd, Error>, (u64, u64)) {
+    let counters = Counters::default();
+    let relaying = async {
+        use tokio::io::AsyncWriteExt as _;
+        upstream.write_all(prefix).await.map_err(Error::Relay)?;
+        counters
+            .read
+            .fetch_add(prefix.len() as u64, Ordering::Relaxed);
+        let upstream = &*upstream;
+        tokio::try_join!(
+            super::splice::copy(&client, upstream, &counters.read),
+            super::splice::copy(upstream, &client, &counters.written),
+        )
+        .map_err(Error::Relay)
+    };
+    limited(relaying, &counters, limits).await
+}
+
+/// Runs `relaying` until it ends or `limits` cut it (checked once a second
+/// against `counters`).
+async fn limited<T>(
+    relaying: impl std::future::Future<Output = Result<T, Error>>,
+    counters: &Counters,
+    limits: RelayLimits,
+) -> (Result<RelayEnd, Error>, (u64, u64)) {
     tokio::pin!(relaying);
     let started = tokio::time::Instant::now();
     let mut last = counters.get();

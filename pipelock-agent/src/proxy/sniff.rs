@@ -271,6 +271,12 @@ impl<S> Rewind<S> {
     pub fn into_inner(self) -> S {
         self.inner
     }
+
+    /// The stream and the prefix bytes not read yet.
+    pub fn into_parts(mut self) -> (S, Vec<u8>) {
+        self.prefix.drain(..self.pos);
+        (self.inner, self.prefix)
+    }
 }
 
 impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Rewind<S> {
@@ -331,6 +337,14 @@ pub trait ClientStream:
     ) -> impl std::future::Future<Output = Result<(Sniffed, Vec<u8>), SniffError>> + Send;
     /// Closes the connection abruptly (a TCP reset where there is one).
     fn abort(self);
+    /// The TCP socket itself, when the stream is one (raw relays then
+    /// splice it); else the stream back.
+    fn into_tcp(self) -> Result<TcpStream, Self>
+    where
+        Self: Sized,
+    {
+        Err(self)
+    }
 }
 
 impl ClientStream for TcpStream {
@@ -339,6 +353,9 @@ impl ClientStream for TcpStream {
     }
     fn abort(self) {
         super::relay::reset(self);
+    }
+    fn into_tcp(self) -> Result<TcpStream, Self> {
+        Ok(self)
     }
 }
 

@@ -142,7 +142,14 @@ impl UpstreamPool {
             h2: Mutex::new(None),
         };
         match pool.handshake(first).await? {
-            Sender::H1(s) => pool.lock_h1().push(s),
+            // Ready once its connection task first ran: a first request
+            // sent right away (a forward-proxy request) takes it instead of
+            // dialling a second connection.
+            Sender::H1(mut s) => {
+                if s.ready().await.is_ok() {
+                    pool.lock_h1().push(s);
+                }
+            }
             Sender::H2(s) => *pool.lock_h2() = Some(s),
         }
         Ok(pool)
