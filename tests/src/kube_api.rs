@@ -156,7 +156,7 @@ impl Drop for FakeKubeApi {
 }
 
 /// The value of `key` in a query string (percent-decoded for `%3D`, `%2F`, `%2C`).
-fn query_param<'a>(query: &'a str, key: &str) -> Option<String> {
+fn query_param(query: &str, key: &str) -> Option<String> {
     query.split('&').find_map(|kv| {
         let (k, v) = kv.split_once('=')?;
         (k == key).then(|| {
