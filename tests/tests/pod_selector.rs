@@ -305,8 +305,8 @@ fn pod_selector_covers_exactly_the_selected_pods_as_they_come_and_go() {
         json!({"app.kubernetes.io/name": "sure", "app.kubernetes.io/part-of": "sure"});
     // First as the API shows a pod whose container is starting (no
     // container id yet): its process is covered already, through the
-    // pod's cgroup (not yet named: the API has not said which container
-    // that cgroup is).
+    // pod's cgroup, and named by pod (the API has not said which
+    // container that cgroup is).
     api.put(
         "pods",
         pod(
@@ -329,6 +329,7 @@ fn pod_selector_covers_exactly_the_selected_pods_as_they_come_and_go() {
     let rec = agent
         .wait_for_conn(TIMEOUT, |r| r["tgid"] == early.pid)
         .expect("a starting container's connection was not redirected");
+    assert_eq!(rec["pod"], "sure-worker-0", "{rec}");
     assert!(rec["container"].is_null(), "{rec}");
     // Then with the container started: named by container too.
     api.put(

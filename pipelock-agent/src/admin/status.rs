@@ -64,7 +64,13 @@ impl Admin {
             Some(
                 index
                     .iter()
-                    .filter(|(_, p)| p.container.is_empty() != containers)
+                    .filter(|(_, p)| {
+                        if containers {
+                            !p.container.is_empty()
+                        } else {
+                            p.is_pod
+                        }
+                    })
                     .map(|(id, p)| {
                         let mut v =
                             json!({"namespace": p.namespace, "pod": p.pod, "cgroup_id": id});

@@ -137,7 +137,7 @@ impl PodWatch {
         self.index.store(now.clone());
         let pod_cgroups = |m: &BTreeMap<u64, Arc<PodRef>>| -> BTreeSet<u64> {
             m.iter()
-                .filter(|(_, p)| p.container.is_empty())
+                .filter(|(_, p)| p.is_pod)
                 .map(|(id, _)| *id)
                 .collect()
         };
@@ -199,17 +199,31 @@ impl PodWatch {
             let Some(id) = ino(&pod_dir) else {
                 continue;
             };
-            let name = |container: String| {
+            let name = |container: String, is_pod: bool| {
                 Arc::new(PodRef {
                     namespace: pod.metadata.namespace.clone(),
                     pod: pod.metadata.name.clone(),
                     container,
+                    is_pod,
                 })
             };
-            out.insert(id, name(String::new()));
+            out.insert(id, name(String::new(), true));
             for (container, dir) in pods::container_cgroups(pod, &pod_dir) {
                 if let Some(id) = ino(&dir) {
-                    out.insert(id, name(container));
+                    out.insert(id, name(container, false));
+                }
+            }
+            // The other cgroups in the pod (a container the API has not
+            // named yet, the sandbox): named by pod, so a starting
+            // container's first connections are attributed too.
+            for dir in std::fs::read_dir(&pod_dir)
+                .into_iter()
+                .flatten()
+                .filter_map(Result::ok)
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            {
+                if let Some(id) = ino(&dir.path()) {
+                    out.entry(id).or_insert_with(|| name(String::new(), false));
                 }
             }
         }

@@ -24,7 +24,12 @@ use serde::{Deserialize, Serialize};
 pub struct PodRef {
     pub namespace: String,
     pub pod: String,
+    /// Empty for the pod's own cgroup and for a cgroup in it the API has
+    /// not named (yet).
     pub container: String,
+    /// The pod's own cgroup (what the kernel covers), not one below it.
+    #[serde(skip)]
+    pub is_pod: bool,
 }
 
 /// Covered container cgroups by cgroup id, swapped whole by the pod
