@@ -44,6 +44,24 @@ pub enum Command {
     Ca(CaCommand),
     /// Probe a running agent: GET /health; exit 0 when it answers 200 and healthy, 1 otherwise.
     Healthcheck(HealthcheckArgs),
+    /// Show what the agent on this node covers and does: pods, mode and its source,
+    /// fail mode, connections, findings by rule, top talkers (read over the admin
+    /// socket in its state directory).
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Config file to read `interceptor.state_dir` from.
+    #[arg(short = 'c', long)]
+    pub config: Option<PathBuf>,
+    /// The running agent's state directory (its admin socket is there)
+    /// [config: interceptor.state_dir; default /var/lib/pipelock].
+    #[arg(long, env = "PIPELOCK_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Print the status document as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -150,6 +168,22 @@ pub struct RunArgs {
     /// its subtree [config: interceptor.cgroup].
     #[arg(long)]
     pub cgroup: Option<String>,
+    /// Kubernetes label selector, e.g. app.kubernetes.io/name=sure: cover only the
+    /// containers of this node's pods it selects, watched through the API (in-cluster
+    /// service account, or KUBECONFIG); --cgroup is then the kubelet's cgroup root
+    /// (default /). The agent's and Pipelock's own pods are never covered
+    /// [config: interceptor.pod_selector].
+    #[arg(long)]
+    pub pod_selector: Option<String>,
+    /// This node's name, for --pod-selector (the downward API's spec.nodeName)
+    /// [config: interceptor.node_name].
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+    /// Node label (else annotation) whose value, audit, balanced or strict, sets this
+    /// node's mode live over --mode and the file (watched through the API), e.g.
+    /// pipelock.sure.am/mode [config: interceptor.node_mode_label].
+    #[arg(long)]
+    pub node_mode_label: Option<String>,
     /// Address the kernel rewrites connections to. Must be reachable from the clients'
     /// network namespaces (loopback only works for clients in the agent's own
     /// namespace) [config: interceptor.redirect_addr; default 127.0.0.1:15001].
@@ -270,6 +304,15 @@ impl RunArgs {
         if let Some(c) = &self.cgroup {
             i.cgroup = Some(c.clone());
         }
+        if let Some(s) = &self.pod_selector {
+            i.pod_selector = Some(s.clone());
+        }
+        if let Some(n) = &self.node_name {
+            i.node_name = Some(n.clone());
+        }
+        if let Some(l) = &self.node_mode_label {
+            i.node_mode_label = Some(l.clone());
+        }
         if let Some(a) = self.redirect_addr {
             i.redirect_addr = a;
         }
@@ -376,6 +419,7 @@ mod tests {
         let help = cmd.render_long_help().to_string();
         for key in [
             "interceptor.cgroup",
+            "interceptor.pod_selector",
             "interceptor.redirect_addr",
             "interceptor.bypass_cidrs",
             "interceptor.mode_overrides",

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod export;
+pub mod k8s;
 pub mod mcp;
 pub mod pipeline;
 pub mod proxy;

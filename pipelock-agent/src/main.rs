@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use pipelock_agent::{
-    cli::{CaArgs, CaCommand, CheckConfigArgs, Cli, Command, DetachArgs, RunArgs},
+    cli::{CaArgs, CaCommand, CheckConfigArgs, Cli, Command, DetachArgs, RunArgs, StatusArgs},
     config::{self, Loaded},
     run, telemetry,
 };
@@ -24,6 +24,7 @@ fn main() -> ExitCode {
         Some(Command::Healthcheck(args)) => {
             pipelock_agent::admin::healthcheck::run(&args.addr, args.timeout)
         }
+        Some(Command::Status(args)) => status(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -86,6 +87,16 @@ fn check_config(args: CheckConfigArgs) -> anyhow::Result<()> {
         if notices == 1 { "" } else { "s" }
     );
     Ok(())
+}
+
+/// `status`: the running agent's status, over its admin socket.
+fn status(args: &StatusArgs) -> anyhow::Result<()> {
+    let cfg = match &args.config {
+        Some(path) => config::load(path)?.config,
+        None => config::Config::default(),
+    };
+    let dir = args.state_dir.clone().unwrap_or(cfg.interceptor.state_dir);
+    pipelock_agent::admin::status::run(&dir, args.json)
 }
 
 /// `detach`: removes the pinned redirect of `fail_mode: closed`.

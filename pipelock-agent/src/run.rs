@@ -20,6 +20,7 @@ use crate::{
     config::pipelock::{PatternSeverity, ResponseAction, WarnBlock},
     config::{self, Config, Loaded, reload},
     export::Exporter,
+    k8s::node_mode::NodeMode,
     mcp::McpSettings,
     pipeline::{CustomPattern, ScanConfig, ScanPipeline, destination::DestPolicy},
     proxy::{
@@ -54,6 +55,10 @@ impl Start {
 /// `--redirect-addr`.
 pub fn check_start_flags(cfg: &Config) -> anyhow::Result<()> {
     let redirect_addr = cfg.interceptor.redirect_addr;
+    if let Some(sel) = &cfg.interceptor.pod_selector {
+        sel.parse::<redirect::pods::Selector>()
+            .context("--pod-selector (interceptor.pod_selector)")?;
+    }
     if cfg.interceptor.cgroup.is_some() && !redirect_addr.is_ipv4() {
         bail!(
             "--redirect-addr {redirect_addr} must be an IPv4 address; use --redirect-addr6 for IPv6"
@@ -65,7 +70,15 @@ pub fn check_start_flags(cfg: &Config) -> anyhow::Result<()> {
 /// Runs the agent until a termination signal.
 pub async fn run(start: Start) -> anyhow::Result<()> {
     let cfg = start.effective();
-    let cgroup = cfg.interceptor.cgroup.clone();
+    // With a pod selector the programs attach at the kubelet's cgroup root
+    // (`--cgroup`, default the whole hierarchy) and cover only the
+    // selected pods' containers.
+    let pod_selector = cfg.interceptor.pod_selector.clone();
+    let cgroup = cfg
+        .interceptor
+        .cgroup
+        .clone()
+        .or_else(|| pod_selector.as_ref().map(|_| "/".to_owned()));
     // Without a cgroup: a plain forward proxy (Pipelock's mode in Sure's
     // chart), on 127.0.0.1:8888 unless --listen says otherwise.
     let forward_listen = cfg.interceptor.forward_listen.or_else(|| {
@@ -88,6 +101,28 @@ pub async fn run(start: Start) -> anyhow::Result<()> {
         }
         None => None,
     };
+    // The API next: without it pod-selector mode cannot know what to
+    // cover, nor node-label mode the mode.
+    let node_mode_label = cfg.interceptor.node_mode_label.clone();
+    let api = if pod_selector.is_some() || node_mode_label.is_some() {
+        let node = cfg
+            .interceptor
+            .node_name
+            .clone()
+            .filter(|n| !n.is_empty())
+            .ok_or(crate::k8s::Error::NoNodeName)?;
+        Some((crate::k8s::client().await?, node))
+    } else {
+        None
+    };
+    let kube = match (&pod_selector, &api) {
+        (Some(sel), Some((client, node))) => {
+            let selector: redirect::pods::Selector = sel.parse()?;
+            Some((client.clone(), node.clone(), selector, sel.clone()))
+        }
+        _ => None,
+    };
+    let pod_index = Arc::new(redirect::pods::PodIndex::default());
     // The CA and trust store next: a bad CA file or upstream CA stops here.
     let tls = tls::load(&cfg).context("loading TLS material")?;
     // One registry for the agent's life: a reloaded pipeline keeps counting in it.
@@ -252,10 +287,38 @@ pub async fn run(start: Start) -> anyhow::Result<()> {
                 agent_mark: cfg.interceptor.socket_mark,
                 fail_mode: cfg.interceptor.fail_mode,
                 pin_dir: cfg.interceptor.pin_dir.clone(),
+                target_filter: kube.is_some(),
             };
-            let (redirector, table) = Redirector::attach(&redirect_cfg)
+            let (mut redirector, table) = Redirector::attach(&redirect_cfg)
                 .with_context(|| format!("attaching to cgroup {cgroup}"))?;
-            let table: Arc<dyn transparent::OrigDsts> = Arc::new(table);
+            admin.set_coverage(admin::status::Coverage {
+                cgroup: cgroup.clone(),
+                pod_selector: pod_selector.clone(),
+                pods: pod_selector.as_ref().map(|_| pod_index.clone()),
+                fail_mode: cfg.interceptor.fail_mode.as_str(),
+            });
+            let table: Arc<dyn transparent::OrigDsts> = match kube {
+                Some((client, node, selector, selector_text)) => {
+                    let targets = redirector
+                        .take_targets()
+                        .context("the kernel's covered-cgroup map is missing")?;
+                    let watch = crate::k8s::pod_watch::PodWatch {
+                        selector,
+                        selector_text,
+                        node,
+                        root: cgroup_dir.clone(),
+                        own_cgroup: crate::k8s::pod_watch::own_cgroup(&mount),
+                        targets,
+                        index: pod_index.clone(),
+                    };
+                    tokio::spawn(watch.run(client, shutdown.clone()));
+                    Arc::new(transparent::PodAttributed {
+                        inner: table,
+                        pods: pod_index.clone(),
+                    })
+                }
+                None => Arc::new(table),
+            };
             admin.set_ebpf(Some(cgroup.clone()));
             for listener in listeners {
                 tokio::spawn(transparent::serve(
@@ -271,6 +334,7 @@ pub async fn run(start: Start) -> anyhow::Result<()> {
             }
             tracing::info!(
                 cgroup = %cgroup_dir.display(),
+                pod_selector = pod_selector.as_deref(),
                 redirect = %redirect_addr,
                 redirect6 = ?cfg.interceptor.redirect_addr6,
                 listen = ?listen,
@@ -293,6 +357,20 @@ pub async fn run(start: Start) -> anyhow::Result<()> {
         }
     };
 
+    // The node's say on the mode, watched and applied like a reload.
+    let (node_mode_tx, mut node_mode_rx) = tokio::sync::watch::channel(NodeMode::default());
+    let node_mode_on = match (&node_mode_label, &api) {
+        (Some(key), Some((client, node))) => {
+            let watch = crate::k8s::node_mode::NodeModeWatch {
+                node: node.clone(),
+                key: key.clone(),
+                tx: node_mode_tx,
+            };
+            tokio::spawn(watch.run(client.clone(), shutdown.clone()));
+            true
+        }
+        _ => false,
+    };
     let mut reloads = match &start.loaded.path {
         Some(path) => {
             let initial = std::fs::read(path).unwrap_or_default();
@@ -301,9 +379,12 @@ pub async fn run(start: Start) -> anyhow::Result<()> {
         None => None,
     };
     let mut running = Running {
-        config: cfg,
         notices: start.loaded.notices.clone(),
+        node_mode: NodeMode::default(),
+        base_mode: (cfg.mode, cfg.enforce),
+        config: cfg,
     };
+    admin.set_mode_source(mode_source(&start.flags, &running));
     let reloader = Reloader {
         flags: &start.flags,
         mount: &mount,
@@ -335,6 +416,23 @@ pub async fn run(start: Start) -> anyhow::Result<()> {
         ));
     }
     tokio::spawn(kill_switch.clone().watch_sentinel(shutdown.clone()));
+    // `pipelock-agent status` reads this socket; a failure to bind it is
+    // only a warning (everything else works without it).
+    let status_socket = match admin::status::bind(&running.config.interceptor.state_dir) {
+        Ok((listener, path)) => {
+            tracing::info!(target: "pipelock::admin", socket = %path.display(), "status socket listening");
+            tokio::spawn(admin::status::serve(
+                listener,
+                admin.clone(),
+                shutdown.clone(),
+            ));
+            Some(path)
+        }
+        Err(e) => {
+            tracing::warn!(target: "pipelock::admin", error = format!("{e:#}"), "no status socket");
+            None
+        }
+    };
     let mut kernel_poll = tokio::time::interval(KERNEL_POLL);
     let mut kernel_counts = redirect::UnscannedCounts::default();
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
@@ -352,14 +450,13 @@ pub async fn run(start: Start) -> anyhow::Result<()> {
             Some(r) = async { reloads.as_mut()?.recv().await }, if reloads.is_some() => {
                 let before = live.load_full();
                 apply_reload(r, &reloader, &mut running).await;
-                if let Some(r) = redirector.as_mut() {
-                    let enforce = running.config.effective_mode() != crate::config::Mode::Audit;
-                    if let Err(e) = r.guard().set_enforce(enforce) {
-                        tracing::error!(error = %e, "could not switch the kernel guard for UDP and raw sockets");
-                    }
-                }
-                // A context is swapped in only when the reload was applied.
-                admin.reloaded(!Arc::ptr_eq(&before, &live.load_full()), &running.config);
+                after_swap(&before, &live, redirector.as_mut(), &admin, &start.flags, &running);
+            }
+            Ok(()) = node_mode_rx.changed(), if node_mode_on => {
+                let node_mode = node_mode_rx.borrow_and_update().clone();
+                let before = live.load_full();
+                apply_node_mode(node_mode, &reloader, &mut running).await;
+                after_swap(&before, &live, redirector.as_mut(), &admin, &start.flags, &running);
             }
         }
     }
@@ -391,6 +488,9 @@ pub async fn run(start: Start) -> anyhow::Result<()> {
             "drain deadline passed; closing the rest"
         );
     }
+    if let Some(path) = status_socket {
+        let _ = std::fs::remove_file(path);
+    }
     tracing::info!("stopped");
     Ok(())
 }
@@ -399,6 +499,73 @@ pub async fn run(start: Start) -> anyhow::Result<()> {
 struct Running {
     config: Config,
     notices: Vec<config::Notice>,
+    /// What the node's label says of the mode (laid over every config).
+    node_mode: NodeMode,
+    /// `mode` and `enforce` as the file and flags give them, before the
+    /// node's mode is laid over.
+    base_mode: (config::Mode, Option<bool>),
+}
+
+/// Where the mode in force comes from, for `/health` and `status`.
+fn mode_source(flags: &RunArgs, running: &Running) -> String {
+    if let Some(s) = &running.node_mode.source {
+        return s.clone();
+    }
+    if flags.mode.is_some() {
+        return "flag --mode".into();
+    }
+    "config".into()
+}
+
+/// After a reload or a node-mode change: the kernel guard follows the
+/// mode, the admin endpoints the config (when a new context was swapped in).
+fn after_swap(
+    before: &Arc<ProxyContext>,
+    live: &LiveContext,
+    redirector: Option<&mut Redirector>,
+    admin: &Admin,
+    flags: &RunArgs,
+    running: &Running,
+) {
+    if let Some(r) = redirector {
+        let enforce = running.config.effective_mode() != crate::config::Mode::Audit;
+        if let Err(e) = r.guard().set_enforce(enforce) {
+            tracing::error!(error = %e, "could not switch the kernel guard for UDP and raw sockets");
+        }
+    }
+    admin.reloaded(!Arc::ptr_eq(before, &live.load_full()), &running.config);
+    admin.set_mode_source(mode_source(flags, running));
+}
+
+/// Lays the node's mode (if it names one) over `cfg`.
+fn with_node_mode(mut cfg: Config, node_mode: &NodeMode) -> Config {
+    if let Some(m) = node_mode.mode {
+        cfg.mode = m;
+        cfg.enforce = None;
+    }
+    cfg
+}
+
+/// Applies a change of the node's mode label: the running config with the
+/// node's mode over it (or, when the node no longer names one, the
+/// config's own mode again), swapped in as a reload is.
+async fn apply_node_mode(node_mode: NodeMode, env: &Reloader<'_>, running: &mut Running) {
+    // The config as the file and flags gave it, without the node's say.
+    let mut base = running.config.clone();
+    base.mode = running.base_mode.0;
+    base.enforce = running.base_mode.1;
+    let new = with_node_mode(base, &node_mode);
+    let mode = new.effective_mode().as_str();
+    // Logged once new connections get the mode (after the swap).
+    if swap_in(new, "node-label", &[], env, running).await {
+        tracing::info!(
+            target: "pipelock::config",
+            mode,
+            source = node_mode.source.as_deref().unwrap_or("config"),
+            "node mode changed"
+        );
+        running.node_mode = node_mode;
+    }
 }
 
 /// What a reload needs besides the file: the flags laid over it, and what
@@ -452,16 +619,6 @@ fn count_kernel_unscanned(
 }
 
 async fn apply_reload(r: reload::Reload, env: &Reloader<'_>, running: &mut Running) {
-    let Reloader {
-        flags,
-        mount,
-        listen,
-        tls,
-        live,
-        metrics,
-        kill_switch,
-        exporter,
-    } = *env;
     let trigger = r.trigger.as_str();
     let loaded = match r.result {
         Ok(l) => l,
@@ -482,7 +639,7 @@ async fn apply_reload(r: reload::Reload, env: &Reloader<'_>, running: &mut Runni
         }
     };
     let mut new = loaded.config;
-    flags.apply(&mut new);
+    env.flags.apply(&mut new);
     for key in reload::restart_only(&running.config, &new) {
         tracing::warn!(
             target: "pipelock::config",
@@ -491,6 +648,34 @@ async fn apply_reload(r: reload::Reload, env: &Reloader<'_>, running: &mut Runni
         );
     }
     let new = reload::keep_start_only(&running.config, new);
+    let base_mode = (new.mode, new.enforce);
+    let new = with_node_mode(new, &running.node_mode);
+    if swap_in(new, trigger, &loaded.notices, env, running).await {
+        running.base_mode = base_mode;
+        running.notices = loaded.notices;
+    }
+}
+
+/// Builds the pipeline and context of `new` and swaps them in (new
+/// connections use them), or logs why not and keeps the running ones.
+/// True when swapped in.
+async fn swap_in(
+    new: Config,
+    trigger: &str,
+    notices: &[config::Notice],
+    env: &Reloader<'_>,
+    running: &mut Running,
+) -> bool {
+    let Reloader {
+        flags: _,
+        mount,
+        listen,
+        tls,
+        live,
+        metrics,
+        kill_switch,
+        exporter,
+    } = *env;
     let (cfg, mnt, metrics, ks, ex) = (
         new.clone(),
         mount.to_path_buf(),
@@ -509,11 +694,11 @@ async fn apply_reload(r: reload::Reload, env: &Reloader<'_>, running: &mut Runni
                 error = format!("{e:#}"),
                 "config reload refused; keeping the running config"
             );
-            return;
+            return false;
         }
         Err(e) => {
             tracing::error!(target: "pipelock::config", error = %e, "config reload failed");
-            return;
+            return false;
         }
     };
     let mcp = match McpSettings::new(&new) {
@@ -525,7 +710,7 @@ async fn apply_reload(r: reload::Reload, env: &Reloader<'_>, running: &mut Runni
                 error = %e,
                 "config reload refused; keeping the running config"
             );
-            return;
+            return false;
         }
     };
     let bounds = {
@@ -543,11 +728,7 @@ async fn apply_reload(r: reload::Reload, env: &Reloader<'_>, running: &mut Runni
         tls.clone(),
         bounds,
     )));
-    for n in loaded
-        .notices
-        .iter()
-        .filter(|n| !running.notices.contains(n))
-    {
+    for n in notices.iter().filter(|n| !running.notices.contains(n)) {
         tracing::warn!(target: "pipelock::config", key = %n.path, line = n.line, "{}", n.note);
     }
     tracing::info!(
@@ -557,7 +738,7 @@ async fn apply_reload(r: reload::Reload, env: &Reloader<'_>, running: &mut Runni
         "config reloaded; new connections use it"
     );
     running.config = new;
-    running.notices = loaded.notices;
+    true
 }
 
 /// Budgets shared by every connection that a reload keeps (what is in use

@@ -17,6 +17,13 @@ pub const BYPASS_CIDR_ENTRIES: u32 = 1_024;
 /// Capacity of the bypass-port map.
 pub const BYPASS_PORT_ENTRIES: u32 = 256;
 
+/// Capacity of the map of covered cgroup ids (pod-selector mode: the
+/// selected pods' container cgroups on one node).
+pub const TARGET_CGROUP_ENTRIES: u32 = 4_096;
+/// How many cgroup levels (from the root) the kernel looks through for a
+/// covered ancestor of the calling task's cgroup.
+pub const MAX_CGROUP_LEVELS: u32 = 32;
+
 /// Capacity of the LPM trie of UDP destinations a covered pod may send to.
 pub const UDP_ALLOW_ENTRIES: u32 = 256;
 

@@ -15,6 +15,11 @@
 //!   (`UDP_ALLOW`, default: port 53) or outside the bypass CIDRs is refused
 //!   (EPERM) when `GUARD` says enforce, else counted (audit). QUIC/HTTP-3
 //!   is refused this way.
+//! - Which tasks are covered: the whole subtree the programs are attached
+//!   to, or, when `TARGET_FILTER` is set (`--pod-selector`), only tasks
+//!   whose cgroup is listed in `TARGET_CGROUPS` or lies below one listed
+//!   (the selected pods' container cgroups, kept by the agent); every
+//!   other task's calls pass untouched.
 //! - `pipelock_sock_create` (`cgroup/sock_create`): an inet socket that is
 //!   neither TCP nor UDP (raw, ICMP ping, MPTCP, SCTP, UDP-Lite…) would
 //!   leave unscanned: refused at creation when enforcing, else counted.
@@ -24,8 +29,8 @@
 use aya_ebpf::{
     bindings::{BPF_SOCK_OPS_TCP_CONNECT_CB, bpf_sock, bpf_sock_addr},
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_get_socket_cookie,
+        bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_comm,
+        bpf_get_current_pid_tgid, bpf_get_socket_cookie,
     },
     macros::{cgroup_sock, cgroup_sock_addr, map, sock_ops},
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
@@ -35,8 +40,8 @@ use aya_log_ebpf::{debug, info};
 use pipelock_common::{
     BYPASS_CIDR_ENTRIES, BYPASS_PORT_ENTRIES, COUNT_ENTRIES, COUNT_SOCKET_AUDITED,
     COUNT_SOCKET_REFUSED, COUNT_UDP_AUDITED, COUNT_UDP_REFUSED, FAMILY_V4, FAMILY_V6,
-    GUARD_ENFORCE, GUARD_ENTRIES, ORIG_MAP_ENTRIES, OrigDst, SockKey, UDP_ALLOW_ENTRIES,
-    udp_allow_key, v4_mapped,
+    GUARD_ENFORCE, GUARD_ENTRIES, MAX_CGROUP_LEVELS, ORIG_MAP_ENTRIES, OrigDst, SockKey,
+    TARGET_CGROUP_ENTRIES, UDP_ALLOW_ENTRIES, udp_allow_key, v4_mapped,
 };
 
 const SOCK_STREAM: u32 = 1;
@@ -64,6 +69,16 @@ static REDIRECT_PORT: u16 = 0;
 /// which a covered pod's process does not have. Zero: no exemption.
 #[unsafe(no_mangle)]
 static AGENT_MARK: u32 = 0;
+
+/// 1: only tasks in (or below) a cgroup of `TARGET_CGROUPS` are covered;
+/// 0: every task of the attached subtree.
+#[unsafe(no_mangle)]
+static TARGET_FILTER: u32 = 0;
+
+/// cgroup ids whose tasks (and their descendants' tasks) are covered when
+/// `TARGET_FILTER` is set; written by the agent as pods come and go.
+#[map]
+static TARGET_CGROUPS: HashMap<u64, u8> = HashMap::with_max_entries(TARGET_CGROUP_ENTRIES, 0);
 
 /// socket cookie -> original destination, between connect() and TCP_CONNECT_CB.
 #[map]
@@ -103,6 +118,30 @@ fn global<T: Copy>(value: &T) -> T {
     unsafe { core::ptr::read_volatile(value) }
 }
 
+/// Whether the calling task is covered: always without the filter, else
+/// when its cgroup or one of its ancestors is a target (bounded walk from
+/// the root down; an ancestor level past the task's own depth reads 0).
+#[inline(always)]
+fn covered() -> bool {
+    if global(&TARGET_FILTER) == 0 {
+        return true;
+    }
+    let mut level = 0u32;
+    while level < MAX_CGROUP_LEVELS {
+        // SAFETY: helper without pointer arguments.
+        let id = unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) };
+        if id == 0 {
+            return false;
+        }
+        // SAFETY: the value is only tested for presence.
+        if unsafe { TARGET_CGROUPS.get(id) }.is_some() {
+            return true;
+        }
+        level += 1;
+    }
+    false
+}
+
 #[cgroup_sock_addr(connect4)]
 pub fn pipelock_connect4(ctx: SockAddrContext) -> i32 {
     // SAFETY: the kernel hands us a valid bpf_sock_addr for the program's lifetime.
@@ -117,18 +156,27 @@ pub fn pipelock_connect6(ctx: SockAddrContext) -> i32 {
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn pipelock_sendmsg4(ctx: SockAddrContext) -> i32 {
+    if !covered() {
+        return ALLOW;
+    }
     // SAFETY: as above; sendmsg hooks run for UDP datagrams with an address.
     unsafe { udp_verdict(&ctx, false) }
 }
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn pipelock_sendmsg6(ctx: SockAddrContext) -> i32 {
+    if !covered() {
+        return ALLOW;
+    }
     // SAFETY: as above.
     unsafe { udp_verdict(&ctx, true) }
 }
 
 #[cgroup_sock(sock_create)]
 pub fn pipelock_sock_create(ctx: SockContext) -> i32 {
+    if !covered() {
+        return ALLOW;
+    }
     let sk: *mut bpf_sock = ctx.sock;
     // SAFETY: the kernel hands us the new socket; the protocol is already
     // resolved (0 became TCP or UDP).
@@ -181,6 +229,9 @@ fn unscannable(refused: u32, audited: u32) -> i32 {
 /// socket creation.
 #[inline(always)]
 unsafe fn on_connect(ctx: &SockAddrContext, v6: bool) -> i32 {
+    if !covered() {
+        return ALLOW;
+    }
     let sa: *mut bpf_sock_addr = ctx.sock_addr;
     // SAFETY: sa is the kernel's context.
     let (kind, proto) = unsafe { ((*sa).type_, (*sa).protocol) };

@@ -8,6 +8,7 @@ pub mod cgroup;
 pub mod client;
 pub mod corpus;
 pub mod corpus_agent;
+pub mod kube_api;
 pub mod mcp;
 pub mod netns;
 pub mod plain_agent;

@@ -109,6 +109,7 @@ impl OrigDsts for Fixed {
                 tgid: 0,
                 comm: "in-process".into(),
                 cgroup_id: self.tag,
+                pod: None,
             },
         ))
     }

@@ -49,13 +49,18 @@ fn exported() -> (BTreeMap<String, BTreeSet<String>>, BTreeSet<String>) {
     let redirect = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let metrics = free_port();
     let syslog = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    // A child cgroup in audit: its findings count as would-block.
+    let audited = cg.dir().join("audited");
+    std::fs::create_dir(&audited).unwrap();
     let config = dir.join("pipelock.yaml");
     std::fs::write(
         &config,
         format!(
             "version: 1\nmode: strict\nmetrics_listen: 127.0.0.1:{metrics}\n\
              interceptor:\n  cgroup: {}\n  redirect_addr: {redirect}\n\
+             \x20 mode_overrides:\n    {}/audited: audit\n\
              emit:\n  syslog:\n    address: udp://{}\n",
+            cg.rel(),
             cg.rel(),
             syslog.local_addr().unwrap()
         ),
@@ -87,6 +92,22 @@ fn exported() -> (BTreeMap<String, BTreeSet<String>>, BTreeSet<String>) {
         );
         assert_eq!(run.stdout.trim(), want, "{path}: {}", run.stderr);
     }
+    // The secret from the audited cgroup: let through, counted as what
+    // balanced and strict would have blocked.
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && exec curl -sS -o /dev/null --max-time 10 -w '%{{http_code}}' '{}'",
+        audited.display(),
+        up.url(&format!("/audited?k={SECRET}"))
+    );
+    let run = client::run_command(
+        {
+            let mut c = Command::new("sh");
+            c.args(["-c", &script]);
+            c
+        },
+        Duration::from_secs(30),
+    );
+    assert_eq!(run.stdout.trim(), "200", "audited: {}", run.stderr);
     // A TLS connection (intercepted; whatever its outcome, it is counted)
     // and a reload (counted by result).
     let _ = client::run(
@@ -121,6 +142,8 @@ fn exported() -> (BTreeMap<String, BTreeSet<String>>, BTreeSet<String>) {
         .unwrap();
     agent.stop();
     let _ = std::fs::remove_dir_all(&dir);
+    // The curl in it has exited: the child cgroup goes before its parent.
+    let _ = std::fs::remove_dir(&audited);
     let text = String::from_utf8(out.stdout).unwrap();
     let mut samples: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut declared = BTreeSet::new();
@@ -224,6 +247,7 @@ fn dashboard_queries_only_what_the_agent_exports() {
         "pipelock_findings_blocked_total",
         "pipelock_findings_warned_total",
         "pipelock_findings_logged_total",
+        "pipelock_audit_would_block_total",
         "pipelock_request_duration_seconds_bucket",
         "pipelock_connections_refused_total",
         "pipelock_export_events_total",

@@ -189,12 +189,17 @@ fn chart_renders_validates_and_carries_one_ca_for_every_node() {
     let docs = docs(&out);
     assert_valid(&out, &docs);
 
-    // One DaemonSet per mode, each on the nodes labelled with it.
+    // One DaemonSet, on the nodes whose mode label names a mode; the agent
+    // reads the label live and covers the pods the selector picks.
     let ds = kind(&docs, "DaemonSet");
-    assert_eq!(ds.len(), 3);
-    for (d, mode) in ds.iter().zip(["audit", "balanced", "strict"]) {
+    assert_eq!(ds.len(), 1);
+    for d in ds {
         let spec = &d["spec"]["template"]["spec"];
-        assert_eq!(spec["nodeSelector"]["pipelock.sure.am/mode"], mode);
+        let term = &spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+            ["nodeSelectorTerms"][0]["matchExpressions"][0];
+        assert_eq!(term["key"], "pipelock.sure.am/mode");
+        assert_eq!(term["operator"], "In");
+        assert_eq!(strs(&term["values"]), ["audit", "balanced", "strict"]);
         assert_eq!(spec["hostNetwork"], true);
         assert_eq!(
             d["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"],
@@ -202,7 +207,19 @@ fn chart_renders_validates_and_carries_one_ca_for_every_node() {
         );
         let c = &spec["containers"][0];
         let args = strs(&c["args"]);
-        assert!(args.contains(&format!("--mode={mode}")), "{args:?}");
+        for a in [
+            "--node-mode-label=pipelock.sure.am/mode",
+            "--pod-selector=app.kubernetes.io/name=sure",
+        ] {
+            assert!(args.contains(&a.to_owned()), "{a} not in {args:?}");
+        }
+        assert!(!args.iter().any(|a| a.starts_with("--mode")), "{args:?}");
+        let env = c["env"].as_sequence().unwrap();
+        let node_name = env.iter().find(|e| e["name"] == "NODE_NAME").unwrap();
+        assert_eq!(
+            node_name["valueFrom"]["fieldRef"]["fieldPath"],
+            "spec.nodeName"
+        );
         assert!(
             args.iter()
                 .any(|a| a.starts_with("--mcp-listen=$(HOST_IP):"))
@@ -362,11 +379,11 @@ fn kubernetes_validate_rejects_a_broken_daemonset() {
 
 /// The ConfigMap's pipelock.yaml and a DaemonSet's arguments, with the
 /// config path pointed at a copy and the downward-API address filled in.
-fn daemonset_invocation(docs: &[Value], mode: &str, dir: &Path, host_ip: &str) -> Vec<String> {
+fn daemonset_invocation(docs: &[Value], dir: &Path, host_ip: &str) -> Vec<String> {
     let cm = named(docs, "ConfigMap", "pipelock-agent-config");
     let file = dir.join("pipelock.yaml");
     std::fs::write(&file, cm["data"]["pipelock.yaml"].as_str().unwrap()).unwrap();
-    let ds = named(docs, "DaemonSet", &format!("pipelock-agent-{mode}"));
+    let ds = named(docs, "DaemonSet", "pipelock-agent");
     let args = strs(&ds["spec"]["template"]["spec"]["containers"][0]["args"]);
     assert_eq!(args[0], "run");
     args[1..]
@@ -386,22 +403,21 @@ fn daemonset_config_and_args_load_in_the_agent() {
     let rendered = repo().join("deploy/rendered/pipelock-agent.yaml");
     let docs = docs(&rendered);
     let dir = tmpdir("args");
-    for mode in ["audit", "balanced", "strict"] {
-        let args = daemonset_invocation(&docs, mode, &dir, "127.0.0.1");
-        let o = run(Command::new(agent_bin()).arg("check-config").args(&args));
-        let out = text(&o);
-        assert!(o.status.success(), "check-config {args:?}: {out}");
-        assert!(
-            out.contains(&format!(
-                "ok (mode {mode}, cgroup /kubepods.slice, fail_mode open, 0 notices)"
-            )),
-            "{out}"
-        );
-        // The same check fails on a bad argument and on a bad config key.
+    let args = daemonset_invocation(&docs, &dir, "127.0.0.1");
+    let o = run(Command::new(agent_bin()).arg("check-config").args(&args));
+    let out = text(&o);
+    assert!(o.status.success(), "check-config {args:?}: {out}");
+    // The config's mode applies where the node's label names none.
+    assert!(
+        out.contains("ok (mode audit, cgroup /, fail_mode open, 0 notices)"),
+        "{out}"
+    );
+    // The same check fails on bad arguments and on a bad config key.
+    for extra in ["--mode=enforce", "--pod-selector=app name=sure"] {
         let mut bad = args.clone();
-        bad.push("--mode=enforce".into());
+        bad.push(extra.into());
         let o = run(Command::new(agent_bin()).arg("check-config").args(&bad));
-        assert!(!o.status.success(), "check-config accepted --mode=enforce");
+        assert!(!o.status.success(), "check-config accepted {extra}");
     }
     let file = dir.join("pipelock.yaml");
     let good = std::fs::read_to_string(&file).unwrap();
@@ -421,12 +437,12 @@ fn daemonset_probe_answers_from_a_running_agent() {
     let docs = docs(&rendered);
     let dir = tmpdir("probe");
     let (ca_dir, _) = agent_ca();
-    let mut args = daemonset_invocation(&docs, "balanced", &dir, "127.0.0.1");
+    let mut args = daemonset_invocation(&docs, &dir, "127.0.0.1");
     let file = dir.join("pipelock.yaml");
     let port = free_port();
     let cfg = std::fs::read_to_string(&file)
         .unwrap()
-        .replace("  cgroup: /kubepods.slice\n", "")
+        .replace("  cgroup: /\n", "")
         .replace(
             "metrics_listen: 0.0.0.0:9090",
             &format!("metrics_listen: 127.0.0.1:{port}"),
@@ -437,11 +453,21 @@ fn daemonset_probe_answers_from_a_running_agent() {
         );
     std::fs::write(&file, cfg).unwrap();
     let fwd = free_port();
-    args.retain(|a| !a.starts_with("--listen=") && !a.starts_with("--redirect-addr="));
+    // Plain mode: no kernel redirect, so no pods to select nor API to read.
+    args.retain(|a| {
+        ![
+            "--listen=",
+            "--redirect-addr=",
+            "--pod-selector=",
+            "--node-mode-label=",
+        ]
+        .iter()
+        .any(|p| a.starts_with(p))
+    });
     args.push(format!("--listen=127.0.0.1:{fwd}"));
     args.push(format!("--ca-cert={}", ca_dir.join("ca.crt").display()));
     args.push(format!("--ca-key={}", ca_dir.join("ca.key").display()));
-    let ds = named(&docs, "DaemonSet", "pipelock-agent-balanced");
+    let ds = named(&docs, "DaemonSet", "pipelock-agent");
     let probe =
         strs(&ds["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["exec"]["command"]);
     let probe: Vec<String> = probe[1..]

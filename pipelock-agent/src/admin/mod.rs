@@ -17,6 +17,7 @@
 //! turned off); when `api_listen` is set the API is served there only.
 pub mod healthcheck;
 pub mod kill_switch;
+pub mod status;
 
 use std::{
     convert::Infallible,
@@ -107,6 +108,10 @@ pub struct Admin {
     generation: AtomicU64,
     /// The cgroup the kernel redirect is attached to (`None`: not attached).
     ebpf: ArcSwap<Option<String>>,
+    /// Where the mode in force comes from (`config`, `flag --mode`, a node label).
+    mode_source: ArcSwap<String>,
+    /// What the kernel redirect covers, for `status`.
+    coverage: ArcSwap<Option<status::Coverage>>,
     metrics: Arc<Metrics>,
     kill_switch: Arc<KillSwitch>,
     /// Start of the current rate-limit window and toggles in it.
@@ -122,6 +127,8 @@ impl Admin {
             status: ArcSwap::from_pointee(Status::of(cfg)),
             generation: AtomicU64::new(1),
             ebpf: ArcSwap::from_pointee(None),
+            mode_source: ArcSwap::from_pointee("config".to_owned()),
+            coverage: ArcSwap::from_pointee(None),
             metrics,
             kill_switch,
             api_window: Mutex::new((Instant::now(), 0)),
@@ -131,6 +138,16 @@ impl Admin {
     /// Records that the kernel redirect is attached to `cgroup` (or detached).
     pub fn set_ebpf(&self, cgroup: Option<String>) {
         self.ebpf.store(Arc::new(cgroup));
+    }
+
+    /// Records where the mode in force comes from.
+    pub fn set_mode_source(&self, source: String) {
+        self.mode_source.store(Arc::new(source));
+    }
+
+    /// Records what the kernel redirect covers.
+    pub fn set_coverage(&self, coverage: status::Coverage) {
+        self.coverage.store(Arc::new(Some(coverage)));
     }
 
     /// Records a reload attempt; on success `cfg` is the config now in
@@ -250,6 +267,7 @@ impl Admin {
             "status": "healthy",
             "version": env!("CARGO_PKG_VERSION"),
             "mode": status.mode,
+            "mode_source": **self.mode_source.load(),
             "uptime_seconds": self.started.elapsed().as_secs_f64(),
             "dlp_patterns": status.dlp_patterns,
             "response_scan_enabled": status.response_scan_enabled,

@@ -23,6 +23,17 @@ pub const DEFAULT_SOCKET_MARK: u32 = 0x504c;
 pub struct Interceptor {
     /// cgroup v2 path (relative to the cgroup2 mount) whose subtree is redirected.
     pub cgroup: Option<String>,
+    /// Kubernetes label selector (`app.kubernetes.io/name=sure`): cover
+    /// only the containers of this node's pods it selects, watched through
+    /// the API; `cgroup` is then the kubelet's cgroup root (default `/`).
+    pub pod_selector: Option<String>,
+    /// This node's name, for the pod and node watches (`NODE_NAME` from
+    /// the downward API).
+    pub node_name: Option<String>,
+    /// Node label (or annotation) key whose value (`audit`, `balanced`,
+    /// `strict`) sets this node's mode live, over the config's; none: the
+    /// config alone decides.
+    pub node_mode_label: Option<String>,
     /// Where the kernel rewrites IPv4 connects to.
     pub redirect_addr: SocketAddr,
     /// Where IPv6 connects go (same port); none: the IPv4-mapped redirect address.
@@ -113,6 +124,9 @@ impl Default for Interceptor {
     fn default() -> Self {
         Interceptor {
             cgroup: None,
+            pod_selector: None,
+            node_name: None,
+            node_mode_label: None,
             redirect_addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 15001),
             redirect_addr6: None,
             redirect_listen: Vec::new(),

@@ -274,6 +274,11 @@ impl Config {
                 ),
             );
         }
+        if let Some(sel) = &self.interceptor.pod_selector
+            && let Err(e) = sel.parse::<crate::redirect::pods::Selector>()
+        {
+            return fail("interceptor.pod_selector", e.to_string());
+        }
         for path in self.interceptor.mode_overrides.keys() {
             if !path.starts_with('/') {
                 return fail(

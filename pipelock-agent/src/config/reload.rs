@@ -128,6 +128,15 @@ const RESTART_ONLY: &[(&str, Getter)] = &[
     ("interceptor.cgroup", |c| {
         format!("{:?}", c.interceptor.cgroup)
     }),
+    ("interceptor.pod_selector", |c| {
+        format!("{:?}", c.interceptor.pod_selector)
+    }),
+    ("interceptor.node_name", |c| {
+        format!("{:?}", c.interceptor.node_name)
+    }),
+    ("interceptor.node_mode_label", |c| {
+        format!("{:?}", c.interceptor.node_mode_label)
+    }),
     ("interceptor.redirect_addr", |c| {
         c.interceptor.redirect_addr.to_string()
     }),
@@ -204,6 +213,9 @@ pub fn restart_only(running: &Config, new: &Config) -> Vec<&'static str> {
 pub fn keep_start_only(running: &Config, mut new: Config) -> Config {
     let (i, r) = (&mut new.interceptor, &running.interceptor);
     i.cgroup.clone_from(&r.cgroup);
+    i.pod_selector.clone_from(&r.pod_selector);
+    i.node_name.clone_from(&r.node_name);
+    i.node_mode_label.clone_from(&r.node_mode_label);
     i.redirect_addr = r.redirect_addr;
     i.redirect_addr6 = r.redirect_addr6;
     i.redirect_listen.clone_from(&r.redirect_listen);

@@ -51,6 +51,12 @@ pub struct Event {
     pub comm: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cgroup_id: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
 }
 
 /// The event severity of a finding: critical for a block or a critical
@@ -73,6 +79,7 @@ impl Event {
     ) -> Event {
         let now = time::OffsetDateTime::now_utc();
         let attr = conn.attribution.as_ref();
+        let pod = attr.and_then(|a| a.pod.as_deref());
         Event {
             kind: if f.action == Action::Block {
                 "block"
@@ -104,6 +111,9 @@ impl Event {
             pid: attr.map(|a| a.tgid),
             comm: attr.map(|a| a.comm.clone()),
             cgroup_id: attr.map(|a| a.cgroup_id),
+            namespace: pod.map(|p| p.namespace.clone()),
+            pod: pod.map(|p| p.pod.clone()),
+            container: pod.map(|p| p.container.clone()).filter(|c| !c.is_empty()),
         }
     }
 

@@ -236,6 +236,7 @@ mod tests {
                 tgid: 40,
                 comm: "ruby".into(),
                 cgroup_id: 1234,
+                pod: None,
             }),
             verified_name: None,
         }

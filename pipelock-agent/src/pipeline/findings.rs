@@ -107,6 +107,7 @@ pub fn log_finding(f: &Finding, mode: Mode, info: &ExchangeInfo, conn: &ConnMeta
     let pid = attr.map(|a| a.tgid);
     let comm = attr.map(|a| a.comm.as_str());
     let cgroup_id = attr.map(|a| a.cgroup_id);
+    let pod = attr.and_then(|a| a.pod.as_deref());
     let orig_dst = conn.orig_dst.map(|a| a.to_string());
     macro_rules! emit {
         ($level:ident) => {
@@ -131,6 +132,9 @@ pub fn log_finding(f: &Finding, mode: Mode, info: &ExchangeInfo, conn: &ConnMeta
                 pid = pid,
                 comm = comm,
                 cgroup_id = cgroup_id,
+                namespace = pod.map(|p| p.namespace.as_str()),
+                pod = pod.map(|p| p.pod.as_str()),
+                container = pod.map(|p| p.container.as_str()).filter(|c| !c.is_empty()),
                 "finding"
             )
         };

@@ -49,6 +49,8 @@ pub struct Attribution {
     pub comm: String,
     /// cgroup v2 id of the calling task.
     pub cgroup_id: u64,
+    /// The pod and container of that cgroup (pod-selector mode).
+    pub pod: Option<std::sync::Arc<crate::redirect::pods::PodRef>>,
 }
 
 /// What is known about one accepted client connection.

@@ -427,14 +427,25 @@ impl ScanExchange {
                 Direction::Request => cfg.request_section_blocks,
                 Direction::Response => cfg.response_section_blocks,
             });
-            let mut action = verdict::action_for(self.mode, hit.meta.confidence, section_blocks);
             // What comes back is read by the app, not leaving it: DLP in a
             // response is logged unless configured to block.
-            if direction == Direction::Response
+            let logged_only = direction == Direction::Response
                 && hit.meta.class == RuleClass::Dlp
-                && !self.shared.cfg.response_dlp_blocks
-            {
-                action = action.min(Action::Log);
+                && !self.shared.cfg.response_dlp_blocks;
+            let action_in = |mode: Mode| {
+                let a = verdict::action_for(mode, hit.meta.confidence, section_blocks);
+                if logged_only { a.min(Action::Log) } else { a }
+            };
+            let action = action_in(self.mode);
+            // Audit: what enforcing would have done, for the rollout.
+            if self.mode == Mode::Audit {
+                for enforcing in [Mode::Balanced, Mode::Strict] {
+                    if action_in(enforcing) == Action::Block {
+                        self.shared
+                            .metrics
+                            .audit_would_block(enforcing.as_str(), direction.as_str());
+                    }
+                }
             }
             let finding = Finding {
                 rule_id: hit.meta.id.to_string(),
@@ -924,6 +935,7 @@ mod tests {
                 tgid: 100,
                 comm: "ruby".into(),
                 cgroup_id,
+                pod: None,
             }),
         })
     }

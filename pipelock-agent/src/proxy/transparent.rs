@@ -19,7 +19,7 @@ use super::{
 };
 use crate::{
     pipeline::{Attribution, ConnMeta, Listener},
-    redirect::OrigDstTable,
+    redirect::{OrigDstTable, pods::PodIndex},
     telemetry::metrics::Metrics,
 };
 
@@ -33,6 +33,30 @@ pub trait OrigDsts: Send + Sync + 'static {
 impl OrigDsts for OrigDstTable {
     fn take(&self, peer: SocketAddr) -> Option<(SocketAddr, Attribution)> {
         OrigDstTable::take(self, peer)
+    }
+}
+
+/// The kernel's records with the pod and container of each connection's
+/// cgroup filled in (pod-selector mode).
+pub struct PodAttributed<T> {
+    pub inner: T,
+    pub pods: Arc<PodIndex>,
+}
+
+impl<T: OrigDsts> OrigDsts for PodAttributed<T> {
+    fn take(&self, peer: SocketAddr) -> Option<(SocketAddr, Attribution)> {
+        let (dst, mut who) = self.inner.take(peer)?;
+        who.pod = self.pods.get(who.cgroup_id);
+        Some((dst, who))
+    }
+}
+
+/// A connection's maker as `status` ranks them: namespace/pod/container
+/// when known, else the cgroup id.
+fn talker(who: &Attribution) -> String {
+    match &who.pod {
+        Some(p) => format!("{}/{}/{}", p.namespace, p.pod, p.container),
+        None => format!("cgroup {}", who.cgroup_id),
     }
 }
 
@@ -73,6 +97,9 @@ pub async fn serve(
     while let Some((stream, peer)) = accept(&listener, &shutdown).await {
         let orig = table.take(peer);
         metrics.redirected_from(orig.as_ref().map_or(0, |(_, who)| who.cgroup_id));
+        if let Some((_, who)) = &orig {
+            metrics.top_talkers.inc(&talker(who));
+        }
         let Some((stream, admission)) =
             limits.admit_or_reset(stream, peer, "transparent", orig.as_ref(), &metrics)
         else {
@@ -201,6 +228,7 @@ pub(crate) fn log_connection(
     error: Option<&Error>,
 ) {
     let who = meta.attribution.as_ref();
+    let pod = who.and_then(|w| w.pod.as_deref());
     let dst = meta.orig_dst.map(|d| d.to_string()).unwrap_or_default();
     let side = error.map(|e| tracing::field::debug(e.side()));
     let error = error.map(tracing::field::display);
@@ -215,6 +243,9 @@ pub(crate) fn log_connection(
                 tgid = who.map_or(0, |w| w.tgid),
                 comm = who.map_or("", |w| w.comm.as_str()),
                 cgroup_id = who.map_or(0, |w| w.cgroup_id),
+                namespace = pod.map(|p| p.namespace.as_str()),
+                pod = pod.map(|p| p.pod.as_str()),
+                container = pod.map(|p| p.container.as_str()).filter(|c| !c.is_empty()),
                 listener = meta.listener.as_str(),
                 kind = s.kind,
                 bytes_up = s.bytes_up,

@@ -1,6 +1,8 @@
 //! Loading the embedded eBPF object, setting its load-time globals, filling
 //! the bypass and UDP-allow maps and attaching the programs to the target
-//! cgroup: sock_ops, connect4/6, sendmsg4/6 and sock_create.
+//! cgroup: sock_ops, connect4/6, sendmsg4/6 and sock_create. With a target
+//! filter (pod-selector mode) the programs cover only the cgroups written
+//! into [`TargetCgroups`].
 //! Dropping the [`Redirector`] detaches everything (fail-open).
 use std::{
     borrow::BorrowMut,
@@ -55,6 +57,9 @@ pub struct RedirectConfig {
     pub fail_mode: FailMode,
     /// bpffs directory for the pinned state of `FailMode::Closed`.
     pub pin_dir: PathBuf,
+    /// Cover only the cgroups in [`TargetCgroups`] (and below them), not
+    /// the whole subtree of `cgroup_dir` (pod-selector mode).
+    pub target_filter: bool,
 }
 
 impl RedirectConfig {
@@ -66,6 +71,7 @@ impl RedirectConfig {
             format!("{:?}", self.redirect_v6),
             self.port.to_string(),
             self.agent_mark.to_string(),
+            format!("target_filter={}", self.target_filter),
         ]
     }
 }
@@ -79,6 +85,8 @@ pub struct Redirector {
     pinned: Option<PathBuf>,
     /// The kernel's refuse-or-count switch and its counters.
     guard: KernelGuard,
+    /// The covered cgroups, when the target filter is on (until taken).
+    targets: Option<TargetCgroups>,
 }
 
 impl Redirector {
@@ -90,6 +98,56 @@ impl Redirector {
     /// The kernel's guard for what cannot be redirected (UDP, raw sockets).
     pub fn guard(&mut self) -> &mut KernelGuard {
         &mut self.guard
+    }
+
+    /// The covered-cgroup map of the target filter, for whoever keeps it
+    /// (the pod watcher); None without the filter or once taken.
+    pub fn take_targets(&mut self) -> Option<TargetCgroups> {
+        self.targets.take()
+    }
+}
+
+/// The `TARGET_CGROUPS` map: ids of the cgroups covered in pod-selector
+/// mode (a task in one, or in a cgroup below one, is redirected).
+pub struct TargetCgroups {
+    map: HashMap<MapData, u64, u8>,
+}
+
+impl TargetCgroups {
+    fn new(map: Map) -> Result<Self, Error> {
+        Ok(TargetCgroups {
+            map: HashMap::try_from(map).map_err(|e| Error::ebpf("TARGET_CGROUPS map type", e))?,
+        })
+    }
+
+    /// The ids in the kernel map now.
+    pub fn ids(&self) -> std::collections::BTreeSet<u64> {
+        self.map.keys().filter_map(Result::ok).collect()
+    }
+
+    /// Makes the kernel map hold exactly `wanted`: new ids first (a pod
+    /// is covered before anything is dropped), then the ones gone.
+    /// Returns (added, removed).
+    pub fn set(
+        &mut self,
+        wanted: &std::collections::BTreeSet<u64>,
+    ) -> Result<(usize, usize), Error> {
+        let have = self.ids();
+        let mut added = 0;
+        for id in wanted.difference(&have) {
+            self.map
+                .insert(id, 1, 0)
+                .map_err(|e| Error::ebpf("adding a covered cgroup", e))?;
+            added += 1;
+        }
+        let mut removed = 0;
+        for id in have.difference(wanted) {
+            self.map
+                .remove(id)
+                .map_err(|e| Error::ebpf("removing a covered cgroup", e))?;
+            removed += 1;
+        }
+        Ok((added, removed))
     }
 }
 
@@ -206,6 +264,7 @@ impl Redirector {
             .override_global("REDIRECT_V6", &v6_words, true)
             .override_global("REDIRECT_PORT", &cfg.port, true)
             .override_global("AGENT_MARK", &cfg.agent_mark, true)
+            .override_global("TARGET_FILTER", &u32::from(cfg.target_filter), true)
             .load(EBPF_OBJECT)
             .map_err(|e| Error::ebpf("loading the eBPF object into the kernel", e))?;
 
@@ -247,6 +306,13 @@ impl Redirector {
                 .ok_or(Error::ebpf("finding map", missing("UNSCANNED")))?,
         )?;
         guard.set_enforce(cfg.enforce)?;
+        let targets = match cfg.target_filter {
+            true => Some(TargetCgroups::new(
+                ebpf.take_map("TARGET_CGROUPS")
+                    .ok_or(Error::ebpf("finding map", missing("TARGET_CGROUPS")))?,
+            )?),
+            false => None,
+        };
 
         let cgroup = File::open(&cfg.cgroup_dir).map_err(|source| Error::CgroupOpen {
             full: cfg.cgroup_dir.display().to_string(),
@@ -308,6 +374,7 @@ impl Redirector {
                 logger,
                 pinned: pin_set,
                 guard,
+                targets,
             },
             table,
         ))
@@ -361,6 +428,12 @@ fn adopt(cfg: &RedirectConfig, dir: PathBuf) -> Result<(Redirector, OrigDstTable
     for k in &stale {
         let _ = by_cookie.remove(k);
     }
+    // The covered cgroups stay as the last agent left them (no gap): the
+    // pod watcher sets them anew once it has listed the pods.
+    let targets = match cfg.target_filter {
+        true => Some(TargetCgroups::new(Map::HashMap(open("TARGET_CGROUPS")?))?),
+        false => None,
+    };
     let table = OrigDstTable::adopt(Map::LruHashMap(open("ORIG_BY_SRC")?))?;
     tracing::info!(
         pins = %dir.display(),
@@ -373,6 +446,7 @@ fn adopt(cfg: &RedirectConfig, dir: PathBuf) -> Result<(Redirector, OrigDstTable
             logger: None,
             pinned: Some(dir),
             guard,
+            targets,
         },
         table,
     ))

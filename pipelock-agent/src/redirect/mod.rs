@@ -8,7 +8,8 @@ pub mod pods;
 
 pub use cgroup::{cgroup2_mount, resolve_cgroup};
 pub use loader::{
-    FailMode, KernelGuard, RedirectConfig, Redirector, UnscannedCounts, check_privilege,
+    FailMode, KernelGuard, RedirectConfig, Redirector, TargetCgroups, UnscannedCounts,
+    check_privilege,
 };
 pub use origdst::{OrigDstTable, sock_key};
 

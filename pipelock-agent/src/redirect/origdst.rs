@@ -83,6 +83,7 @@ pub(crate) fn decode(r: &OrigDst) -> (SocketAddr, Attribution) {
             tgid: r.tgid,
             comm: String::from_utf8_lossy(&r.comm[..comm_len]).into_owned(),
             cgroup_id: r.cgroup_id,
+            pod: None,
         },
     )
 }

@@ -25,7 +25,7 @@ pub const LINKS: [&str; 6] = [
     "connect6",
 ];
 /// The maps, under their file names (the object's map names).
-pub const MAPS: [&str; 7] = [
+pub const MAPS: [&str; 8] = [
     "ORIG_BY_SRC",
     "ORIG_BY_COOKIE",
     "BYPASS_PORTS",
@@ -33,6 +33,7 @@ pub const MAPS: [&str; 7] = [
     "UDP_ALLOW",
     "GUARD",
     "UNSCANNED",
+    "TARGET_CGROUPS",
 ];
 
 /// Names what a pin set was made from.

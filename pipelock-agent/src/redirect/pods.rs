@@ -1,5 +1,5 @@
-//! Pods to cgroups, for `--pod-selector` (first part: no API watch yet).
-//! Which pods a selector picks (Kubernetes equality-based label
+//! Pods to cgroups, for `--pod-selector` (the API watch that feeds this is
+//! `k8s::pod_watch`). Which pods a selector picks (Kubernetes equality-based label
 //! selectors; the agent's and Pipelock's own pods never), and where the
 //! kubelet put a pod's cgroup on cgroup v2: the systemd driver
 //! (`/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod<uid
@@ -8,12 +8,53 @@
 //! containers in it under containerd (`cri-containerd-<id>.scope`), CRI-O
 //! (`crio-<id>.scope`, its `crio-conmon-` monitors excluded) or Docker
 //! (`docker-<id>.scope`), or as a bare id directory with cgroupfs.
+//! [`PodIndex`] names the pod and container of each covered cgroup, for
+//! logs, findings and `status`.
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
-use serde::Deserialize;
+use arc_swap::ArcSwap;
+use serde::{Deserialize, Serialize};
+
+/// The pod and container a covered cgroup belongs to.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct PodRef {
+    pub namespace: String,
+    pub pod: String,
+    /// Empty for the pod's own cgroup and for a cgroup in it the API has
+    /// not named (yet).
+    pub container: String,
+    /// The pod's own cgroup (what the kernel covers), not one below it.
+    #[serde(skip)]
+    pub is_pod: bool,
+}
+
+/// Covered container cgroups by cgroup id, swapped whole by the pod
+/// watcher and read per connection.
+#[derive(Default)]
+pub struct PodIndex {
+    by_cgroup: ArcSwap<BTreeMap<u64, Arc<PodRef>>>,
+}
+
+impl PodIndex {
+    /// The pod of the cgroup `id`, if it is a covered container's.
+    pub fn get(&self, id: u64) -> Option<Arc<PodRef>> {
+        self.by_cgroup.load().get(&id).cloned()
+    }
+
+    /// Every covered cgroup now.
+    pub fn snapshot(&self) -> Arc<BTreeMap<u64, Arc<PodRef>>> {
+        self.by_cgroup.load_full()
+    }
+
+    /// Replaces the whole index.
+    pub fn store(&self, by_cgroup: BTreeMap<u64, Arc<PodRef>>) {
+        self.by_cgroup.store(Arc::new(by_cgroup));
+    }
+}
 
 /// Label values that mark the agent's and Pipelock's own pods
 /// (`app.kubernetes.io/name`), never selected whatever the selector says.

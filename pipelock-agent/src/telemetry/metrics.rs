@@ -117,6 +117,15 @@ pub struct KernelLabels {
     pub action: &'static str,
 }
 
+/// `pipelock_audit_would_block_total`: findings audit mode only logged
+/// that `enforcing_mode` (balanced, strict) would have blocked, by
+/// direction (request, response).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WouldBlockLabels {
+    pub enforcing_mode: &'static str,
+    pub direction: &'static str,
+}
+
 /// Declares the plain counters once: the fields, their registration (name
 /// without the `pipelock_` prefix and the `_total` suffix the encoder adds)
 /// and a `u64` reader per counter.
@@ -151,6 +160,8 @@ macro_rules! counters {
             pub active_connections: Gauge,
             /// `pipelock_kernel_unscannable_total{kind,action}`.
             pub kernel_unscannable: Family<KernelLabels, Counter>,
+            /// `pipelock_audit_would_block_total{enforcing_mode,direction}`.
+            pub audit_would_block: Family<WouldBlockLabels, Counter>,
             /// `pipelock_export_events_total{sink,result}`.
             pub export_events: Family<ExportLabels, Counter>,
             /// `pipelock_config_reloads_total{result}`.
@@ -166,6 +177,9 @@ macro_rules! counters {
             pub blocked_hosts: super::top::TopCounts,
             /// Findings by rule (not exported; for `/stats`).
             pub top_rules: super::top::TopCounts,
+            /// Redirected connections by pod and container, else cgroup
+            /// (not exported; for `status`).
+            pub top_talkers: super::top::TopCounts,
             /// Sum of the kill-switch denials (not exported; for `/health`).
             denied: Counter,
             /// Series in `redirected` (about: two first connections of one
@@ -194,6 +208,7 @@ macro_rules! counters {
                     redirected: Family::default(),
                     active_connections: Gauge::default(),
                     kernel_unscannable: Family::default(),
+                    audit_would_block: Family::default(),
                     export_events: Family::default(),
                     config_reloads: Family::default(),
                     chain_detections: Family::default(),
@@ -203,6 +218,7 @@ macro_rules! counters {
                     scan_duration: Histogram::new(exponential_buckets(0.000_01, 4.0, 11)),
                     blocked_hosts: Default::default(),
                     top_rules: Default::default(),
+                    top_talkers: Default::default(),
                     denied: Counter::default(),
                     cgroup_series: AtomicUsize::new(0),
                     registry: Registry::default(),
@@ -308,6 +324,11 @@ impl Metrics {
             "kernel_unscannable",
             "UDP datagrams to ports not allowed and non-TCP/UDP sockets of covered pods, refused by the kernel (strict, balanced) or let through and counted (audit).",
             self.kernel_unscannable.clone(),
+        );
+        r.register(
+            "audit_would_block",
+            "Findings audit mode only logged that an enforcing mode (balanced, strict) would have blocked: what enforcing this node would do.",
+            self.audit_would_block.clone(),
         );
         r.register(
             "export_events",
@@ -461,6 +482,16 @@ impl Metrics {
         self.kill_switch_active
             .get_or_create(&SourceLabel { source })
             .set(i64::from(active));
+    }
+
+    /// Counts a finding audit logged that `enforcing_mode` would block.
+    pub fn audit_would_block(&self, enforcing_mode: &'static str, direction: &'static str) {
+        self.audit_would_block
+            .get_or_create(&WouldBlockLabels {
+                enforcing_mode,
+                direction,
+            })
+            .inc();
     }
 
     /// Adds `delta` to `pipelock_kernel_unscannable_total{kind,action}`.
