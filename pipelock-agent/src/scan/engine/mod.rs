@@ -260,7 +260,8 @@ impl Engine {
             dlp.push(hs_pattern(&expr, false, false, id, true)?);
             span.push(Span::new(&expr, false, false, id)?);
         }
-        let dlp_rules = dlp.len();
+        // Triggers are decode hints, not rules: they are not counted.
+        let dlp_rules = dlp.len() - (prefix_triggers.end - delimited_triggers.start);
         let dlp_stream_set = dlp;
         let mut inj = Vec::new();
         for rule in &spec.injection {
@@ -330,7 +331,7 @@ impl Engine {
         }
     }
 
-    /// Number of DLP and injection expressions compiled.
+    /// Number of DLP and injection rules compiled (decode triggers not counted).
     pub fn rule_counts(&self) -> (usize, usize) {
         (self.dlp_rules, self.inj_rules)
     }
