@@ -36,7 +36,7 @@ use crate::scan::{
     text::{
         Hit, RunLimits,
         decode::{ContentCoding, DecodeLimits, percent_decode_iter},
-        scan_dlp_block, scan_inj_text,
+        scan_dlp_field, scan_inj_text,
     },
 };
 
@@ -512,14 +512,13 @@ impl ScanExchange {
         self.scanner_hit("scanner.scan_error", "scanner");
     }
 
-    fn block_scan(&mut self, data: &[u8], location: &str) {
+    fn field_scan(&mut self, data: &[u8], location: &str) {
         let shared = Arc::clone(&self.shared);
-        if let Err(e) = scan_dlp_block(
+        if let Err(e) = scan_dlp_field(
             &shared.engine,
             data,
             location,
             shared.cfg.run_limits,
-            0,
             &mut self.hits,
         ) {
             self.scan_error(&e);
@@ -611,7 +610,7 @@ impl ScanExchange {
             let loc = format!("{kind}:{lname}");
             let line = header_line(name, value);
             let before = self.hits.len();
-            self.block_scan(&line, &loc);
+            self.field_scan(&line, &loc);
             let v = value.as_bytes();
             if is_auth_header(lname)
                 && v.len() > 6
@@ -619,7 +618,7 @@ impl ScanExchange {
                 && let Ok(dec) =
                     base64::engine::general_purpose::STANDARD.decode(v[6..].trim_ascii())
             {
-                self.block_scan(&dec, &format!("{loc}+basic"));
+                self.field_scan(&dec, &format!("{loc}+basic"));
             }
             let pairs: Vec<&[u8]> = if lname == "cookie" {
                 v.split(|&b| b == b';').map(<[u8]>::trim_ascii).collect()
@@ -630,7 +629,7 @@ impl ScanExchange {
                 if memchr::memchr(b'%', pair).is_some() {
                     let dec = percent_decode_iter(pair, 3);
                     if dec != pair {
-                        self.block_scan(&dec, &format!("{loc}+percent"));
+                        self.field_scan(&dec, &format!("{loc}+percent"));
                     }
                 }
             }
@@ -764,10 +763,10 @@ impl Exchange for ScanExchange {
             .path_and_query()
             .map(|pq| pq.as_str().to_owned())
             .unwrap_or_default();
-        self.block_scan(target.as_bytes(), "url");
+        self.field_scan(target.as_bytes(), "url");
         let decoded = percent_decode_iter(target.as_bytes(), 3);
         if decoded != target.as_bytes() {
-            self.block_scan(&decoded, "url+percent");
+            self.field_scan(&decoded, "url+percent");
         }
         self.request_fields(&req.headers, "header");
         let body_scanning = if self.conn.listener == crate::pipeline::Listener::Mcp {

@@ -8,7 +8,7 @@ use super::{
         Engine, EngineSpec,
         patterns::{self, Detector, RuleClass},
     },
-    text::{RunLimits, TextScanner, normalize, scan_dlp_block},
+    text::{RunLimits, TextScanner, normalize, scan_dlp_block, scan_dlp_field},
 };
 
 fn rep(s: &str, n: usize) -> String {
@@ -297,6 +297,41 @@ fn matches_split_at_every_offset() {
     }
 }
 
+fn hex_pairs(b: &[u8], sep: &str) -> String {
+    b.iter()
+        .map(|x| format!("{x:02x}"))
+        .collect::<Vec<_>>()
+        .join(sep)
+}
+
+#[test]
+fn fields_decode_what_bodies_leave_to_triggers() {
+    use base64::Engine as _;
+    let e = engine();
+    // Its base64 has no digit, and no prefix literal is long enough.
+    let key = "AKIAAON6RYIZ4AU4XFDK";
+    let b64 = base64::engine::general_purpose::STANDARD.encode(key);
+    assert!(!b64.bytes().any(|b| b.is_ascii_digit()), "{b64}");
+    let url = format!("/c?d={b64}");
+    let mut hits = Vec::new();
+    scan_dlp_field(&e, url.as_bytes(), "url", RunLimits::default(), &mut hits).unwrap();
+    assert!(
+        hits.iter().any(|h| h.meta.id == "dlp.aws_access_key_id"),
+        "{hits:?}"
+    );
+    assert!(hits.iter().all(|h| h.location == "url+base64"), "{hits:?}");
+    // Clean fields stay clean.
+    for clean in [
+        "/api/v1/accounts/transactions?page=2&sort=descending-order",
+        "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko)",
+        "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+    ] {
+        let mut hits = Vec::new();
+        scan_dlp_field(&e, clean.as_bytes(), "url", RunLimits::default(), &mut hits).unwrap();
+        assert!(hits.is_empty(), "{clean}: {hits:?}");
+    }
+}
+
 #[test]
 fn encoded_secrets_are_decoded() {
     use base64::Engine as _;
@@ -313,6 +348,14 @@ fn encoded_secrets_are_decoded() {
                 .encode(format!("\u{ff}{secret}").as_bytes()),
         ),
         ("hex", data_encoding::HEXLOWER.encode(secret.as_bytes())),
+        (
+            "hex pairs joined by spaces",
+            hex_pairs(secret.as_bytes(), " "),
+        ),
+        (
+            "hex pairs joined by colons",
+            hex_pairs(secret.as_bytes(), ":"),
+        ),
         ("base32", data_encoding::BASE32.encode(secret.as_bytes())),
         (
             "percent",

@@ -23,6 +23,8 @@ struct Masks {
     /// `- _ =`: base64url beyond the alphanumerics.
     url_extra: u64,
     pct: u64,
+    /// `:` or `,`: between hex pairs (a space too, in `space`).
+    pair_sep: u64,
 }
 
 /// Digit mask of a block, one generic body for every lane width.
@@ -56,6 +58,7 @@ unsafe fn classify_with<L: Lanes>(b: &[u8; BLOCK]) -> Masks {
             m.std_extra |= L::bits(L::or(L::or(L::eq(v, b'+'), L::eq(v, b'/')), equals), l);
             m.url_extra |= L::bits(L::or(L::or(dash, L::eq(v, b'_')), equals), l);
             m.pct |= L::bits(L::eq(v, b'%'), l);
+            m.pair_sep |= L::bits(L::or(L::eq(v, b':'), L::eq(v, b',')), l);
         }
     }
     m
@@ -112,6 +115,7 @@ fn classify(b: &[u8; BLOCK]) -> Masks {
         m.std_extra |= u64::from(matches!(c, b'+' | b'/' | b'=')) << i;
         m.url_extra |= u64::from(matches!(c, b'-' | b'_' | b'=')) << i;
         m.pct |= u64::from(c == b'%') << i;
+        m.pair_sep |= u64::from(c == b':' || c == b',') << i;
     }
     m
 }
@@ -163,6 +167,33 @@ fn numeric_hot(lo: Masks, hi: Masks) -> bool {
         | run_ends(al, 15)
         | run_ends(joined(du, space), 18))
         != 0
+}
+
+/// Whether the window holds hex pairs joined by single spaces, colons or
+/// commas (`41 4b 49 41`), [`delimited::MIN_BYTES`] of them in a row: the
+/// shape Hyperscan has no literal for (`delimited`). Alphanumerics stand in
+/// for hex digits; the decoder reads the bytes. Printable ASCII in hex has a
+/// digit in every pair, so the window is classified whenever one is there.
+///
+/// [`delimited::MIN_BYTES`]: super::delimited::MIN_BYTES
+#[inline(always)]
+fn pairs_hot(lo: Masks, hi: Masks) -> bool {
+    let al = wide(
+        lo.digit | lo.upper | lo.lower,
+        hi.digit | hi.upper | hi.lower,
+    );
+    let sep = wide(lo.space | lo.pair_sep, hi.space | hi.pair_sep);
+    // A separator with exactly two alphanumerics before it and two after.
+    let s = sep & (al << 1) & (al << 2) & !(al << 3) & (al >> 1) & (al >> 2);
+    if s == 0 {
+        return false;
+    }
+    // `MIN_BYTES - 1` separators three bytes apart.
+    let mut chain = s;
+    for k in 1..super::delimited::MIN_BYTES as u32 - 1 {
+        chain &= s >> (3 * k);
+    }
+    chain != 0
 }
 
 /// Bit `i` set when bits `i ..= i + len - 1` of `m` are all set.
@@ -242,6 +273,8 @@ const RUN: u32 = super::runs::RUN_MIN_LEN as u32;
 pub struct HotBlocks {
     numeric: Vec<u64>,
     runs: Vec<u64>,
+    /// Hex pairs joined by a delimiter somewhere in the buffer ([`pairs_hot`]).
+    pairs: bool,
 }
 
 /// The pass asking.
@@ -332,6 +365,7 @@ impl HotBlocks {
             v.clear();
             v.resize(words, 0);
         }
+        self.pairs = false;
         let full = buf.len() / BLOCK;
         let fulls = buf
             .chunks_exact(BLOCK)
@@ -365,6 +399,31 @@ impl HotBlocks {
         if full >= 2 {
             self.mark_windows(std::iter::once(&before).chain(fulls), digits, classify);
         }
+        // The windows above end at the last full block; hex pairs reaching
+        // into the rest (or across a chunk too short for a window) are
+        // looked for byte by byte, in at most 64 + 128 bytes.
+        if !self.pairs {
+            let from = full.saturating_sub(1) * BLOCK;
+            let end = &buf[from..];
+            self.pairs = if from == 0 {
+                let prev = match around {
+                    Around::After(prev) => &prev[prev.len().saturating_sub(BLOCK)..],
+                    _ => &[],
+                };
+                let mut joined = [0u8; 3 * BLOCK];
+                joined[..prev.len()].copy_from_slice(prev);
+                joined[prev.len()..prev.len() + end.len()].copy_from_slice(end);
+                super::delimited::has_pairs(&joined[..prev.len() + end.len()])
+            } else {
+                super::delimited::has_pairs(end)
+            };
+        }
+    }
+
+    /// Whether the buffer last classified holds hex pairs joined by a
+    /// delimiter (`41:4b:49…`), which only the delimited pass decodes.
+    pub fn pairs(&self) -> bool {
+        self.pairs
     }
 
     /// Marks the blocks of `seq` (whose first block is numbered -1 and is
@@ -392,6 +451,7 @@ impl HotBlocks {
             let (w_numeric, w_runs) = if d_cur | d_next != 0 {
                 let mc = *m_cur.get_or_insert_with(|| classify(cur));
                 let mn = *m_next.insert(classify(next));
+                self.pairs |= pairs_hot(mc, mn);
                 (numeric_hot(mc, mn), run_digits(mc, mn, RUN))
             } else {
                 (false, [false; 2])
@@ -490,6 +550,7 @@ mod tests {
                 assert_eq!(bit(m.std_extra), b"+/=".contains(&c), "{c:#x}");
                 assert_eq!(bit(m.url_extra), b"-_=".contains(&c), "{c:#x}");
                 assert_eq!(bit(m.pct), c == b'%', "{c:#x}");
+                assert_eq!(bit(m.pair_sep), b":,".contains(&c), "{c:#x}");
                 assert_eq!(digits(&b), m.digit);
                 #[cfg(target_arch = "x86_64")]
                 if std::is_x86_feature_detected!("avx2") {
@@ -502,12 +563,50 @@ mod tests {
         }
     }
 
+    #[test]
+    fn hex_pairs_are_flagged_wherever_they_lie() {
+        let hex: String = b"xoxb-7912928353-wuuGHJpo2dK"
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let clean = "Meet on 12 03 2024 at 10:30:00, room 4 b; a 1 b 2. ".repeat(40);
+        for sep in [" ", ":", ","] {
+            let seq = hex.replace(' ', sep);
+            for at in [0, 1, 63, 64, 100, 500, clean.len()] {
+                let text = format!("{}{seq}{}", &clean[..at], &clean[at..]);
+                let mut hot = HotBlocks::default();
+                hot.compute_whole(text.as_bytes());
+                assert!(hot.pairs(), "whole, {sep:?} at {at}");
+                // In chunks: a chunk holding the sequence, or the next one
+                // (which sees the last bytes before it), flags it.
+                for size in [17, 64, 100, 128, 200, 1000] {
+                    let mut flagged = false;
+                    for (k, c) in text.as_bytes().chunks(size).enumerate() {
+                        let start = k * size;
+                        hot.compute_after(&text.as_bytes()[start.saturating_sub(64)..start], c);
+                        flagged |= hot.pairs();
+                    }
+                    assert!(flagged, "chunks of {size}, {sep:?} at {at}");
+                }
+            }
+        }
+        let mut hot = HotBlocks::default();
+        hot.compute_whole(clean.as_bytes());
+        assert!(!hot.pairs());
+        for c in clean.as_bytes().chunks(100) {
+            hot.compute_after(&[], c);
+            assert!(!hot.pairs());
+        }
+    }
+
     /// Every block marked: the passes then read every digit.
     fn all_hot(len: usize) -> HotBlocks {
         let words = len.div_ceil(BLOCK).div_ceil(64);
         HotBlocks {
             numeric: vec![!0; words],
             runs: vec![!0; words],
+            pairs: true,
         }
     }
 

@@ -4,12 +4,14 @@
 //! (`0x41, 0x4b`) and HTML character references (`&#65;&#x4B;`). The run
 //! pass cannot see these (their pieces are too short); Hyperscan flags a
 //! buffer holding one ([`TRIGGERS`]), and only then is it read byte by byte
-//! here. Pairs joined by `:`, a space or a comma have no trigger: an
+//! here. Pairs joined by `:`, a space or a comma have no trigger (an
 //! expression without a literal to anchor on cost Hyperscan 20–50 % of its
-//! clean-text throughput (measured with `cargo xtask bench scan` and on
-//! 8 MB of /usr/share/doc); pairs joined by `-` are runs of the run pass
-//! and decoded there (`decode::decode_candidates`). A sequence counts from [`MIN_BYTES`] decoded bytes and is kept up
-//! to a caller-given length.
+//! clean-text throughput, measured with `cargo xtask bench scan` and on
+//! 8 MB of /usr/share/doc): the block classifier flags them instead
+//! (`blocks`, [`has_pairs`] at a chunk's end); pairs joined by `-` are runs
+//! of the run pass and decoded there (`decode::decode_candidates`). A
+//! sequence counts from [`MIN_BYTES`] decoded bytes and is kept up to a
+//! caller-given length.
 
 /// Fewest decoded bytes a sequence needs (shorter ones hold no secret).
 pub const MIN_BYTES: usize = 8;
@@ -153,6 +155,34 @@ pub fn sequences(s: &[u8], max: usize) -> Vec<Sequence> {
     out
 }
 
+/// Whether `s` holds [`MIN_BYTES`] bare hex pairs in a row joined by
+/// single spaces, colons or commas, read byte by byte: the shape the block
+/// classifier looks for in its windows (`blocks`), for the few bytes at a
+/// chunk's end that no window covers.
+pub fn has_pairs(s: &[u8]) -> bool {
+    let mut count = 0;
+    let mut i = 0;
+    while i + 1 < s.len() {
+        let pair = s[i].is_ascii_hexdigit()
+            && s[i + 1].is_ascii_hexdigit()
+            && (i == 0 || !s[i - 1].is_ascii_alphanumeric())
+            && !s.get(i + 2).is_some_and(u8::is_ascii_alphanumeric);
+        if pair {
+            count += 1;
+            if count >= MIN_BYTES {
+                return true;
+            }
+            if matches!(s.get(i + 2), Some(b' ' | b':' | b',')) {
+                i += 3;
+                continue;
+            }
+        }
+        count = 0;
+        i += 1;
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,6 +238,23 @@ mod tests {
         // A MAC address (6 bytes) is too short; a long one counts.
         assert!(decoded("mac 00:1a:2b:3c:4d:5e up").is_empty());
         assert_eq!(decoded("00:1a:2b:3c:4d:5e:6f:70").len(), 1);
+    }
+
+    #[test]
+    fn has_pairs_agrees_with_the_decoder_on_single_delimiters() {
+        for text in [
+            "x 41:4b:49:41:4d:5a:43:4f y",
+            "41 4b 49 41 4d 5a 43 4f",
+            "[41,4b,49,41,4d,5a,43,4f]",
+            "on 12 03 2024 at 10:30:00 we met",
+            "de ad be ef",
+            "mac 00:1a:2b:3c:4d:5e up",
+            "deadbeefdeadbeef01",
+            "41 4b 49 41 4d 5a 43x4f",
+        ] {
+            let bare = sequences(text.as_bytes(), 64).len();
+            assert_eq!(has_pairs(text.as_bytes()), bare > 0, "{text}");
+        }
     }
 
     #[test]

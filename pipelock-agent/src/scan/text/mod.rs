@@ -235,9 +235,47 @@ pub fn scan_dlp_block(
     depth: u8,
     out: &mut Vec<Hit>,
 ) -> Result<(), Error> {
+    scan_dlp_block_with(
+        engine,
+        data,
+        location,
+        limits,
+        depth,
+        Triggered::default(),
+        out,
+    )
+}
+
+/// [`scan_dlp_block`] for a short field (a URL, a header value): every
+/// delimited sequence and every digit-free encoded run in it is decoded,
+/// flagged or not. Fields are small, so reading them byte by byte costs
+/// little, and they are where short encodings of short keys (an access key
+/// id's 28 base64 characters) travel.
+pub fn scan_dlp_field(
+    engine: &Engine,
+    data: &[u8],
+    location: &str,
+    limits: RunLimits,
+    out: &mut Vec<Hit>,
+) -> Result<(), Error> {
+    let all = Triggered {
+        delimited: true,
+        encoded_prefix: true,
+    };
+    scan_dlp_block_with(engine, data, location, limits, 0, all, out)
+}
+
+fn scan_dlp_block_with(
+    engine: &Engine,
+    data: &[u8],
+    location: &str,
+    limits: RunLimits,
+    depth: u8,
+    mut triggered: Triggered,
+    out: &mut Vec<Hit>,
+) -> Result<(), Error> {
     let mut hits = Vec::new();
     engine.scan_dlp_block(data, &mut |id, to| hits.push((id, to)))?;
-    let mut triggered = Triggered::default();
     for (id, to) in hits {
         if let Some(t) = engine.trigger(id) {
             triggered.set(t);
@@ -261,6 +299,7 @@ pub fn scan_dlp_block(
     }
     let mut hot = HotBlocks::default();
     hot.compute_whole(data);
+    triggered.delimited |= hot.pairs();
     let mut num = NumericScanner::default();
     let mut nh = Vec::new();
     num.feed_with(data, &hot, &mut nh);
@@ -621,6 +660,7 @@ fn dlp_feed(
         d.hits = hits;
     }
     d.hot.compute_after(&d.ring.buf, data);
+    d.triggered.delimited |= d.hot.pairs();
     d.numeric.feed_with(data, &d.hot, &mut d.num_hits);
     report_numeric(d, location, out);
     d.seed.feed(data, &mut d.seed_hits);
