@@ -842,6 +842,7 @@ pub fn scan_config(cfg: &Config, subtrees: Vec<(PathBuf, config::Mode)>) -> Scan
             trusted_domains: cfg.trusted_domains.clone(),
             ..DestPolicy::default()
         },
+        rate_limit: cfg.interceptor.rate_limit,
         ..defaults
     }
 }

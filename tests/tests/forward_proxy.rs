@@ -652,3 +652,51 @@ fn non_http_inside_a_connect_tunnel_is_refused() {
         "no refusal logged: {out}"
     );
 }
+
+/// `interceptor.rate_limit`: the request over the per-host limit is answered
+/// 429 and never reaches the upstream; the finding is logged and `/health`
+/// says the limit is on.
+#[test]
+fn requests_over_the_host_rate_limit_get_429() {
+    let dir = test_dir("fwd-rate");
+    let config = dir.join("pipelock.yaml");
+    let chart = std::fs::read_to_string(CHART).unwrap();
+    std::fs::write(
+        &config,
+        format!("{chart}\ninterceptor:\n  rate_limit:\n    per_host_per_minute: 3\n"),
+    )
+    .unwrap();
+    let f = start_with(&config, &["--mode", "strict"]);
+    let up = Upstream::start("127.0.0.1:0".parse().unwrap());
+    let mut codes = Vec::new();
+    for i in 0..5 {
+        let run = curl(&[
+            "-o",
+            "/dev/null",
+            "-x",
+            &f.proxy(),
+            &up.url(&format!("/bytes/{}", 10 + i)),
+        ]);
+        codes.push(split(&run).1);
+    }
+    assert_eq!(
+        codes,
+        ["200", "200", "200", "429", "429"],
+        "{}",
+        f.agent.output()
+    );
+    let seen = up.seen();
+    assert!(seen.contains(&"/bytes/12".to_string()), "{seen:?}");
+    assert!(!seen.contains(&"/bytes/13".to_string()), "{seen:?}");
+    assert!(
+        f.agent
+            .wait_for_line(TIMEOUT, |l| l.contains("\"rule_id\":\"dest.rate_limit\""))
+            .is_some(),
+        "{}",
+        f.agent.output()
+    );
+    let (body, code) = split(&curl(&[&format!("http://127.0.0.1:{}/health", f.fwd_port)]));
+    assert_eq!(code, "200");
+    let json: serde_json::Value = serde_json::from_str(&body).expect("health JSON");
+    assert_eq!(json["rate_limit_enabled"], true, "{json}");
+}

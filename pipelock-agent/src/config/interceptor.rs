@@ -12,6 +12,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use super::types::{FailMode, Mode, NonHttpAction};
+pub use crate::pipeline::rate::RateLimitConfig;
 
 /// 0x504c ("PL"): clear of the 0xffff0000 and 0x0f00 bits Calico and
 /// Cilium use for their own marks.
@@ -118,6 +119,9 @@ pub struct Interceptor {
     pub body_hold_wait_ms: u64,
     /// Seconds a client may leave a request body without a byte (408).
     pub body_idle_timeout_seconds: u64,
+    /// Requests a minute per destination host and per client (pod); over
+    /// it, a `dest.rate_limit` finding (429 when it blocks). Off by default.
+    pub rate_limit: RateLimitConfig,
 }
 
 impl Default for Interceptor {
@@ -166,6 +170,7 @@ impl Default for Interceptor {
             body_hold_budget_bytes: 256 << 20,
             body_hold_wait_ms: 5000,
             body_idle_timeout_seconds: 60,
+            rate_limit: RateLimitConfig::default(),
         }
     }
 }

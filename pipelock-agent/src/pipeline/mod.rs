@@ -7,6 +7,7 @@
 pub mod destination;
 pub mod findings;
 pub mod jwt;
+pub mod rate;
 pub mod scanning;
 pub mod subtree;
 pub mod verdict;

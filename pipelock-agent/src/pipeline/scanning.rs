@@ -18,6 +18,7 @@ use crate::{
         Block, ConnMeta, Decision, Exchange, Outcome, Pipeline,
         destination::DestPolicy,
         findings::{Direction, ExchangeInfo, Finding, redact_path, report_finding},
+        rate::{RateLimitConfig, RateLimiter},
         subtree::SubtreeModes,
         verdict::{self, Action, Policy},
     },
@@ -86,6 +87,8 @@ pub struct ScanConfig {
     /// confidence (`mcp_input_scanning.action: block`; replaces
     /// `request_section_blocks` there).
     pub mcp_input_section_blocks: bool,
+    /// Request-rate limits per host and per client (off by default).
+    pub rate_limit: RateLimitConfig,
 }
 
 /// One operator DLP pattern, matched case-insensitively as Pipelock does.
@@ -162,6 +165,7 @@ impl Default for ScanConfig {
             destination: DestPolicy::default(),
             mcp_input: true,
             mcp_input_section_blocks: false,
+            rate_limit: RateLimitConfig::default(),
         }
     }
 }
@@ -173,6 +177,8 @@ struct Shared {
     metrics: Arc<Metrics>,
     /// Checked first on every request (and WebSocket message).
     kill_switch: Arc<KillSwitch>,
+    /// Request counts per host and per client (`interceptor.rate_limit`).
+    rate: Arc<RateLimiter>,
     /// Where findings are exported (the process's one exporter).
     exporter: Arc<Exporter>,
 }
@@ -232,6 +238,7 @@ impl ScanPipeline {
                     cgroup_modes: cfg.cgroup_modes.clone(),
                     subtrees: Arc::new(SubtreeModes::new(cfg.cgroup_subtrees.clone())),
                 },
+                rate: Arc::new(RateLimiter::new(cfg.rate_limit)),
                 cfg,
                 metrics,
                 kill_switch: Arc::default(),
@@ -263,6 +270,7 @@ impl ScanPipeline {
                 policy: s.policy.clone(),
                 cfg: s.cfg.clone(),
                 metrics: Arc::clone(&s.metrics),
+                rate: Arc::clone(&s.rate),
                 kill_switch,
                 exporter,
             }),
@@ -486,9 +494,24 @@ impl ScanExchange {
         };
         m.block(direction.as_str(), block_class);
         m.blocked_hosts.inc(&self.stats_host());
-        let b = verdict::block(direction.as_str(), &block_ids);
+        let mut b = verdict::block(direction.as_str(), &block_ids);
+        if block_ids.iter().all(|id| id == "dest.rate_limit") {
+            b.status = http::StatusCode::TOO_MANY_REQUESTS;
+        }
         self.blocked = Some(b.clone());
         Decision::Block(b)
+    }
+
+    /// Who a request is counted for by the per-client rate limit: the pod,
+    /// else the cgroup, else the client address.
+    fn client_key(&self) -> String {
+        match &self.conn.attribution {
+            Some(a) => match &a.pod {
+                Some(p) => format!("{}/{}", p.namespace, p.pod),
+                None => format!("cgroup:{}", a.cgroup_id),
+            },
+            None => self.conn.peer.ip().to_string(),
+        }
     }
 
     /// The host a block is counted under in `/stats`: the verified TLS
@@ -756,6 +779,21 @@ impl Exchange for ScanExchange {
         );
         for f in dest {
             self.scanner_hit(f.rule_id(), "destination");
+        }
+        if self.shared.rate.enabled() {
+            let check = self
+                .shared
+                .rate
+                .check(&self.stats_host(), &self.client_key());
+            if check.untracked > 0 {
+                self.shared
+                    .metrics
+                    .rate_limit_untracked
+                    .inc_by(u64::from(check.untracked));
+            }
+            if let Some(which) = check.exceeded {
+                self.scanner_hit("dest.rate_limit", which.location());
+            }
         }
         // URL: raw and percent-decoded.
         let target = req
@@ -1252,6 +1290,53 @@ mod tests {
         let body = format!("t={}", github_token());
         assert_eq!(post(&p, 42, &[], body.as_bytes(), 100), Decision::Continue);
         assert!(post(&p, 43, &[], body.as_bytes(), 100).is_block());
+    }
+
+    #[test]
+    fn requests_over_a_rate_limit_get_429_and_follow_the_mode() {
+        let limited = |mode| {
+            ScanPipeline::new(ScanConfig {
+                mode,
+                rate_limit: RateLimitConfig {
+                    per_host_per_minute: 3,
+                    per_client_per_minute: 0,
+                },
+                ..ScanConfig::default()
+            })
+            .unwrap()
+        };
+        let p = limited(Mode::Strict);
+        let get = |p: &ScanPipeline, uri: &str| {
+            let mut ex = p.exchange(&conn(1));
+            ex.request_filter(&request("GET", uri, &[]))
+        };
+        for _ in 0..3 {
+            assert_eq!(get(&p, "https://api.example.test/"), Decision::Continue);
+        }
+        let d = get(&p, "https://api.example.test/x");
+        assert_eq!(block_ids(&d), vec!["dest.rate_limit".to_owned()]);
+        let Decision::Block(b) = d else {
+            unreachable!()
+        };
+        assert_eq!(b.status, http::StatusCode::TOO_MANY_REQUESTS);
+        // Another host has its own count.
+        assert_eq!(get(&p, "https://other.example.test/"), Decision::Continue);
+        // A secret over the limit is a 403: the graver finding decides.
+        let d = get(
+            &p,
+            &format!("https://api.example.test/?k={}", github_token()),
+        );
+        let Decision::Block(b) = d else {
+            panic!("not blocked")
+        };
+        assert_eq!(b.status, http::StatusCode::FORBIDDEN);
+        // Audit counts and logs, never refuses.
+        let p = limited(Mode::Audit);
+        for _ in 0..10 {
+            assert_eq!(get(&p, "https://api.example.test/"), Decision::Continue);
+        }
+        assert_eq!(p.metrics().findings_logged(), 7);
+        assert_eq!(p.metrics().requests_blocked(), 0);
     }
 
     #[test]

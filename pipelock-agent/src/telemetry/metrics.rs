@@ -246,6 +246,7 @@ counters! {
     responses_cut => "responses_cut", "Responses blocked or cut mid-stream.";
     decompression_bombs => "decompression_bombs", "Bodies whose decoding hit the size or ratio limit.";
     scan_errors => "scan_errors", "Internal scan errors (the exchange fails closed).";
+    rate_limit_untracked => "rate_limit_untracked", "Requests not rate-limited because the limiter's key table was full.";
     request_bytes_scanned => "request_bytes_scanned", "Request body bytes scanned (as sent, before decoding).";
     response_bytes_scanned => "response_bytes_scanned", "Response body bytes scanned (as received, before decoding).";
     request_bytes_decoded => "request_bytes_decoded", "Request body bytes scanned after content decoding (gzip, br, zstd, deflate).";

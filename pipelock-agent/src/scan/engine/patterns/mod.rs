@@ -233,6 +233,15 @@ pub static DESTINATION_RULES: &[Rule] = &[
     )
     .internal(),
     rule(
+        "dest.rate_limit",
+        "Requests over the per-host or per-client rate limit",
+        RuleClass::Destination,
+        Severity::Medium,
+        Confidence::High,
+        "",
+    )
+    .internal(),
+    rule(
         "dest.url_entropy",
         "High-entropy URL path segment or query value",
         RuleClass::Destination,
