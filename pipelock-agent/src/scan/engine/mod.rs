@@ -40,6 +40,9 @@ pub enum Trigger {
     /// An encoded key prefix: decode the digit-free runs
     /// (`passes::encoded_prefix`).
     EncodedPrefix,
+    /// A credential column name in what may be a table's header
+    /// (`passes::table`).
+    Table,
 }
 
 /// How an excerpt of a match may be shown.
@@ -131,6 +134,8 @@ pub struct Engine {
     delimited_triggers: std::ops::Range<usize>,
     /// DLP ids that mark an encoded key prefix (`passes::encoded_prefix`).
     prefix_triggers: std::ops::Range<usize>,
+    /// DLP ids marking a possible table header (`passes::table::TRIGGERS`).
+    table_triggers: std::ops::Range<usize>,
     dlp_rules: usize,
     inj_rules: usize,
 }
@@ -250,6 +255,13 @@ impl Engine {
             span.push(Span::new(&expr, false, false, id)?);
         }
         let prefix_triggers = delimited_triggers.end..metas.len();
+        for expr in crate::scan::passes::table::TRIGGERS {
+            let id = metas.len();
+            metas.push(Arc::new(RuleMeta::trigger()));
+            dlp.push(hs_pattern(expr, true, false, id, true)?);
+            span.push(Span::new(expr, true, false, id)?);
+        }
+        let table_triggers = prefix_triggers.end..metas.len();
         for lit in &spec.literals {
             if lit.bytes.is_empty() {
                 continue;
@@ -261,7 +273,7 @@ impl Engine {
             span.push(Span::new(&expr, false, false, id)?);
         }
         // Triggers are decode hints, not rules: they are not counted.
-        let dlp_rules = dlp.len() - (prefix_triggers.end - delimited_triggers.start);
+        let dlp_rules = dlp.len() - (table_triggers.end - delimited_triggers.start);
         let dlp_stream_set = dlp;
         let mut inj = Vec::new();
         for rule in &spec.injection {
@@ -303,6 +315,7 @@ impl Engine {
             spans: span,
             delimited_triggers,
             prefix_triggers,
+            table_triggers,
             inj_block,
             inj_stream,
             scratch: ScratchPool {
@@ -326,6 +339,8 @@ impl Engine {
             Some(Trigger::Delimited)
         } else if self.prefix_triggers.contains(&id) {
             Some(Trigger::EncodedPrefix)
+        } else if self.table_triggers.contains(&id) {
+            Some(Trigger::Table)
         } else {
             None
         }

@@ -7,7 +7,9 @@
 //! checks the bytes of a Hyperscan match that a regex cannot judge
 //! (credential values by context and entropy, vendor example keys);
 //! `delimited` decodes the hex sequences and escapes Hyperscan flags, and
-//! `encoded_prefix` the digit-free encoded runs of well-known key prefixes.
+//! `encoded_prefix` the digit-free encoded runs of well-known key prefixes;
+//! `table` rewrites the credential cells of a flagged CSV/TSV table as
+//! assignments.
 pub mod blocks;
 pub mod delimited;
 pub mod encoded_prefix;
@@ -15,5 +17,6 @@ pub mod judge;
 pub mod numeric;
 pub mod runs;
 pub mod seed;
+pub mod table;
 pub mod tail;
 pub mod validators;

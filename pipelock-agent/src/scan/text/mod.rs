@@ -33,6 +33,7 @@ use super::{
         numeric::{NumericHit, NumericScanner},
         runs::{RunScanner, decodable_parts, discord_token, runs_in},
         seed::{SeedHit, SeedScanner},
+        table,
     },
 };
 
@@ -261,6 +262,7 @@ pub fn scan_dlp_field(
     let all = Triggered {
         delimited: true,
         encoded_prefix: true,
+        table: false,
     };
     scan_dlp_block_with(engine, data, location, limits, 0, all, out)
 }
@@ -336,6 +338,7 @@ fn scan_dlp_block_with(
 struct Triggered {
     delimited: bool,
     encoded_prefix: bool,
+    table: bool,
 }
 
 impl Triggered {
@@ -343,13 +346,15 @@ impl Triggered {
         match t {
             Trigger::Delimited => self.delimited = true,
             Trigger::EncodedPrefix => self.encoded_prefix = true,
+            Trigger::Table => self.table = true,
         }
     }
 }
 
 /// Runs the decodings `triggered` asks for over `data`: its delimited
-/// sequences (hex pairs, escapes, character references) and its digit-free
-/// encoded runs, each decoded and scanned. Returns whether a delimited
+/// sequences (hex pairs, escapes, character references), its digit-free
+/// encoded runs and the credential cells of its tables, each decoded and
+/// scanned. Returns whether a delimited
 /// sequence reaches the end of `data` (it may go on in the next chunk).
 fn scan_triggered(
     engine: &Engine,
@@ -377,6 +382,19 @@ fn scan_triggered(
     if triggered.encoded_prefix {
         for run in encoded_prefix::digit_free_runs(data, limits.max_run) {
             handle_run(engine, run, location, limits, depth, out)?;
+        }
+    }
+    if triggered.table {
+        let cells = table::assignments(data);
+        if !cells.is_empty() {
+            scan_dlp_block(
+                engine,
+                &cells,
+                &format!("{location}+table"),
+                limits,
+                depth,
+                out,
+            )?;
         }
     }
     Ok(at_end)
@@ -672,7 +690,7 @@ fn dlp_feed(
     for run in &d.found_runs {
         handle_run(engine, run, location, limits, 1, out)?;
     }
-    if d.triggered.delimited || d.triggered.encoded_prefix {
+    if d.triggered.delimited || d.triggered.encoded_prefix || d.triggered.table {
         // What was flagged may have begun in the bytes before this chunk.
         let mut joined = Vec::with_capacity(d.ring.buf.len() + data.len());
         joined.extend_from_slice(&d.ring.buf);
@@ -680,7 +698,7 @@ fn dlp_feed(
         let goes_on = scan_triggered(engine, d.triggered, &joined, location, limits, 1, out)?;
         d.triggered = Triggered {
             delimited: goes_on,
-            encoded_prefix: false,
+            ..Triggered::default()
         };
     }
     d.ring.push(data);

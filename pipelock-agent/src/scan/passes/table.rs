@@ -1,0 +1,217 @@
+//! Credentials in tables (CSV, TSV, `;`- or `|`-separated exports): a
+//! header row naming a credential column (`service,username,password`)
+//! and the rows under it. No regex can tie a value to its column, so
+//! Hyperscan only flags a buffer where a credential name ends a header
+//! field ([`TRIGGERS`]); this pass then reads its lines, finds the header
+//! and rewrites each credential cell as a `name: value` line
+//! ([`assignments`]), the form of a config file, which the caller scans
+//! like any text: the credential-assignment rule judges the value there
+//! (placeholders, masks and low entropy are not findings), so a table is
+//! judged exactly as a config file is. Within one buffer (a stream chunk
+//! and the bytes before it): rows far past their header in a later chunk
+//! are not tied to it.
+
+/// Hyperscan expressions (caseless) marking a buffer that may hold such a
+/// header: a credential name at the end of a field, followed by a
+/// delimiter or the end of the line.
+pub const TRIGGERS: &[&str] =
+    &[r#"(?:password|passwd|secret|api_?key|token)["']?(?:[,;\t|]|\r?\n)"#];
+
+/// Names of credential columns (lower case, matched inside the name).
+const CREDENTIAL_NAMES: &[&str] = &[
+    "password",
+    "passwd",
+    "secret",
+    "api_key",
+    "apikey",
+    "api key",
+    "token",
+    "private_key",
+];
+
+/// Columns whose name holds a credential word but whose cells are not secret.
+const NOT_CREDENTIAL_NAMES: &[&str] = &["hash", "expires", "type", "id", "url", "hint", "length"];
+
+/// Rows read under one header at most.
+const MAX_ROWS: usize = 1000;
+/// Longest header field.
+const MAX_NAME: usize = 40;
+/// Most columns.
+const MAX_COLUMNS: usize = 64;
+
+const DELIMITERS: &[u8] = b",;\t|";
+
+/// The fields of `line` split at `delim`; a field in double quotes keeps
+/// its delimiters and loses its quotes (`""` is a quote).
+fn fields(line: &[u8], delim: u8) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut cur = Vec::new();
+    let mut quoted = false;
+    let mut i = 0;
+    while i < line.len() {
+        let b = line[i];
+        if quoted {
+            if b == b'"' {
+                if line.get(i + 1) == Some(&b'"') {
+                    cur.push(b'"');
+                    i += 1;
+                } else {
+                    quoted = false;
+                }
+            } else {
+                cur.push(b);
+            }
+        } else if b == b'"' && cur.iter().all(u8::is_ascii_whitespace) {
+            cur.clear();
+            quoted = true;
+        } else if b == delim {
+            out.push(std::mem::take(&mut cur));
+        } else {
+            cur.push(b);
+        }
+        i += 1;
+    }
+    out.push(cur);
+    out
+}
+
+/// A header row: its delimiter, its column count and the credential
+/// columns (index, name as a key).
+struct Header {
+    delim: u8,
+    columns: usize,
+    credentials: Vec<(usize, Vec<u8>)>,
+}
+
+/// The column name as a key: lower case, `[a-z0-9_]`, others become `_`.
+fn as_key(name: &[u8]) -> Vec<u8> {
+    name.iter()
+        .map(|b| {
+            let b = b.to_ascii_lowercase();
+            if b.is_ascii_alphanumeric() { b } else { b'_' }
+        })
+        .collect()
+}
+
+fn header(line: &[u8]) -> Option<Header> {
+    for &delim in DELIMITERS {
+        if memchr::memchr(delim, line).is_none() {
+            continue;
+        }
+        let names = fields(line, delim);
+        if names.len() < 2 || names.len() > MAX_COLUMNS {
+            continue;
+        }
+        let names_ok = names.iter().all(|n| {
+            let n = n.trim_ascii();
+            !n.is_empty()
+                && n.len() <= MAX_NAME
+                && n.iter()
+                    .all(|&b| b.is_ascii_alphanumeric() || b" _.-".contains(&b))
+        });
+        if !names_ok {
+            continue;
+        }
+        // A column name of at most two words ("DB Password"), not a phrase.
+        let credentials: Vec<(usize, Vec<u8>)> = names
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| {
+                let n = n.trim_ascii();
+                let lower = n.to_ascii_lowercase();
+                let found = |w: &&str| memchr::memmem::find(&lower, w.as_bytes()).is_some();
+                let words = n.split(|&b| b == b' ').filter(|w| !w.is_empty()).count();
+                (words <= 2
+                    && CREDENTIAL_NAMES.iter().any(found)
+                    && !NOT_CREDENTIAL_NAMES.iter().any(found))
+                .then(|| (i, as_key(n)))
+            })
+            .collect();
+        if !credentials.is_empty() {
+            return Some(Header {
+                delim,
+                columns: names.len(),
+                credentials,
+            });
+        }
+    }
+    None
+}
+
+/// Each credential cell of each table in `data` as a `name: value` line
+/// (cells with a line break or a space are skipped: no secret has them).
+pub fn assignments(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut lines = data
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    while let Some(line) = lines.next() {
+        let Some(h) = header(line) else {
+            continue;
+        };
+        for row in lines.by_ref().take(MAX_ROWS) {
+            let cells = fields(row, h.delim);
+            if cells.len() != h.columns {
+                break;
+            }
+            for (i, key) in &h.credentials {
+                let v = cells[*i].trim_ascii();
+                if v.is_empty() || v.iter().any(|b| b.is_ascii_whitespace()) {
+                    continue;
+                }
+                out.extend_from_slice(key);
+                out.extend_from_slice(b": ");
+                out.extend_from_slice(v);
+                out.push(b'\n');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(data: &str) -> Vec<String> {
+        String::from_utf8(assignments(data.as_bytes()))
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn credential_columns_become_assignments() {
+        let csv =
+            "service,username,password\nbank,alice,Qm7#xK2pZ9vL\r\nmail,bob,\"Tr8,vN3\"\"kW6\"\n";
+        assert_eq!(
+            lines(csv),
+            ["password: Qm7#xK2pZ9vL", "password: Tr8,vN3\"kW6"]
+        );
+        let tsv = "name\tapi key\tnote\nstripe\tsk9Xq2LmP0wZ\tprod\n";
+        assert_eq!(lines(tsv), ["api_key: sk9Xq2LmP0wZ"]);
+        let semi = "x\n\"Host\";\"DB Password\"\ndb1;hunter2Long\n";
+        assert_eq!(lines(semi), ["db_password: hunter2Long"]);
+    }
+
+    #[test]
+    fn prose_and_other_tables_are_not_tables() {
+        for text in [
+            "Enter your password, then press OK.\nThe token expires in 1h.\n",
+            "id,name,amount\n1,rent,900\n",
+            "user,password_hash\nalice,$2b$12$abc\n",
+            "a,token_expires\nx,2026-12-01\n",
+            "Your password, please: hunter2\n",
+            "Enter your password, then sign in\nUse a strong one, like Xk9#mP2qLw7z\n",
+        ] {
+            assert!(lines(text).is_empty(), "{text}");
+        }
+    }
+
+    #[test]
+    fn a_row_of_another_shape_ends_the_table() {
+        let csv = "user,password\nalice,Qm7#xK2pZ9vL\n\nnot, a, row, of it\nbob,Tr8!vN3kW6yB\n";
+        assert_eq!(lines(csv), ["password: Qm7#xK2pZ9vL"]);
+    }
+}
