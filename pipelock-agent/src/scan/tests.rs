@@ -612,3 +612,38 @@ fn tokens_cut_by_chunk_boundaries_in_long_text_are_found() {
         }
     }
 }
+
+#[test]
+fn tables_and_mime_parts_are_read_whole_and_streaming() {
+    use base64::Engine as _;
+    let e = engine();
+    let csv = "service,username,password\nbank,alice,Qm7#xK2pZ9vL\nmail,bob,Tr8!vN3kW6yB\n";
+    let key = format!("ghp_{}", alnum(36));
+    let b64 = base64::engine::general_purpose::STANDARD.encode(format!("token: {key}\n"));
+    let lines: Vec<&str> = b64
+        .as_bytes()
+        .chunks(20)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    let mime = format!(
+        "Content-Type: text/plain\r\nContent-Transfer-Encoding: base64\r\n\r\n{}\r\n",
+        lines.join("\r\n")
+    );
+    for (text, rule) in [
+        (csv, "dlp.credential_assignment"),
+        (mime.as_str(), "dlp.github_token"),
+    ] {
+        assert!(
+            dlp_ids(&e, text.as_bytes()).iter().any(|i| i == rule),
+            "{text}"
+        );
+        let b = text.as_bytes();
+        for cut in [1, b.len() / 2, b.len() - 1] {
+            let got = stream_ids(&e, &[&b[..cut], &b[cut..]]);
+            assert!(
+                got.iter().any(|i| i == rule),
+                "{text} cut at {cut}: {got:?}"
+            );
+        }
+    }
+}

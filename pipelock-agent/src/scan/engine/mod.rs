@@ -43,6 +43,9 @@ pub enum Trigger {
     /// A credential column name in what may be a table's header
     /// (`passes::table`).
     Table,
+    /// A MIME part declared base64 (`passes::wrapped`): its lines are
+    /// joined and decoded.
+    Wrapped,
 }
 
 /// How an excerpt of a match may be shown.
@@ -129,13 +132,9 @@ pub struct Engine {
     inj_block: BlockDatabase,
     inj_stream: StreamingDatabase,
     scratch: ScratchPool,
-    /// DLP ids that are not rules but mark a delimited sequence to decode
-    /// (`passes::delimited::TRIGGERS`).
-    delimited_triggers: std::ops::Range<usize>,
-    /// DLP ids that mark an encoded key prefix (`passes::encoded_prefix`).
-    prefix_triggers: std::ops::Range<usize>,
-    /// DLP ids marking a possible table header (`passes::table::TRIGGERS`).
-    table_triggers: std::ops::Range<usize>,
+    /// DLP ids that are not rules but ask for a decoding (`Trigger`),
+    /// from the first to the last, and which one each range asks for.
+    triggers: Vec<(std::ops::Range<usize>, Trigger)>,
     dlp_rules: usize,
     inj_rules: usize,
 }
@@ -239,29 +238,42 @@ impl Engine {
             dlp.push(hs_pattern(expr, *caseless, false, id, true)?);
             span.push(Span::new(expr, *caseless, false, id)?);
         }
-        let first_trigger = metas.len();
-        for expr in crate::scan::passes::delimited::TRIGGERS {
-            let id = metas.len();
-            metas.push(Arc::new(RuleMeta::trigger()));
-            dlp.push(hs_pattern(expr, true, false, id, true)?);
-            span.push(Span::new(expr, true, false, id)?);
+        // Decode triggers: (expression, caseless) per kind.
+        let prefix_literals: Vec<(String, bool)> = crate::scan::passes::encoded_prefix::literals()
+            .iter()
+            .map(|l| (literal_expr(l), false))
+            .collect();
+        let caseless = |t: &[&str]| {
+            t.iter()
+                .map(|e| ((*e).to_owned(), true))
+                .collect::<Vec<_>>()
+        };
+        let mut triggers = Vec::new();
+        for (kind, exprs) in [
+            (
+                Trigger::Delimited,
+                caseless(crate::scan::passes::delimited::TRIGGERS),
+            ),
+            (Trigger::EncodedPrefix, prefix_literals),
+            (
+                Trigger::Table,
+                caseless(crate::scan::passes::table::TRIGGERS),
+            ),
+            (
+                Trigger::Wrapped,
+                caseless(crate::scan::passes::wrapped::TRIGGERS),
+            ),
+        ] {
+            let first = metas.len();
+            for (expr, caseless) in &exprs {
+                let id = metas.len();
+                metas.push(Arc::new(RuleMeta::trigger()));
+                dlp.push(hs_pattern(expr, *caseless, false, id, true)?);
+                span.push(Span::new(expr, *caseless, false, id)?);
+            }
+            triggers.push((first..metas.len(), kind));
         }
-        let delimited_triggers = first_trigger..metas.len();
-        for lit in crate::scan::passes::encoded_prefix::literals() {
-            let id = metas.len();
-            metas.push(Arc::new(RuleMeta::trigger()));
-            let expr = literal_expr(&lit);
-            dlp.push(hs_pattern(&expr, false, false, id, true)?);
-            span.push(Span::new(&expr, false, false, id)?);
-        }
-        let prefix_triggers = delimited_triggers.end..metas.len();
-        for expr in crate::scan::passes::table::TRIGGERS {
-            let id = metas.len();
-            metas.push(Arc::new(RuleMeta::trigger()));
-            dlp.push(hs_pattern(expr, true, false, id, true)?);
-            span.push(Span::new(expr, true, false, id)?);
-        }
-        let table_triggers = prefix_triggers.end..metas.len();
+        let trigger_count: usize = triggers.iter().map(|(r, _)| r.len()).sum();
         for lit in &spec.literals {
             if lit.bytes.is_empty() {
                 continue;
@@ -273,7 +285,7 @@ impl Engine {
             span.push(Span::new(&expr, false, false, id)?);
         }
         // Triggers are decode hints, not rules: they are not counted.
-        let dlp_rules = dlp.len() - (table_triggers.end - delimited_triggers.start);
+        let dlp_rules = dlp.len() - trigger_count;
         let dlp_stream_set = dlp;
         let mut inj = Vec::new();
         for rule in &spec.injection {
@@ -313,9 +325,7 @@ impl Engine {
             dlp_block,
             dlp_stream,
             spans: span,
-            delimited_triggers,
-            prefix_triggers,
-            table_triggers,
+            triggers,
             inj_block,
             inj_stream,
             scratch: ScratchPool {
@@ -335,15 +345,10 @@ impl Engine {
     /// The decoding a DLP id asks for, when it is a trigger rather than a rule.
     pub fn trigger(&self, id: u32) -> Option<Trigger> {
         let id = id as usize;
-        if self.delimited_triggers.contains(&id) {
-            Some(Trigger::Delimited)
-        } else if self.prefix_triggers.contains(&id) {
-            Some(Trigger::EncodedPrefix)
-        } else if self.table_triggers.contains(&id) {
-            Some(Trigger::Table)
-        } else {
-            None
-        }
+        self.triggers
+            .iter()
+            .find(|(r, _)| r.contains(&id))
+            .map(|&(_, t)| t)
     }
 
     /// Number of DLP and injection rules compiled (decode triggers not counted).

@@ -9,7 +9,7 @@
 //! `delimited` decodes the hex sequences and escapes Hyperscan flags, and
 //! `encoded_prefix` the digit-free encoded runs of well-known key prefixes;
 //! `table` rewrites the credential cells of a flagged CSV/TSV table as
-//! assignments.
+//! assignments; `wrapped` joins the lines of a MIME part declared base64.
 pub mod blocks;
 pub mod delimited;
 pub mod encoded_prefix;
@@ -20,3 +20,4 @@ pub mod seed;
 pub mod table;
 pub mod tail;
 pub mod validators;
+pub mod wrapped;

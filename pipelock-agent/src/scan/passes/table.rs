@@ -138,20 +138,55 @@ fn header(line: &[u8]) -> Option<Header> {
     None
 }
 
+/// What [`assignments`] found in a buffer.
+#[derive(Debug, Default)]
+pub struct Cells {
+    /// The credential cells as `name: value` lines.
+    pub text: Vec<u8>,
+    /// The header line of a table still going at the end of the buffer:
+    /// its rows may go on in the next chunk.
+    pub open: Option<Vec<u8>>,
+}
+
 /// Each credential cell of each table in `data` as a `name: value` line
 /// (cells with a line break or a space are skipped: no secret has them).
-pub fn assignments(data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
+/// `open`: the header of a table the bytes before `data` left open; the
+/// first line of `data` is then taken as cut and skipped.
+pub fn assignments(data: &[u8], open: Option<&[u8]>) -> Cells {
+    let mut out = Cells::default();
     let mut lines = data
         .split(|&b| b == b'\n')
-        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
-    while let Some(line) = lines.next() {
-        let Some(h) = header(line) else {
-            continue;
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+        .peekable();
+    let mut carried = open;
+    if carried.is_some() {
+        lines.next();
+    }
+    loop {
+        let (h, head) = match carried.take() {
+            Some(head) => match header(head) {
+                Some(h) => (h, head),
+                None => continue,
+            },
+            None => {
+                let Some(line) = lines.next() else { break };
+                match header(line) {
+                    Some(h) => (h, line),
+                    None => continue,
+                }
+            }
         };
-        for row in lines.by_ref().take(MAX_ROWS) {
+        // Open when the rows run to the end of the buffer (its last line
+        // may be a row the chunk's end cut).
+        let mut open = false;
+        for _ in 0..MAX_ROWS {
+            let Some(row) = lines.next() else {
+                open = true;
+                break;
+            };
             let cells = fields(row, h.delim);
             if cells.len() != h.columns {
+                open = lines.peek().is_none();
                 break;
             }
             for (i, key) in &h.credentials {
@@ -159,11 +194,14 @@ pub fn assignments(data: &[u8]) -> Vec<u8> {
                 if v.is_empty() || v.iter().any(|b| b.is_ascii_whitespace()) {
                     continue;
                 }
-                out.extend_from_slice(key);
-                out.extend_from_slice(b": ");
-                out.extend_from_slice(v);
-                out.push(b'\n');
+                out.text.extend_from_slice(key);
+                out.text.extend_from_slice(b": ");
+                out.text.extend_from_slice(v);
+                out.text.push(b'\n');
             }
+        }
+        if open {
+            out.open = Some(head.to_vec());
         }
     }
     out
@@ -174,7 +212,7 @@ mod tests {
     use super::*;
 
     fn lines(data: &str) -> Vec<String> {
-        String::from_utf8(assignments(data.as_bytes()))
+        String::from_utf8(assignments(data.as_bytes(), None).text)
             .unwrap()
             .lines()
             .map(str::to_owned)
@@ -207,6 +245,24 @@ mod tests {
         ] {
             assert!(lines(text).is_empty(), "{text}");
         }
+    }
+
+    #[test]
+    fn a_table_reaching_the_end_stays_open_for_the_next_chunk() {
+        let a = assignments(b"service,username,password\nbank,alice", None);
+        assert!(a.text.is_empty());
+        let head = a.open.expect("open");
+        assert_eq!(head, b"service,username,password");
+        // The next buffer begins with the bytes kept before it: its first
+        // line is cut and skipped.
+        let b = assignments(b"ce,Qm7#xK2pZ9vL\nmail,bob,Tr8!vN3kW6yB\n", Some(&head));
+        assert_eq!(b.text, b"password: Tr8!vN3kW6yB\n");
+        assert!(b.open.is_some());
+        let c = assignments(
+            b"x\nmail,bob,Tr8!vN3kW6yB\nThe end.\nMore prose\n",
+            Some(&head),
+        );
+        assert!(c.open.is_none());
     }
 
     #[test]

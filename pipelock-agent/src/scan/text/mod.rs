@@ -33,7 +33,7 @@ use super::{
         numeric::{NumericHit, NumericScanner},
         runs::{RunScanner, decodable_parts, discord_token, runs_in},
         seed::{SeedHit, SeedScanner},
-        table,
+        table, wrapped,
     },
 };
 
@@ -262,7 +262,7 @@ pub fn scan_dlp_field(
     let all = Triggered {
         delimited: true,
         encoded_prefix: true,
-        table: false,
+        ..Triggered::default()
     };
     scan_dlp_block_with(engine, data, location, limits, 0, all, out)
 }
@@ -319,7 +319,16 @@ fn scan_dlp_block_with(
             .filter_map(|h| numeric_hit(h, Cow::Owned(location.to_owned()))),
     );
     if depth < limits.max_depth {
-        scan_triggered(engine, triggered, data, location, limits, depth + 1, out)?;
+        scan_triggered(
+            engine,
+            triggered,
+            None,
+            data,
+            location,
+            limits,
+            depth + 1,
+            out,
+        )?;
     }
     if depth < limits.max_depth {
         let mut runs = RunScanner::new(limits.max_run);
@@ -339,6 +348,9 @@ struct Triggered {
     delimited: bool,
     encoded_prefix: bool,
     table: bool,
+    wrapped: bool,
+    /// The last chunk ended inside a MIME base64 body.
+    wrapped_open: bool,
 }
 
 impl Triggered {
@@ -347,28 +359,32 @@ impl Triggered {
             Trigger::Delimited => self.delimited = true,
             Trigger::EncodedPrefix => self.encoded_prefix = true,
             Trigger::Table => self.table = true,
+            Trigger::Wrapped => self.wrapped = true,
         }
     }
 }
 
 /// Runs the decodings `triggered` asks for over `data`: its delimited
 /// sequences (hex pairs, escapes, character references), its digit-free
-/// encoded runs and the credential cells of its tables, each decoded and
-/// scanned. Returns whether a delimited
-/// sequence reaches the end of `data` (it may go on in the next chunk).
+/// encoded runs, the credential cells of its tables and its MIME parts
+/// declared base64, each decoded and scanned. `open_table`: the header of
+/// a table the previous chunk left open. Returns what may go on in the
+/// next chunk.
+#[allow(clippy::too_many_arguments)]
 fn scan_triggered(
     engine: &Engine,
     triggered: Triggered,
+    open_table: Option<&[u8]>,
     data: &[u8],
     location: &str,
     limits: RunLimits,
     depth: u8,
     out: &mut Vec<Hit>,
-) -> Result<bool, Error> {
-    let mut at_end = false;
+) -> Result<GoesOn, Error> {
+    let mut goes_on = GoesOn::default();
     if triggered.delimited {
         for seq in delimited::sequences(data, limits.max_run) {
-            at_end |= seq.at_end;
+            goes_on.delimited |= seq.at_end;
             scan_dlp_block(
                 engine,
                 &seq.bytes,
@@ -384,20 +400,39 @@ fn scan_triggered(
             handle_run(engine, run, location, limits, depth, out)?;
         }
     }
-    if triggered.table {
-        let cells = table::assignments(data);
-        if !cells.is_empty() {
+    if triggered.wrapped || triggered.wrapped_open {
+        let found = wrapped::bodies(data, limits.max_run, triggered.wrapped_open);
+        for body in &found.bodies {
+            handle_run(engine, body, location, limits, depth, out)?;
+        }
+        goes_on.wrapped = found.open;
+    }
+    if triggered.table || open_table.is_some() {
+        let cells = table::assignments(data, open_table);
+        if !cells.text.is_empty() {
             scan_dlp_block(
                 engine,
-                &cells,
+                &cells.text,
                 &format!("{location}+table"),
                 limits,
                 depth,
                 out,
             )?;
         }
+        goes_on.table = cells.open;
     }
-    Ok(at_end)
+    Ok(goes_on)
+}
+
+/// What a triggered decoding leaves open at the end of a chunk.
+#[derive(Debug, Default)]
+struct GoesOn {
+    /// A delimited sequence reaches the end.
+    delimited: bool,
+    /// The header line of a table whose rows reach the end.
+    table: Option<Vec<u8>>,
+    /// A MIME base64 body reaches the end.
+    wrapped: bool,
 }
 
 /// Checks an encoded run for token shapes without a literal (Discord), then
@@ -459,6 +494,9 @@ struct DlpText {
     /// Decodings flagged in this chunk (or a delimited sequence that
     /// reached the end of the last one).
     triggered: Triggered,
+    /// The header line of a table whose rows reached the end of the last
+    /// chunk (`passes::table`), at most one line.
+    open_table: Option<Vec<u8>>,
 }
 
 /// Injection state of one text stream.
@@ -518,6 +556,7 @@ impl TextScanner {
                 seed: SeedScanner::default(),
                 seed_hits: Vec::new(),
                 triggered: Triggered::default(),
+                open_table: None,
             })
         } else {
             None
@@ -690,16 +729,35 @@ fn dlp_feed(
     for run in &d.found_runs {
         handle_run(engine, run, location, limits, 1, out)?;
     }
-    if d.triggered.delimited || d.triggered.encoded_prefix || d.triggered.table {
+    let t = d.triggered;
+    if t.delimited
+        || t.encoded_prefix
+        || t.table
+        || t.wrapped
+        || t.wrapped_open
+        || d.open_table.is_some()
+    {
         // What was flagged may have begun in the bytes before this chunk.
         let mut joined = Vec::with_capacity(d.ring.buf.len() + data.len());
         joined.extend_from_slice(&d.ring.buf);
         joined.extend_from_slice(data);
-        let goes_on = scan_triggered(engine, d.triggered, &joined, location, limits, 1, out)?;
+        let open_table = d.open_table.take();
+        let goes_on = scan_triggered(
+            engine,
+            t,
+            open_table.as_deref(),
+            &joined,
+            location,
+            limits,
+            1,
+            out,
+        )?;
         d.triggered = Triggered {
-            delimited: goes_on,
+            delimited: goes_on.delimited,
+            wrapped_open: goes_on.wrapped,
             ..Triggered::default()
         };
+        d.open_table = goes_on.table;
     }
     d.ring.push(data);
     d.offset += data.len() as u64;
