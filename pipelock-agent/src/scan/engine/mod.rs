@@ -37,9 +37,6 @@ use self::patterns::{Confidence, Detector, Rule, RuleClass, Severity};
 pub enum Trigger {
     /// A delimited or escaped byte sequence (`passes::delimited`).
     Delimited,
-    /// An encoded key prefix: decode the digit-free runs
-    /// (`passes::encoded_prefix`).
-    EncodedPrefix,
     /// A credential column name in what may be a table's header
     /// (`passes::table`).
     Table,
@@ -238,38 +235,19 @@ impl Engine {
             dlp.push(hs_pattern(expr, *caseless, false, id, true)?);
             span.push(Span::new(expr, *caseless, false, id)?);
         }
-        // Decode triggers: (expression, caseless) per kind.
-        let prefix_literals: Vec<(String, bool)> = crate::scan::passes::encoded_prefix::literals()
-            .iter()
-            .map(|l| (literal_expr(l), false))
-            .collect();
-        let caseless = |t: &[&str]| {
-            t.iter()
-                .map(|e| ((*e).to_owned(), true))
-                .collect::<Vec<_>>()
-        };
+        // Decode triggers (caseless expressions) per kind.
         let mut triggers = Vec::new();
         for (kind, exprs) in [
-            (
-                Trigger::Delimited,
-                caseless(crate::scan::passes::delimited::TRIGGERS),
-            ),
-            (Trigger::EncodedPrefix, prefix_literals),
-            (
-                Trigger::Table,
-                caseless(crate::scan::passes::table::TRIGGERS),
-            ),
-            (
-                Trigger::Wrapped,
-                caseless(crate::scan::passes::wrapped::TRIGGERS),
-            ),
+            (Trigger::Delimited, crate::scan::passes::delimited::TRIGGERS),
+            (Trigger::Table, crate::scan::passes::table::TRIGGERS),
+            (Trigger::Wrapped, crate::scan::passes::wrapped::TRIGGERS),
         ] {
             let first = metas.len();
-            for (expr, caseless) in &exprs {
+            for expr in exprs {
                 let id = metas.len();
                 metas.push(Arc::new(RuleMeta::trigger()));
-                dlp.push(hs_pattern(expr, *caseless, false, id, true)?);
-                span.push(Span::new(expr, *caseless, false, id)?);
+                dlp.push(hs_pattern(expr, true, false, id, true)?);
+                span.push(Span::new(expr, true, false, id)?);
             }
             triggers.push((first..metas.len(), kind));
         }

@@ -23,8 +23,6 @@ struct Masks {
     /// `- _ =`: base64url beyond the alphanumerics.
     url_extra: u64,
     pct: u64,
-    /// `:` or `,`: between hex pairs (a space too, in `space`).
-    pair_sep: u64,
 }
 
 /// Digit mask of a block, one generic body for every lane width.
@@ -58,7 +56,6 @@ unsafe fn classify_with<L: Lanes>(b: &[u8; BLOCK]) -> Masks {
             m.std_extra |= L::bits(L::or(L::or(L::eq(v, b'+'), L::eq(v, b'/')), equals), l);
             m.url_extra |= L::bits(L::or(L::or(dash, L::eq(v, b'_')), equals), l);
             m.pct |= L::bits(L::eq(v, b'%'), l);
-            m.pair_sep |= L::bits(L::or(L::eq(v, b':'), L::eq(v, b',')), l);
         }
     }
     m
@@ -115,7 +112,6 @@ fn classify(b: &[u8; BLOCK]) -> Masks {
         m.std_extra |= u64::from(matches!(c, b'+' | b'/' | b'=')) << i;
         m.url_extra |= u64::from(matches!(c, b'-' | b'_' | b'=')) << i;
         m.pct |= u64::from(c == b'%') << i;
-        m.pair_sep |= u64::from(c == b':' || c == b',') << i;
     }
     m
 }
@@ -169,11 +165,14 @@ fn numeric_hot(lo: Masks, hi: Masks) -> bool {
         != 0
 }
 
-/// Whether the window holds hex pairs joined by single spaces, colons or
-/// commas (`41 4b 49 41`), [`delimited::MIN_BYTES`] of them in a row: the
-/// shape Hyperscan has no literal for (`delimited`). Alphanumerics stand in
-/// for hex digits; the decoder reads the bytes. Printable ASCII in hex has a
-/// digit in every pair, so the window is classified whenever one is there.
+/// Whether the window holds hex pairs joined by single spaces
+/// (`41 4b 49 41`, a hex dump), [`delimited::MIN_BYTES`] of them in a row:
+/// a shape Hyperscan has no literal for (`delimited`). Alphanumerics stand
+/// in for hex digits; the decoder reads the bytes. Printable ASCII in hex
+/// has a digit in every pair, so the window is classified whenever one is
+/// there. Colons and commas are not looked for: one more byte class cost
+/// the classification about 3 % (`cargo xtask bench scan`), so pairs joined
+/// by them are decoded in URLs and headers only.
 ///
 /// [`delimited::MIN_BYTES`]: super::delimited::MIN_BYTES
 #[inline(always)]
@@ -182,7 +181,13 @@ fn pairs_hot(lo: Masks, hi: Masks) -> bool {
         lo.digit | lo.upper | lo.lower,
         hi.digit | hi.upper | hi.lower,
     );
-    let sep = wide(lo.space | lo.pair_sep, hi.space | hi.pair_sep);
+    let sep = wide(lo.space, hi.space);
+    // Cheap first: printable ASCII in hex has a digit two bytes before
+    // each separator; prose seldom has seven such in one window.
+    let d = wide(lo.digit, hi.digit);
+    if (d & (sep >> 2)).count_ones() < super::delimited::MIN_BYTES as u32 - 1 {
+        return false;
+    }
     // A separator with exactly two alphanumerics before it and two after.
     let s = sep & (al << 1) & (al << 2) & !(al << 3) & (al >> 1) & (al >> 2);
     if s == 0 {
@@ -273,8 +278,9 @@ const RUN: u32 = super::runs::RUN_MIN_LEN as u32;
 pub struct HotBlocks {
     numeric: Vec<u64>,
     runs: Vec<u64>,
-    /// Hex pairs joined by a delimiter somewhere in the buffer ([`pairs_hot`]).
-    pairs: bool,
+    /// Where hex pairs joined by a delimiter were seen ([`pairs_hot`]):
+    /// the first and last byte offsets of the windows holding them.
+    pairs: Option<(usize, usize)>,
 }
 
 /// The pass asking.
@@ -365,7 +371,7 @@ impl HotBlocks {
             v.clear();
             v.resize(words, 0);
         }
-        self.pairs = false;
+        self.pairs = None;
         let full = buf.len() / BLOCK;
         let fulls = buf
             .chunks_exact(BLOCK)
@@ -402,10 +408,10 @@ impl HotBlocks {
         // The windows above end at the last full block; hex pairs reaching
         // into the rest (or across a chunk too short for a window) are
         // looked for byte by byte, in at most 64 + 128 bytes.
-        if !self.pairs {
+        if self.pairs.is_none() {
             let from = full.saturating_sub(1) * BLOCK;
             let end = &buf[from..];
-            self.pairs = if from == 0 {
+            let found = if from == 0 {
                 let prev = match around {
                     Around::After(prev) => &prev[prev.len().saturating_sub(BLOCK)..],
                     _ => &[],
@@ -417,12 +423,20 @@ impl HotBlocks {
             } else {
                 super::delimited::has_pairs(end)
             };
+            if found {
+                self.pairs = Some((from, buf.len()));
+            }
         }
     }
 
-    /// Whether the buffer last classified holds hex pairs joined by a
-    /// delimiter (`41:4b:49…`), which only the delimited pass decodes.
+    /// Whether the buffer last classified holds hex pairs joined by spaces
+    /// (`41 4b 49…`), which only the delimited pass decodes.
     pub fn pairs(&self) -> bool {
+        self.pairs.is_some()
+    }
+
+    /// The first and last byte offsets of where [`Self::pairs`] saw them.
+    pub fn pairs_span(&self) -> Option<(usize, usize)> {
         self.pairs
     }
 
@@ -451,7 +465,12 @@ impl HotBlocks {
             let (w_numeric, w_runs) = if d_cur | d_next != 0 {
                 let mc = *m_cur.get_or_insert_with(|| classify(cur));
                 let mn = *m_next.insert(classify(next));
-                self.pairs |= pairs_hot(mc, mn);
+                if pairs_hot(mc, mn) {
+                    // `cur` is block k - 1 of the buffer (-1: the bytes before).
+                    let at = k.saturating_sub(1) * BLOCK;
+                    let end = at + 2 * BLOCK;
+                    self.pairs = Some(self.pairs.map_or((at, end), |(a, _)| (a, end)));
+                }
                 (numeric_hot(mc, mn), run_digits(mc, mn, RUN))
             } else {
                 (false, [false; 2])
@@ -550,7 +569,6 @@ mod tests {
                 assert_eq!(bit(m.std_extra), b"+/=".contains(&c), "{c:#x}");
                 assert_eq!(bit(m.url_extra), b"-_=".contains(&c), "{c:#x}");
                 assert_eq!(bit(m.pct), c == b'%', "{c:#x}");
-                assert_eq!(bit(m.pair_sep), b":,".contains(&c), "{c:#x}");
                 assert_eq!(digits(&b), m.digit);
                 #[cfg(target_arch = "x86_64")]
                 if std::is_x86_feature_detected!("avx2") {
@@ -571,13 +589,13 @@ mod tests {
             .collect::<Vec<_>>()
             .join(" ");
         let clean = "Meet on 12 03 2024 at 10:30:00, room 4 b; a 1 b 2. ".repeat(40);
-        for sep in [" ", ":", ","] {
-            let seq = hex.replace(' ', sep);
+        {
+            let seq = hex.clone();
             for at in [0, 1, 63, 64, 100, 500, clean.len()] {
                 let text = format!("{}{seq}{}", &clean[..at], &clean[at..]);
                 let mut hot = HotBlocks::default();
                 hot.compute_whole(text.as_bytes());
-                assert!(hot.pairs(), "whole, {sep:?} at {at}");
+                assert!(hot.pairs(), "whole, at {at}");
                 // In chunks: a chunk holding the sequence, or the next one
                 // (which sees the last bytes before it), flags it.
                 for size in [17, 64, 100, 128, 200, 1000] {
@@ -587,7 +605,7 @@ mod tests {
                         hot.compute_after(&text.as_bytes()[start.saturating_sub(64)..start], c);
                         flagged |= hot.pairs();
                     }
-                    assert!(flagged, "chunks of {size}, {sep:?} at {at}");
+                    assert!(flagged, "chunks of {size}, at {at}");
                 }
             }
         }
@@ -606,7 +624,7 @@ mod tests {
         HotBlocks {
             numeric: vec![!0; words],
             runs: vec![!0; words],
-            pairs: true,
+            pairs: Some((0, len)),
         }
     }
 

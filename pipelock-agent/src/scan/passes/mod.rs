@@ -7,12 +7,12 @@
 //! checks the bytes of a Hyperscan match that a regex cannot judge
 //! (credential values by context and entropy, vendor example keys);
 //! `delimited` decodes the hex sequences and escapes Hyperscan flags, and
-//! `encoded_prefix` the digit-free encoded runs of well-known key prefixes;
+//! `digit_free` finds the encoded runs with no digit (read in short fields);
 //! `table` rewrites the credential cells of a flagged CSV/TSV table as
 //! assignments; `wrapped` joins the lines of a MIME part declared base64.
 pub mod blocks;
 pub mod delimited;
-pub mod encoded_prefix;
+pub mod digit_free;
 pub mod judge;
 pub mod numeric;
 pub mod runs;

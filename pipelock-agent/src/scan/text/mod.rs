@@ -29,7 +29,7 @@ use super::{
     },
     passes::{
         blocks::HotBlocks,
-        delimited, encoded_prefix, judge,
+        delimited, digit_free, judge,
         numeric::{NumericHit, NumericScanner},
         runs::{RunScanner, decodable_parts, discord_token, runs_in},
         seed::{SeedHit, SeedScanner},
@@ -261,7 +261,7 @@ pub fn scan_dlp_field(
 ) -> Result<(), Error> {
     let all = Triggered {
         delimited: true,
-        encoded_prefix: true,
+        digit_free: true,
         ..Triggered::default()
     };
     scan_dlp_block_with(engine, data, location, limits, 0, all, out)
@@ -278,9 +278,14 @@ fn scan_dlp_block_with(
 ) -> Result<(), Error> {
     let mut hits = Vec::new();
     engine.scan_dlp_block(data, &mut |id, to| hits.push((id, to)))?;
+    // Where the triggers fired: the decodings read around them, not the
+    // whole buffer (a flagged megabyte would otherwise be read byte by byte).
+    let forced = triggered.any();
+    let mut around = Vec::new();
     for (id, to) in hits {
         if let Some(t) = engine.trigger(id) {
             triggered.set(t);
+            around.push(to as usize);
             continue;
         }
         let Some(meta) = engine.meta(id) else {
@@ -301,7 +306,10 @@ fn scan_dlp_block_with(
     }
     let mut hot = HotBlocks::default();
     hot.compute_whole(data);
-    triggered.delimited |= hot.pairs();
+    if let Some((first, last)) = hot.pairs_span() {
+        triggered.delimited = true;
+        around.extend([first, last]);
+    }
     let mut num = NumericScanner::default();
     let mut nh = Vec::new();
     num.feed_with(data, &hot, &mut nh);
@@ -318,17 +326,24 @@ fn scan_dlp_block_with(
         nh.iter()
             .filter_map(|h| numeric_hit(h, Cow::Owned(location.to_owned()))),
     );
-    if depth < limits.max_depth {
-        scan_triggered(
-            engine,
-            triggered,
-            None,
-            data,
-            location,
-            limits,
-            depth + 1,
-            out,
-        )?;
+    if depth < limits.max_depth && triggered.any() {
+        let windows = if forced {
+            vec![(0, data.len())]
+        } else {
+            trigger_windows(&mut around, data.len())
+        };
+        for (from, to) in windows {
+            scan_triggered(
+                engine,
+                triggered,
+                None,
+                &data[from..to],
+                location,
+                limits,
+                depth + 1,
+                out,
+            )?;
+        }
     }
     if depth < limits.max_depth {
         let mut runs = RunScanner::new(limits.max_run);
@@ -346,18 +361,44 @@ fn scan_dlp_block_with(
 #[derive(Clone, Copy, Debug, Default)]
 struct Triggered {
     delimited: bool,
-    encoded_prefix: bool,
+    digit_free: bool,
     table: bool,
     wrapped: bool,
     /// The last chunk ended inside a MIME base64 body.
     wrapped_open: bool,
 }
 
+/// Bytes before a trigger's match that a decoding may need (the start of
+/// a sequence, run or table header it lies in).
+const TRIGGER_BEFORE: usize = 4096;
+/// Bytes after it (a long sequence, a table's rows, a MIME body).
+const TRIGGER_AFTER: usize = 64 * 1024;
+
+/// The merged windows around trigger positions in a buffer of `len` bytes.
+fn trigger_windows(at: &mut [usize], len: usize) -> Vec<(usize, usize)> {
+    at.sort_unstable();
+    let mut out: Vec<(usize, usize)> = Vec::new();
+    for &p in at.iter() {
+        let (from, to) = (
+            p.saturating_sub(TRIGGER_BEFORE),
+            p.saturating_add(TRIGGER_AFTER).min(len),
+        );
+        match out.last_mut() {
+            Some(last) if from <= last.1 => last.1 = last.1.max(to),
+            _ => out.push((from, to)),
+        }
+    }
+    out
+}
+
 impl Triggered {
+    fn any(&self) -> bool {
+        self.delimited || self.digit_free || self.table || self.wrapped || self.wrapped_open
+    }
+
     fn set(&mut self, t: Trigger) {
         match t {
             Trigger::Delimited => self.delimited = true,
-            Trigger::EncodedPrefix => self.encoded_prefix = true,
             Trigger::Table => self.table = true,
             Trigger::Wrapped => self.wrapped = true,
         }
@@ -395,8 +436,8 @@ fn scan_triggered(
             )?;
         }
     }
-    if triggered.encoded_prefix {
-        for run in encoded_prefix::digit_free_runs(data, limits.max_run) {
+    if triggered.digit_free {
+        for run in digit_free::digit_free_runs(data, limits.max_run) {
             handle_run(engine, run, location, limits, depth, out)?;
         }
     }
@@ -731,7 +772,7 @@ fn dlp_feed(
     }
     let t = d.triggered;
     if t.delimited
-        || t.encoded_prefix
+        || t.digit_free
         || t.table
         || t.wrapped
         || t.wrapped_open
