@@ -276,6 +276,7 @@ pub async fn run(start: Start) -> anyhow::Result<()> {
                 redirect_v6: cfg.interceptor.redirect_addr6,
                 port: redirect_addr.port(),
                 bypass_cidrs: cfg.interceptor.bypass_cidrs.clone(),
+                deny_cidrs: cfg.interceptor.deny_cidrs.clone(),
                 bypass_ports,
                 udp_allow: cfg
                     .interceptor
@@ -599,6 +600,18 @@ fn count_kernel_unscanned(
         ("udp", "audited", now.udp_audited, last.udp_audited),
         ("socket", "refused", now.socket_refused, last.socket_refused),
         ("socket", "audited", now.socket_audited, last.socket_audited),
+        (
+            "destination",
+            "refused",
+            now.deny_refused,
+            last.deny_refused,
+        ),
+        (
+            "destination",
+            "audited",
+            now.deny_audited,
+            last.deny_audited,
+        ),
     ];
     for (kind, action, now, last) in deltas {
         let delta = now.saturating_sub(last);
@@ -606,7 +619,9 @@ fn count_kernel_unscanned(
             continue;
         }
         metrics.kernel_unscannable(kind, action, delta);
-        if action == "audited" {
+        // A denied destination audit let through was redirected: the agent
+        // judged and logged that connection itself.
+        if action == "audited" && kind != "destination" {
             tracing::warn!(
                 target: "pipelock::conn",
                 kind,

@@ -14,6 +14,8 @@ pub const FAMILY_V6: u16 = 10;
 pub const ORIG_MAP_ENTRIES: u32 = 65_536;
 /// Capacity of each bypass LPM trie.
 pub const BYPASS_CIDR_ENTRIES: u32 = 1_024;
+/// Capacity of the LPM trie of destinations TCP connects are refused to.
+pub const DENY_CIDR_ENTRIES: u32 = 1_024;
 /// Capacity of the bypass-port map.
 pub const BYPASS_PORT_ENTRIES: u32 = 256;
 
@@ -52,8 +54,12 @@ pub const COUNT_UDP_AUDITED: u32 = 1;
 pub const COUNT_SOCKET_REFUSED: u32 = 2;
 /// Such a socket that audit mode let be created.
 pub const COUNT_SOCKET_AUDITED: u32 = 3;
+/// A TCP connect to a denied destination (`DENY_CIDRS`) refused.
+pub const COUNT_DENY_REFUSED: u32 = 4;
+/// Such a connect that audit mode let through (redirected and judged by the agent).
+pub const COUNT_DENY_AUDITED: u32 = 5;
 /// Entries of the `UNSCANNED` counter array.
-pub const COUNT_ENTRIES: u32 = 4;
+pub const COUNT_ENTRIES: u32 = 6;
 
 /// Where a redirected connection was going, and who made it.
 #[repr(C)]

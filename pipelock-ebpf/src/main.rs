@@ -20,6 +20,10 @@
 //!   whose cgroup is listed in `TARGET_CGROUPS` or lies below one listed
 //!   (the selected pods' container cgroups, kept by the agent); every
 //!   other task's calls pass untouched.
+//! - Decisions that need no payload: a TCP connect to a destination in
+//!   `DENY_CIDRS` (cloud metadata addresses by default) is refused (EPERM)
+//!   when `GUARD` says enforce, else counted and redirected like any other
+//!   (the agent judges and logs it).
 //! - `pipelock_sock_create` (`cgroup/sock_create`): an inet socket that is
 //!   neither TCP nor UDP (raw, ICMP ping, MPTCP, SCTP, UDP-Lite…) would
 //!   leave unscanned: refused at creation when enforcing, else counted.
@@ -38,10 +42,11 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::{debug, info};
 use pipelock_common::{
-    BYPASS_CIDR_ENTRIES, BYPASS_PORT_ENTRIES, COUNT_ENTRIES, COUNT_SOCKET_AUDITED,
-    COUNT_SOCKET_REFUSED, COUNT_UDP_AUDITED, COUNT_UDP_REFUSED, FAMILY_V4, FAMILY_V6,
-    GUARD_ENFORCE, GUARD_ENTRIES, MAX_CGROUP_LEVELS, ORIG_MAP_ENTRIES, OrigDst, SockKey,
-    TARGET_CGROUP_ENTRIES, UDP_ALLOW_ENTRIES, udp_allow_key, v4_mapped,
+    BYPASS_CIDR_ENTRIES, BYPASS_PORT_ENTRIES, COUNT_DENY_AUDITED, COUNT_DENY_REFUSED,
+    COUNT_ENTRIES, COUNT_SOCKET_AUDITED, COUNT_SOCKET_REFUSED, COUNT_UDP_AUDITED,
+    COUNT_UDP_REFUSED, DENY_CIDR_ENTRIES, FAMILY_V4, FAMILY_V6, GUARD_ENFORCE, GUARD_ENTRIES,
+    MAX_CGROUP_LEVELS, ORIG_MAP_ENTRIES, OrigDst, SockKey, TARGET_CGROUP_ENTRIES,
+    UDP_ALLOW_ENTRIES, udp_allow_key, v4_mapped,
 };
 
 const SOCK_STREAM: u32 = 1;
@@ -92,6 +97,11 @@ static ORIG_BY_SRC: LruHashMap<SockKey, OrigDst> =
 /// Destination CIDRs that are never redirected (IPv4 stored IPv4-mapped, prefix + 96).
 #[map]
 static BYPASS_CIDRS: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(BYPASS_CIDR_ENTRIES, 0);
+
+/// Destinations TCP connects are refused to when enforcing (IPv4
+/// IPv4-mapped, prefix + 96); the bypass CIDRs win over them.
+#[map]
+static DENY_CIDRS: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(DENY_CIDR_ENTRIES, 0);
 
 /// Destination ports that are never redirected (host byte order); includes the agent's own.
 #[map]
@@ -240,8 +250,7 @@ unsafe fn on_connect(ctx: &SockAddrContext, v6: bool) -> i32 {
         return unsafe { udp_verdict(ctx, v6) };
     }
     // SAFETY: as above.
-    unsafe { redirect(ctx, v6) };
-    ALLOW
+    unsafe { redirect(ctx, v6) }
 }
 
 /// A UDP datagram (or UDP connect) to an allowed port or a bypass CIDR
@@ -275,19 +284,20 @@ unsafe fn udp_verdict(ctx: &SockAddrContext, v6: bool) -> i32 {
     verdict
 }
 
-/// Decides whether this connect is redirected, records it and rewrites it.
-/// Never fails the connect: on any problem the connection goes direct.
+/// Decides whether this connect is refused (a denied destination, when
+/// enforcing) or redirected, records it and rewrites it. Fails the connect
+/// only for a denied destination: on any problem it goes direct.
 #[inline(always)]
-unsafe fn redirect(ctx: &SockAddrContext, v6: bool) {
+unsafe fn redirect(ctx: &SockAddrContext, v6: bool) -> i32 {
     let sa: *mut bpf_sock_addr = ctx.sock_addr;
     let redirect_port = global(&REDIRECT_PORT);
     if redirect_port == 0 {
-        return;
+        return ALLOW;
     }
     // SAFETY (all reads/writes of *sa below): sa is the kernel's context.
     let (kind, proto) = unsafe { ((*sa).type_, (*sa).protocol) };
     if kind != SOCK_STREAM || (proto != IPPROTO_TCP && proto != 0) {
-        return;
+        return ALLOW;
     }
     let agent_mark = global(&AGENT_MARK);
     // SAFETY: `sk` of a connect context is the kernel's socket of the call.
@@ -296,7 +306,7 @@ unsafe fn redirect(ctx: &SockAddrContext, v6: bool) {
         if sk.is_null() { 0 } else { (*sk).mark }
     };
     if agent_mark != 0 && mark == agent_mark {
-        return;
+        return ALLOW;
     }
     let tgid_pid = bpf_get_current_pid_tgid();
     let tgid = (tgid_pid >> 32) as u32;
@@ -304,7 +314,7 @@ unsafe fn redirect(ctx: &SockAddrContext, v6: bool) {
     // Only ports the operator listed: the agent's own port number on
     // another host is an ordinary destination.
     if unsafe { BYPASS_PORTS.get(port) }.is_some() {
-        return;
+        return ALLOW;
     }
     let addr: [u8; 16] = if v6 {
         ip6_bytes(unsafe { (*sa).user_ip6 })
@@ -312,7 +322,20 @@ unsafe fn redirect(ctx: &SockAddrContext, v6: bool) {
         v4_mapped(unsafe { (*sa).user_ip4 }.to_ne_bytes())
     };
     if BYPASS_CIDRS.get(Key::new(128, addr)).is_some() {
-        return;
+        return ALLOW;
+    }
+    if DENY_CIDRS.get(Key::new(128, addr)).is_some() {
+        if enforcing() {
+            count(COUNT_DENY_REFUSED);
+            // SAFETY: helper without pointer arguments.
+            let cgroup = unsafe { bpf_get_current_cgroup_id() };
+            info!(
+                ctx,
+                "denied destination refused port={} tgid={} cgroup={}", port, tgid, cgroup
+            );
+            return DENY;
+        }
+        count(COUNT_DENY_AUDITED);
     }
     let is_mapped = v6 && is_v4_mapped(&addr);
     let redirect_v4 = global(&REDIRECT_V4);
@@ -320,10 +343,10 @@ unsafe fn redirect(ctx: &SockAddrContext, v6: bool) {
     // are left alone (loop guard); the agent refuses them as self-calls.
     if port == redirect_port {
         if (!v6 || is_mapped) && addr[12..] == redirect_v4.to_ne_bytes() {
-            return;
+            return ALLOW;
         }
         if v6 && !is_mapped && eq16(&ip6_bytes(global(&REDIRECT_V6)), &addr) {
-            return;
+            return ALLOW;
         }
     }
 
@@ -342,7 +365,7 @@ unsafe fn redirect(ctx: &SockAddrContext, v6: bool) {
     // SAFETY: the context pointer is what the helper expects.
     let cookie = unsafe { bpf_get_socket_cookie(sa.cast()) };
     if ORIG_BY_COOKIE.insert(cookie, record, 0).is_err() {
-        return;
+        return ALLOW;
     }
 
     unsafe {
@@ -366,6 +389,7 @@ unsafe fn redirect(ctx: &SockAddrContext, v6: bool) {
         (*sa).user_port = u32::from(redirect_port.to_be());
     }
     debug!(ctx, "redirect tgid={} port={}", tgid, port);
+    ALLOW
 }
 
 /// The kernel's IPv6 words (network byte order in memory) as 16 bytes.

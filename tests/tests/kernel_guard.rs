@@ -4,6 +4,9 @@
 //! In balanced the kernel refuses them (EPERM) and nothing arrives; UDP to
 //! an allowed port (DNS, 53) still works. A reload to audit lets them
 //! through and the agent logs and counts what strict would have refused.
+//! A TCP connect to a denied destination (`interceptor.deny_cidrs`, the
+//! metadata addresses by default) is refused by the kernel before any
+//! byte; audit redirects it to the agent instead.
 use std::{
     net::{SocketAddr, UdpSocket},
     sync::{Arc, Mutex},
@@ -236,6 +239,121 @@ fn udp_raw_and_mptcp_are_refused_by_the_kernel_then_counted_in_audit() {
         ("socket", "refused", 2),
         ("socket", "audited", 2),
     ];
+    let mut metrics = String::new();
+    for _ in 0..30 {
+        metrics = scrape(proxy);
+        if want
+            .iter()
+            .all(|&(k, a, n)| counter(&metrics, k, a) == Some(n))
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for (kind, action, n) in want {
+        assert_eq!(
+            counter(&metrics, kind, action),
+            Some(n),
+            "{kind} {action}:\n{metrics}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A Python TCP connect from `place`: `connect ok`, `connect EPERM` or an error.
+fn tcp_probe(cg: Option<&TestCgroup>, to: SocketAddr) -> String {
+    let script = format!(
+        r#"
+import socket
+try:
+    socket.create_connection(("{h}", {p}), timeout=5).close()
+    print("connect ok")
+except PermissionError:
+    print("connect EPERM")
+except Exception as e:
+    print("connect ERR", type(e).__name__, e)
+"#,
+        h = to.ip(),
+        p = to.port(),
+    );
+    let run = client::run(
+        Place {
+            cgroup: cg,
+            netns: None,
+        },
+        "python3",
+        &["-c", &script],
+        TIMEOUT,
+    );
+    assert!(run.ok(), "probe script failed: {run:?}");
+    run.stdout.trim().to_owned()
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root and the eBPF build: run `cargo xtask test`"
+)]
+fn tcp_to_a_denied_destination_is_refused_by_the_kernel_then_redirected_in_audit() {
+    require_root();
+    let cg = TestCgroup::new("kernel-deny");
+    // The denied destination: a listener on a loopback address of its own.
+    let listener = std::net::TcpListener::bind("127.0.0.88:0").expect("bind");
+    let target = listener.local_addr().unwrap();
+    let accepted = Arc::new(Mutex::new(0u32));
+    let a = accepted.clone();
+    std::thread::spawn(move || {
+        // Bounded: the probes make at most a few connections.
+        for conn in listener.incoming().take(16) {
+            if conn.is_ok() {
+                *a.lock().unwrap() += 1;
+            }
+        }
+    });
+    assert_eq!(tcp_probe(None, target), "connect ok", "outside the cgroup");
+    assert_eq!(*accepted.lock().unwrap(), 1);
+
+    let dir = std::env::temp_dir().join(format!("plk-kdeny-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("pipelock.yaml");
+    let with_mode =
+        |mode: &str| format!("mode: {mode}\ninterceptor:\n  deny_cidrs: [127.0.0.88/32]\n");
+    std::fs::write(&cfg, with_mode("balanced")).unwrap();
+    let redirect = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let proxy = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let agent = Agent::start(&[
+        "--cgroup".into(),
+        cg.rel().into(),
+        "--redirect-addr".into(),
+        redirect.to_string(),
+        "--listen".into(),
+        proxy.to_string(),
+        "--config".into(),
+        cfg.display().to_string(),
+    ]);
+    // Balanced: refused in the kernel, nothing reaches the destination.
+    assert_eq!(
+        tcp_probe(Some(&cg), target),
+        "connect EPERM",
+        "{}",
+        agent.output()
+    );
+    assert_eq!(*accepted.lock().unwrap(), 1, "the destination was reached");
+    agent
+        .wait_for_line(TIMEOUT, |l| l.contains("denied destination refused"))
+        .unwrap_or_else(|| panic!("no kernel log line; log:\n{}", agent.output()));
+    // Other destinations are still redirected, not refused.
+    assert_eq!(tcp_probe(Some(&cg), proxy), "connect ok");
+
+    // Audit: redirected to the agent (which judges it), counted.
+    std::fs::write(&cfg, with_mode("audit")).unwrap();
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(agent.pid() as i32, libc::SIGHUP) };
+    agent
+        .wait_for_line(Duration::from_secs(10), |l| l.contains("config reloaded"))
+        .unwrap_or_else(|| panic!("no reload; log:\n{}", agent.output()));
+    assert_eq!(tcp_probe(Some(&cg), target), "connect ok");
+    let want = [("destination", "refused", 1), ("destination", "audited", 1)];
     let mut metrics = String::new();
     for _ in 0..30 {
         metrics = scrape(proxy);

@@ -56,6 +56,11 @@ pub struct Interceptor {
     pub bypass_cidrs: Vec<IpNet>,
     /// Destination ports never redirected.
     pub bypass_ports: Vec<u16>,
+    /// Destinations TCP connects from covered pods are refused to by the
+    /// kernel in strict and balanced, before any byte (audit redirects and
+    /// counts them, and the agent judges them): the cloud metadata
+    /// addresses by default. The bypass CIDRs win over these.
+    pub deny_cidrs: Vec<IpNet>,
     /// UDP destinations covered pods may send to (port 53 anywhere by
     /// default; narrow it to the cluster DNS address). UDP cannot be
     /// redirected and scanned: any other UDP datagram (QUIC among them),
@@ -140,6 +145,7 @@ impl Default for Interceptor {
             mcp_auth_token_file: None,
             bypass_cidrs: Vec::new(),
             bypass_ports: Vec::new(),
+            deny_cidrs: crate::pipeline::destination::metadata_nets(),
             udp_allow: vec![UdpAllow {
                 port: 53,
                 cidr: None,

@@ -93,6 +93,23 @@ pub struct DestPolicy {
     pub trusted_domains: Vec<String>,
 }
 
+/// [`is_metadata_addr`]'s ranges as CIDRs, for the kernel's deny map
+/// (`interceptor.deny_cidrs`' default).
+pub const METADATA_CIDRS: &[&str] = &[
+    "169.254.0.0/16",
+    "100.100.100.200/32",
+    "fd00:ec2::254/128",
+    "fe80::/10",
+];
+
+/// [`METADATA_CIDRS`] parsed.
+pub fn metadata_nets() -> Vec<ipnet::IpNet> {
+    METADATA_CIDRS
+        .iter()
+        .filter_map(|c| c.parse().ok())
+        .collect()
+}
+
 /// Cloud metadata addresses and ranges no workload should reach by HTTP
 /// through the interceptor: link-local (AWS/GCP/Azure 169.254.169.254,
 /// ECS 169.254.170.2), Alibaba's 100.100.100.200, AWS's IPv6 fd00:ec2::254,
@@ -308,6 +325,12 @@ mod tests {
 
     #[test]
     fn ip_forms_normalised() {
+        // The kernel's default deny list is the same set.
+        assert_eq!(metadata_nets().len(), METADATA_CIDRS.len());
+        for net in metadata_nets() {
+            assert!(is_metadata_addr(net.network()), "{net}");
+            assert!(is_metadata_addr(net.broadcast()), "{net}");
+        }
         let md: IpAddr = "169.254.169.254".parse().unwrap();
         for h in [
             "169.254.169.254",

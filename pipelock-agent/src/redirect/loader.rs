@@ -18,8 +18,8 @@ use aya::{
 };
 use ipnet::IpNet;
 use pipelock_common::{
-    COUNT_SOCKET_AUDITED, COUNT_SOCKET_REFUSED, COUNT_UDP_AUDITED, COUNT_UDP_REFUSED,
-    GUARD_ENFORCE, udp_allow_key, v4_mapped,
+    COUNT_DENY_AUDITED, COUNT_DENY_REFUSED, COUNT_SOCKET_AUDITED, COUNT_SOCKET_REFUSED,
+    COUNT_UDP_AUDITED, COUNT_UDP_REFUSED, GUARD_ENFORCE, udp_allow_key, v4_mapped,
 };
 use sha2::{Digest, Sha256};
 use tokio::{io::unix::AsyncFd, task::JoinHandle};
@@ -42,6 +42,9 @@ pub struct RedirectConfig {
     pub port: u16,
     /// Destinations never redirected.
     pub bypass_cidrs: Vec<IpNet>,
+    /// Destinations TCP connects are refused to (when `enforce`) in the
+    /// kernel; the bypass CIDRs win over them.
+    pub deny_cidrs: Vec<IpNet>,
     /// Destination ports never redirected (only those the operator listed).
     pub bypass_ports: Vec<u16>,
     /// UDP destinations (port, network; none: anywhere) covered pods may
@@ -159,6 +162,8 @@ pub struct UnscannedCounts {
     pub udp_audited: u64,
     pub socket_refused: u64,
     pub socket_audited: u64,
+    pub deny_refused: u64,
+    pub deny_audited: u64,
 }
 
 /// The `GUARD` switch (refuse or count) and the `UNSCANNED` counters.
@@ -197,6 +202,8 @@ impl KernelGuard {
             udp_audited: read(COUNT_UDP_AUDITED),
             socket_refused: read(COUNT_SOCKET_REFUSED),
             socket_audited: read(COUNT_SOCKET_AUDITED),
+            deny_refused: read(COUNT_DENY_REFUSED),
+            deny_audited: read(COUNT_DENY_AUDITED),
         }
     }
 }
@@ -277,7 +284,11 @@ impl Redirector {
             map_of(ebpf.map_mut("BYPASS_CIDRS"), "BYPASS_CIDRS")?
                 .try_into()
                 .map_err(|e| Error::ebpf("map type", e))?;
-        fill_cidrs(&mut cidrs, cfg)?;
+        fill_cidrs(&mut cidrs, &cfg.bypass_cidrs, "filling bypass CIDRs")?;
+        let mut deny: LpmTrie<_, [u8; 16], u8> = map_of(ebpf.map_mut("DENY_CIDRS"), "DENY_CIDRS")?
+            .try_into()
+            .map_err(|e| Error::ebpf("map type", e))?;
+        fill_cidrs(&mut deny, &cfg.deny_cidrs, "filling denied CIDRs")?;
         let mut udp: LpmTrie<_, [u8; 18], u8> = map_of(ebpf.map_mut("UDP_ALLOW"), "UDP_ALLOW")?
             .try_into()
             .map_err(|e| Error::ebpf("map type", e))?;
@@ -395,19 +406,23 @@ fn adopt(cfg: &RedirectConfig, dir: PathBuf) -> Result<(Redirector, OrigDstTable
     let mut ports: HashMap<MapData, u16, u8> =
         HashMap::try_from(Map::HashMap(open("BYPASS_PORTS")?))
             .map_err(|e| Error::ebpf("BYPASS_PORTS map type", e))?;
-    let mut cidrs: LpmTrie<MapData, [u8; 16], u8> =
-        LpmTrie::try_from(Map::LpmTrie(open("BYPASS_CIDRS")?))
-            .map_err(|e| Error::ebpf("BYPASS_CIDRS map type", e))?;
     let old_ports: Vec<u16> = ports.keys().filter_map(Result::ok).collect();
     for p in old_ports {
         let _ = ports.remove(&p);
     }
-    let old_cidrs: Vec<Key<[u8; 16]>> = cidrs.keys().filter_map(Result::ok).collect();
-    for k in old_cidrs {
-        let _ = cidrs.remove(&k);
-    }
     fill_ports(&mut ports, cfg)?;
-    fill_cidrs(&mut cidrs, cfg)?;
+    for (name, nets, what) in [
+        ("BYPASS_CIDRS", &cfg.bypass_cidrs, "filling bypass CIDRs"),
+        ("DENY_CIDRS", &cfg.deny_cidrs, "filling denied CIDRs"),
+    ] {
+        let mut trie: LpmTrie<MapData, [u8; 16], u8> = LpmTrie::try_from(Map::LpmTrie(open(name)?))
+            .map_err(|e| Error::ebpf("CIDR map type", e))?;
+        let old: Vec<Key<[u8; 16]>> = trie.keys().filter_map(Result::ok).collect();
+        for k in old {
+            let _ = trie.remove(&k);
+        }
+        fill_cidrs(&mut trie, nets, what)?;
+    }
     let mut udp: LpmTrie<MapData, [u8; 18], u8> =
         LpmTrie::try_from(Map::LpmTrie(open("UDP_ALLOW")?))
             .map_err(|e| Error::ebpf("UDP_ALLOW map type", e))?;
@@ -501,16 +516,17 @@ fn fill_udp_allow<T: BorrowMut<MapData>>(
 
 fn fill_cidrs<T: BorrowMut<MapData>>(
     cidrs: &mut LpmTrie<T, [u8; 16], u8>,
-    cfg: &RedirectConfig,
+    nets: &[IpNet],
+    what: &'static str,
 ) -> Result<(), Error> {
-    for net in &cfg.bypass_cidrs {
+    for net in nets {
         let (addr, prefix) = match net.network() {
             IpAddr::V4(a) => (v4_mapped(a.octets()), u32::from(net.prefix_len()) + 96),
             IpAddr::V6(a) => (a.octets(), u32::from(net.prefix_len())),
         };
         cidrs
             .insert(&Key::new(prefix, addr), 1, 0)
-            .map_err(|e| Error::ebpf("filling bypass CIDRs", e))?;
+            .map_err(|e| Error::ebpf(what, e))?;
     }
     Ok(())
 }

@@ -25,11 +25,12 @@ pub const LINKS: [&str; 6] = [
     "connect6",
 ];
 /// The maps, under their file names (the object's map names).
-pub const MAPS: [&str; 8] = [
+pub const MAPS: [&str; 9] = [
     "ORIG_BY_SRC",
     "ORIG_BY_COOKIE",
     "BYPASS_PORTS",
     "BYPASS_CIDRS",
+    "DENY_CIDRS",
     "UDP_ALLOW",
     "GUARD",
     "UNSCANNED",
