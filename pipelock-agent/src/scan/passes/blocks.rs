@@ -407,24 +407,30 @@ impl HotBlocks {
         }
         // The windows above end at the last full block; hex pairs reaching
         // into the rest (or across a chunk too short for a window) are
-        // looked for byte by byte, in at most 64 + 128 bytes.
+        // looked for byte by byte, from where such a sequence reaching the
+        // rest may begin (at most 63 + 23 bytes; 64 + 127 in a short chunk),
+        // and only when a digit is there.
         if self.pairs.is_none() {
-            let from = full.saturating_sub(1) * BLOCK;
-            let end = &buf[from..];
-            let found = if from == 0 {
+            // Bytes of the shortest sequence, less one.
+            const REACH: usize = 3 * super::delimited::MIN_BYTES - 2;
+            let has_digit = |b: &[u8]| b.iter().any(u8::is_ascii_digit);
+            let found = if full >= 2 {
+                let end = &buf[full * BLOCK - REACH..];
+                buf.len() > full * BLOCK && has_digit(end) && super::delimited::has_pairs(end)
+            } else if has_digit(buf) {
                 let prev = match around {
                     Around::After(prev) => &prev[prev.len().saturating_sub(BLOCK)..],
                     _ => &[],
                 };
                 let mut joined = [0u8; 3 * BLOCK];
                 joined[..prev.len()].copy_from_slice(prev);
-                joined[prev.len()..prev.len() + end.len()].copy_from_slice(end);
-                super::delimited::has_pairs(&joined[..prev.len() + end.len()])
+                joined[prev.len()..prev.len() + buf.len()].copy_from_slice(buf);
+                super::delimited::has_pairs(&joined[..prev.len() + buf.len()])
             } else {
-                super::delimited::has_pairs(end)
+                false
             };
             if found {
-                self.pairs = Some((from, buf.len()));
+                self.pairs = Some(((full * BLOCK).saturating_sub(REACH), buf.len()));
             }
         }
     }

@@ -94,6 +94,22 @@ fn as_key(name: &[u8]) -> Vec<u8> {
 }
 
 fn header(line: &[u8]) -> Option<Header> {
+    // Cheap first: a header is short, all name bytes and delimiters, and
+    // names a credential.
+    if line.len() > MAX_COLUMNS * (MAX_NAME + 3)
+        || !line.iter().all(|&b| {
+            b.is_ascii_alphanumeric() || b" _.-\"'".contains(&b) || DELIMITERS.contains(&b)
+        })
+    {
+        return None;
+    }
+    let lower = line.to_ascii_lowercase();
+    if !CREDENTIAL_NAMES
+        .iter()
+        .any(|w| memchr::memmem::find(&lower, w.as_bytes()).is_some())
+    {
+        return None;
+    }
     for &delim in DELIMITERS {
         if memchr::memchr(delim, line).is_none() {
             continue;
