@@ -285,7 +285,7 @@ fn scan_dlp_block_with(
     for (id, to) in hits {
         if let Some(t) = engine.trigger(id) {
             triggered.set(t);
-            around.push(to as usize);
+            around.push((t, to as usize));
             continue;
         }
         let Some(meta) = engine.meta(id) else {
@@ -308,7 +308,14 @@ fn scan_dlp_block_with(
     hot.compute_whole(data);
     if let Some((first, last)) = hot.pairs_span() {
         triggered.delimited = true;
-        around.extend([first, last]);
+        // Every stretch between the first and last pairs seen is read.
+        let step = limits.max_run.max(64);
+        around.extend(
+            (first..=last)
+                .step_by(step)
+                .chain([last])
+                .map(|p| (Trigger::Delimited, p)),
+        );
     }
     let mut num = NumericScanner::default();
     let mut nh = Vec::new();
@@ -327,22 +334,39 @@ fn scan_dlp_block_with(
             .filter_map(|h| numeric_hit(h, Cow::Owned(location.to_owned()))),
     );
     if depth < limits.max_depth && triggered.any() {
-        let windows = if forced {
-            vec![(0, data.len())]
-        } else {
-            trigger_windows(&mut around, data.len())
-        };
-        for (from, to) in windows {
+        if forced {
             scan_triggered(
                 engine,
                 triggered,
                 None,
-                &data[from..to],
+                data,
                 location,
                 limits,
                 depth + 1,
                 out,
             )?;
+        } else {
+            for kind in [Trigger::Delimited, Trigger::Table, Trigger::Wrapped] {
+                let mut at: Vec<usize> = around
+                    .iter()
+                    .filter(|(t, _)| *t == kind)
+                    .map(|&(_, p)| p)
+                    .collect();
+                let mut only = Triggered::default();
+                only.set(kind);
+                for (from, to) in trigger_windows(kind, &mut at, data.len(), limits) {
+                    scan_triggered(
+                        engine,
+                        only,
+                        None,
+                        &data[from..to],
+                        location,
+                        limits,
+                        depth + 1,
+                        out,
+                    )?;
+                }
+            }
         }
     }
     if depth < limits.max_depth {
@@ -368,21 +392,26 @@ struct Triggered {
     wrapped_open: bool,
 }
 
-/// Bytes before a trigger's match that a decoding may need (the start of
-/// a sequence, run or table header it lies in).
-const TRIGGER_BEFORE: usize = 4096;
-/// Bytes after it (a long sequence, a table's rows, a MIME body).
-const TRIGGER_AFTER: usize = 64 * 1024;
-
-/// The merged windows around trigger positions in a buffer of `len` bytes.
-fn trigger_windows(at: &mut [usize], len: usize) -> Vec<(usize, usize)> {
+/// The merged windows of a buffer of `len` bytes a decoding of `kind`
+/// reads around where its triggers fired: before, the start of what the
+/// match lies in (a sequence's first pieces, a table's header line, a MIME
+/// header); after, the longest it may run (a sequence of `max_run` pieces
+/// of up to six bytes, a table's rows, a MIME body with its line breaks).
+fn trigger_windows(
+    kind: Trigger,
+    at: &mut [usize],
+    len: usize,
+    limits: RunLimits,
+) -> Vec<(usize, usize)> {
+    let (before, after) = match kind {
+        Trigger::Delimited => (64, 6 * limits.max_run + 64),
+        Trigger::Table => (4096, 64 * 1024),
+        Trigger::Wrapped => (64, 2 * limits.max_run + 4096),
+    };
     at.sort_unstable();
     let mut out: Vec<(usize, usize)> = Vec::new();
     for &p in at.iter() {
-        let (from, to) = (
-            p.saturating_sub(TRIGGER_BEFORE),
-            p.saturating_add(TRIGGER_AFTER).min(len),
-        );
+        let (from, to) = (p.saturating_sub(before), p.saturating_add(after).min(len));
         match out.last_mut() {
             Some(last) if from <= last.1 => last.1 = last.1.max(to),
             _ => out.push((from, to)),
