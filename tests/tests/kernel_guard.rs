@@ -139,6 +139,47 @@ fn counter(metrics: &str, kind: &str, action: &str) -> Option<u64> {
     })
 }
 
+/// The agent on `cg` with `cfg`, redirecting to and listening on free
+/// loopback ports; returns it and its forward listener (for `/metrics`).
+fn start_agent(cg: &TestCgroup, cfg: &std::path::Path) -> (Agent, SocketAddr) {
+    let redirect = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let proxy = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let agent = Agent::start(&[
+        "--cgroup".into(),
+        cg.rel().into(),
+        "--redirect-addr".into(),
+        redirect.to_string(),
+        "--listen".into(),
+        proxy.to_string(),
+        "--config".into(),
+        cfg.display().to_string(),
+    ]);
+    (agent, proxy)
+}
+
+/// Waits (up to 6 s: the agent reads the kernel's counters every 2 s)
+/// until `/metrics` shows each `(kind, action, count)`, then checks them.
+fn assert_counters(proxy: SocketAddr, want: &[(&str, &str, u64)]) {
+    let mut metrics = String::new();
+    for _ in 0..30 {
+        metrics = scrape(proxy);
+        if want
+            .iter()
+            .all(|&(k, a, n)| counter(&metrics, k, a) == Some(n))
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for &(kind, action, n) in want {
+        assert_eq!(
+            counter(&metrics, kind, action),
+            Some(n),
+            "{kind} {action}:\n{metrics}"
+        );
+    }
+}
+
 fn result<'a>(out: &'a str, name: &str) -> &'a str {
     out.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
@@ -169,18 +210,7 @@ fn udp_raw_and_mptcp_are_refused_by_the_kernel_then_counted_in_audit() {
     std::fs::create_dir_all(&dir).unwrap();
     let cfg = dir.join("pipelock.yaml");
     std::fs::write(&cfg, "mode: balanced\n").unwrap();
-    let redirect = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let proxy = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let agent = Agent::start(&[
-        "--cgroup".into(),
-        cg.rel().into(),
-        "--redirect-addr".into(),
-        redirect.to_string(),
-        "--listen".into(),
-        proxy.to_string(),
-        "--config".into(),
-        cfg.display().to_string(),
-    ]);
+    let (agent, proxy) = start_agent(&cg, &cfg);
 
     // Balanced: UDP to a port not allowed, raw and MPTCP sockets: EPERM.
     let out = probes(Some(&cg), udp.addr, dns.addr, "balanced");
@@ -239,24 +269,7 @@ fn udp_raw_and_mptcp_are_refused_by_the_kernel_then_counted_in_audit() {
         ("socket", "refused", 2),
         ("socket", "audited", 2),
     ];
-    let mut metrics = String::new();
-    for _ in 0..30 {
-        metrics = scrape(proxy);
-        if want
-            .iter()
-            .all(|&(k, a, n)| counter(&metrics, k, a) == Some(n))
-        {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    for (kind, action, n) in want {
-        assert_eq!(
-            counter(&metrics, kind, action),
-            Some(n),
-            "{kind} {action}:\n{metrics}"
-        );
-    }
+    assert_counters(proxy, &want);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -319,18 +332,7 @@ fn tcp_to_a_denied_destination_is_refused_by_the_kernel_then_redirected_in_audit
     let with_mode =
         |mode: &str| format!("mode: {mode}\ninterceptor:\n  deny_cidrs: [127.0.0.88/32]\n");
     std::fs::write(&cfg, with_mode("balanced")).unwrap();
-    let redirect = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let proxy = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let agent = Agent::start(&[
-        "--cgroup".into(),
-        cg.rel().into(),
-        "--redirect-addr".into(),
-        redirect.to_string(),
-        "--listen".into(),
-        proxy.to_string(),
-        "--config".into(),
-        cfg.display().to_string(),
-    ]);
+    let (agent, proxy) = start_agent(&cg, &cfg);
     // Balanced: refused in the kernel, nothing reaches the destination.
     assert_eq!(
         tcp_probe(Some(&cg), target),
@@ -354,23 +356,6 @@ fn tcp_to_a_denied_destination_is_refused_by_the_kernel_then_redirected_in_audit
         .unwrap_or_else(|| panic!("no reload; log:\n{}", agent.output()));
     assert_eq!(tcp_probe(Some(&cg), target), "connect ok");
     let want = [("destination", "refused", 1), ("destination", "audited", 1)];
-    let mut metrics = String::new();
-    for _ in 0..30 {
-        metrics = scrape(proxy);
-        if want
-            .iter()
-            .all(|&(k, a, n)| counter(&metrics, k, a) == Some(n))
-        {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    for (kind, action, n) in want {
-        assert_eq!(
-            counter(&metrics, kind, action),
-            Some(n),
-            "{kind} {action}:\n{metrics}"
-        );
-    }
+    assert_counters(proxy, &want);
     let _ = std::fs::remove_dir_all(&dir);
 }
