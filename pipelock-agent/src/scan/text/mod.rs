@@ -800,13 +800,7 @@ fn dlp_feed(
         handle_run(engine, run, location, limits, 1, out)?;
     }
     let t = d.triggered;
-    if t.delimited
-        || t.digit_free
-        || t.table
-        || t.wrapped
-        || t.wrapped_open
-        || d.open_table.is_some()
-    {
+    if t.any() || d.open_table.is_some() {
         // What was flagged may have begun in the bytes before this chunk.
         let mut joined = Vec::with_capacity(d.ring.buf.len() + data.len());
         joined.extend_from_slice(&d.ring.buf);
