@@ -278,8 +278,9 @@ const RUN: u32 = super::runs::RUN_MIN_LEN as u32;
 pub struct HotBlocks {
     numeric: Vec<u64>,
     runs: Vec<u64>,
-    /// Where hex pairs joined by a delimiter were seen ([`pairs_hot`]):
-    /// the first and last byte offsets of the windows holding them.
+    /// Where hex pairs joined by spaces were seen ([`pairs_hot`], and at a
+    /// stream chunk's end [`super::delimited::has_pairs`]): from the start
+    /// of the first window holding them to the end of the last.
     pairs: Option<(usize, usize)>,
 }
 
