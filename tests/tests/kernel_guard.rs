@@ -68,6 +68,21 @@ impl UdpSink {
     }
 }
 
+/// Runs a Python script at `cg` (none: outside any test cgroup); its stdout.
+fn python(cg: Option<&TestCgroup>, script: &str) -> String {
+    let run = client::run(
+        Place {
+            cgroup: cg,
+            netns: None,
+        },
+        "python3",
+        &["-c", script],
+        TIMEOUT,
+    );
+    assert!(run.ok(), "probe script failed: {run:?}");
+    run.stdout
+}
+
 /// Runs a Python probe at `place`; prints one `name result` line per probe.
 fn probes(cg: Option<&TestCgroup>, udp: SocketAddr, dns: SocketAddr, tag: &str) -> String {
     let script = format!(
@@ -106,17 +121,7 @@ for n, f in [("sendto", sendto), ("connected", connected), ("v6", v6), ("dns", d
         dh = dns.ip(),
         dp = dns.port(),
     );
-    let run = client::run(
-        Place {
-            cgroup: cg,
-            netns: None,
-        },
-        "python3",
-        &["-c", &script],
-        TIMEOUT,
-    );
-    assert!(run.ok(), "probe script failed: {run:?}");
-    run.stdout
+    python(cg, &script)
 }
 
 /// GET /metrics from the agent's forward listener.
@@ -289,17 +294,7 @@ except Exception as e:
         h = to.ip(),
         p = to.port(),
     );
-    let run = client::run(
-        Place {
-            cgroup: cg,
-            netns: None,
-        },
-        "python3",
-        &["-c", &script],
-        TIMEOUT,
-    );
-    assert!(run.ok(), "probe script failed: {run:?}");
-    run.stdout.trim().to_owned()
+    python(cg, &script).trim().to_owned()
 }
 
 #[test]
