@@ -1,7 +1,8 @@
 //! Request-rate limits per destination host and per client, over a sliding
 //! minute (`interceptor.rate_limit`). The host is the name the upstream's
-//! certificate was verified for, else the Host header, else the address
-//! connected to; the client is the pod (namespace/pod), else the cgroup,
+//! certificate was verified for, else the address connected to (never a
+//! Host header a client could vary to spread its requests); the client is
+//! the pod (namespace/pod), else the cgroup,
 //! else the client address. A request over either limit is a
 //! `dest.rate_limit` finding that follows the mode; a block answers 429.
 //!

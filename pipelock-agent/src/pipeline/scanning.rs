@@ -502,6 +502,20 @@ impl ScanExchange {
         Decision::Block(b)
     }
 
+    /// Where a request is counted for by the per-host rate limit: the
+    /// verified TLS name, else the address connected to; the Host header
+    /// only when neither is known, since a client writes it and could
+    /// spread its requests over made-up names.
+    fn rate_host(&self) -> String {
+        if let Some(name) = &self.conn.verified_name {
+            return name.clone();
+        }
+        match self.conn.orig_dst {
+            Some(a) => a.ip().to_string(),
+            None => self.info.host.clone(),
+        }
+    }
+
     /// Who a request is counted for by the per-client rate limit: the pod,
     /// else the cgroup, else the client address.
     fn client_key(&self) -> String {
@@ -784,7 +798,7 @@ impl Exchange for ScanExchange {
             let check = self
                 .shared
                 .rate
-                .check(&self.stats_host(), &self.client_key());
+                .check(&self.rate_host(), &self.client_key());
             if check.untracked > 0 {
                 self.shared
                     .metrics
@@ -1319,8 +1333,12 @@ mod tests {
             unreachable!()
         };
         assert_eq!(b.status, http::StatusCode::TOO_MANY_REQUESTS);
-        // Another host has its own count.
-        assert_eq!(get(&p, "https://other.example.test/"), Decision::Continue);
+        // Another verified name has its own count.
+        let other = |p: &ScanPipeline, host: &str| {
+            let mut ex = p.exchange(&verified("other.example.test"));
+            ex.request_filter(&request("GET", "/", &[("host", host)]))
+        };
+        assert_eq!(other(&p, "other.example.test"), Decision::Continue);
         // A secret over the limit is a 403: the graver finding decides.
         let d = get(
             &p,
@@ -1330,6 +1348,21 @@ mod tests {
             panic!("not blocked")
         };
         assert_eq!(b.status, http::StatusCode::FORBIDDEN);
+        // Plain HTTP: made-up Host headers on connections to one address
+        // still count as that address.
+        let p = limited(Mode::Strict);
+        let spread = |i: usize| {
+            let mut ex = p.exchange(&conn(1));
+            ex.request_filter(&request(
+                "GET",
+                "/",
+                &[("host", &format!("h{i}.example.test"))],
+            ))
+        };
+        for i in 0..3 {
+            assert_eq!(spread(i), Decision::Continue);
+        }
+        assert_eq!(block_ids(&spread(3)), vec!["dest.rate_limit".to_owned()]);
         // Audit counts and logs, never refuses.
         let p = limited(Mode::Audit);
         for _ in 0..10 {
