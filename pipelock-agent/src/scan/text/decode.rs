@@ -129,8 +129,10 @@ impl Stage {
             Stage::Gzip(d) => d.try_finish(),
             Stage::Zlib(d) => d.try_finish(),
             Stage::RawDeflate(d) => d.try_finish(),
-            Stage::Brotli(d) => d.flush(),
-            Stage::Zstd(d) => d.flush(),
+            // Both fail on a stream that stopped before its end: a
+            // truncated body is undecodable, not a shorter one.
+            Stage::Brotli(d) => d.close(),
+            Stage::Zstd(d) => d.do_finish(),
             Stage::DeflateUndecided => Ok(()),
         }
     }
@@ -211,6 +213,10 @@ impl ContentDecoder {
         if self.stages.is_empty() {
             self.output += chunk.len() as u64;
             sink(chunk);
+            return DecodeStatus::Ok;
+        }
+        if eos && self.input == 0 {
+            // An empty body under any coding: nothing to decode or check.
             return DecodeStatus::Ok;
         }
         for slice in chunk.chunks(SLICE) {
@@ -489,6 +495,52 @@ mod tests {
                 assert_eq!(status, DecodeStatus::Ok, "{coding:?} chunk {chunk}");
                 assert_eq!(out, text, "{coding:?} chunk {chunk}");
             }
+        }
+    }
+
+    /// A body cut before its stream's end fails whole and in any chunking,
+    /// for every coding (Brotli and zstd used to end `Ok` with what they had
+    /// flushed, so the output depended on the chunking: fuzz `decode`).
+    #[test]
+    fn truncated_streams_are_undecodable() {
+        let text: Vec<u8> = b"some text that compresses, then is cut short. ".repeat(100);
+        let mut br = Vec::new();
+        {
+            let mut w = brotli::CompressorWriter::new(&mut br, 4096, 5, 22);
+            w.write_all(&text).unwrap();
+        }
+        let zst = zstd::encode_all(&text[..], 3).unwrap();
+        for (coding, body) in [
+            (ContentCoding::Gzip, gzip(&text)),
+            (ContentCoding::Brotli, br),
+            (ContentCoding::Zstd, zst),
+        ] {
+            let cut = &body[..body.len() / 2];
+            for chunk in [1, 13, cut.len()] {
+                let mut d = ContentDecoder::new(&[coding], DecodeLimits::default()).unwrap();
+                let (_, status) = decode_all(&mut d, cut, chunk);
+                assert_eq!(status, DecodeStatus::Failed, "{coding:?} chunk {chunk}");
+            }
+        }
+        // Raw bytes that are no Brotli stream at all (the fuzz finding).
+        let mut d = ContentDecoder::new(&[ContentCoding::Brotli], DecodeLimits::default()).unwrap();
+        let (_, status) = decode_all(&mut d, b"\x0b\x00\x80plain text, not brotli", 5);
+        assert_eq!(status, DecodeStatus::Failed);
+    }
+
+    /// An empty body (HEAD, 204, 304 with a `Content-Encoding`) is empty.
+    #[test]
+    fn empty_body_is_empty_under_any_coding() {
+        for coding in [
+            ContentCoding::Gzip,
+            ContentCoding::Deflate,
+            ContentCoding::Brotli,
+            ContentCoding::Zstd,
+        ] {
+            let mut d = ContentDecoder::new(&[coding], DecodeLimits::default()).unwrap();
+            let mut out = Vec::new();
+            let status = d.feed(&[], true, &mut |b| out.extend_from_slice(b));
+            assert_eq!((status, out.len()), (DecodeStatus::Ok, 0), "{coding:?}");
         }
     }
 
