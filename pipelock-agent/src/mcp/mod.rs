@@ -144,6 +144,7 @@ pub fn hit(
             home_hosts: Vec::new(),
             reveal: Reveal::Prefix,
             confirm: None,
+            quotable: false,
         }),
         excerpt: excerpt.into(),
         location: location.into(),

@@ -137,6 +137,7 @@ impl CustomPattern {
                 .collect(),
             reveal: Reveal::Prefix,
             confirm: None,
+            quotable: false,
         }
     }
 }

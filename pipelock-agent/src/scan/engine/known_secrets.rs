@@ -179,6 +179,7 @@ pub fn literals(secrets: &[KnownSecret]) -> Vec<ExtraLiteral> {
             home_hosts: s.allowed_hosts.clone(),
             reveal: Reveal::Nothing,
             confirm: None,
+            quotable: false,
         };
         for form in encodings(&s.value) {
             out.push(ExtraLiteral {

@@ -67,6 +67,8 @@ pub struct RuleMeta {
     pub reveal: Reveal,
     /// A check of the matched bytes before the hit counts (see `patterns::Rule`).
     pub confirm: Option<patterns::Confirm>,
+    /// An injection phrase that is no finding when quoted to explain it.
+    pub quotable: bool,
 }
 
 impl RuleMeta {
@@ -81,6 +83,7 @@ impl RuleMeta {
             home_hosts: rule.home_hosts.iter().map(|h| (*h).to_owned()).collect(),
             reveal: Reveal::Prefix,
             confirm: rule.confirm,
+            quotable: rule.quotable,
         }
     }
 
@@ -95,6 +98,7 @@ impl RuleMeta {
             home_hosts: Vec::new(),
             reveal: Reveal::Nothing,
             confirm: None,
+            quotable: false,
         }
     }
 

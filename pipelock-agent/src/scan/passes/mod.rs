@@ -8,6 +8,7 @@
 //! (credential values by context and entropy, vendor example keys);
 //! `delimited` decodes the hex sequences and escapes Hyperscan flags, and
 //! `digit_free` finds the encoded runs with no digit (read in short fields);
+//! `quoted` tells an injection phrase quoted to explain it from one to obey;
 //! `table` rewrites the credential cells of a flagged CSV/TSV table as
 //! assignments; `wrapped` joins the lines of a MIME part declared base64.
 pub mod blocks;
@@ -15,6 +16,7 @@ pub mod delimited;
 pub mod digit_free;
 pub mod judge;
 pub mod numeric;
+pub mod quoted;
 pub mod runs;
 pub mod seed;
 pub mod table;

@@ -31,6 +31,7 @@ use super::{
         blocks::HotBlocks,
         delimited, digit_free, judge,
         numeric::{NumericHit, NumericScanner},
+        quoted,
         runs::{RunScanner, decodable_parts, discord_token, runs_in},
         seed::{SeedHit, SeedScanner},
         table, wrapped,
@@ -43,6 +44,10 @@ const RING: usize = 512;
 const EXCERPT_CTX: usize = 16;
 /// Normalised text shown for an injection hit.
 const INJ_EXCERPT: usize = 80;
+
+/// Normalised bytes read on each side of a quotable injection match to
+/// judge whether it is quoted to explain it (`passes::quoted`).
+const QUOTE_CONTEXT: usize = 256;
 
 /// Limits for decoding encoded secret candidates.
 #[derive(Clone, Copy, Debug)]
@@ -850,6 +855,22 @@ fn inj_scan(
         let Some(meta) = engine.meta(id) else {
             continue;
         };
+        if meta.quotable {
+            let before = window(
+                &i.ring,
+                &i.buf,
+                i.offset,
+                to.saturating_sub(QUOTE_CONTEXT as u64),
+                to,
+            );
+            let from = usize::try_from(to.saturating_sub(i.offset))
+                .unwrap_or(usize::MAX)
+                .min(i.buf.len());
+            let after = &i.buf[from..(from + QUOTE_CONTEXT).min(i.buf.len())];
+            if quoted::explained_quote(&before, after) {
+                continue;
+            }
+        }
         let win = window(
             &i.ring,
             &i.buf,
@@ -898,6 +919,14 @@ pub fn scan_inj_text(
             continue;
         };
         let end = (to as usize).min(text.len());
+        if meta.quotable
+            && quoted::explained_quote(
+                &text[end.saturating_sub(QUOTE_CONTEXT)..end],
+                &text[end..(end + QUOTE_CONTEXT).min(text.len())],
+            )
+        {
+            continue;
+        }
         let win = &text[end.saturating_sub(INJ_EXCERPT)..end];
         out.push(Hit {
             meta: Arc::clone(meta),

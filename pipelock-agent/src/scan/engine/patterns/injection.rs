@@ -15,7 +15,8 @@ pub static INJECTION_RULES: &[Rule] = &[
         S::High,
         C::High,
         r"\b(?:ignore|disregard|forget|abandon|override|bypass|skip)\s+(?:(?:all|any|the|your|of|my|these|those)\s+)*(?:previous|prior|above|earlier|preceding|original|system|initial)\s+(?:\w+\s+)?(?:instructions?|prompts?|rules|context|directives?|constraints|policies|guardrails|guidelines|commands)\b",
-    ),
+    )
+    .quotable(),
     rule(
         "inj.system_override",
         "System-role line override",
@@ -32,7 +33,8 @@ pub static INJECTION_RULES: &[Rule] = &[
         S::High,
         C::High,
         r"\byou\s+are\s+(?:now\s+)?(?:an?\s+)?(?:(?-i:DAN)\b|evil\b|unrestricted\b|jailbroken\b|unfiltered\b|uncensored\b|no\s+longer\s+(?:bound|restricted))",
-    ),
+    )
+    .quotable(),
     rule(
         "inj.new_instructions",
         "New/updated instructions announcement",
@@ -40,15 +42,17 @@ pub static INJECTION_RULES: &[Rule] = &[
         S::Low,
         C::Low,
         r"\b(?:new|updated|revised)\s+(?:system\s+)?(?:instructions|directives|prompt)\s*:",
-    ),
+    )
+    .quotable(),
     rule(
         "inj.jailbreak_dan",
         "DAN jailbreak persona",
         Injection,
         S::High,
         C::Medium,
-        r"\bDAN\b[^\n]{0,40}\b(?:mode|jailbreak|do\s+anything\s+now)|do\s+anything\s+now",
+        r"\bDAN\b[^\n]{0,40}\b(?:mode|jailbreak|do\s+anything\s+now)\b|do\s+anything\s+now",
     )
+    .quotable()
     .case_sensitive(),
     rule(
         "inj.jailbreak_mode",
@@ -57,7 +61,8 @@ pub static INJECTION_RULES: &[Rule] = &[
         S::High,
         C::High,
         r"\b(?:enable|enter|activate|switch\s+to|you\s+are\s+in|now\s+in)\s+(?:\w+\s+)?(?:developer|sudo|god|unrestricted|jailbreak|jailbroken)\s+mode\b",
-    ),
+    )
+    .quotable(),
     rule(
         "inj.hidden_instruction",
         "Hidden-instruction marker",
@@ -73,7 +78,8 @@ pub static INJECTION_RULES: &[Rule] = &[
         S::Medium,
         C::Medium,
         r"\bfrom\s+now\s+on,?\s+(?:you\s+)(?:will|must|should|shall|are)\b",
-    ),
+    )
+    .quotable(),
     rule(
         "inj.encoded_payload",
         "Encoded payload to execute",
@@ -105,7 +111,8 @@ pub static INJECTION_RULES: &[Rule] = &[
         S::High,
         C::High,
         r"\b(?:treat|consider|regard|reinterpret|downgrade)\s+(?:(?:all|the|your|any)\s+)?(?:previous|prior|system|policy|original|earlier|safety)\s+(?:instructions|rules|guidelines|prompts?|policies)\s+(?:as|to)\s+(?:historical|outdated|deprecated|optional|advisory|non-binding|obsolete|irrelevant|void)\b",
-    ),
+    )
+    .quotable(),
     rule(
         "inj.instruction_dismissal",
         "Instruction dismissal",
@@ -113,7 +120,8 @@ pub static INJECTION_RULES: &[Rule] = &[
         S::High,
         C::High,
         r"\b(?:set|put|cast)\s+(?:(?:the|your|all)\s+)?(?:previous|prior|system|original|earlier|safety)\s+(?:instructions|rules|guidelines|prompts?)\s+(?:aside|away|to\s+one\s+side)\b",
-    ),
+    )
+    .quotable(),
     rule(
         "inj.priority_override",
         "Priority override",
@@ -121,7 +129,8 @@ pub static INJECTION_RULES: &[Rule] = &[
         S::Low,
         C::Low,
         r"\bprioriti[sz]e\s+(?:the\s+)?(?:latest|new|following|injected)\s+(?:request|message|input|instructions?|prompt)\s+over\b",
-    ),
+    )
+    .quotable(),
     rule(
         "inj.credential_solicitation",
         "Credential solicitation",
@@ -202,7 +211,8 @@ pub static INJECTION_RULES: &[Rule] = &[
         S::High,
         C::High,
         r"\bignora\s+(?:todas\s+)?las\s+instrucciones\s+anteriores|\bignore[zr]?\s+(?:toutes\s+)?les\s+instructions\s+pr(?:é|e)c(?:é|e)dentes|\bignoriere\s+(?:alle\s+)?(?:vorherigen|bisherigen|obigen)\s+(?:anweisungen|instruktionen)",
-    ),
+    )
+    .quotable(),
     rule(
         "inj.cjk_override_zh",
         "Instruction override (Chinese)",
@@ -210,7 +220,8 @@ pub static INJECTION_RULES: &[Rule] = &[
         S::High,
         C::High,
         "(?:忽略|无视|無視|跳过|忽视|忽視)(?:掉)?(?:所有|全部)?(?:的)?(?:之前|以上|上面|先前|前面|以前)(?:的)?(?:所有|全部)?(?:的)?(?:指令|指示|规则|規則|命令|提示)",
-    ),
+    )
+    .quotable(),
     rule(
         "inj.cjk_override_ja",
         "Instruction override (Japanese)",
@@ -218,7 +229,8 @@ pub static INJECTION_RULES: &[Rule] = &[
         S::High,
         C::High,
         "(?:以前|前|上記|これまで)の(?:すべての|全ての)?(?:指示|命令|ルール|指令)を(?:すべて|全て)?(?:無視|忘れ|従わな|破棄)",
-    ),
+    )
+    .quotable(),
     rule(
         "inj.cjk_override_ko",
         "Instruction override (Korean)",
@@ -226,7 +238,8 @@ pub static INJECTION_RULES: &[Rule] = &[
         S::High,
         C::High,
         r"(?:이전|위의|앞의|이전의)\s*(?:모든\s*)?(?:지시|지침|명령|규칙)(?:을|를|사항을)?\s*(?:모두\s*)?(?:무시|잊어|따르지)",
-    ),
+    )
+    .quotable(),
     rule(
         "inj.cjk_jailbreak",
         "Jailbreak mode (Chinese/Japanese/Korean)",
@@ -234,7 +247,8 @@ pub static INJECTION_RULES: &[Rule] = &[
         S::High,
         C::High,
         r"开发者模式|開發者模式|无限制模式|無限制模式|没有任何限制|沒有任何限制|限制已解除|開発者モード|制限なしモード|制限を解除|개발자\s*모드|제한\s*없는\s*모드|제한이\s*해제",
-    ),
+    )
+    .quotable(),
     rule(
         "inj.system_prompt_extraction",
         "System-prompt extraction request",
@@ -242,7 +256,8 @@ pub static INJECTION_RULES: &[Rule] = &[
         S::High,
         C::High,
         r"\b(?:print|reveal|show|output|repeat|display|dump|leak|give\s+me|tell\s+me)\s+(?:me\s+)?(?:your|the)\s+(?:(?:full|entire|hidden|original|initial|exact|complete)\s+)*(?:system\s+(?:prompt|message|instructions)|initial\s+instructions|hidden\s+(?:rules|instructions))|\brepeat\s+(?:the\s+)?(?:words|text|everything|all)\s+above\b",
-    ),
+    )
+    .quotable(),
     rule(
         "inj.fake_authority_block",
         "Fake system/authority block or priority directive",
@@ -266,5 +281,6 @@ pub static INJECTION_RULES: &[Rule] = &[
         S::High,
         C::High,
         r"\boverride\s+(?:your|all|the)\s+(?:safety|security|content)\s+(?:guidelines|rules|filters|policies|restrictions)\b|\bforget\s+(?:everything|all)\s+(?:above|before|prior|previous)\b|\byour\s+new\s+(?:task|role|objective|instructions?)\s+(?:is|are)\b|\bdo\s+not\s+(?:tell|inform|alert)\s+the\s+user\b",
-    ),
+    )
+    .quotable(),
 ];

@@ -97,6 +97,9 @@ pub struct Rule {
     /// reported: context and entropy for matches a regex cannot judge.
     /// Rules with a check report every match, not only the first.
     pub confirm: Option<Confirm>,
+    /// An injection phrase that articles quote to explain it: a match in
+    /// such a quotation is not a finding (`scan::passes::quoted`).
+    pub quotable: bool,
 }
 
 /// A check of a match's bytes; `true` keeps the hit.
@@ -123,6 +126,7 @@ pub(crate) const fn rule(
         detector: Detector::Hyperscan,
         home_hosts: &[],
         confirm: None,
+        quotable: false,
     }
 }
 
@@ -130,6 +134,11 @@ impl Rule {
     /// Matches case-sensitively (formats that define case).
     pub(crate) const fn case_sensitive(mut self) -> Self {
         self.caseless = false;
+        self
+    }
+    /// See [`Rule::quotable`].
+    pub(crate) const fn quotable(mut self) -> Self {
+        self.quotable = true;
         self
     }
     pub(crate) const fn multiline(mut self) -> Self {
