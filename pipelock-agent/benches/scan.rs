@@ -4,6 +4,8 @@
 //! patterns (ASCII classes), again with 10× the pattern count, plus the
 //! response path (normalisation + injection + DLP) and memory per stream.
 //! Run: `cargo xtask bench scan` (= `cargo bench -p pipelock-agent --bench scan`).
+//! `PIPELOCK_BENCH_PROFILE=block|stream|resp` runs only that path on 1 MB
+//! clean bodies for 10 s (for `perf record`).
 use std::{
     hint::black_box,
     sync::Arc,
@@ -341,6 +343,24 @@ fn main() {
     );
     assert!(regex_scan(&base.regex, &probe[0]) > 0);
 
+    // For `perf record`: one path on 1 MB clean bodies for 10 s, nothing else.
+    if let Ok(path) = std::env::var("PIPELOCK_BENCH_PROFILE") {
+        let b = bodies(1 << 20, false);
+        let until = Instant::now() + Duration::from_secs(10);
+        let (mut n, mut bytes) = (0usize, 0usize);
+        while Instant::now() < until {
+            for x in &b {
+                bytes += x.len();
+                n += match path.as_str() {
+                    "block" => block_scan(&base.engine, x),
+                    "stream" => stream_scan(&base.engine, x, false),
+                    _ => stream_scan(&base.engine, x, true),
+                };
+            }
+        }
+        println!("profiled {path}: {} MB, {n} hits", bytes >> 20);
+        return;
+    }
     if std::env::var_os("PIPELOCK_BENCH_PER_PATTERN").is_some() {
         per_pattern(&bodies(1 << 20, false));
     }

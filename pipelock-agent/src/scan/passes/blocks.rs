@@ -177,6 +177,10 @@ fn numeric_hot(lo: Masks, hi: Masks) -> bool {
 /// [`delimited::MIN_BYTES`]: super::delimited::MIN_BYTES
 #[inline(always)]
 fn pairs_hot(lo: Masks, hi: Masks) -> bool {
+    // Cheapest first: a digit in each of `MIN_BYTES - 1` pairs at least.
+    if lo.digit.count_ones() + hi.digit.count_ones() < super::delimited::MIN_BYTES as u32 - 1 {
+        return false;
+    }
     let al = wide(
         lo.digit | lo.upper | lo.lower,
         hi.digit | hi.upper | hi.lower,

@@ -141,8 +141,6 @@ pub struct RunScanner {
     tail: Tail,
     in_run: bool,
     buf: Vec<u8>,
-    /// Where the current part (after the last `.` or `=`) begins in `buf`.
-    part_start: usize,
     max_run: usize,
 }
 
@@ -153,7 +151,6 @@ impl RunScanner {
             tail: Tail::default(),
             in_run: false,
             buf: Vec::new(),
-            part_start: 0,
             max_run: (max_run.max(2 * SEGMENT_OVERLAP) / 8) * 8,
         }
     }
@@ -162,9 +159,6 @@ impl RunScanner {
         while !bytes.is_empty() {
             let take = bytes.len().min(self.max_run - self.buf.len());
             let (now, later) = bytes.split_at(take);
-            if let Some(sep) = memchr::memrchr2(b'.', b'=', now) {
-                self.part_start = self.buf.len() + sep + 1;
-            }
             self.buf.extend_from_slice(now);
             bytes = later;
             if self.buf.len() == self.max_run {
@@ -174,22 +168,22 @@ impl RunScanner {
     }
 
     /// A full buffer: reports it and keeps its aligned end as the start of
-    /// the next segment.
+    /// the next segment. The current part begins after the buffer's last
+    /// `.` or `=`, else at its start (a segment starts aligned to its part).
     fn cut(&mut self, out: &mut Vec<Vec<u8>>) {
         if decodable_parts(&self.buf).any(may_decode) {
             out.push(self.buf.clone());
         }
+        let part_start = memchr::memrchr2(b'.', b'=', &self.buf).map_or(0, |i| i + 1);
         let mut keep_from = self.buf.len() - SEGMENT_OVERLAP;
-        if self.part_start <= keep_from {
-            keep_from -= (keep_from - self.part_start) % 8;
+        if part_start <= keep_from {
+            keep_from -= (keep_from - part_start) % 8;
         }
         self.buf.drain(..keep_from);
-        self.part_start = self.part_start.saturating_sub(keep_from);
     }
 
     fn end_run(&mut self, out: &mut Vec<Vec<u8>>) {
         self.in_run = false;
-        self.part_start = 0;
         if self.buf.len() >= RUN_MIN_LEN && decodable_parts(&self.buf).any(may_decode) {
             out.push(std::mem::take(&mut self.buf));
         } else {
@@ -216,7 +210,6 @@ impl RunScanner {
                 };
                 let s = run_start(chunk, i.max(p.saturating_sub(self.max_run)), p);
                 self.buf.clear();
-                self.part_start = 0;
                 if s == 0 && i == 0 {
                     let kept = self.tail;
                     let tail = kept.bytes();

@@ -93,10 +93,38 @@ fn as_key(name: &[u8]) -> Vec<u8> {
         .collect()
 }
 
+/// Longest header line read.
+const MAX_HEADER: usize = MAX_COLUMNS * (MAX_NAME + 3);
+
+/// Where the line of a trigger match ending at `end` starts, when that line
+/// is a table header: the whole-buffer path reads a table's rows from there
+/// and skips triggers on other lines (a credential word at a line's end in
+/// prose). The look back is bounded, so many triggers on one long line
+/// cost no more than the line.
+pub fn header_start(data: &[u8], end: usize) -> Option<usize> {
+    // The match's last byte is the delimiter or the line's `\n`.
+    let last = end.checked_sub(1)?;
+    let name_at = if data.get(last) == Some(&b'\n') {
+        last.checked_sub(1)?
+    } else {
+        last
+    };
+    let floor = name_at.saturating_sub(MAX_HEADER);
+    let start = match memchr::memrchr(b'\n', &data[floor..name_at]) {
+        Some(i) => floor + i + 1,
+        None if floor == 0 => 0,
+        None => return None,
+    };
+    let rest = &data[name_at..data.len().min(start + MAX_HEADER + 2)];
+    let stop = memchr::memchr(b'\n', rest).map_or(name_at + rest.len(), |i| name_at + i);
+    let line = &data[start..stop];
+    header(line.strip_suffix(b"\r").unwrap_or(line)).map(|_| start)
+}
+
 fn header(line: &[u8]) -> Option<Header> {
     // Cheap first: a header is short, all name bytes and delimiters, and
     // names a credential.
-    if line.len() > MAX_COLUMNS * (MAX_NAME + 3)
+    if line.len() > MAX_HEADER
         || !line.iter().all(|&b| {
             b.is_ascii_alphanumeric() || b" _.-\"'".contains(&b) || DELIMITERS.contains(&b)
         })
@@ -233,6 +261,23 @@ mod tests {
             .lines()
             .map(str::to_owned)
             .collect()
+    }
+
+    #[test]
+    fn header_start_finds_the_header_line_of_a_trigger() {
+        let data = b"prose ends with a password\nid,name,password\n1,a,b\n";
+        // The trigger ends after `password\n` (prose) and after `password\n` (header).
+        let prose_end = 27;
+        assert_eq!(data[prose_end - 1], b'\n');
+        assert_eq!(header_start(data, prose_end), None);
+        let head_end = prose_end + "id,name,password\n".len();
+        assert_eq!(header_start(data, head_end), Some(prose_end));
+        // With a `\r\n` and a trigger at a middle column.
+        let crlf = b"user,token,note\r\nx,y,z\r\n";
+        assert_eq!(header_start(crlf, "user,token,".len()), Some(0));
+        // A line longer than any header is not read back to its start.
+        let long = [&[b'a'; 5000][..], b",token\n"].concat();
+        assert_eq!(header_start(&long, long.len()), None);
     }
 
     #[test]

@@ -355,7 +355,11 @@ fn scan_dlp_block_with(
                 let mut at: Vec<usize> = around
                     .iter()
                     .filter(|(t, _)| *t == kind)
-                    .map(|&(_, p)| p)
+                    .filter_map(|&(_, p)| match kind {
+                        // Rows are read from a header line only.
+                        Trigger::Table => table::header_start(data, p),
+                        _ => Some(p),
+                    })
                     .collect();
                 let mut only = Triggered::default();
                 only.set(kind);
@@ -399,8 +403,8 @@ struct Triggered {
 
 /// The merged windows of a buffer of `len` bytes a decoding of `kind`
 /// reads around where its triggers fired: before, the start of what the
-/// match lies in (a sequence's first pieces, a table's header line, a MIME
-/// header); after, the longest it may run (a sequence of `max_run` pieces
+/// match lies in (a sequence's first pieces, a MIME header; a table's
+/// triggers are already its header lines' starts); after, the longest it may run (a sequence of `max_run` pieces
 /// of up to six bytes, a table's rows, a MIME body with its line breaks).
 fn trigger_windows(
     kind: Trigger,
@@ -410,7 +414,7 @@ fn trigger_windows(
 ) -> Vec<(usize, usize)> {
     let (before, after) = match kind {
         Trigger::Delimited => (64, 6 * limits.max_run + 64),
-        Trigger::Table => (4096, 64 * 1024),
+        Trigger::Table => (0, 64 * 1024),
         Trigger::Wrapped => (64, 2 * limits.max_run + 4096),
     };
     at.sort_unstable();
