@@ -859,14 +859,15 @@ fn inj_scan(
         let Some(meta) = engine.meta(id) else {
             continue;
         };
+        // The excerpt is the end of what the quotation check reads.
+        let before = window(
+            &i.ring,
+            &i.buf,
+            i.offset,
+            to.saturating_sub(QUOTE_CONTEXT as u64),
+            to,
+        );
         if meta.quotable {
-            let before = window(
-                &i.ring,
-                &i.buf,
-                i.offset,
-                to.saturating_sub(QUOTE_CONTEXT as u64),
-                to,
-            );
             let from = usize::try_from(to.saturating_sub(i.offset))
                 .unwrap_or(usize::MAX)
                 .min(i.buf.len());
@@ -875,16 +876,10 @@ fn inj_scan(
                 continue;
             }
         }
-        let win = window(
-            &i.ring,
-            &i.buf,
-            i.offset,
-            to.saturating_sub(INJ_EXCERPT as u64),
-            to,
-        );
+        let win = &before[before.len().saturating_sub(INJ_EXCERPT)..];
         out.push(Hit {
             meta: Arc::clone(meta),
-            excerpt: String::from_utf8_lossy(&win).replace(['\n', '\r'], " "),
+            excerpt: String::from_utf8_lossy(win).replace(['\n', '\r'], " "),
             location: Cow::Borrowed(location),
         });
     }
