@@ -8,6 +8,11 @@
 //! logging off and on, (d) mitmproxy and (e) squid-openssl with ssl-bump
 //! (both as CONNECT proxies that bump TLS), with the same Rust client
 //! (HTTP/1.1 over rustls) and the same HTTPS upstream, all on loopback.
+//! As root, also (f) the deployed interception path: the release binary
+//! attached to a throwaway cgroup (`--cgroup`, kernel redirect, default
+//! scanning, request logging off), the client re-executed inside that
+//! cgroup, over HTTP/1.1 and HTTP/2 (the latter against an upstream that
+//! speaks h2, beside a direct h2 row).
 //! Also the cost of minting a leaf (cache miss) and of a full handshake,
 //! and the agent's RSS idle and holding 100, 1,000 and 10,000 idle
 //! keep-alive connections (`PIPELOCK_BENCH_NO_RSS=1` skips that part;
@@ -26,6 +31,8 @@ use std::{
 use pipelock_agent::tls::LeafName;
 use pipelock_tests::{
     agent::{Agent, agent_bin},
+    cgroup::TestCgroup,
+    client::{self as child, Place},
     free_port,
     tls_client::{Client, client_config},
     tls_harness::{AgentOptions, InProcessAgent, temp_dir},
@@ -55,7 +62,7 @@ struct Target {
     /// CONNECT by this name (the agent's forward proxy wants the SNI's host).
     connect_host: Option<String>,
     /// TLS server name.
-    sni: &'static str,
+    sni: String,
     cfg: Arc<rustls::ClientConfig>,
 }
 
@@ -65,7 +72,7 @@ impl Target {
             self.connect_to,
             self.proxy,
             self.connect_host.as_deref(),
-            self.sni,
+            &self.sni,
             self.cfg.clone(),
         )
         .await
@@ -78,7 +85,7 @@ async fn load(t: &Target, concurrency: usize) -> Stats {
     let measure_from = start + WARMUP;
     let stop = measure_from + RUN_FOR;
     for _ in 0..concurrency {
-        let (addr, proxy, cfg, sni) = (t.connect_to, t.proxy, t.cfg.clone(), t.sni);
+        let (addr, proxy, cfg, sni) = (t.connect_to, t.proxy, t.cfg.clone(), t.sni.clone());
         let (authority, connect_host) = (t.authority.clone(), t.connect_host.clone());
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
@@ -86,8 +93,14 @@ async fn load(t: &Target, concurrency: usize) -> Stats {
             let mut client: Option<Client> = None;
             while Instant::now() < stop {
                 if client.is_none() {
-                    match Client::connect_as(addr, proxy, connect_host.as_deref(), sni, cfg.clone())
-                        .await
+                    match Client::connect_as(
+                        addr,
+                        proxy,
+                        connect_host.as_deref(),
+                        &sni,
+                        cfg.clone(),
+                    )
+                    .await
                     {
                         Ok(c) => client = Some(c),
                         Err(_) => {
@@ -331,6 +344,60 @@ fn start_squid(dir: &Path, up_ca: &Path) -> Result<(Proc, SocketAddr, PathBuf), 
     Ok((p, addr, sq.join("ca.crt")))
 }
 
+/// nginx as a re-encrypting TLS reverse proxy to `upstream` (TLS both
+/// sides, keep-alive upstream connections, no scanning): the reference the
+/// issue sets. Its address and the CA file clients trust.
+fn start_nginx(
+    dir: &Path,
+    up_ca: &Path,
+    upstream: SocketAddr,
+) -> Result<(Proc, SocketAddr, PathBuf), String> {
+    let bin = Path::new("/usr/sbin/nginx");
+    if !bin.exists() {
+        return Err("nginx not installed (apt-get install nginx-light)".into());
+    }
+    let nd = dir.join("nginx");
+    std::fs::create_dir_all(&nd).map_err(|e| e.to_string())?;
+    let ca = TestCa::new("nginx bench CA");
+    let ca_file = nd.join("ca.pem");
+    ca.write_pem(&ca_file);
+    let (cert, key) = ca.leaf_pem(NAMES);
+    std::fs::write(nd.join("leaf.pem"), cert).map_err(|e| e.to_string())?;
+    std::fs::write(nd.join("leaf.key"), key).map_err(|e| e.to_string())?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let conf = format!(
+        "daemon off;\nmaster_process on;\nuser root;\nworker_processes 2;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+         events {{ worker_connections 8192; }}\n\
+         http {{\n access_log off;\n client_body_temp_path {d}/body;\n proxy_temp_path {d}/proxy;\n\
+          fastcgi_temp_path {d}/fcgi;\n uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n\
+          upstream up {{ server {upstream}; keepalive 256; }}\n\
+          server {{\n  listen {addr} ssl;\n  ssl_certificate {d}/leaf.pem;\n  ssl_certificate_key {d}/leaf.key;\n\
+           keepalive_requests 1000000;\n\
+           location / {{\n   proxy_pass https://up;\n   proxy_http_version 1.1;\n   proxy_set_header Connection \"\";\n\
+            proxy_set_header Host $http_host;\n   proxy_ssl_server_name on;\n   proxy_ssl_name upstream.test;\n\
+            proxy_ssl_verify on;\n   proxy_ssl_trusted_certificate {up_ca};\n   proxy_ssl_session_reuse on;\n  }}\n }}\n}}\n",
+        d = nd.display(),
+        up_ca = up_ca.display(),
+    );
+    let conf_file = nd.join("nginx.conf");
+    std::fs::write(&conf_file, conf).map_err(|e| e.to_string())?;
+    let child = Command::new(bin)
+        .arg("-p")
+        .arg(&nd)
+        .arg("-c")
+        .arg(&conf_file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("spawning nginx: {e}"))?;
+    let p = Proc(child);
+    if !wait_port(addr, Duration::from_secs(10)) {
+        let log = std::fs::read_to_string(nd.join("error.log")).unwrap_or_default();
+        return Err(format!("nginx did not listen within 10 s: {log}"));
+    }
+    Ok((p, addr, ca_file))
+}
+
 /// The real agent binary as a plain forward proxy (no cgroup): its
 /// address and the CA file clients trust.
 fn start_forward(
@@ -396,7 +463,7 @@ fn forward_target(
         connect_to: upstream,
         proxy: Some(proxy),
         connect_host: Some(local),
-        sni: "localhost",
+        sni: "localhost".into(),
         cfg: client_config(&[ca], &[b"http/1.1"]),
     }
 }
@@ -518,7 +585,147 @@ fn idle_rss(rt: &tokio::runtime::Runtime, dir: &Path, up_ca: &Path, upstream: So
     drop(agent);
 }
 
+/// The release agent attached to a throwaway cgroup (kernel redirect,
+/// default scanning, request logging off): clients of that cgroup reach
+/// any upstream through it. Root only.
+struct Transparent {
+    agent: Agent,
+    cg: TestCgroup,
+    ca: PathBuf,
+}
+
+impl Transparent {
+    fn start(dir: &Path, up_ca: &Path) -> Result<Transparent, String> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err("needs root (eBPF, cgroups)".into());
+        }
+        let cg = TestCgroup::new("bench-tls");
+        let state = dir.join("transparent-state");
+        let cfg = dir.join("transparent.yaml");
+        std::fs::write(
+            &cfg,
+            "logging:\n  include_allowed: false\ninterceptor:\n  max_connections: 20000\n",
+        )
+        .map_err(|e| e.to_string())?;
+        let redirect = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let args: Vec<String> = [
+            "--config",
+            cfg.to_str().unwrap_or_default(),
+            "--cgroup",
+            cg.rel(),
+            "--redirect-addr",
+            &redirect.to_string(),
+            "--state-dir",
+            state.to_str().unwrap_or_default(),
+            "--upstream-ca",
+            up_ca.to_str().unwrap_or_default(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let agent = Agent::spawn(&args);
+        if agent
+            .wait_for_line(Duration::from_secs(30), |l| {
+                l.contains("pipelock-agent attached")
+            })
+            .is_none()
+        {
+            return Err(format!("did not attach: {}", agent.output()));
+        }
+        Ok(Transparent {
+            agent,
+            cg,
+            ca: state.join("ca.crt"),
+        })
+    }
+
+    /// One load cell: this bench re-executed as a client inside the cgroup,
+    /// connecting to `upstream` (redirected to the agent by the kernel).
+    fn load(
+        &self,
+        upstream: SocketAddr,
+        authority: &str,
+        alpn: &str,
+        conc: usize,
+    ) -> Option<Stats> {
+        let exe = std::env::current_exe().ok()?;
+        let run = child::run(
+            Place {
+                cgroup: Some(&self.cg),
+                netns: None,
+            },
+            exe.to_str()?,
+            &[
+                "--client",
+                &upstream.to_string(),
+                "upstream.test",
+                self.ca.to_str()?,
+                authority,
+                alpn,
+                &conc.to_string(),
+            ],
+            RUN_FOR + WARMUP + Duration::from_secs(60),
+        );
+        if !run.ok() {
+            println!("transparent client failed: {run:?}");
+            return None;
+        }
+        let f: Vec<f64> = run
+            .stdout
+            .split_whitespace()
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        match f[..] {
+            [rps, p50_ms, p99_ms, errors] => Some(Stats {
+                rps,
+                p50_ms,
+                p99_ms,
+                errors: errors as u64,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// Client side of a transparent row (`--client ADDR SNI CA AUTHORITY ALPN
+/// CONCURRENCY`): one load cell, printed as `rps p50 p99 errors`.
+fn client_main(args: &[String]) {
+    let [addr, sni, ca, authority, alpn, conc] = args else {
+        eprintln!("--client ADDR SNI CA AUTHORITY ALPN CONCURRENCY");
+        std::process::exit(2);
+    };
+    let (Ok(addr), Ok(conc)) = (addr.parse::<SocketAddr>(), conc.parse::<usize>()) else {
+        eprintln!("bad address or concurrency");
+        std::process::exit(2);
+    };
+    let t = Target {
+        name: "client",
+        authority: authority.clone(),
+        connect_to: addr,
+        proxy: None,
+        connect_host: None,
+        sni: sni.clone(),
+        cfg: client_config(&[Path::new(ca)], &[alpn.as_bytes()]),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let s = rt.block_on(load(&t, conc));
+    println!("{} {} {} {}", s.rps, s.p50_ms, s.p99_ms, s.errors);
+}
+
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--client") {
+        client_main(&args[i + 1..]);
+        return;
+    }
+    if args.iter().any(|a| a == "--list") {
+        return; // cargo bench --list
+    }
     // `cargo bench` passes --bench; nothing else is accepted.
     let dir = temp_dir("bench");
     let up_ca = TestCa::new("bench upstream CA");
@@ -536,6 +743,13 @@ fn main() {
     let h1: &[&[u8]] = &[b"http/1.1"];
     let authority = format!("upstream.test:{}", up.addr.port());
 
+    // An upstream that speaks HTTP/2 too, for the h2 rows.
+    let up2 = HttpsUpstream::start(
+        &up_ca,
+        NAMES,
+        &[b"h2", b"http/1.1"],
+        "127.0.0.1:0".parse().expect("addr"),
+    );
     let mut targets = vec![
         Target {
             authority: authority.clone(),
@@ -543,8 +757,17 @@ fn main() {
             connect_to: up.addr,
             proxy: None,
             connect_host: None,
-            sni: "upstream.test",
+            sni: "upstream.test".into(),
             cfg: client_config(&[&up_ca_file], h1),
+        },
+        Target {
+            authority: format!("upstream.test:{}", up2.addr.port()),
+            name: "direct-h2",
+            connect_to: up2.addr,
+            proxy: None,
+            connect_host: None,
+            sni: "upstream.test".into(),
+            cfg: client_config(&[&up_ca_file], &[b"h2"]),
         },
         Target {
             authority: authority.clone(),
@@ -552,7 +775,7 @@ fn main() {
             connect_to: agent.addr,
             proxy: None,
             connect_host: None,
-            sni: "upstream.test",
+            sni: "upstream.test".into(),
             cfg: client_config(&[&agent.ca_file], h1),
         },
     ];
@@ -572,6 +795,21 @@ fn main() {
             Err(e) => println!("{name}: skipped: {e}"),
         }
     }
+    match start_nginx(&dir, &up_ca_file, up.addr) {
+        Ok((p, addr, ca)) => {
+            keep.push(p);
+            targets.push(Target {
+                authority: authority.clone(),
+                name: "nginx-reencrypt",
+                connect_to: addr,
+                proxy: None,
+                connect_host: None,
+                sni: "upstream.test".into(),
+                cfg: client_config(&[&ca], h1),
+            });
+        }
+        Err(e) => println!("nginx: skipped: {e}"),
+    }
     match start_mitmproxy(&dir, &up_ca_file) {
         Ok((p, addr, ca)) => {
             keep.push(p);
@@ -581,7 +819,7 @@ fn main() {
                 connect_to: up.addr,
                 proxy: Some(addr),
                 connect_host: None,
-                sni: "upstream.test",
+                sni: "upstream.test".into(),
                 cfg: client_config(&[&ca], h1),
             });
         }
@@ -596,7 +834,7 @@ fn main() {
                 connect_to: up.addr,
                 proxy: Some(addr),
                 connect_host: None,
-                sni: "upstream.test",
+                sni: "upstream.test".into(),
                 cfg: client_config(&[&ca], h1),
             });
         }
@@ -656,6 +894,41 @@ fn main() {
             results.push((t.name, conc, s));
         }
     }
+    // The deployed path: kernel redirect, real scanning pipeline.
+    let wanted = |name: &str| {
+        std::env::var("PIPELOCK_BENCH_TARGETS").map_or(true, |o| o.split(',').any(|n| n == name))
+    };
+    if wanted("transparent") || wanted("transparent-h2") {
+        match Transparent::start(&dir, &up_ca_file) {
+            Ok(tp) => {
+                for (name, upstream, alpn) in [
+                    ("transparent", up.addr, "http/1.1"),
+                    ("transparent-h2", up2.addr, "h2"),
+                ] {
+                    if !wanted(name) {
+                        continue;
+                    }
+                    let authority = format!("upstream.test:{}", upstream.port());
+                    for conc in CONCURRENCY {
+                        let Some(s) = tp.load(upstream, &authority, alpn, conc) else {
+                            println!("{name:<16} {conc:>5} failed");
+                            continue;
+                        };
+                        println!(
+                            "{:<16} {:>5} {:>10.0} {:>9.3} {:>9.3} {:>7}",
+                            name, conc, s.rps, s.p50_ms, s.p99_ms, s.errors
+                        );
+                        results.push((name, conc, s));
+                    }
+                }
+                println!(
+                    "transparent agent RSS after the load: {:.1} MB",
+                    rss_kib(tp.agent.pid()).unwrap_or(0) as f64 / 1024.0
+                );
+            }
+            Err(e) => println!("transparent: skipped: {e}"),
+        }
+    }
     let get = |name: &str, conc: usize| {
         results
             .iter()
@@ -665,16 +938,18 @@ fn main() {
     println!(
         "\nratios (pipelock-agent vs other; throughput: higher is better for the agent; p99: lower is better)"
     );
-    for (ours, label) in [
-        ("pipelock-agent", "agent"),
-        ("agent-forward", "forward"),
-        ("agent-fwd-log", "fwd+log"),
+    for (ours, label, direct) in [
+        ("pipelock-agent", "agent", "direct"),
+        ("transparent", "transp", "direct"),
+        ("transparent-h2", "transp-h2", "direct-h2"),
+        ("agent-forward", "forward", "direct"),
+        ("agent-fwd-log", "fwd+log", "direct"),
     ] {
         for conc in CONCURRENCY {
             let Some(a) = get(ours, conc) else {
                 continue;
             };
-            for other in ["direct", "mitmproxy", "squid-ssl-bump"] {
+            for other in [direct, "nginx-reencrypt", "mitmproxy", "squid-ssl-bump"] {
                 if let Some(o) = get(other, conc) {
                     println!(
                         "  c={conc:<3} {label}/{other:<15} throughput x{:.2}   p99 x{:.2}",
@@ -720,5 +995,6 @@ fn main() {
     drop(forward);
     drop(agent);
     drop(up);
+    drop(up2);
     let _ = std::fs::remove_dir_all(&dir);
 }
