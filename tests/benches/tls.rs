@@ -51,6 +51,8 @@ struct Stats {
     p50_ms: f64,
     p99_ms: f64,
     errors: u64,
+    /// Requests answered, warm-up included (for CPU time per request).
+    total: u64,
 }
 
 struct Target {
@@ -90,6 +92,7 @@ async fn load(t: &Target, concurrency: usize) -> Stats {
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             let mut errors = 0u64;
+            let mut total = 0u64;
             let mut client: Option<Client> = None;
             while Instant::now() < stop {
                 if client.is_none() {
@@ -114,6 +117,7 @@ async fn load(t: &Target, concurrency: usize) -> Stats {
                 let t0 = Instant::now();
                 match c.get(&authority, "/hello").await {
                     Ok(r) if r.status() == 200 => {
+                        total += 1;
                         if t0 >= measure_from {
                             lat.push(t0.elapsed());
                         }
@@ -124,15 +128,16 @@ async fn load(t: &Target, concurrency: usize) -> Stats {
                     }
                 }
             }
-            (lat, errors)
+            (lat, errors, total)
         }));
     }
     let mut all = Vec::new();
-    let mut errors = 0;
+    let (mut errors, mut total) = (0, 0);
     for t in tasks {
-        if let Ok((l, e)) = t.await {
+        if let Ok((l, e, n)) = t.await {
             all.extend(l);
             errors += e;
+            total += n;
         }
     }
     all.sort_unstable();
@@ -145,6 +150,7 @@ async fn load(t: &Target, concurrency: usize) -> Stats {
         p50_ms: pct(0.50),
         p99_ms: pct(0.99),
         errors,
+        total,
     }
 }
 
@@ -468,6 +474,19 @@ fn forward_target(
     }
 }
 
+/// CPU time (user + system) a process used so far, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which ends with the last ')').
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    // utime and stime are fields 14 and 15 of stat(5): 12 and 13 here.
+    (ticks(11) + ticks(12)) / hz.max(1.0)
+}
+
 /// Resident memory of a process, in KiB (`VmRSS`).
 fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -595,13 +614,15 @@ struct Transparent {
 }
 
 impl Transparent {
-    fn start(dir: &Path, up_ca: &Path) -> Result<Transparent, String> {
+    /// `bin`: another agent binary than the one under test (a baseline
+    /// build, `PIPELOCK_BENCH_BASELINE_BIN`), for A/B rows in one run.
+    fn start(dir: &Path, up_ca: &Path, bin: Option<&str>) -> Result<Transparent, String> {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
             return Err("needs root (eBPF, cgroups)".into());
         }
         let cg = TestCgroup::new("bench-tls");
-        let state = dir.join("transparent-state");
+        let state = dir.join(format!("transparent-state-{}", free_port()));
         let cfg = dir.join("transparent.yaml");
         std::fs::write(
             &cfg,
@@ -624,7 +645,14 @@ impl Transparent {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        let agent = Agent::spawn(&args);
+        let agent = match bin {
+            // The wrapper drops the default binary's path and runs `bin`.
+            Some(bin) => {
+                let script = format!("shift; exec {bin} \"$@\"");
+                Agent::spawn_via(&["sh", "-c", &script, "sh"], &args)
+            }
+            None => Agent::spawn(&args),
+        };
         if agent
             .wait_for_line(Duration::from_secs(30), |l| {
                 l.contains("pipelock-agent attached")
@@ -677,11 +705,12 @@ impl Transparent {
             .filter_map(|v| v.parse().ok())
             .collect();
         match f[..] {
-            [rps, p50_ms, p99_ms, errors] => Some(Stats {
+            [rps, p50_ms, p99_ms, errors, total] => Some(Stats {
                 rps,
                 p50_ms,
                 p99_ms,
                 errors: errors as u64,
+                total: total as u64,
             }),
             _ => None,
         }
@@ -714,7 +743,10 @@ fn client_main(args: &[String]) {
         .build()
         .expect("runtime");
     let s = rt.block_on(load(&t, conc));
-    println!("{} {} {} {}", s.rps, s.p50_ms, s.p99_ms, s.errors);
+    println!(
+        "{} {} {} {} {}",
+        s.rps, s.p50_ms, s.p99_ms, s.errors, s.total
+    );
 }
 
 fn main() {
@@ -898,36 +930,57 @@ fn main() {
     let wanted = |name: &str| {
         std::env::var("PIPELOCK_BENCH_TARGETS").map_or(true, |o| o.split(',').any(|n| n == name))
     };
-    if wanted("transparent") || wanted("transparent-h2") {
-        match Transparent::start(&dir, &up_ca_file) {
-            Ok(tp) => {
-                for (name, upstream, alpn) in [
-                    ("transparent", up.addr, "http/1.1"),
-                    ("transparent-h2", up2.addr, "h2"),
-                ] {
-                    if !wanted(name) {
-                        continue;
-                    }
-                    let authority = format!("upstream.test:{}", upstream.port());
-                    for conc in CONCURRENCY {
-                        let Some(s) = tp.load(upstream, &authority, alpn, conc) else {
-                            println!("{name:<16} {conc:>5} failed");
-                            continue;
-                        };
-                        println!(
-                            "{:<16} {:>5} {:>10.0} {:>9.3} {:>9.3} {:>7}",
-                            name, conc, s.rps, s.p50_ms, s.p99_ms, s.errors
-                        );
-                        results.push((name, conc, s));
-                    }
-                }
-                println!(
-                    "transparent agent RSS after the load: {:.1} MB",
-                    rss_kib(tp.agent.pid()).unwrap_or(0) as f64 / 1024.0
-                );
-            }
-            Err(e) => println!("transparent: skipped: {e}"),
+    let baseline = std::env::var("PIPELOCK_BENCH_BASELINE_BIN").ok();
+    let agents: Vec<(Option<&str>, [&'static str; 2])> =
+        std::iter::once((None, ["transparent", "transparent-h2"]))
+            .chain(
+                baseline
+                    .as_deref()
+                    .map(|b| (Some(b), ["transp-base", "transp-h2-base"])),
+            )
+            .collect();
+    for (bin, names) in agents {
+        if !names.iter().any(|n| wanted(n)) {
+            continue;
         }
+        let tp = match Transparent::start(&dir, &up_ca_file, bin) {
+            Ok(tp) => tp,
+            Err(e) => {
+                println!("{}: skipped: {e}", names[0]);
+                continue;
+            }
+        };
+        for (name, upstream, alpn) in [(names[0], up.addr, "http/1.1"), (names[1], up2.addr, "h2")]
+        {
+            if !wanted(name) {
+                continue;
+            }
+            let authority = format!("upstream.test:{}", upstream.port());
+            for conc in CONCURRENCY {
+                let cpu0 = cpu_seconds(tp.agent.pid());
+                let Some(s) = tp.load(upstream, &authority, alpn, conc) else {
+                    println!("{name:<16} {conc:>5} failed");
+                    continue;
+                };
+                let cpu = cpu_seconds(tp.agent.pid()) - cpu0;
+                println!(
+                    "{:<16} {:>5} {:>10.0} {:>9.3} {:>9.3} {:>7}   agent CPU {:.1} µs/request",
+                    name,
+                    conc,
+                    s.rps,
+                    s.p50_ms,
+                    s.p99_ms,
+                    s.errors,
+                    cpu * 1e6 / s.total.max(1) as f64
+                );
+                results.push((name, conc, s));
+            }
+        }
+        println!(
+            "{} agent RSS after the load: {:.1} MB",
+            names[0],
+            rss_kib(tp.agent.pid()).unwrap_or(0) as f64 / 1024.0
+        );
     }
     let get = |name: &str, conc: usize| {
         results
@@ -942,6 +995,8 @@ fn main() {
         ("pipelock-agent", "agent", "direct"),
         ("transparent", "transp", "direct"),
         ("transparent-h2", "transp-h2", "direct-h2"),
+        ("transp-base", "base", "direct"),
+        ("transp-h2-base", "base-h2", "direct-h2"),
         ("agent-forward", "forward", "direct"),
         ("agent-fwd-log", "fwd+log", "direct"),
     ] {
