@@ -8,6 +8,11 @@
 //! logging off and on, (d) mitmproxy and (e) squid-openssl with ssl-bump
 //! (both as CONNECT proxies that bump TLS), with the same Rust client
 //! (HTTP/1.1 over rustls) and the same HTTPS upstream, all on loopback.
+//! As root, also (f) the deployed interception path: the release binary
+//! attached to a throwaway cgroup (`--cgroup`, kernel redirect, default
+//! scanning, request logging off), the client re-executed inside that
+//! cgroup, over HTTP/1.1 and HTTP/2 (the latter against an upstream that
+//! speaks h2, beside a direct h2 row).
 //! Also the cost of minting a leaf (cache miss) and of a full handshake,
 //! and the agent's RSS idle and holding 100, 1,000 and 10,000 idle
 //! keep-alive connections (`PIPELOCK_BENCH_NO_RSS=1` skips that part;
@@ -26,6 +31,8 @@ use std::{
 use pipelock_agent::tls::LeafName;
 use pipelock_tests::{
     agent::{Agent, agent_bin},
+    cgroup::TestCgroup,
+    client::{self as child, Place},
     free_port,
     tls_client::{Client, client_config},
     tls_harness::{AgentOptions, InProcessAgent, temp_dir},
@@ -44,6 +51,8 @@ struct Stats {
     p50_ms: f64,
     p99_ms: f64,
     errors: u64,
+    /// Requests answered, warm-up included (for CPU time per request).
+    total: u64,
 }
 
 struct Target {
@@ -55,7 +64,7 @@ struct Target {
     /// CONNECT by this name (the agent's forward proxy wants the SNI's host).
     connect_host: Option<String>,
     /// TLS server name.
-    sni: &'static str,
+    sni: String,
     cfg: Arc<rustls::ClientConfig>,
 }
 
@@ -65,7 +74,7 @@ impl Target {
             self.connect_to,
             self.proxy,
             self.connect_host.as_deref(),
-            self.sni,
+            &self.sni,
             self.cfg.clone(),
         )
         .await
@@ -78,16 +87,23 @@ async fn load(t: &Target, concurrency: usize) -> Stats {
     let measure_from = start + WARMUP;
     let stop = measure_from + RUN_FOR;
     for _ in 0..concurrency {
-        let (addr, proxy, cfg, sni) = (t.connect_to, t.proxy, t.cfg.clone(), t.sni);
+        let (addr, proxy, cfg, sni) = (t.connect_to, t.proxy, t.cfg.clone(), t.sni.clone());
         let (authority, connect_host) = (t.authority.clone(), t.connect_host.clone());
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             let mut errors = 0u64;
+            let mut total = 0u64;
             let mut client: Option<Client> = None;
             while Instant::now() < stop {
                 if client.is_none() {
-                    match Client::connect_as(addr, proxy, connect_host.as_deref(), sni, cfg.clone())
-                        .await
+                    match Client::connect_as(
+                        addr,
+                        proxy,
+                        connect_host.as_deref(),
+                        &sni,
+                        cfg.clone(),
+                    )
+                    .await
                     {
                         Ok(c) => client = Some(c),
                         Err(_) => {
@@ -101,6 +117,7 @@ async fn load(t: &Target, concurrency: usize) -> Stats {
                 let t0 = Instant::now();
                 match c.get(&authority, "/hello").await {
                     Ok(r) if r.status() == 200 => {
+                        total += 1;
                         if t0 >= measure_from {
                             lat.push(t0.elapsed());
                         }
@@ -111,15 +128,16 @@ async fn load(t: &Target, concurrency: usize) -> Stats {
                     }
                 }
             }
-            (lat, errors)
+            (lat, errors, total)
         }));
     }
     let mut all = Vec::new();
-    let mut errors = 0;
+    let (mut errors, mut total) = (0, 0);
     for t in tasks {
-        if let Ok((l, e)) = t.await {
+        if let Ok((l, e, n)) = t.await {
             all.extend(l);
             errors += e;
+            total += n;
         }
     }
     all.sort_unstable();
@@ -132,6 +150,7 @@ async fn load(t: &Target, concurrency: usize) -> Stats {
         p50_ms: pct(0.50),
         p99_ms: pct(0.99),
         errors,
+        total,
     }
 }
 
@@ -331,6 +350,60 @@ fn start_squid(dir: &Path, up_ca: &Path) -> Result<(Proc, SocketAddr, PathBuf), 
     Ok((p, addr, sq.join("ca.crt")))
 }
 
+/// nginx as a re-encrypting TLS reverse proxy to `upstream` (TLS both
+/// sides, keep-alive upstream connections, no scanning): the reference the
+/// issue sets. Its address and the CA file clients trust.
+fn start_nginx(
+    dir: &Path,
+    up_ca: &Path,
+    upstream: SocketAddr,
+) -> Result<(Proc, SocketAddr, PathBuf), String> {
+    let bin = Path::new("/usr/sbin/nginx");
+    if !bin.exists() {
+        return Err("nginx not installed (apt-get install nginx-light)".into());
+    }
+    let nd = dir.join("nginx");
+    std::fs::create_dir_all(&nd).map_err(|e| e.to_string())?;
+    let ca = TestCa::new("nginx bench CA");
+    let ca_file = nd.join("ca.pem");
+    ca.write_pem(&ca_file);
+    let (cert, key) = ca.leaf_pem(NAMES);
+    std::fs::write(nd.join("leaf.pem"), cert).map_err(|e| e.to_string())?;
+    std::fs::write(nd.join("leaf.key"), key).map_err(|e| e.to_string())?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let conf = format!(
+        "daemon off;\nmaster_process on;\nuser root;\nworker_processes 2;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+         events {{ worker_connections 8192; }}\n\
+         http {{\n access_log off;\n client_body_temp_path {d}/body;\n proxy_temp_path {d}/proxy;\n\
+          fastcgi_temp_path {d}/fcgi;\n uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n\
+          upstream up {{ server {upstream}; keepalive 256; }}\n\
+          server {{\n  listen {addr} ssl;\n  ssl_certificate {d}/leaf.pem;\n  ssl_certificate_key {d}/leaf.key;\n\
+           keepalive_requests 1000000;\n\
+           location / {{\n   proxy_pass https://up;\n   proxy_http_version 1.1;\n   proxy_set_header Connection \"\";\n\
+            proxy_set_header Host $http_host;\n   proxy_ssl_server_name on;\n   proxy_ssl_name upstream.test;\n\
+            proxy_ssl_verify on;\n   proxy_ssl_trusted_certificate {up_ca};\n   proxy_ssl_session_reuse on;\n  }}\n }}\n}}\n",
+        d = nd.display(),
+        up_ca = up_ca.display(),
+    );
+    let conf_file = nd.join("nginx.conf");
+    std::fs::write(&conf_file, conf).map_err(|e| e.to_string())?;
+    let child = Command::new(bin)
+        .arg("-p")
+        .arg(&nd)
+        .arg("-c")
+        .arg(&conf_file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("spawning nginx: {e}"))?;
+    let p = Proc(child);
+    if !wait_port(addr, Duration::from_secs(10)) {
+        let log = std::fs::read_to_string(nd.join("error.log")).unwrap_or_default();
+        return Err(format!("nginx did not listen within 10 s: {log}"));
+    }
+    Ok((p, addr, ca_file))
+}
+
 /// The real agent binary as a plain forward proxy (no cgroup): its
 /// address and the CA file clients trust.
 fn start_forward(
@@ -396,9 +469,22 @@ fn forward_target(
         connect_to: upstream,
         proxy: Some(proxy),
         connect_host: Some(local),
-        sni: "localhost",
+        sni: "localhost".into(),
         cfg: client_config(&[ca], &[b"http/1.1"]),
     }
+}
+
+/// CPU time (user + system) a process used so far, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which ends with the last ')').
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    // utime and stime are fields 14 and 15 of stat(5): 12 and 13 here.
+    (ticks(11) + ticks(12)) / hz.max(1.0)
 }
 
 /// Resident memory of a process, in KiB (`VmRSS`).
@@ -518,7 +604,160 @@ fn idle_rss(rt: &tokio::runtime::Runtime, dir: &Path, up_ca: &Path, upstream: So
     drop(agent);
 }
 
+/// The release agent attached to a throwaway cgroup (kernel redirect,
+/// default scanning, request logging off): clients of that cgroup reach
+/// any upstream through it. Root only.
+struct Transparent {
+    agent: Agent,
+    cg: TestCgroup,
+    ca: PathBuf,
+}
+
+impl Transparent {
+    /// `bin`: another agent binary than the one under test (a baseline
+    /// build, `PIPELOCK_BENCH_BASELINE_BIN`), for A/B rows in one run.
+    fn start(dir: &Path, up_ca: &Path, bin: Option<&str>) -> Result<Transparent, String> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err("needs root (eBPF, cgroups)".into());
+        }
+        let cg = TestCgroup::new("bench-tls");
+        let state = dir.join(format!("transparent-state-{}", free_port()));
+        let cfg = dir.join("transparent.yaml");
+        std::fs::write(
+            &cfg,
+            "logging:\n  include_allowed: false\ninterceptor:\n  max_connections: 20000\n",
+        )
+        .map_err(|e| e.to_string())?;
+        let redirect = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let args: Vec<String> = [
+            "--config",
+            cfg.to_str().unwrap_or_default(),
+            "--cgroup",
+            cg.rel(),
+            "--redirect-addr",
+            &redirect.to_string(),
+            "--state-dir",
+            state.to_str().unwrap_or_default(),
+            "--upstream-ca",
+            up_ca.to_str().unwrap_or_default(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let agent = match bin {
+            // The wrapper drops the default binary's path and runs `bin`.
+            Some(bin) => {
+                let script = format!("shift; exec {bin} \"$@\"");
+                Agent::spawn_via(&["sh", "-c", &script, "sh"], &args)
+            }
+            None => Agent::spawn(&args),
+        };
+        if agent
+            .wait_for_line(Duration::from_secs(30), |l| {
+                l.contains("pipelock-agent attached")
+            })
+            .is_none()
+        {
+            return Err(format!("did not attach: {}", agent.output()));
+        }
+        Ok(Transparent {
+            agent,
+            cg,
+            ca: state.join("ca.crt"),
+        })
+    }
+
+    /// One load cell: this bench re-executed as a client inside the cgroup,
+    /// connecting to `upstream` (redirected to the agent by the kernel).
+    fn load(
+        &self,
+        upstream: SocketAddr,
+        authority: &str,
+        alpn: &str,
+        conc: usize,
+    ) -> Option<Stats> {
+        let exe = std::env::current_exe().ok()?;
+        let run = child::run(
+            Place {
+                cgroup: Some(&self.cg),
+                netns: None,
+            },
+            exe.to_str()?,
+            &[
+                "--client",
+                &upstream.to_string(),
+                "upstream.test",
+                self.ca.to_str()?,
+                authority,
+                alpn,
+                &conc.to_string(),
+            ],
+            RUN_FOR + WARMUP + Duration::from_secs(60),
+        );
+        if !run.ok() {
+            println!("transparent client failed: {run:?}");
+            return None;
+        }
+        let f: Vec<f64> = run
+            .stdout
+            .split_whitespace()
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        match f[..] {
+            [rps, p50_ms, p99_ms, errors, total] => Some(Stats {
+                rps,
+                p50_ms,
+                p99_ms,
+                errors: errors as u64,
+                total: total as u64,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// Client side of a transparent row (`--client ADDR SNI CA AUTHORITY ALPN
+/// CONCURRENCY`): one load cell, printed as `rps p50 p99 errors`.
+fn client_main(args: &[String]) {
+    let [addr, sni, ca, authority, alpn, conc] = args else {
+        eprintln!("--client ADDR SNI CA AUTHORITY ALPN CONCURRENCY");
+        std::process::exit(2);
+    };
+    let (Ok(addr), Ok(conc)) = (addr.parse::<SocketAddr>(), conc.parse::<usize>()) else {
+        eprintln!("bad address or concurrency");
+        std::process::exit(2);
+    };
+    let t = Target {
+        name: "client",
+        authority: authority.clone(),
+        connect_to: addr,
+        proxy: None,
+        connect_host: None,
+        sni: sni.clone(),
+        cfg: client_config(&[Path::new(ca)], &[alpn.as_bytes()]),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let s = rt.block_on(load(&t, conc));
+    println!(
+        "{} {} {} {} {}",
+        s.rps, s.p50_ms, s.p99_ms, s.errors, s.total
+    );
+}
+
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--client") {
+        client_main(&args[i + 1..]);
+        return;
+    }
+    if args.iter().any(|a| a == "--list") {
+        return; // cargo bench --list
+    }
     // `cargo bench` passes --bench; nothing else is accepted.
     let dir = temp_dir("bench");
     let up_ca = TestCa::new("bench upstream CA");
@@ -536,6 +775,13 @@ fn main() {
     let h1: &[&[u8]] = &[b"http/1.1"];
     let authority = format!("upstream.test:{}", up.addr.port());
 
+    // An upstream that speaks HTTP/2 too, for the h2 rows.
+    let up2 = HttpsUpstream::start(
+        &up_ca,
+        NAMES,
+        &[b"h2", b"http/1.1"],
+        "127.0.0.1:0".parse().expect("addr"),
+    );
     let mut targets = vec![
         Target {
             authority: authority.clone(),
@@ -543,8 +789,17 @@ fn main() {
             connect_to: up.addr,
             proxy: None,
             connect_host: None,
-            sni: "upstream.test",
+            sni: "upstream.test".into(),
             cfg: client_config(&[&up_ca_file], h1),
+        },
+        Target {
+            authority: format!("upstream.test:{}", up2.addr.port()),
+            name: "direct-h2",
+            connect_to: up2.addr,
+            proxy: None,
+            connect_host: None,
+            sni: "upstream.test".into(),
+            cfg: client_config(&[&up_ca_file], &[b"h2"]),
         },
         Target {
             authority: authority.clone(),
@@ -552,7 +807,7 @@ fn main() {
             connect_to: agent.addr,
             proxy: None,
             connect_host: None,
-            sni: "upstream.test",
+            sni: "upstream.test".into(),
             cfg: client_config(&[&agent.ca_file], h1),
         },
     ];
@@ -572,6 +827,21 @@ fn main() {
             Err(e) => println!("{name}: skipped: {e}"),
         }
     }
+    match start_nginx(&dir, &up_ca_file, up.addr) {
+        Ok((p, addr, ca)) => {
+            keep.push(p);
+            targets.push(Target {
+                authority: authority.clone(),
+                name: "nginx-reencrypt",
+                connect_to: addr,
+                proxy: None,
+                connect_host: None,
+                sni: "upstream.test".into(),
+                cfg: client_config(&[&ca], h1),
+            });
+        }
+        Err(e) => println!("nginx: skipped: {e}"),
+    }
     match start_mitmproxy(&dir, &up_ca_file) {
         Ok((p, addr, ca)) => {
             keep.push(p);
@@ -581,7 +851,7 @@ fn main() {
                 connect_to: up.addr,
                 proxy: Some(addr),
                 connect_host: None,
-                sni: "upstream.test",
+                sni: "upstream.test".into(),
                 cfg: client_config(&[&ca], h1),
             });
         }
@@ -596,7 +866,7 @@ fn main() {
                 connect_to: up.addr,
                 proxy: Some(addr),
                 connect_host: None,
-                sni: "upstream.test",
+                sni: "upstream.test".into(),
                 cfg: client_config(&[&ca], h1),
             });
         }
@@ -656,6 +926,62 @@ fn main() {
             results.push((t.name, conc, s));
         }
     }
+    // The deployed path: kernel redirect, real scanning pipeline.
+    let wanted = |name: &str| {
+        std::env::var("PIPELOCK_BENCH_TARGETS").map_or(true, |o| o.split(',').any(|n| n == name))
+    };
+    let baseline = std::env::var("PIPELOCK_BENCH_BASELINE_BIN").ok();
+    let agents: Vec<(Option<&str>, [&'static str; 2])> =
+        std::iter::once((None, ["transparent", "transparent-h2"]))
+            .chain(
+                baseline
+                    .as_deref()
+                    .map(|b| (Some(b), ["transp-base", "transp-h2-base"])),
+            )
+            .collect();
+    for (bin, names) in agents {
+        if !names.iter().any(|n| wanted(n)) {
+            continue;
+        }
+        let tp = match Transparent::start(&dir, &up_ca_file, bin) {
+            Ok(tp) => tp,
+            Err(e) => {
+                println!("{}: skipped: {e}", names[0]);
+                continue;
+            }
+        };
+        for (name, upstream, alpn) in [(names[0], up.addr, "http/1.1"), (names[1], up2.addr, "h2")]
+        {
+            if !wanted(name) {
+                continue;
+            }
+            let authority = format!("upstream.test:{}", upstream.port());
+            for conc in CONCURRENCY {
+                let cpu0 = cpu_seconds(tp.agent.pid());
+                let Some(s) = tp.load(upstream, &authority, alpn, conc) else {
+                    println!("{name:<16} {conc:>5} failed");
+                    continue;
+                };
+                let cpu = cpu_seconds(tp.agent.pid()) - cpu0;
+                println!(
+                    "{:<16} {:>5} {:>10.0} {:>9.3} {:>9.3} {:>7}   agent CPU {:.1} µs/request",
+                    name,
+                    conc,
+                    s.rps,
+                    s.p50_ms,
+                    s.p99_ms,
+                    s.errors,
+                    cpu * 1e6 / s.total.max(1) as f64
+                );
+                results.push((name, conc, s));
+            }
+        }
+        println!(
+            "{} agent RSS after the load: {:.1} MB",
+            names[0],
+            rss_kib(tp.agent.pid()).unwrap_or(0) as f64 / 1024.0
+        );
+    }
     let get = |name: &str, conc: usize| {
         results
             .iter()
@@ -665,16 +991,20 @@ fn main() {
     println!(
         "\nratios (pipelock-agent vs other; throughput: higher is better for the agent; p99: lower is better)"
     );
-    for (ours, label) in [
-        ("pipelock-agent", "agent"),
-        ("agent-forward", "forward"),
-        ("agent-fwd-log", "fwd+log"),
+    for (ours, label, direct) in [
+        ("pipelock-agent", "agent", "direct"),
+        ("transparent", "transp", "direct"),
+        ("transparent-h2", "transp-h2", "direct-h2"),
+        ("transp-base", "base", "direct"),
+        ("transp-h2-base", "base-h2", "direct-h2"),
+        ("agent-forward", "forward", "direct"),
+        ("agent-fwd-log", "fwd+log", "direct"),
     ] {
         for conc in CONCURRENCY {
             let Some(a) = get(ours, conc) else {
                 continue;
             };
-            for other in ["direct", "mitmproxy", "squid-ssl-bump"] {
+            for other in [direct, "nginx-reencrypt", "mitmproxy", "squid-ssl-bump"] {
                 if let Some(o) = get(other, conc) {
                     println!(
                         "  c={conc:<3} {label}/{other:<15} throughput x{:.2}   p99 x{:.2}",
@@ -720,5 +1050,6 @@ fn main() {
     drop(forward);
     drop(agent);
     drop(up);
+    drop(up2);
     let _ = std::fs::remove_dir_all(&dir);
 }

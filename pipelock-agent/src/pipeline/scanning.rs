@@ -313,8 +313,8 @@ impl Pipeline for ScanPipeline {
             conn: Arc::clone(conn),
             mode: self.shared.policy.mode_for(cgroup),
             info: ExchangeInfo::default(),
-            request: None,
-            response: None,
+            request: BodySlot::Off,
+            response: BodySlot::Off,
             blocked: None,
             reported: HashSet::new(),
             hits: Vec::new(),
@@ -330,10 +330,10 @@ struct ScanExchange {
     conn: Arc<ConnMeta>,
     mode: Mode,
     info: ExchangeInfo,
-    /// Scanning state of each body; `None` before the headers and once it is
+    /// Scanning state of each body; `Off` before the headers and once it is
     /// over (ended, bomb, undecodable, skipped content type).
-    request: Option<Box<BodyScanner>>,
-    response: Option<Box<BodyScanner>>,
+    request: BodySlot,
+    response: BodySlot,
     blocked: Option<Block>,
     /// (direction, rule id) already reported in this exchange.
     reported: HashSet<(Direction, String)>,
@@ -345,6 +345,19 @@ struct ScanExchange {
     started: Instant,
     /// Time spent scanning so far (scan latency).
     scan_time: Duration,
+}
+
+/// The scanner of one body. An unencoded, non-SSE body's scanner is opened
+/// by its first chunk: a body that turns out empty (every GET, a 204) then
+/// never opens Hyperscan streams only to close them, and cannot hold a
+/// finding. Encoded and SSE bodies open at the headers, as their decoder
+/// setup can fail and is judged there.
+enum BodySlot {
+    /// Not scanned: no headers yet, over, or skipped.
+    Off,
+    /// Headers seen; opened by the first chunk.
+    Pending(BodySpec),
+    Open(Box<BodyScanner>),
 }
 
 fn header_str(h: &http::HeaderMap, name: http::header::HeaderName) -> Option<String> {
@@ -564,12 +577,7 @@ impl ScanExchange {
     }
 
     /// Sets up body scanning from the headers of a request or response.
-    fn open_body(
-        &mut self,
-        headers: &http::HeaderMap,
-        response: bool,
-        sse: bool,
-    ) -> Option<Box<BodyScanner>> {
+    fn open_body(&mut self, headers: &http::HeaderMap, response: bool, sse: bool) -> BodySlot {
         let location = if response {
             "response_body"
         } else {
@@ -621,11 +629,14 @@ impl ScanExchange {
             run_limits: cfg.run_limits,
             max_sse_event: cfg.max_sse_event,
         };
+        if codings.is_empty() && !sse {
+            return BodySlot::Pending(spec);
+        }
         match BodyScanner::new(&self.shared.engine, &codings, &spec) {
-            Ok(b) => Some(Box::new(b)),
+            Ok(b) => BodySlot::Open(Box::new(b)),
             Err(e) => {
                 self.scan_error(&e);
-                None
+                BodySlot::Off
             }
         }
     }
@@ -720,8 +731,18 @@ impl ScanExchange {
                 "request_body",
             )
         };
-        let Some(mut body) = slot.take() else {
-            return;
+        let mut body = match std::mem::replace(slot, BodySlot::Off) {
+            BodySlot::Off => return,
+            BodySlot::Open(b) => b,
+            // Empty and unencoded: nothing to scan.
+            BodySlot::Pending(_) if chunk.is_empty() && eos => return,
+            BodySlot::Pending(spec) => match BodyScanner::new(&self.shared.engine, &[], &spec) {
+                Ok(b) => Box::new(b),
+                Err(e) => {
+                    self.scan_error(&e);
+                    return;
+                }
+            },
         };
         counter.inc_by(chunk.len() as u64);
         let t = Instant::now();
@@ -730,7 +751,7 @@ impl ScanExchange {
         decoded.inc_by(body.decoded_bytes() - before);
         self.scan_time += t.elapsed();
         if matches!(status, BodyStatus::Ok) && !eos {
-            *slot = Some(body);
+            *slot = BodySlot::Open(body);
         }
         match status {
             BodyStatus::Ok => {}
@@ -830,7 +851,7 @@ impl Exchange for ScanExchange {
         self.request = if body_scanning {
             self.open_body(&req.headers, false, false)
         } else {
-            None
+            BodySlot::Off
         };
         self.scan_time += t.elapsed();
         self.decide(Direction::Request)
@@ -851,7 +872,7 @@ impl Exchange for ScanExchange {
         self.response_fields(&resp.headers, "response_header");
         let ct = header_str(&resp.headers, http::header::CONTENT_TYPE).unwrap_or_default();
         self.response = if skip_response_media(&ct) {
-            None
+            BodySlot::Off
         } else {
             let sse = ct
                 .trim()
@@ -955,8 +976,8 @@ impl Exchange for ScanExchange {
             "exchange scanned"
         );
         // Close streams now rather than when the exchange is dropped.
-        self.request = None;
-        self.response = None;
+        self.request = BodySlot::Off;
+        self.response = BodySlot::Off;
     }
 }
 
@@ -1264,6 +1285,33 @@ mod tests {
             Decision::Continue,
             "not scanned"
         );
+    }
+
+    /// An empty unencoded body is never opened ([`BodySlot::Pending`]):
+    /// opening and ending one finds nothing, in any direction or scan.
+    #[test]
+    fn an_empty_unencoded_body_finds_nothing() {
+        let p = pipeline(Mode::Strict);
+        let cfg = ScanConfig::default();
+        for (location, dlp, injection) in [
+            ("request_body", true, false),
+            ("request_body", true, true),
+            ("response_body", true, true),
+        ] {
+            let spec = BodySpec {
+                location,
+                dlp,
+                injection,
+                sse: false,
+                decode_limits: cfg.decode_limits,
+                run_limits: cfg.run_limits,
+                max_sse_event: cfg.max_sse_event,
+            };
+            let mut body = BodyScanner::new(p.engine(), &[], &spec).expect("scanner");
+            let mut hits = Vec::new();
+            assert!(matches!(body.feed(&[], true, &mut hits), BodyStatus::Ok));
+            assert!(hits.is_empty(), "{location}: {hits:?}");
+        }
     }
 
     #[test]
