@@ -218,7 +218,8 @@ mod tests {
 
     fn judge(text: &str, phrase: &str) -> bool {
         let end = text.find(phrase).expect("phrase in text") + phrase.len();
-        explained_quote(text[..end].as_bytes(), text[end..].as_bytes())
+        let bytes = text.as_bytes();
+        explained_quote(&bytes[..end], &bytes[end..])
     }
 
     #[test]
