@@ -1,5 +1,7 @@
 //! `cargo xtask bench relay`: bulk throughput and connection rate, direct vs
 //! through the kernel redirect + agent (raw TCP relay: `--non-http relay`),
+//! and the new-connection rate of plain HTTP/1.1 with `Connection: close`
+//! (through the agent: sniffed as HTTP, parsed by hyper and scanned),
 //! and through haproxy (TCP mode) and socat as plain TCP proxies on
 //! loopback for comparison, same client and server, one run. The machine
 //! is shared: compare the ratios of one run.
@@ -40,16 +42,18 @@ fn main() {
     require_root();
     let bulk = start_server(serve_bulk);
     let rate = start_server(serve_one_byte);
+    let http = start_server(serve_http_close);
     let cg = TestCgroup::new("bench");
 
-    let mut direct = (Vec::new(), Vec::new());
-    let mut agent = (Vec::new(), Vec::new());
+    let mut direct = (Vec::new(), Vec::new(), Vec::new());
+    let mut agent = (Vec::new(), Vec::new(), Vec::new());
     // The agent's CPU time per GiB relayed (user + system): steadier than
     // throughput on a shared machine.
     let mut agent_cpu = Vec::new();
     for round in 0..ROUNDS {
         direct.0.push(run_client(&cg, "bulk", bulk));
         direct.1.push(run_client(&cg, "rate", rate));
+        direct.2.push(run_client(&cg, "http", http));
         let redirect = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let mut a = Agent::start(&[
             "--cgroup".into(),
@@ -64,36 +68,46 @@ fn main() {
         agent.0.push(run_client(&cg, "bulk", bulk));
         agent_cpu.push((cpu_seconds(a.pid()) - cpu0) / (BULK_BYTES as f64 / (1u64 << 30) as f64));
         agent.1.push(run_client(&cg, "rate", rate));
+        agent.2.push(run_client(&cg, "http", http));
         // Records are logged when each connection closes: give the last ones a moment.
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut redirected = a.conn_records().len() as u64;
-        while redirected < CONNS && Instant::now() < deadline {
+        while redirected < 2 * CONNS && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(100));
             redirected = a.conn_records().len() as u64;
         }
         a.stop();
         assert!(
-            redirected >= CONNS,
+            redirected >= 2 * CONNS,
             "round {round}: only {redirected} connections went through the agent"
         );
     }
     let mut others = Vec::new();
     for name in ["haproxy", "socat"] {
-        let (Some(p_bulk), Some(p_rate)) =
-            (TcpProxy::start(name, bulk), TcpProxy::start(name, rate))
-        else {
+        let (Some(p_bulk), Some(p_rate), Some(p_http)) = (
+            TcpProxy::start(name, bulk),
+            TcpProxy::start(name, rate),
+            TcpProxy::start(name, http),
+        ) else {
             println!("{name}: not installed; skipped");
             continue;
         };
-        let mut runs = (Vec::new(), Vec::new());
+        let mut runs = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..ROUNDS {
             runs.0.push(run_client(&cg, "bulk", p_bulk.addr));
             runs.1.push(run_client(&cg, "rate", p_rate.addr));
+            runs.2.push(run_client(&cg, "http", p_http.addr));
         }
-        others.push((name, median(&mut runs.0), median(&mut runs.1)));
+        others.push((
+            name,
+            median(&mut runs.0),
+            median(&mut runs.1),
+            median(&mut runs.2),
+        ));
     }
     let (d_bulk, a_bulk) = (median(&mut direct.0), median(&mut agent.0));
     let (d_rate, a_rate) = (median(&mut direct.1), median(&mut agent.1));
+    let (d_http, a_http) = (median(&mut direct.2), median(&mut agent.2));
     println!("relay benchmark (median of {ROUNDS} rounds, loopback, release agent)");
     println!(
         "  bulk {} MiB:        direct {:8.0} MiB/s   agent {:8.0} MiB/s   ratio {:.2}  (target >= 0.60)",
@@ -109,14 +123,21 @@ fn main() {
         a_rate / d_rate
     );
     println!(
+        "  HTTP/1.1 Connection: close {CONNS} x{PARALLEL}: direct {:8.0} req/s  agent {:8.0} req/s  ratio {:.2}  (target >= 0.60; the agent parses and scans)",
+        d_http,
+        a_http,
+        a_http / d_http
+    );
+    println!(
         "  agent CPU per GiB relayed (bulk, user + system): {:.3} s",
         median(&mut agent_cpu)
     );
-    for (name, bulk, rate) in others {
+    for (name, bulk, rate, http) in others {
         println!(
-            "  {name:<8} as a TCP proxy: bulk {bulk:8.0} MiB/s ratio {:.2}; connections {rate:8.0} conn/s ratio {:.2}",
+            "  {name:<8} as a TCP proxy: bulk {bulk:8.0} MiB/s ratio {:.2}; connections {rate:8.0} conn/s ratio {:.2}; HTTP close {http:8.0} req/s ratio {:.2}",
             bulk / d_bulk,
-            rate / d_rate
+            rate / d_rate,
+            http / d_http
         );
     }
 }
@@ -249,14 +270,22 @@ fn client_main(args: &[String]) {
             println!("{}", got as f64 / 1048576.0 / start.elapsed().as_secs_f64());
         }
         _ => {
+            let http = mode == "http";
             let start = Instant::now();
             let threads: Vec<_> = (0..PARALLEL)
                 .map(|_| {
                     std::thread::spawn(move || {
                         for _ in 0..CONNS / PARALLEL {
                             let mut s = TcpStream::connect(addr).expect("connect");
-                            let mut b = [0u8; 1];
-                            s.read_exact(&mut b).expect("read");
+                            if http {
+                                s.write_all(HTTP_REQUEST).expect("write");
+                                let mut resp = Vec::new();
+                                s.read_to_end(&mut resp).expect("read");
+                                assert!(resp.starts_with(b"HTTP/1.1 200"), "not a 200");
+                            } else {
+                                let mut b = [0u8; 1];
+                                s.read_exact(&mut b).expect("read");
+                            }
                         }
                     })
                 })
@@ -290,6 +319,24 @@ fn serve_bulk(mut s: TcpStream) {
         }
         left -= n as u64;
     }
+}
+
+const HTTP_REQUEST: &[u8] =
+    b"GET /rate HTTP/1.1\r\nHost: rate.test\r\nUser-Agent: bench\r\nConnection: close\r\n\r\n";
+
+/// One HTTP/1.1 request (headers read up to 8 KB), a short 200, close.
+fn serve_http_close(mut s: TcpStream) {
+    let mut req = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 8192 {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => req.extend_from_slice(&buf[..n]),
+        }
+    }
+    let _ = s.write_all(
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+    );
 }
 
 fn serve_one_byte(mut s: TcpStream) {
