@@ -652,3 +652,35 @@ fn tables_and_mime_parts_are_read_whole_and_streaming() {
         }
     }
 }
+
+/// A table row a chunk's end cuts inside a cell is judged whole, once, at
+/// the row's end, never as the shorter value the cut left (fuzz `pipeline`
+/// found a cut binary cell judged a secret that the whole cell was not).
+#[test]
+fn a_table_row_cut_by_a_chunk_is_judged_whole() {
+    let e = engine();
+    // The fuzz finding, cut as the fuzzer cut it (9 and 17 bytes, cycled).
+    let found: &[u8] = b"{\"n\x96\x8b\"\"e\"m:\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xffx-fuz\xff\n-,token\n{ype\"okeyk\"WWWWWWWWWWWW\x00\x00\x00,\x02\x01\x00\x007\xe4aBj93d\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xffE5gH7\x00j\x00\x00";
+    let mut pieces = Vec::new();
+    let mut rest = found;
+    for n in [9usize, 17].iter().cycle() {
+        if rest.is_empty() {
+            break;
+        }
+        let (a, b) = rest.split_at((*n).min(rest.len()));
+        pieces.push(a);
+        rest = b;
+    }
+    assert_eq!(stream_ids(&e, &pieces), stream_ids(&e, &[found]));
+    // A real secret in a last row with no line break, cut inside the cell:
+    // found, and found once.
+    let csv = b"service,username,password\nbank,alice,Qm7#xK2pZ9vL";
+    for cut in [csv.len() - 9, csv.len() - 3] {
+        let got = stream_ids(&e, &[&csv[..cut], &csv[cut..]]);
+        let n = got
+            .iter()
+            .filter(|i| *i == "dlp.credential_assignment")
+            .count();
+        assert!(n >= 1, "cut at {cut}: {got:?}");
+    }
+}

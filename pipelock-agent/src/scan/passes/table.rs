@@ -190,13 +190,19 @@ pub struct Cells {
     /// The header line of a table still going at the end of the buffer:
     /// its rows may go on in the next chunk.
     pub open: Option<Vec<u8>>,
+    /// The buffer's last line, a row of the open table with no line break
+    /// after it, was not judged: the chunk's end may have cut it (a cut
+    /// cell is another value). The caller judges it when the text ends.
+    pub held: bool,
 }
 
 /// Each credential cell of each table in `data` as a `name: value` line
 /// (cells with a line break or a space are skipped: no secret has them).
 /// `open`: the header of a table the bytes before `data` left open; the
-/// first line of `data` is then taken as cut and skipped.
-pub fn assignments(data: &[u8], open: Option<&[u8]>) -> Cells {
+/// first line of `data` is then taken as cut and skipped. `whole`: `data`
+/// ends where the text ends (a whole buffer, or a stream's last line), so
+/// its last line is a whole row; otherwise that row is held back.
+pub fn assignments(data: &[u8], open: Option<&[u8]>, whole: bool) -> Cells {
     let mut out = Cells::default();
     let mut lines = data
         .split(|&b| b == b'\n')
@@ -228,6 +234,11 @@ pub fn assignments(data: &[u8], open: Option<&[u8]>) -> Cells {
                 open = true;
                 break;
             };
+            if !whole && lines.peek().is_none() && !data.ends_with(b"\n") {
+                out.held = true;
+                open = true;
+                break;
+            }
             let cells = fields(row, h.delim);
             if cells.len() != h.columns {
                 open = lines.peek().is_none();
@@ -256,7 +267,7 @@ mod tests {
     use super::*;
 
     fn lines(data: &str) -> Vec<String> {
-        String::from_utf8(assignments(data.as_bytes(), None).text)
+        String::from_utf8(assignments(data.as_bytes(), None, true).text)
             .unwrap()
             .lines()
             .map(str::to_owned)
@@ -310,20 +321,38 @@ mod tests {
 
     #[test]
     fn a_table_reaching_the_end_stays_open_for_the_next_chunk() {
-        let a = assignments(b"service,username,password\nbank,alice", None);
+        let a = assignments(b"service,username,password\nbank,alice", None, false);
         assert!(a.text.is_empty());
         let head = a.open.expect("open");
         assert_eq!(head, b"service,username,password");
         // The next buffer begins with the bytes kept before it: its first
         // line is cut and skipped.
-        let b = assignments(b"ce,Qm7#xK2pZ9vL\nmail,bob,Tr8!vN3kW6yB\n", Some(&head));
+        let b = assignments(
+            b"ce,Qm7#xK2pZ9vL\nmail,bob,Tr8!vN3kW6yB\n",
+            Some(&head),
+            false,
+        );
         assert_eq!(b.text, b"password: Tr8!vN3kW6yB\n");
         assert!(b.open.is_some());
         let c = assignments(
             b"x\nmail,bob,Tr8!vN3kW6yB\nThe end.\nMore prose\n",
             Some(&head),
+            false,
         );
         assert!(c.open.is_none());
+    }
+
+    /// A chunk's last row with no line break may be cut inside a cell: it
+    /// is held back (not judged as a shorter value), unless the text ends.
+    #[test]
+    fn a_row_the_chunk_may_have_cut_is_held_back() {
+        let csv = b"user,password\nalice,Qm7#xK2pZ9vL\nbob,Tr8!vN";
+        let cut = assignments(csv, None, false);
+        assert_eq!(cut.text, b"password: Qm7#xK2pZ9vL\n");
+        assert!(cut.held && cut.open.is_some());
+        let whole = assignments(csv, None, true);
+        assert_eq!(whole.text, b"password: Qm7#xK2pZ9vL\npassword: Tr8!vN\n");
+        assert!(!whole.held);
     }
 
     #[test]

@@ -345,6 +345,7 @@ fn scan_dlp_block_with(
                 triggered,
                 None,
                 data,
+                true,
                 location,
                 limits,
                 depth + 1,
@@ -369,6 +370,8 @@ fn scan_dlp_block_with(
                         only,
                         None,
                         &data[from..to],
+                        // A window ending before the buffer may cut a row.
+                        to == data.len(),
                         location,
                         limits,
                         depth + 1,
@@ -447,14 +450,16 @@ impl Triggered {
 /// sequences (hex pairs, escapes, character references), its digit-free
 /// encoded runs, the credential cells of its tables and its MIME parts
 /// declared base64, each decoded and scanned. `open_table`: the header of
-/// a table the previous chunk left open. Returns what may go on in the
-/// next chunk.
+/// a table the previous chunk left open. `whole`: `data` ends where the
+/// text ends (else a table's unterminated last row is held back). Returns
+/// what may go on in the next chunk.
 #[allow(clippy::too_many_arguments)]
 fn scan_triggered(
     engine: &Engine,
     triggered: Triggered,
     open_table: Option<&[u8]>,
     data: &[u8],
+    whole: bool,
     location: &str,
     limits: RunLimits,
     depth: u8,
@@ -487,7 +492,7 @@ fn scan_triggered(
         goes_on.wrapped = found.open;
     }
     if triggered.table || open_table.is_some() {
-        let cells = table::assignments(data, open_table);
+        let cells = table::assignments(data, open_table, whole);
         if !cells.text.is_empty() {
             scan_dlp_block(
                 engine,
@@ -499,8 +504,36 @@ fn scan_triggered(
             )?;
         }
         goes_on.table = cells.open;
+        goes_on.table_held = cells.held;
     }
     Ok(goes_on)
+}
+
+/// The text ended after a table row a chunk held back (it may have been
+/// cut then): judges it now, whole, under its header, when its start is
+/// in the history (a row longer than that is not judged in part).
+fn finish_held_row(
+    engine: &Engine,
+    d: &mut DlpText,
+    location: &str,
+    limits: RunLimits,
+    out: &mut Vec<Hit>,
+) -> Result<(), Error> {
+    let (Some(header), true) = (d.open_table.take(), std::mem::take(&mut d.table_held)) else {
+        return Ok(());
+    };
+    let Some(nl) = memchr::memrchr(b'\n', &d.ring.buf) else {
+        return Ok(());
+    };
+    let mut joined = header;
+    joined.push(b'\n');
+    joined.extend_from_slice(&d.ring.buf[nl + 1..]);
+    let only = Triggered {
+        table: true,
+        ..Triggered::default()
+    };
+    scan_triggered(engine, only, None, &joined, true, location, limits, 1, out)?;
+    Ok(())
 }
 
 /// What a triggered decoding leaves open at the end of a chunk.
@@ -510,6 +543,8 @@ struct GoesOn {
     delimited: bool,
     /// The header line of a table whose rows reach the end.
     table: Option<Vec<u8>>,
+    /// That table's last row was held back (`table::Cells::held`).
+    table_held: bool,
     /// A MIME base64 body reaches the end.
     wrapped: bool,
 }
@@ -576,6 +611,9 @@ struct DlpText {
     /// The header line of a table whose rows reached the end of the last
     /// chunk (`passes::table`), at most one line.
     open_table: Option<Vec<u8>>,
+    /// The last chunk's last line, a row of `open_table`, was held back:
+    /// judged at the end of the text if nothing followed it.
+    table_held: bool,
 }
 
 /// Injection state of one text stream.
@@ -636,6 +674,7 @@ impl TextScanner {
                 seed_hits: Vec::new(),
                 triggered: Triggered::default(),
                 open_table: None,
+                table_held: false,
             })
         } else {
             None
@@ -706,6 +745,7 @@ impl TextScanner {
             for run in &d.found_runs {
                 handle_run(&self.engine, run, self.location, self.limits, 1, out)?;
             }
+            finish_held_row(&self.engine, d, self.location, self.limits, out)?;
         }
         if let Some(i) = self.inj.as_mut() {
             i.buf.clear();
@@ -820,6 +860,7 @@ fn dlp_feed(
             t,
             open_table.as_deref(),
             &joined,
+            false,
             location,
             limits,
             1,
@@ -831,6 +872,7 @@ fn dlp_feed(
             ..Triggered::default()
         };
         d.open_table = goes_on.table;
+        d.table_held = goes_on.table_held;
     }
     d.ring.push(data);
     d.offset += data.len() as u64;
