@@ -407,8 +407,9 @@ struct Triggered {
 /// The merged windows of a buffer of `len` bytes a decoding of `kind`
 /// reads around where its triggers fired: before, the start of what the
 /// match lies in (a sequence's first pieces, a MIME header; a table's
-/// triggers are already its header lines' starts); after, the longest it may run (a sequence of `max_run` pieces
-/// of up to six bytes, a table's rows, a MIME body with its line breaks).
+/// triggers are already its header lines' starts); after, the longest it
+/// may run (a sequence of `max_run` pieces of up to six bytes, a table's
+/// rows, a MIME body with its line breaks).
 fn trigger_windows(
     kind: Trigger,
     at: &mut [usize],
