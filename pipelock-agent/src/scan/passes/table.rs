@@ -1,21 +1,25 @@
 //! Credentials in tables (CSV, TSV, `;`- or `|`-separated exports): a
 //! header row naming a credential column (`service,username,password`)
 //! and the rows under it. No regex can tie a value to its column, so
-//! Hyperscan only flags a buffer where a credential name ends a header
-//! field ([`TRIGGERS`]); this pass then reads its lines, finds the header
-//! and rewrites each credential cell as a `name: value` line
-//! ([`assignments`]), the form of a config file, which the caller scans
-//! like any text: the credential-assignment rule judges the value there
-//! (placeholders, masks and low entropy are not findings), so a table is
-//! judged exactly as a config file is. Within one buffer (a stream chunk
-//! and the bytes before it): rows far past their header in a later chunk
-//! are not tied to it.
+//! Hyperscan only flags the lines where a credential name ends a header
+//! field ([`TRIGGERS`]); [`TableReader`] then reads the text line by line,
+//! takes a flagged line that is a header, and rewrites each credential
+//! cell of the rows under it as a `name: value` line, the form of a config
+//! file, which the caller scans like any text: the credential-assignment
+//! rule judges the value there (placeholders, masks and low entropy are
+//! not findings), so a table is judged exactly as a config file is.
+//!
+//! The reader is a state machine over whole lines: a row is judged only
+//! once its line has ended (or the text has), so a stream cut into any
+//! chunks reads the same rows under the same headers as one buffer does.
+//! Its memory is one line, bounded ([`MAX_HEADER`] outside a table,
+//! [`MAX_ROW`] inside one); a longer line is neither a header nor a row.
 
-/// Hyperscan expressions (caseless) marking a buffer that may hold such a
+/// Hyperscan expressions (caseless) marking a line that may be such a
 /// header: a credential name at the end of a field, followed by a
 /// delimiter or the end of the line.
 pub const TRIGGERS: &[&str] =
-    &[r#"(?:password|passwd|secret|api_?key|token)["']?(?:[,;\t|]|\r?\n)"#];
+    &[r#"(?:password|passwd|secret|api[_ ]?key|private_?key|token)["']?(?:[,;\t|]|\r?\n)"#];
 
 /// Names of credential columns (lower case, matched inside the name).
 const CREDENTIAL_NAMES: &[&str] = &[
@@ -95,31 +99,8 @@ fn as_key(name: &[u8]) -> Vec<u8> {
 
 /// Longest header line read.
 const MAX_HEADER: usize = MAX_COLUMNS * (MAX_NAME + 3);
-
-/// Where the line of a trigger match ending at `end` starts, when that line
-/// is a table header: the whole-buffer path reads a table's rows from there
-/// and skips triggers on other lines (a credential word at a line's end in
-/// prose). The look back is bounded, so many triggers on one long line
-/// cost no more than the line.
-pub fn header_start(data: &[u8], end: usize) -> Option<usize> {
-    // The match's last byte is the delimiter or the line's `\n`.
-    let last = end.checked_sub(1)?;
-    let name_at = if data.get(last) == Some(&b'\n') {
-        last.checked_sub(1)?
-    } else {
-        last
-    };
-    let floor = name_at.saturating_sub(MAX_HEADER);
-    let start = match memchr::memrchr(b'\n', &data[floor..name_at]) {
-        Some(i) => floor + i + 1,
-        None if floor == 0 => 0,
-        None => return None,
-    };
-    let rest = &data[name_at..data.len().min(start + MAX_HEADER + 2)];
-    let stop = memchr::memchr(b'\n', rest).map_or(name_at + rest.len(), |i| name_at + i);
-    let line = &data[start..stop];
-    header(line.strip_suffix(b"\r").unwrap_or(line)).map(|_| start)
-}
+/// Longest row read (a longer line ends its table).
+const MAX_ROW: usize = 16 * 1024;
 
 fn header(line: &[u8]) -> Option<Header> {
     // Cheap first: a header is short, all name bytes and delimiters, and
@@ -182,113 +163,174 @@ fn header(line: &[u8]) -> Option<Header> {
     None
 }
 
-/// What [`assignments`] found in a buffer.
-#[derive(Debug, Default)]
-pub struct Cells {
-    /// The credential cells as `name: value` lines.
-    pub text: Vec<u8>,
-    /// The header line of a table still going at the end of the buffer:
-    /// its rows may go on in the next chunk.
-    pub open: Option<Vec<u8>>,
-    /// The buffer's last line, a row of the open table with no line break
-    /// after it, was not judged: the chunk's end may have cut it (a cut
-    /// cell is another value). The caller judges it when the text ends.
-    pub held: bool,
+/// The table whose rows are being read.
+struct OpenTable {
+    header: Header,
+    rows: usize,
 }
 
-/// Each credential cell of each table in `data` as a `name: value` line
-/// (cells with a line break or a space are skipped: no secret has them).
-/// `open`: the header of a table the bytes before `data` left open; the
-/// first line of `data` is then taken as cut and skipped. `whole`: `data`
-/// ends where the text ends (a whole buffer, or a stream's last line), so
-/// its last line is a whole row; otherwise that row is held back.
-pub fn assignments(data: &[u8], open: Option<&[u8]>, whole: bool) -> Cells {
-    let mut out = Cells::default();
-    let mut lines = data
-        .split(|&b| b == b'\n')
-        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
-        .peekable();
-    let mut carried = open;
-    if carried.is_some() {
-        lines.next();
+/// Reads text, whole or in chunks, line by line, and writes the credential
+/// cells of its tables as `name: value` lines (cells with a line break or a
+/// space are skipped: no secret has them). Which lines were flagged is told
+/// by the caller ([`TableReader::feed`]'s `ends`): only a flagged line is
+/// tried as a header. A row of another shape, or the [`MAX_ROWS`]th, ends a
+/// table; that line is then tried as a header itself.
+#[derive(Default)]
+pub struct TableReader {
+    /// The current line's bytes so far, when it is short enough to be read.
+    line: Vec<u8>,
+    /// The current line is longer than a header (outside a table) or a
+    /// row (inside one) may be: it is neither.
+    overlong: bool,
+    /// A trigger ended in the current line.
+    flagged: bool,
+    table: Option<OpenTable>,
+}
+
+impl std::fmt::Debug for TableReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TableReader")
+            .field("line", &self.line.len())
+            .field("in_table", &self.table.is_some())
+            .finish()
     }
-    loop {
-        let (h, head) = match carried.take() {
-            Some(head) => match header(head) {
-                Some(h) => (h, head),
-                None => continue,
-            },
-            None => {
-                let Some(line) = lines.next() else { break };
-                match header(line) {
-                    Some(h) => (h, line),
-                    None => continue,
+}
+
+impl TableReader {
+    /// Reads the next bytes of the text. `ends`: where trigger matches
+    /// ended in `data` (offsets of the byte after each match, ascending);
+    /// a match flags the line its last byte is in. Cells go to `out`.
+    pub fn feed(&mut self, data: &[u8], ends: &[usize], out: &mut Vec<u8>) {
+        let mut pos = 0;
+        let mut ends = ends.iter().map(|e| e.saturating_sub(1)).peekable();
+        while pos < data.len() {
+            if self.table.is_none() && !self.flagged {
+                // Nothing to read before the line of the next trigger:
+                // the lines before it are skipped, not split.
+                while ends.next_if(|&l| l < pos).is_some() {}
+                let until = ends.peek().map_or(data.len(), |&l| l.min(data.len()));
+                if let Some(k) = memchr::memrchr(b'\n', &data[pos..until]) {
+                    self.line.clear();
+                    self.overlong = false;
+                    pos += k + 1;
+                }
+                if ends.peek().is_none() {
+                    self.push(&data[pos..]);
+                    return;
                 }
             }
+            let nl = memchr::memchr(b'\n', &data[pos..]).map(|i| pos + i);
+            let line_end = nl.unwrap_or(data.len());
+            while ends.next_if(|&l| l <= line_end).is_some() {
+                self.flagged = true;
+            }
+            self.push(&data[pos..line_end]);
+            let Some(nl) = nl else { return };
+            self.end_line(out);
+            pos = nl + 1;
+        }
+    }
+
+    /// The text ended: its last line, if it had no line break, is read.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        if !self.line.is_empty() || self.overlong {
+            self.end_line(out);
+        }
+        self.table = None;
+        self.flagged = false;
+    }
+
+    /// Adds bytes to the current line, up to the longest line it can use.
+    fn push(&mut self, bytes: &[u8]) {
+        if self.overlong {
+            return;
+        }
+        // A header's `\r` is not part of its length.
+        let max = if self.table.is_some() {
+            MAX_ROW
+        } else {
+            MAX_HEADER + 1
         };
-        // Open when the rows run to the end of the buffer (its last line
-        // may be a row the chunk's end cut).
-        let mut open = false;
-        for _ in 0..MAX_ROWS {
-            let Some(row) = lines.next() else {
-                open = true;
-                break;
-            };
-            if !whole && lines.peek().is_none() && !data.ends_with(b"\n") {
-                out.held = true;
-                open = true;
-                break;
-            }
-            let cells = fields(row, h.delim);
-            if cells.len() != h.columns {
-                open = lines.peek().is_none();
-                break;
-            }
-            for (i, key) in &h.credentials {
-                let v = cells[*i].trim_ascii();
-                if v.is_empty() || v.iter().any(|b| b.is_ascii_whitespace()) {
-                    continue;
-                }
-                out.text.extend_from_slice(key);
-                out.text.extend_from_slice(b": ");
-                out.text.extend_from_slice(v);
-                out.text.push(b'\n');
-            }
-        }
-        if open {
-            out.open = Some(head.to_vec());
+        if self.line.len() + bytes.len() > max {
+            self.overlong = true;
+            self.line.clear();
+        } else {
+            self.line.extend_from_slice(bytes);
         }
     }
-    out
+
+    /// The current line ended: a row of the open table, or a header.
+    fn end_line(&mut self, out: &mut Vec<u8>) {
+        let flagged = std::mem::take(&mut self.flagged);
+        let overlong = std::mem::take(&mut self.overlong);
+        let line = std::mem::take(&mut self.line);
+        let text = line.strip_suffix(b"\r").unwrap_or(&line);
+        if let Some(t) = self.table.as_mut() {
+            if !overlong && t.rows < MAX_ROWS {
+                let cells = fields(text, t.header.delim);
+                if cells.len() == t.header.columns {
+                    t.rows += 1;
+                    for (i, key) in &t.header.credentials {
+                        let v = cells[*i].trim_ascii();
+                        if v.is_empty() || v.iter().any(|b| b.is_ascii_whitespace()) {
+                            continue;
+                        }
+                        out.extend_from_slice(key);
+                        out.extend_from_slice(b": ");
+                        out.extend_from_slice(v);
+                        out.push(b'\n');
+                    }
+                    self.line = line;
+                    self.line.clear();
+                    return;
+                }
+            }
+            self.table = None;
+        }
+        if flagged && !overlong {
+            self.table = header(text).map(|header| OpenTable { header, rows: 0 });
+        }
+        self.line = line;
+        self.line.clear();
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// Every line flagged (the reader's state machine alone).
+    fn every_line(data: &[u8]) -> Vec<usize> {
+        let mut ends: Vec<usize> = memchr::memchr_iter(b'\n', data).map(|i| i + 1).collect();
+        ends.push(data.len());
+        ends
+    }
+
+    /// `data` read in `pieces` (cut at the given offsets), with `ends`.
+    fn read_cut(data: &[u8], ends: &[usize], cuts: &[usize]) -> Vec<u8> {
+        let mut r = TableReader::default();
+        let mut out = Vec::new();
+        let mut from = 0;
+        for &to in cuts.iter().chain([&data.len()]) {
+            let local: Vec<usize> = ends
+                .iter()
+                .filter(|&&e| e > from && e <= to)
+                .map(|e| e - from)
+                .collect();
+            r.feed(&data[from..to], &local, &mut out);
+            from = to;
+        }
+        r.finish(&mut out);
+        out
+    }
+
     fn lines(data: &str) -> Vec<String> {
-        String::from_utf8(assignments(data.as_bytes(), None, true).text)
+        let b = data.as_bytes();
+        String::from_utf8(read_cut(b, &every_line(b), &[]))
             .unwrap()
             .lines()
             .map(str::to_owned)
             .collect()
-    }
-
-    #[test]
-    fn header_start_finds_the_header_line_of_a_trigger() {
-        let data = b"prose ends with a password\nid,name,password\n1,a,b\n";
-        // The trigger ends after `password\n` (prose) and after `password\n` (header).
-        let prose_end = 27;
-        assert_eq!(data[prose_end - 1], b'\n');
-        assert_eq!(header_start(data, prose_end), None);
-        let head_end = prose_end + "id,name,password\n".len();
-        assert_eq!(header_start(data, head_end), Some(prose_end));
-        // With a `\r\n` and a trigger at a middle column.
-        let crlf = b"user,token,note\r\nx,y,z\r\n";
-        assert_eq!(header_start(crlf, "user,token,".len()), Some(0));
-        // A line longer than any header is not read back to its start.
-        let long = [&[b'a'; 5000][..], b",token\n"].concat();
-        assert_eq!(header_start(&long, long.len()), None);
     }
 
     #[test]
@@ -303,6 +345,11 @@ mod tests {
         assert_eq!(lines(tsv), ["api_key: sk9Xq2LmP0wZ"]);
         let semi = "x\n\"Host\";\"DB Password\"\ndb1;hunter2Long\n";
         assert_eq!(lines(semi), ["db_password: hunter2Long"]);
+        // The last row needs no line break when the text ends there.
+        assert_eq!(
+            lines("user,password\nalice,Qm7#xK2pZ9vL"),
+            ["password: Qm7#xK2pZ9vL"]
+        );
     }
 
     #[test]
@@ -320,44 +367,63 @@ mod tests {
     }
 
     #[test]
-    fn a_table_reaching_the_end_stays_open_for_the_next_chunk() {
-        let a = assignments(b"service,username,password\nbank,alice", None, false);
-        assert!(a.text.is_empty());
-        let head = a.open.expect("open");
-        assert_eq!(head, b"service,username,password");
-        // The next buffer begins with the bytes kept before it: its first
-        // line is cut and skipped.
-        let b = assignments(
-            b"ce,Qm7#xK2pZ9vL\nmail,bob,Tr8!vN3kW6yB\n",
-            Some(&head),
-            false,
-        );
-        assert_eq!(b.text, b"password: Tr8!vN3kW6yB\n");
-        assert!(b.open.is_some());
-        let c = assignments(
-            b"x\nmail,bob,Tr8!vN3kW6yB\nThe end.\nMore prose\n",
-            Some(&head),
-            false,
-        );
-        assert!(c.open.is_none());
-    }
-
-    /// A chunk's last row with no line break may be cut inside a cell: it
-    /// is held back (not judged as a shorter value), unless the text ends.
-    #[test]
-    fn a_row_the_chunk_may_have_cut_is_held_back() {
-        let csv = b"user,password\nalice,Qm7#xK2pZ9vL\nbob,Tr8!vN";
-        let cut = assignments(csv, None, false);
-        assert_eq!(cut.text, b"password: Qm7#xK2pZ9vL\n");
-        assert!(cut.held && cut.open.is_some());
-        let whole = assignments(csv, None, true);
-        assert_eq!(whole.text, b"password: Qm7#xK2pZ9vL\npassword: Tr8!vN\n");
-        assert!(!whole.held);
+    fn only_a_flagged_line_is_a_header() {
+        let csv = b"user,password\nalice,Qm7#xK2pZ9vL\n";
+        assert!(read_cut(csv, &[], &[]).is_empty());
+        // The trigger ends at the header's line break (or inside the line).
+        for end in [14, 6] {
+            assert_eq!(read_cut(csv, &[end], &[]), b"password: Qm7#xK2pZ9vL\n");
+        }
+        // A trigger in a row does not make it a header.
+        assert!(read_cut(csv, &[20], &[]).is_empty());
     }
 
     #[test]
-    fn a_row_of_another_shape_ends_the_table() {
+    fn a_row_of_another_shape_ends_the_table_and_may_begin_the_next() {
         let csv = "user,password\nalice,Qm7#xK2pZ9vL\n\nnot, a, row, of it\nbob,Tr8!vN3kW6yB\n";
         assert_eq!(lines(csv), ["password: Qm7#xK2pZ9vL"]);
+        let two = "a,token\nx,Qm7#xK2pZ9vL\nb,c,secret\ny,z,Tr8!vN3kW6yB\n";
+        assert_eq!(lines(two), ["token: Qm7#xK2pZ9vL", "secret: Tr8!vN3kW6yB"]);
+    }
+
+    #[test]
+    fn lines_too_long_are_neither_headers_nor_rows() {
+        let long_header = format!("{},password\nx,Qm7#xK2pZ9vL\n", "a,".repeat(MAX_HEADER));
+        assert!(lines(&long_header).is_empty());
+        let long_row = format!(
+            "user,password\n{},Qm7#xK2pZ9vL\nbob,Tr8!vN3kW6yB\n",
+            "a".repeat(MAX_ROW)
+        );
+        assert!(lines(&long_row).is_empty());
+    }
+
+    /// Any chunking reads what one buffer reads: rows cut anywhere, headers
+    /// cut anywhere, triggers at any line.
+    #[test]
+    fn every_chunking_reads_the_same_cells() {
+        let long_row = format!(
+            "user,password\n{},Qm7#xK2pZ9vL\nbob,Tr8!vN3kW6yB\n",
+            "a".repeat(MAX_ROW - 20)
+        );
+        let texts: [&[u8]; 5] = [
+            b"prose\nservice,username,password\nbank,alice,Qm7#xK2pZ9vL\r\nmail,bob,\"Tr8,vN3\"\"kW6\"\nend\na,token\nx,y",
+            b"-,token\n{ype\"okeyk\"WWWW\x00\x00,\x02\x01\x00aBj93d\xff\xff\nE5,gH7\x00j\n\n-,tok\nq,AKIAabcd",
+            b"a,token\nx,Qm7#xK2pZ9vL\nb,c,secret\ny,z,Tr8!vN3kW6yB\n",
+            b"user,password\nalice,Qm7#xK2pZ9vL",
+            long_row.as_bytes(),
+        ];
+        for data in texts {
+            let ends = every_line(data);
+            let whole = read_cut(data, &ends, &[]);
+            assert!(!whole.is_empty());
+            let step = if data.len() > 1000 { 97 } else { 1 };
+            for cut in (1..data.len()).step_by(step) {
+                assert_eq!(read_cut(data, &ends, &[cut]), whole, "cut at {cut}");
+            }
+            for size in [1usize, 2, 3, 7, 13, 64, 4096] {
+                let cuts: Vec<usize> = (size..data.len()).step_by(size).collect();
+                assert_eq!(read_cut(data, &ends, &cuts), whole, "chunks of {size}");
+            }
+        }
     }
 }

@@ -164,7 +164,7 @@ fn keep_match(meta: &RuleMeta, window: &[u8], start: Option<usize>, after: &[u8]
         return meta.confirm.is_none();
     };
     if meta.reveal == Reveal::Prefix {
-        let more = token_continuation(after);
+        let more = token_continuation(after, CONTINUATION);
         let example = if more.is_empty() {
             judge::is_vendor_example(m)
         } else {
@@ -177,12 +177,15 @@ fn keep_match(meta: &RuleMeta, window: &[u8], start: Option<usize>, after: &[u8]
     meta.confirm.is_none_or(|check| check(m))
 }
 
-/// The token characters at the start of `after` (at most 128 bytes): the
+/// Token bytes read after a match to judge whether the key is an example.
+const CONTINUATION: usize = 128;
+
+/// The token characters at the start of `after` (at most `max` bytes): the
 /// rest of a key whose match ended early.
-fn token_continuation(after: &[u8]) -> &[u8] {
+fn token_continuation(after: &[u8], max: usize) -> &[u8] {
     let n = after
         .iter()
-        .take(128)
+        .take(max)
         .take_while(|&&b| {
             b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'+' | b'/' | b'*' | b'#')
         })
@@ -287,11 +290,19 @@ fn scan_dlp_block_with(
     // whole buffer (a flagged megabyte would otherwise be read byte by byte).
     let forced = triggered.any();
     let mut around = Vec::new();
+    let mut table_ends = Vec::new();
     for (id, to) in hits {
-        if let Some(t) = engine.trigger(id) {
-            triggered.set(t);
-            around.push((t, to as usize));
-            continue;
+        match engine.trigger(id) {
+            Some(Trigger::Table) => {
+                table_ends.push(to as usize);
+                continue;
+            }
+            Some(t) => {
+                triggered.set(t);
+                around.push((t, to as usize));
+                continue;
+            }
+            None => {}
         }
         let Some(meta) = engine.meta(id) else {
             continue;
@@ -340,27 +351,13 @@ fn scan_dlp_block_with(
     );
     if depth < limits.max_depth && triggered.any() {
         if forced {
-            scan_triggered(
-                engine,
-                triggered,
-                None,
-                data,
-                true,
-                location,
-                limits,
-                depth + 1,
-                out,
-            )?;
+            scan_triggered(engine, triggered, data, location, limits, depth + 1, out)?;
         } else {
-            for kind in [Trigger::Delimited, Trigger::Table, Trigger::Wrapped] {
+            for kind in [Trigger::Delimited, Trigger::Wrapped] {
                 let mut at: Vec<usize> = around
                     .iter()
                     .filter(|(t, _)| *t == kind)
-                    .filter_map(|&(_, p)| match kind {
-                        // Rows are read from a header line only.
-                        Trigger::Table => table::header_start(data, p),
-                        _ => Some(p),
-                    })
+                    .map(|&(_, p)| p)
                     .collect();
                 let mut only = Triggered::default();
                 only.set(kind);
@@ -368,10 +365,7 @@ fn scan_dlp_block_with(
                     scan_triggered(
                         engine,
                         only,
-                        None,
                         &data[from..to],
-                        // A window ending before the buffer may cut a row.
-                        to == data.len(),
                         location,
                         limits,
                         depth + 1,
@@ -380,6 +374,14 @@ fn scan_dlp_block_with(
                 }
             }
         }
+    }
+    if depth < limits.max_depth && !table_ends.is_empty() {
+        table_ends.sort_unstable();
+        let mut reader = table::TableReader::default();
+        let mut cells = Vec::new();
+        reader.feed(data, &table_ends, &mut cells);
+        reader.finish(&mut cells);
+        scan_table_cells(engine, &cells, location, limits, depth + 1, out)?;
     }
     if depth < limits.max_depth {
         let mut runs = RunScanner::new(limits.max_run);
@@ -398,7 +400,6 @@ fn scan_dlp_block_with(
 struct Triggered {
     delimited: bool,
     digit_free: bool,
-    table: bool,
     wrapped: bool,
     /// The last chunk ended inside a MIME base64 body.
     wrapped_open: bool,
@@ -406,10 +407,10 @@ struct Triggered {
 
 /// The merged windows of a buffer of `len` bytes a decoding of `kind`
 /// reads around where its triggers fired: before, the start of what the
-/// match lies in (a sequence's first pieces, a MIME header; a table's
-/// triggers are already its header lines' starts); after, the longest it
-/// may run (a sequence of `max_run` pieces of up to six bytes, a table's
-/// rows, a MIME body with its line breaks).
+/// match lies in (a sequence's first pieces, a MIME header); after, the
+/// longest it may run (a sequence of `max_run` pieces of up to six bytes, a
+/// MIME body with its line breaks). Tables are read line by line, not in
+/// windows (`table::TableReader`).
 fn trigger_windows(
     kind: Trigger,
     at: &mut [usize],
@@ -418,7 +419,7 @@ fn trigger_windows(
 ) -> Vec<(usize, usize)> {
     let (before, after) = match kind {
         Trigger::Delimited => (64, 6 * limits.max_run + 64),
-        Trigger::Table => (0, 64 * 1024),
+        Trigger::Table => return Vec::new(),
         Trigger::Wrapped => (64, 2 * limits.max_run + 4096),
     };
     at.sort_unstable();
@@ -435,13 +436,14 @@ fn trigger_windows(
 
 impl Triggered {
     fn any(&self) -> bool {
-        self.delimited || self.digit_free || self.table || self.wrapped || self.wrapped_open
+        self.delimited || self.digit_free || self.wrapped || self.wrapped_open
     }
 
     fn set(&mut self, t: Trigger) {
         match t {
             Trigger::Delimited => self.delimited = true,
-            Trigger::Table => self.table = true,
+            // Tables are read by their own reader, not flagged.
+            Trigger::Table => {}
             Trigger::Wrapped => self.wrapped = true,
         }
     }
@@ -449,18 +451,12 @@ impl Triggered {
 
 /// Runs the decodings `triggered` asks for over `data`: its delimited
 /// sequences (hex pairs, escapes, character references), its digit-free
-/// encoded runs, the credential cells of its tables and its MIME parts
-/// declared base64, each decoded and scanned. `open_table`: the header of
-/// a table the previous chunk left open. `whole`: `data` ends where the
-/// text ends (else a table's unterminated last row is held back). Returns
-/// what may go on in the next chunk.
-#[allow(clippy::too_many_arguments)]
+/// encoded runs and its MIME parts declared base64, each decoded and
+/// scanned. Returns what may go on in the next chunk.
 fn scan_triggered(
     engine: &Engine,
     triggered: Triggered,
-    open_table: Option<&[u8]>,
     data: &[u8],
-    whole: bool,
     location: &str,
     limits: RunLimits,
     depth: u8,
@@ -492,49 +488,30 @@ fn scan_triggered(
         }
         goes_on.wrapped = found.open;
     }
-    if triggered.table || open_table.is_some() {
-        let cells = table::assignments(data, open_table, whole);
-        if !cells.text.is_empty() {
-            scan_dlp_block(
-                engine,
-                &cells.text,
-                &format!("{location}+table"),
-                limits,
-                depth,
-                out,
-            )?;
-        }
-        goes_on.table = cells.open;
-        goes_on.table_held = cells.held;
-    }
     Ok(goes_on)
 }
 
-/// The text ended after a table row a chunk held back (it may have been
-/// cut then): judges it now, whole, under its header, when its start is
-/// in the history (a row longer than that is not judged in part).
-fn finish_held_row(
+/// Scans the credential cells a [`table::TableReader`] wrote (`name: value`
+/// lines), if any.
+fn scan_table_cells(
     engine: &Engine,
-    d: &mut DlpText,
+    cells: &[u8],
     location: &str,
     limits: RunLimits,
+    depth: u8,
     out: &mut Vec<Hit>,
 ) -> Result<(), Error> {
-    let (Some(header), true) = (d.open_table.take(), std::mem::take(&mut d.table_held)) else {
+    if cells.is_empty() {
         return Ok(());
-    };
-    let Some(nl) = memchr::memrchr(b'\n', &d.ring.buf) else {
-        return Ok(());
-    };
-    let mut joined = header;
-    joined.push(b'\n');
-    joined.extend_from_slice(&d.ring.buf[nl + 1..]);
-    let only = Triggered {
-        table: true,
-        ..Triggered::default()
-    };
-    scan_triggered(engine, only, None, &joined, true, location, limits, 1, out)?;
-    Ok(())
+    }
+    scan_dlp_block(
+        engine,
+        cells,
+        &format!("{location}+table"),
+        limits,
+        depth,
+        out,
+    )
 }
 
 /// What a triggered decoding leaves open at the end of a chunk.
@@ -542,10 +519,6 @@ fn finish_held_row(
 struct GoesOn {
     /// A delimited sequence reaches the end.
     delimited: bool,
-    /// The header line of a table whose rows reach the end.
-    table: Option<Vec<u8>>,
-    /// That table's last row was held back (`table::Cells::held`).
-    table_held: bool,
     /// A MIME base64 body reaches the end.
     wrapped: bool,
 }
@@ -592,6 +565,35 @@ fn decoded_at(location: &str, enc: SecretEncoding) -> String {
     format!("{location}+{}", enc.as_str())
 }
 
+/// A vendor-prefixed key whose match reached the end of a chunk with the
+/// key still going: whether it is a published example depends on the rest.
+#[derive(Debug)]
+struct PendingKey {
+    hit: Hit,
+    /// The key from its match's start, with the continuation seen so far.
+    key: Vec<u8>,
+    /// Continuation bytes read (at most [`CONTINUATION`]).
+    continued: usize,
+}
+
+/// Reads the next bytes after each pending key: a key that has ended (or
+/// whose continuation is read in full, or whose text `ended`) is judged,
+/// and reported unless it is an example.
+fn judge_pending_keys(d: &mut DlpText, data: &[u8], ended: bool, out: &mut Vec<Hit>) {
+    d.pending.retain_mut(|p| {
+        let more = token_continuation(data, CONTINUATION - p.continued);
+        p.key.extend_from_slice(more);
+        p.continued += more.len();
+        if !ended && more.len() == data.len() && p.continued < CONTINUATION {
+            return true;
+        }
+        if !judge::is_vendor_example(&p.key) {
+            out.push(p.hit.clone());
+        }
+        false
+    });
+}
+
 /// DLP state of one text stream.
 struct DlpText {
     stream: EngineStream,
@@ -609,12 +611,14 @@ struct DlpText {
     /// Decodings flagged in this chunk (or a delimited sequence that
     /// reached the end of the last one).
     triggered: Triggered,
-    /// The header line of a table whose rows reached the end of the last
-    /// chunk (`passes::table`), at most one line.
-    open_table: Option<Vec<u8>>,
-    /// The last chunk's last line, a row of `open_table`, was held back:
-    /// judged at the end of the text if nothing followed it.
-    table_held: bool,
+    /// Reads the text's tables line by line (`passes::table`).
+    table: table::TableReader,
+    /// Where this chunk's table triggers ended (offsets in the chunk).
+    table_ends: Vec<usize>,
+    /// The credential cells the table reader wrote for this chunk.
+    cells: Vec<u8>,
+    /// Keys whose judgement waits for the next chunk (at most one per rule).
+    pending: Vec<PendingKey>,
 }
 
 /// Injection state of one text stream.
@@ -674,8 +678,10 @@ impl TextScanner {
                 seed: SeedScanner::default(),
                 seed_hits: Vec::new(),
                 triggered: Triggered::default(),
-                open_table: None,
-                table_held: false,
+                table: table::TableReader::default(),
+                table_ends: Vec::new(),
+                cells: Vec::new(),
+                pending: Vec::new(),
             })
         } else {
             None
@@ -735,7 +741,8 @@ impl TextScanner {
             let hits = &mut d.hits;
             d.stream.close(&mut |id, to| hits.push((id, to)))?;
             let hits = std::mem::take(&mut d.hits);
-            report_dlp_hits(&self.engine, d, &hits, &[], self.location, out);
+            report_dlp_hits(&self.engine, d, &hits, &[], true, self.location, out);
+            judge_pending_keys(d, &[], true, out);
             d.num_hits.clear();
             d.numeric.finish(&mut d.num_hits);
             report_numeric(d, self.location, out);
@@ -746,7 +753,9 @@ impl TextScanner {
             for run in &d.found_runs {
                 handle_run(&self.engine, run, self.location, self.limits, 1, out)?;
             }
-            finish_held_row(&self.engine, d, self.location, self.limits, out)?;
+            d.cells.clear();
+            d.table.finish(&mut d.cells);
+            scan_table_cells(&self.engine, &d.cells, self.location, self.limits, 1, out)?;
         }
         if let Some(i) = self.inj.as_mut() {
             i.buf.clear();
@@ -769,18 +778,31 @@ impl TextScanner {
     }
 }
 
+/// `ended`: the text ends with `data` (nothing follows a match's key).
 fn report_dlp_hits(
     engine: &Engine,
     d: &mut DlpText,
     hits: &[(u32, u64)],
     data: &[u8],
+    ended: bool,
     location: &'static str,
     out: &mut Vec<Hit>,
 ) {
     for &(id, to) in hits {
-        if let Some(t) = engine.trigger(id) {
-            d.triggered.set(t);
-            continue;
+        match engine.trigger(id) {
+            Some(Trigger::Table) => {
+                // Hyperscan reports a match when its last byte is scanned:
+                // in this chunk.
+                if let Some(at) = to.checked_sub(d.offset).filter(|&at| at >= 1) {
+                    d.table_ends.push(at as usize);
+                }
+                continue;
+            }
+            Some(t) => {
+                d.triggered.set(t);
+                continue;
+            }
+            None => {}
         }
         let Some(meta) = engine.meta(id) else {
             continue;
@@ -791,6 +813,32 @@ fn report_dlp_hits(
             .checked_sub(d.offset)
             .and_then(|at| data.get(at as usize..))
             .unwrap_or_default();
+        if !ended
+            && meta.reveal == Reveal::Prefix
+            && let Some(m) = start.and_then(|s| win.get(s..))
+        {
+            let more = token_continuation(after, CONTINUATION);
+            if more.len() == after.len() {
+                // The key may go on in the next chunk: it is judged an
+                // example or not once it has ended, as one buffer judges
+                // it. Its other matches in this chunk end later and see a
+                // longer key (an example if this one is): the first is kept.
+                if meta.confirm.is_none_or(|check| check(m))
+                    && !d.pending.iter().any(|p| Arc::ptr_eq(&p.hit.meta, meta))
+                {
+                    d.pending.push(PendingKey {
+                        hit: Hit {
+                            meta: Arc::clone(meta),
+                            excerpt: redacted_excerpt(&win, start, meta.reveal),
+                            location: Cow::Borrowed(location),
+                        },
+                        key: [m, more].concat(),
+                        continued: more.len(),
+                    });
+                }
+                continue;
+            }
+        }
         if !keep_match(meta, &win, start, after) {
             continue;
         }
@@ -826,14 +874,16 @@ fn dlp_feed(
     limits: RunLimits,
     out: &mut Vec<Hit>,
 ) -> Result<(), Error> {
+    judge_pending_keys(d, data, false, out);
     d.hits.clear();
+    d.table_ends.clear();
     {
         let hits = &mut d.hits;
         d.stream.scan(data, &mut |id, to| hits.push((id, to)))?;
     }
     if !d.hits.is_empty() {
         let hits = std::mem::take(&mut d.hits);
-        report_dlp_hits(engine, d, &hits, data, location, out);
+        report_dlp_hits(engine, d, &hits, data, false, location, out);
         d.hits = hits;
     }
     d.hot.compute_after(&d.ring.buf, data);
@@ -849,31 +899,22 @@ fn dlp_feed(
     for run in &d.found_runs {
         handle_run(engine, run, location, limits, 1, out)?;
     }
+    d.cells.clear();
+    d.table_ends.sort_unstable();
+    d.table.feed(data, &d.table_ends, &mut d.cells);
+    scan_table_cells(engine, &d.cells, location, limits, 1, out)?;
     let t = d.triggered;
-    if t.any() || d.open_table.is_some() {
+    if t.any() {
         // What was flagged may have begun in the bytes before this chunk.
         let mut joined = Vec::with_capacity(d.ring.buf.len() + data.len());
         joined.extend_from_slice(&d.ring.buf);
         joined.extend_from_slice(data);
-        let open_table = d.open_table.take();
-        let goes_on = scan_triggered(
-            engine,
-            t,
-            open_table.as_deref(),
-            &joined,
-            false,
-            location,
-            limits,
-            1,
-            out,
-        )?;
+        let goes_on = scan_triggered(engine, t, &joined, location, limits, 1, out)?;
         d.triggered = Triggered {
             delimited: goes_on.delimited,
             wrapped_open: goes_on.wrapped,
             ..Triggered::default()
         };
-        d.open_table = goes_on.table;
-        d.table_held = goes_on.table_held;
     }
     d.ring.push(data);
     d.offset += data.len() as u64;
