@@ -14,6 +14,8 @@
 //! chunks reads the same rows under the same headers as one buffer does.
 //! Its memory is one line, bounded ([`MAX_HEADER`] outside a table,
 //! [`MAX_ROW`] inside one); a longer line is neither a header nor a row.
+//! Outside a table it copies nothing: a flagged line that began in an
+//! earlier chunk is read back from the caller's history of recent bytes.
 
 /// Hyperscan expressions (caseless) marking a line that may be such a
 /// header: a credential name at the end of a field, followed by a
@@ -97,8 +99,10 @@ fn as_key(name: &[u8]) -> Vec<u8> {
         .collect()
 }
 
-/// Longest header line read.
-const MAX_HEADER: usize = MAX_COLUMNS * (MAX_NAME + 3);
+/// Longest header line read (without its `\r`). A stream's history of
+/// recent bytes must be longer, so that a header line that began in an
+/// earlier chunk is still in it.
+pub const MAX_HEADER: usize = 500;
 /// Longest row read (a longer line ends its table).
 const MAX_ROW: usize = 16 * 1024;
 
@@ -177,8 +181,12 @@ struct OpenTable {
 /// table; that line is then tried as a header itself.
 #[derive(Default)]
 pub struct TableReader {
-    /// The current line's bytes so far, when it is short enough to be read.
+    /// The current line's bytes so far, when it is short enough to be read
+    /// and `carried`.
     line: Vec<u8>,
+    /// `line` holds the current line's bytes before this chunk; otherwise
+    /// they are the end of the caller's history.
+    carried: bool,
     /// The current line is longer than a header (outside a table) or a
     /// row (inside one) may be: it is neither.
     overlong: bool,
@@ -197,10 +205,12 @@ impl std::fmt::Debug for TableReader {
 }
 
 impl TableReader {
-    /// Reads the next bytes of the text. `ends`: where trigger matches
+    /// Reads the next bytes of the text. `history`: the bytes just before
+    /// `data` the caller keeps (at least the last [`MAX_HEADER`] + 2 of
+    /// them, or all since the text began). `ends`: where trigger matches
     /// ended in `data` (offsets of the byte after each match, ascending);
     /// a match flags the line its last byte is in. Cells go to `out`.
-    pub fn feed(&mut self, data: &[u8], ends: &[usize], out: &mut Vec<u8>) {
+    pub fn feed(&mut self, history: &[u8], data: &[u8], ends: &[usize], out: &mut Vec<u8>) {
         let mut pos = 0;
         let mut ends = ends.iter().map(|e| e.saturating_sub(1)).peekable();
         while pos < data.len() {
@@ -212,12 +222,25 @@ impl TableReader {
                 if let Some(k) = memchr::memrchr(b'\n', &data[pos..until]) {
                     self.line.clear();
                     self.overlong = false;
+                    self.carried = true;
                     pos += k + 1;
                 }
                 if ends.peek().is_none() {
-                    self.push(&data[pos..]);
+                    // The line going on is read back from the history if
+                    // a later chunk flags it.
+                    self.line.clear();
+                    self.overlong = false;
+                    self.carried = false;
                     return;
                 }
+            }
+            if !self.carried {
+                // This line began before `data`: its start is in the history.
+                let start = memchr::memrchr(b'\n', history).map_or(0, |i| i + 1);
+                self.line.clear();
+                self.overlong = false;
+                self.push(&history[start..]);
+                self.carried = true;
             }
             let nl = memchr::memchr(b'\n', &data[pos..]).map(|i| pos + i);
             let line_end = nl.unwrap_or(data.len());
@@ -233,7 +256,8 @@ impl TableReader {
 
     /// The text ended: its last line, if it had no line break, is read.
     pub fn finish(&mut self, out: &mut Vec<u8>) {
-        if !self.line.is_empty() || self.overlong {
+        // A line left in the history was flagged by nothing: it is not read.
+        if self.carried && (!self.line.is_empty() || self.overlong) {
             self.end_line(out);
         }
         self.table = None;
@@ -317,7 +341,13 @@ mod tests {
                 .filter(|&&e| e > from && e <= to)
                 .map(|e| e - from)
                 .collect();
-            r.feed(&data[from..to], &local, &mut out);
+            // The history a stream keeps: its last 512 bytes.
+            r.feed(
+                &data[from.saturating_sub(512)..from],
+                &data[from..to],
+                &local,
+                &mut out,
+            );
             from = to;
         }
         r.finish(&mut out);
@@ -405,7 +435,19 @@ mod tests {
             "user,password\n{},Qm7#xK2pZ9vL\nbob,Tr8!vN3kW6yB\n",
             "a".repeat(MAX_ROW - 20)
         );
-        let texts: [&[u8]; 5] = [
+        // A header just short enough, then one just too long.
+        let wide = |n: usize| {
+            let names: Vec<String> = (0..n).map(|i| format!("column{i:03}")).collect();
+            let row = vec!["v"; n + 1].join(",");
+            format!("{},password\n{row}Qm7#xK2pZ9vL\n", names.join(","))
+        };
+        let (fits, too_long) = (wide(MAX_HEADER / 10 - 2), wide(MAX_HEADER / 10));
+        assert!(
+            fits.find('\n').unwrap() <= MAX_HEADER && too_long.find('\n').unwrap() > MAX_HEADER
+        );
+        assert!(lines(&too_long).is_empty());
+        let texts: [&[u8]; 6] = [
+            fits.as_bytes(),
             b"prose\nservice,username,password\nbank,alice,Qm7#xK2pZ9vL\r\nmail,bob,\"Tr8,vN3\"\"kW6\"\nend\na,token\nx,y",
             b"-,token\n{ype\"okeyk\"WWWW\x00\x00,\x02\x01\x00aBj93d\xff\xff\nE5,gH7\x00j\n\n-,tok\nq,AKIAabcd",
             b"a,token\nx,Qm7#xK2pZ9vL\nb,c,secret\ny,z,Tr8!vN3kW6yB\n",

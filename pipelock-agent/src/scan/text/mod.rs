@@ -38,8 +38,10 @@ use super::{
     },
 };
 
-/// Bytes of history kept per stream; also the longest span an excerpt can recover.
+/// Bytes of history kept per stream; also the longest span an excerpt can
+/// recover, and where the table reader finds a header line's start.
 const RING: usize = 512;
+const _: () = assert!(RING >= table::MAX_HEADER + 2);
 /// Context bytes shown before a match in an excerpt.
 const EXCERPT_CTX: usize = 16;
 /// Normalised text shown for an injection hit.
@@ -379,7 +381,7 @@ fn scan_dlp_block_with(
         table_ends.sort_unstable();
         let mut reader = table::TableReader::default();
         let mut cells = Vec::new();
-        reader.feed(data, &table_ends, &mut cells);
+        reader.feed(&[], data, &table_ends, &mut cells);
         reader.finish(&mut cells);
         scan_table_cells(engine, &cells, location, limits, depth + 1, out)?;
     }
@@ -901,7 +903,7 @@ fn dlp_feed(
     }
     d.cells.clear();
     d.table_ends.sort_unstable();
-    d.table.feed(data, &d.table_ends, &mut d.cells);
+    d.table.feed(&d.ring.buf, data, &d.table_ends, &mut d.cells);
     scan_table_cells(engine, &d.cells, location, limits, 1, out)?;
     let t = d.triggered;
     if t.any() {
