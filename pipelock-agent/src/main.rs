@@ -68,7 +68,7 @@ fn start(flags: RunArgs) -> anyhow::Result<()> {
     let cfg = start.effective();
     let writer = telemetry::writer(cfg.logging.output, cfg.logging.file.as_deref())?;
     // Held until `run` returns: dropping it writes the queued lines.
-    let (writer, _log_guard) = telemetry::non_blocking(writer)?;
+    let (writer, _log_guard) = telemetry::non_blocking(writer);
     telemetry::init(cfg.logging.format, writer);
     for n in &start.loaded.notices {
         tracing::warn!(target: "pipelock::config", key = %n.path, line = n.line, "{}", n.note);

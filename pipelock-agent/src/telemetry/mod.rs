@@ -2,7 +2,6 @@
 //! (aya-log's kernel-side messages) are bridged into tracing. The metrics
 //! registry is `metrics`; `top` keeps the bounded counts `/stats` ranks.
 pub mod metrics;
-pub mod queue;
 pub mod top;
 
 use tracing_subscriber::{
@@ -35,15 +34,18 @@ pub fn writer(output: LogOutput, file: Option<&str>) -> anyhow::Result<BoxMakeWr
 
 /// Keeps the log-writing thread running; dropping it writes the lines still
 /// queued and stops the thread (hold it until the agent exits).
-pub type LogGuard = queue::QueueGuard;
+pub type LogGuard = tracing_appender::non_blocking::WorkerGuard;
 
-/// `writer` behind a thread of its own ([`queue`]): a runtime worker formats
-/// a line and queues it, and never waits for stdout or the file (a slow
-/// reader of the agent's stdout would otherwise stall every connection of
-/// that worker). Nothing is dropped: a full queue makes the logging task wait.
-pub fn non_blocking(writer: BoxMakeWriter) -> std::io::Result<(BoxMakeWriter, LogGuard)> {
-    let (w, guard) = queue::spawn(MakeWriterIo(writer), "pipelock-log")?;
-    Ok((BoxMakeWriter::new(w), guard))
+/// `writer` behind a thread of its own: a runtime worker formats a line and
+/// queues it, and never waits for stdout or the file (a slow reader of the
+/// agent's stdout would otherwise stall every connection of that worker).
+/// Nothing is dropped: a full queue makes the logging task wait.
+pub fn non_blocking(writer: BoxMakeWriter) -> (BoxMakeWriter, LogGuard) {
+    let (nb, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("pipelock-log")
+        .finish(MakeWriterIo(writer));
+    (BoxMakeWriter::new(nb), guard)
 }
 
 /// A `MakeWriter` as one `io::Write` (each call goes to a fresh writer of it).
