@@ -11,6 +11,12 @@
 //! attached to that cgroup. haproxy and socat come from Debian's packages
 //! (`cargo xtask bench` installs them); a missing one is skipped.
 //! Loopback only; every loop is bounded.
+//!
+//! Knobs: `PIPELOCK_AGENT_BIN` (the agent under test: set it to the release
+//! build), `PIPELOCK_BENCH_BASELINE_BIN` (a second agent binary measured in
+//! the same rounds, for A/B ratios in one run), `PIPELOCK_BENCH_PARTS`
+//! (`bulk,rate,http`, default all), `PIPELOCK_BENCH_CONNS` (connections per
+//! rate and HTTP run) and `PIPELOCK_BENCH_NO_OTHERS=1` (skip haproxy and socat).
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
@@ -40,50 +46,32 @@ fn main() {
         return; // cargo bench --list
     }
     require_root();
+    let knobs = Knobs::from_env();
     let bulk = start_server(serve_bulk);
     let rate = start_server(serve_one_byte);
     let http = start_server(serve_http_close);
     let cg = TestCgroup::new("bench");
 
-    let mut direct = (Vec::new(), Vec::new(), Vec::new());
-    let mut agent = (Vec::new(), Vec::new(), Vec::new());
-    // The agent's CPU time per GiB relayed (user + system): steadier than
-    // throughput on a shared machine.
-    let mut agent_cpu = Vec::new();
+    let mut direct = Runs::default();
+    // The agent under test, then the baseline binary (if given) in the same round.
+    let mut agents: Vec<AgentRuns> = std::iter::once(None)
+        .chain(knobs.baseline.clone().map(Some))
+        .map(|bin| AgentRuns {
+            bin,
+            ..AgentRuns::default()
+        })
+        .collect();
     for round in 0..ROUNDS {
-        direct.0.push(run_client(&cg, "bulk", bulk));
-        direct.1.push(run_client(&cg, "rate", rate));
-        direct.2.push(run_client(&cg, "http", http));
-        let redirect = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let mut a = Agent::start(&[
-            "--cgroup".into(),
-            cg.rel().into(),
-            "--redirect-addr".into(),
-            redirect.to_string(),
-            // Raw TCP: unscannable, relayed only when the operator says so.
-            "--non-http".into(),
-            "relay".into(),
-        ]);
-        let cpu0 = cpu_seconds(a.pid());
-        agent.0.push(run_client(&cg, "bulk", bulk));
-        agent_cpu.push((cpu_seconds(a.pid()) - cpu0) / (BULK_BYTES as f64 / (1u64 << 30) as f64));
-        agent.1.push(run_client(&cg, "rate", rate));
-        agent.2.push(run_client(&cg, "http", http));
-        // Records are logged when each connection closes: give the last ones a moment.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut redirected = a.conn_records().len() as u64;
-        while redirected < 2 * CONNS && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(100));
-            redirected = a.conn_records().len() as u64;
+        direct.run(&cg, &knobs, bulk, rate, http);
+        for a in &mut agents {
+            a.round(round, &cg, &knobs, bulk, rate, http);
         }
-        a.stop();
-        assert!(
-            redirected >= 2 * CONNS,
-            "round {round}: only {redirected} connections went through the agent"
-        );
     }
     let mut others = Vec::new();
     for name in ["haproxy", "socat"] {
+        if knobs.no_others {
+            break;
+        }
         let (Some(p_bulk), Some(p_rate), Some(p_http)) = (
             TcpProxy::start(name, bulk),
             TcpProxy::start(name, rate),
@@ -92,52 +80,210 @@ fn main() {
             println!("{name}: not installed; skipped");
             continue;
         };
-        let mut runs = (Vec::new(), Vec::new(), Vec::new());
+        let mut runs = Runs::default();
         for _ in 0..ROUNDS {
-            runs.0.push(run_client(&cg, "bulk", p_bulk.addr));
-            runs.1.push(run_client(&cg, "rate", p_rate.addr));
-            runs.2.push(run_client(&cg, "http", p_http.addr));
+            runs.run(&cg, &knobs, p_bulk.addr, p_rate.addr, p_http.addr);
         }
-        others.push((
-            name,
-            median(&mut runs.0),
-            median(&mut runs.1),
-            median(&mut runs.2),
-        ));
+        others.push((name, runs.medians()));
     }
-    let (d_bulk, a_bulk) = (median(&mut direct.0), median(&mut agent.0));
-    let (d_rate, a_rate) = (median(&mut direct.1), median(&mut agent.1));
-    let (d_http, a_http) = (median(&mut direct.2), median(&mut agent.2));
-    println!("relay benchmark (median of {ROUNDS} rounds, loopback, release agent)");
-    println!(
-        "  bulk {} MiB:        direct {:8.0} MiB/s   agent {:8.0} MiB/s   ratio {:.2}  (target >= 0.60)",
-        BULK_BYTES >> 20,
-        d_bulk,
-        a_bulk,
-        a_bulk / d_bulk
-    );
-    println!(
-        "  connections {CONNS} x{PARALLEL}: direct {:8.0} conn/s  agent {:8.0} conn/s  ratio {:.2}  (target >= 0.50)",
-        d_rate,
-        a_rate,
-        a_rate / d_rate
-    );
-    println!(
-        "  HTTP/1.1 Connection: close {CONNS} x{PARALLEL}: direct {:8.0} req/s  agent {:8.0} req/s  ratio {:.2}  (target >= 0.60; the agent parses and scans)",
-        d_http,
-        a_http,
-        a_http / d_http
-    );
-    println!(
-        "  agent CPU per GiB relayed (bulk, user + system): {:.3} s",
-        median(&mut agent_cpu)
-    );
-    for (name, bulk, rate, http) in others {
+    let d = direct.medians();
+    let conns = knobs.conns;
+    println!("relay benchmark (median of {ROUNDS} rounds, loopback)");
+    for a in &mut agents {
+        let m = a.runs.medians();
+        let label = match &a.bin {
+            None => "agent".to_string(),
+            Some(b) => format!("baseline agent {b}"),
+        };
+        println!("{label}:");
+        if knobs.bulk {
+            println!(
+                "  bulk {} MiB:        direct {:8.0} MiB/s   agent {:8.0} MiB/s   ratio {:.2}  (target >= 0.80)",
+                BULK_BYTES >> 20,
+                d.0,
+                m.0,
+                m.0 / d.0
+            );
+            println!(
+                "  agent CPU per GiB relayed (bulk, user + system): {:.3} s",
+                median(&mut a.cpu_bulk)
+            );
+        }
+        if knobs.rate {
+            println!(
+                "  connections {conns} x{PARALLEL}: direct {:8.0} conn/s  agent {:8.0} conn/s  ratio {:.2}  (target >= 0.50)",
+                d.1,
+                m.1,
+                m.1 / d.1
+            );
+        }
+        if knobs.http {
+            println!(
+                "  HTTP/1.1 Connection: close {conns} x{PARALLEL}: direct {:8.0} req/s  agent {:8.0} req/s  ratio {:.2}  (target >= 0.60; the agent parses and scans)",
+                d.2,
+                m.2,
+                m.2 / d.2
+            );
+            println!(
+                "  agent CPU per HTTP close connection (user + system): {:.1} µs",
+                median(&mut a.cpu_http) * 1e6 / conns as f64
+            );
+        }
+    }
+    for (name, (bulk, rate, http)) in others {
         println!(
             "  {name:<8} as a TCP proxy: bulk {bulk:8.0} MiB/s ratio {:.2}; connections {rate:8.0} conn/s ratio {:.2}; HTTP close {http:8.0} req/s ratio {:.2}",
-            bulk / d_bulk,
-            rate / d_rate,
-            http / d_http
+            bulk / d.0,
+            rate / d.1,
+            http / d.2
+        );
+    }
+}
+
+/// The bench's environment knobs (all optional).
+#[derive(Clone)]
+struct Knobs {
+    /// `PIPELOCK_BENCH_PARTS=bulk,rate,http`: the parts to run (default all).
+    bulk: bool,
+    rate: bool,
+    http: bool,
+    /// `PIPELOCK_BENCH_CONNS`: connections per rate and HTTP run.
+    conns: u64,
+    /// `PIPELOCK_BENCH_BASELINE_BIN`: a second agent binary (a baseline
+    /// build) measured in the same rounds, for A/B figures in one run.
+    baseline: Option<String>,
+    /// `PIPELOCK_BENCH_NO_OTHERS=1`: skip haproxy and socat.
+    no_others: bool,
+}
+
+impl Knobs {
+    fn from_env() -> Knobs {
+        let parts = std::env::var("PIPELOCK_BENCH_PARTS").ok();
+        let wants = |p: &str| {
+            parts
+                .as_deref()
+                .is_none_or(|s| s.split(',').any(|x| x == p))
+        };
+        Knobs {
+            bulk: wants("bulk"),
+            rate: wants("rate"),
+            http: wants("http"),
+            conns: std::env::var("PIPELOCK_BENCH_CONNS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .filter(|&n| n >= PARALLEL)
+                .unwrap_or(CONNS),
+            baseline: std::env::var("PIPELOCK_BENCH_BASELINE_BIN").ok(),
+            no_others: std::env::var_os("PIPELOCK_BENCH_NO_OTHERS").is_some(),
+        }
+    }
+}
+
+/// Results of the parts, one entry per round (a part not run stays empty).
+#[derive(Default)]
+struct Runs {
+    bulk: Vec<f64>,
+    rate: Vec<f64>,
+    http: Vec<f64>,
+}
+
+impl Runs {
+    /// One round of every wanted part against these servers (or proxies).
+    fn run(
+        &mut self,
+        cg: &TestCgroup,
+        k: &Knobs,
+        bulk: SocketAddr,
+        rate: SocketAddr,
+        http: SocketAddr,
+    ) {
+        if k.bulk {
+            self.bulk.push(run_client(cg, "bulk", bulk, k.conns));
+        }
+        if k.rate {
+            self.rate.push(run_client(cg, "rate", rate, k.conns));
+        }
+        if k.http {
+            self.http.push(run_client(cg, "http", http, k.conns));
+        }
+    }
+
+    fn medians(&mut self) -> (f64, f64, f64) {
+        (
+            median(&mut self.bulk),
+            median(&mut self.rate),
+            median(&mut self.http),
+        )
+    }
+}
+
+/// One agent binary's rounds: throughput and its CPU time.
+#[derive(Default)]
+struct AgentRuns {
+    /// `None`: the binary under test (`PIPELOCK_AGENT_BIN`).
+    bin: Option<String>,
+    runs: Runs,
+    /// CPU seconds per GiB of bulk.
+    cpu_bulk: Vec<f64>,
+    /// CPU seconds of a whole HTTP run.
+    cpu_http: Vec<f64>,
+}
+
+impl AgentRuns {
+    /// Starts the agent on `cg`, runs the wanted parts through it, stops it.
+    fn round(
+        &mut self,
+        round: usize,
+        cg: &TestCgroup,
+        k: &Knobs,
+        bulk: SocketAddr,
+        rate: SocketAddr,
+        http: SocketAddr,
+    ) {
+        let redirect = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let args: Vec<String> = vec![
+            "--cgroup".into(),
+            cg.rel().into(),
+            "--redirect-addr".into(),
+            redirect.to_string(),
+            // Raw TCP: unscannable, relayed only when the operator says so.
+            "--non-http".into(),
+            "relay".into(),
+        ];
+        let mut a = match &self.bin {
+            // The wrapper drops the default binary's path and runs `bin`.
+            Some(bin) => {
+                let script = format!("shift; exec {bin} \"$@\"");
+                Agent::start_via(&["sh", "-c", &script, "sh"], &args)
+            }
+            None => Agent::start(&args),
+        };
+        if k.bulk {
+            let cpu0 = cpu_seconds(a.pid());
+            self.runs.bulk.push(run_client(cg, "bulk", bulk, k.conns));
+            self.cpu_bulk
+                .push((cpu_seconds(a.pid()) - cpu0) / (BULK_BYTES as f64 / (1u64 << 30) as f64));
+        }
+        if k.rate {
+            self.runs.rate.push(run_client(cg, "rate", rate, k.conns));
+        }
+        if k.http {
+            let cpu0 = cpu_seconds(a.pid());
+            self.runs.http.push(run_client(cg, "http", http, k.conns));
+            self.cpu_http.push(cpu_seconds(a.pid()) - cpu0);
+        }
+        // Records are logged when each connection closes: give the last ones a moment.
+        let want = k.conns * (u64::from(k.rate) + u64::from(k.http)) + u64::from(k.bulk);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut redirected = a.conn_records().len() as u64;
+        while redirected < want && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+            redirected = a.conn_records().len() as u64;
+        }
+        a.stop();
+        assert!(
+            redirected >= want,
+            "round {round}: only {redirected} of {want} connections went through the agent"
         );
     }
 }
@@ -228,12 +374,13 @@ impl Drop for TcpProxy {
     }
 }
 
+/// The median, or NaN when the part did not run.
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-fn run_client(cg: &TestCgroup, mode: &str, server: SocketAddr) -> f64 {
+fn run_client(cg: &TestCgroup, mode: &str, server: SocketAddr, conns: u64) -> f64 {
     let exe = std::env::current_exe().expect("current exe");
     let exe = exe.to_str().expect("utf-8 path");
     let addr = server.to_string();
@@ -243,7 +390,7 @@ fn run_client(cg: &TestCgroup, mode: &str, server: SocketAddr) -> f64 {
             netns: None,
         },
         exe,
-        &["--client", mode, &addr],
+        &["--client", mode, &addr, &conns.to_string()],
         Duration::from_secs(300),
     );
     assert!(run.ok(), "client {mode} failed: {run:?}");
@@ -253,6 +400,7 @@ fn run_client(cg: &TestCgroup, mode: &str, server: SocketAddr) -> f64 {
 /// Client side: prints MiB/s (bulk) or connections/s (rate).
 fn client_main(args: &[String]) {
     let (mode, addr) = (&args[0], args[1].parse::<SocketAddr>().expect("addr"));
+    let conns: u64 = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(CONNS);
     match mode.as_str() {
         "bulk" => {
             let start = Instant::now();
@@ -275,7 +423,7 @@ fn client_main(args: &[String]) {
             let threads: Vec<_> = (0..PARALLEL)
                 .map(|_| {
                     std::thread::spawn(move || {
-                        for _ in 0..CONNS / PARALLEL {
+                        for _ in 0..conns / PARALLEL {
                             let mut s = TcpStream::connect(addr).expect("connect");
                             if http {
                                 s.write_all(HTTP_REQUEST).expect("write");
@@ -293,7 +441,10 @@ fn client_main(args: &[String]) {
             for t in threads {
                 t.join().expect("client thread");
             }
-            println!("{}", CONNS as f64 / start.elapsed().as_secs_f64());
+            println!(
+                "{}",
+                (conns / PARALLEL * PARALLEL) as f64 / start.elapsed().as_secs_f64()
+            );
         }
     }
 }

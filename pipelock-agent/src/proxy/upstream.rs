@@ -141,7 +141,7 @@ impl UpstreamPool {
             h1_idle: Mutex::new(Vec::new()),
             h2: Mutex::new(None),
         };
-        match pool.handshake(first).await? {
+        match Box::pin(pool.handshake(first)).await? {
             // Ready once its connection task first ran: a first request
             // sent right away (a forward-proxy request) takes it instead of
             // dialling a second connection.
@@ -168,6 +168,12 @@ impl UpstreamPool {
         self.h2.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// HTTP handshake over `io`; the connection is driven by a task of its
+    /// own. Callers box this future (`Box::pin`): hyper's handshake state is
+    /// about 7 KB, and awaited inline it would size every future above it
+    /// for the connection's whole life: the client connection's task, and
+    /// the slot hyper keeps per HTTP/1 connection for the request handler's
+    /// future (which reaches here through `send` when it dials anew).
     async fn handshake(&self, io: UpStream) -> Result<Sender, Error> {
         let io = TokioIo::new(io);
         let addr = self.target.addr;
@@ -215,7 +221,7 @@ impl UpstreamPool {
                 ),
             });
         }
-        self.handshake(io).await
+        Box::pin(self.handshake(io)).await
     }
 
     /// Sends `req` on a reusable connection (opening one when none is idle).
