@@ -220,27 +220,21 @@ impl TableReader {
                 while ends.next_if(|&l| l < pos).is_some() {}
                 let until = ends.peek().map_or(data.len(), |&l| l.min(data.len()));
                 if let Some(k) = memchr::memrchr(b'\n', &data[pos..until]) {
-                    self.line.clear();
-                    self.overlong = false;
-                    self.carried = true;
+                    self.new_line(true);
                     pos += k + 1;
                 }
                 if ends.peek().is_none() {
                     // The line going on is read back from the history if
                     // a later chunk flags it.
-                    self.line.clear();
-                    self.overlong = false;
-                    self.carried = false;
+                    self.new_line(false);
                     return;
                 }
             }
             if !self.carried {
                 // This line began before `data`: its start is in the history.
                 let start = memchr::memrchr(b'\n', history).map_or(0, |i| i + 1);
-                self.line.clear();
-                self.overlong = false;
+                self.new_line(true);
                 self.push(&history[start..]);
-                self.carried = true;
             }
             let nl = memchr::memchr(b'\n', &data[pos..]).map(|i| pos + i);
             let line_end = nl.unwrap_or(data.len());
@@ -264,6 +258,14 @@ impl TableReader {
         self.flagged = false;
     }
 
+    /// Forgets the current line's bytes: the next line is `carried` from
+    /// here, or left in the history.
+    fn new_line(&mut self, carried: bool) {
+        self.line.clear();
+        self.overlong = false;
+        self.carried = carried;
+    }
+
     /// Adds bytes to the current line, up to the longest line it can use.
     fn push(&mut self, bytes: &[u8]) {
         if self.overlong {
@@ -283,39 +285,45 @@ impl TableReader {
         }
     }
 
-    /// The current line ended: a row of the open table, or a header.
+    /// The current line ended: a row of the open table, or else (when
+    /// flagged) a header.
     fn end_line(&mut self, out: &mut Vec<u8>) {
         let flagged = std::mem::take(&mut self.flagged);
         let overlong = std::mem::take(&mut self.overlong);
-        let line = std::mem::take(&mut self.line);
+        let mut line = std::mem::take(&mut self.line);
         let text = line.strip_suffix(b"\r").unwrap_or(&line);
-        if let Some(t) = self.table.as_mut() {
-            if !overlong && t.rows < MAX_ROWS {
-                let cells = fields(text, t.header.delim);
-                if cells.len() == t.header.columns {
-                    t.rows += 1;
-                    for (i, key) in &t.header.credentials {
-                        let v = cells[*i].trim_ascii();
-                        if v.is_empty() || v.iter().any(|b| b.is_ascii_whitespace()) {
-                            continue;
-                        }
-                        out.extend_from_slice(key);
-                        out.extend_from_slice(b": ");
-                        out.extend_from_slice(v);
-                        out.push(b'\n');
-                    }
-                    self.line = line;
-                    self.line.clear();
-                    return;
-                }
-            }
-            self.table = None;
-        }
-        if flagged && !overlong {
+        if !self.read_row(text, overlong, out) && flagged && !overlong {
             self.table = header(text).map(|header| OpenTable { header, rows: 0 });
         }
+        line.clear();
         self.line = line;
-        self.line.clear();
+    }
+
+    /// Reads `text` as a row of the open table, writing its credential
+    /// cells; false (and the table ended) when it is none.
+    fn read_row(&mut self, text: &[u8], overlong: bool, out: &mut Vec<u8>) -> bool {
+        let Some(t) = self.table.as_mut() else {
+            return false;
+        };
+        if !overlong && t.rows < MAX_ROWS {
+            let cells = fields(text, t.header.delim);
+            if cells.len() == t.header.columns {
+                t.rows += 1;
+                for (i, key) in &t.header.credentials {
+                    let v = cells[*i].trim_ascii();
+                    if v.is_empty() || v.iter().any(|b| b.is_ascii_whitespace()) {
+                        continue;
+                    }
+                    out.extend_from_slice(key);
+                    out.extend_from_slice(b": ");
+                    out.extend_from_slice(v);
+                    out.push(b'\n');
+                }
+                return true;
+            }
+        }
+        self.table = None;
+        false
     }
 }
 
