@@ -337,6 +337,47 @@ async fn intercept<S: ClientStream>(
     ctx: &Arc<ProxyContext>,
     counters: &Counters,
 ) -> Result<(), Error> {
+    // The handshakes run in a boxed future of their own, freed once they
+    // are done: inline, their state (and what they leave in scope: the
+    // ClientHello, the upstream dial's result, the TLS stream before it
+    // moved into hyper) would size the connection's task for its whole life.
+    let Intercepted {
+        stream,
+        negotiated,
+        conn,
+        upstream_failure,
+    } = Box::pin(intercept_handshakes(
+        client, pre, hello, meta, ctx, counters,
+    ))
+    .await?;
+    let result = proxy_http::serve(stream, negotiated, conn.clone()).await;
+    conn.tasks.close();
+    conn.tasks.wait().await;
+    if let Some(e) = upstream_failure {
+        return Err(e);
+    }
+    result.map_err(downstream_http)
+}
+
+/// A client connection whose TLS the agent terminated, ready to be served.
+struct Intercepted<S: ClientStream> {
+    stream: tokio_rustls::server::TlsStream<CountingIo<Rewind<S>>>,
+    negotiated: Proto,
+    conn: Arc<HttpConn>,
+    /// Why the upstream could not be reached (its requests get 502).
+    upstream_failure: Option<Error>,
+}
+
+/// Dials the upstream and completes both TLS handshakes (upstream first:
+/// its ALPN choice decides what the client is offered).
+async fn intercept_handshakes<S: ClientStream>(
+    client: Rewind<S>,
+    pre: Option<TcpStream>,
+    hello: ClientHelloInfo,
+    meta: &Arc<ConnMeta>,
+    ctx: &Arc<ProxyContext>,
+    counters: &Counters,
+) -> Result<Intercepted<S>, Error> {
     let dst = meta.orig_dst.ok_or(Error::NoOrigDst(meta.peer))?;
     let (leaf_name, server_name, authority) = match &hello.sni {
         Some(sni) => {
@@ -471,13 +512,12 @@ async fn intercept<S: ClientStream>(
         relay_limits: ctx.relay_limits(),
         log_allowed: ctx.log_allowed,
     });
-    let result = proxy_http::serve(stream, negotiated, conn.clone()).await;
-    conn.tasks.close();
-    conn.tasks.wait().await;
-    if let Some(e) = upstream_failure {
-        return Err(e);
-    }
-    result.map_err(downstream_http)
+    Ok(Intercepted {
+        stream,
+        negotiated,
+        conn,
+        upstream_failure,
+    })
 }
 
 /// Closes a client connection abruptly.

@@ -98,9 +98,13 @@ where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let svc_conn = conn.clone();
+    // The handler's future (~4 KB) is boxed per request: hyper's HTTP/1
+    // server keeps one slot of the service's future type for the whole
+    // connection, so an unboxed future would sit in every idle keep-alive
+    // connection.
     let svc = service_fn(move |req| {
         let conn = svc_conn.clone();
-        async move { Ok::<_, Infallible>(conn.handle(req).await) }
+        Box::pin(async move { Ok::<_, Infallible>(conn.handle(req).await) })
     });
     let io = TokioIo::new(io);
     let header_read = conn.header_read_timeout;
@@ -116,12 +120,14 @@ where
         }
         Proto::Http2 => {
             // HTTP/2: a dead client is found by pings, not by a header timer.
-            hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .keep_alive_interval(Some(std::time::Duration::from_secs(30)))
-                .keep_alive_timeout(std::time::Duration::from_secs(20))
-                .serve_connection(io, svc)
-                .await
+            Box::pin(
+                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .keep_alive_interval(Some(std::time::Duration::from_secs(30)))
+                    .keep_alive_timeout(std::time::Duration::from_secs(20))
+                    .serve_connection(io, svc),
+            )
+            .await
         }
     }
 }
