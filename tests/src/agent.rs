@@ -25,7 +25,17 @@ pub fn agent_bin() -> PathBuf {
 struct Log {
     lines: Vec<String>,
     closed: bool,
+    /// When the last line arrived.
+    last: Option<Instant>,
 }
+
+/// How long the agent's output must stay quiet before [`Agent::output`] and
+/// [`Agent::records`] read it: the agent's log thread lets lines of a burst
+/// gather for up to a millisecond before writing them.
+const SETTLE: Duration = Duration::from_millis(15);
+/// The longest [`Agent::output`] waits for that quiet (an agent that logs
+/// without pause is read as it is).
+const SETTLE_MAX: Duration = Duration::from_secs(1);
 
 /// A running agent.
 pub struct Agent {
@@ -128,14 +138,32 @@ impl Agent {
         self.child.as_ref().map_or(0, Child::id)
     }
 
-    /// All output lines so far.
-    pub fn output(&self) -> String {
-        self.log.0.lock().expect("log lock").lines.join("\n")
+    /// Waits until no line has arrived for [`SETTLE`] (at most
+    /// [`SETTLE_MAX`]), so lines the agent logged before now have been read.
+    fn settled(&self) -> std::sync::MutexGuard<'_, Log> {
+        let deadline = Instant::now() + SETTLE_MAX;
+        let (m, cv) = &*self.log;
+        let mut log = m.lock().expect("log lock");
+        loop {
+            let now = Instant::now();
+            let quiet = log.last.map_or(SETTLE, |t| now.duration_since(t));
+            if log.closed || quiet >= SETTLE || now >= deadline {
+                return log;
+            }
+            let wait = (SETTLE - quiet).min(deadline - now);
+            log = cv.wait_timeout(log, wait).expect("log lock").0;
+        }
     }
 
-    /// Output lines parsed as JSON (non-JSON lines skipped).
+    /// All output lines so far (once the output has settled).
+    pub fn output(&self) -> String {
+        self.settled().lines.join("\n")
+    }
+
+    /// Output lines parsed as JSON (non-JSON lines skipped), once the output
+    /// has settled.
     pub fn records(&self) -> Vec<Value> {
-        let log = self.log.0.lock().expect("log lock");
+        let log = self.settled();
         log.lines
             .iter()
             .filter_map(|l| serde_json::from_str(l).ok())
@@ -246,7 +274,10 @@ fn collect<R: BufRead + Send + 'static>(
         for line in reader.lines() {
             let Ok(line) = line else { break };
             let (m, cv) = &*log;
-            m.lock().expect("log lock").lines.push(line);
+            let mut log = m.lock().expect("log lock");
+            log.lines.push(line);
+            log.last = Some(Instant::now());
+            drop(log);
             cv.notify_all();
         }
     })

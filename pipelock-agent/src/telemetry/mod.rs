@@ -1,6 +1,7 @@
 //! Logging setup: tracing to stdout and/or a file (`logging:`), text or JSON lines; `log` records
 //! (aya-log's kernel-side messages) are bridged into tracing. The metrics
 //! registry is `metrics`; `top` keeps the bounded counts `/stats` ranks.
+pub mod log_queue;
 pub mod metrics;
 pub mod top;
 
@@ -32,35 +33,15 @@ pub fn writer(output: LogOutput, file: Option<&str>) -> anyhow::Result<BoxMakeWr
     })
 }
 
-/// Keeps the log-writing thread running; dropping it writes the lines still
-/// queued and stops the thread (hold it until the agent exits).
-pub type LogGuard = tracing_appender::non_blocking::WorkerGuard;
+pub use log_queue::LogGuard;
 
-/// `writer` behind a thread of its own: a runtime worker formats a line and
-/// queues it, and never waits for stdout or the file (a slow reader of the
-/// agent's stdout would otherwise stall every connection of that worker).
-/// Nothing is dropped: a full queue makes the logging task wait.
+/// `writer` behind a thread of its own ([`log_queue`]): a runtime worker
+/// formats a line and queues it, and never waits for stdout or the file (a
+/// slow reader of the agent's stdout would otherwise stall every connection
+/// of that worker). Nothing is dropped: a full queue makes the logging task
+/// wait.
 pub fn non_blocking(writer: BoxMakeWriter) -> (BoxMakeWriter, LogGuard) {
-    let (nb, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .thread_name("pipelock-log")
-        .finish(MakeWriterIo(writer));
-    (BoxMakeWriter::new(nb), guard)
-}
-
-/// A `MakeWriter` as one `io::Write` (each call goes to a fresh writer of it).
-struct MakeWriterIo(BoxMakeWriter);
-
-impl std::io::Write for MakeWriterIo {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        use tracing_subscriber::fmt::MakeWriter as _;
-        self.0.make_writer().write_all(buf).map(|()| buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        use tracing_subscriber::fmt::MakeWriter as _;
-        self.0.make_writer().flush()
-    }
+    log_queue::start(writer)
 }
 
 /// Installs the global subscriber writing to `writer`. `RUST_LOG` overrides
