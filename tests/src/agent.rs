@@ -30,8 +30,9 @@ struct Log {
 }
 
 /// How long the agent's output must stay quiet before [`Agent::output`] and
-/// [`Agent::records`] read it: the agent's log thread lets lines of a burst
-/// gather for up to a millisecond before writing them.
+/// [`Agent::records`] read it: the agent writes its lines from a thread of
+/// its own, so a line logged before a client returned may still be on its
+/// way (and a line that must not appear would be looked for too early).
 const SETTLE: Duration = Duration::from_millis(15);
 /// The longest [`Agent::output`] waits for that quiet (an agent that logs
 /// without pause is read as it is).
