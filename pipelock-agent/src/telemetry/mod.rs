@@ -41,17 +41,27 @@ pub type LogGuard = tracing_appender::non_blocking::WorkerGuard;
 /// was 4 MB of the idle agent's memory; 8,192 lines still absorb about a
 /// second of logging at 5,000 connections a second.
 const QUEUED_LINES: usize = 8192;
+/// Bytes of queued lines the log thread gathers into one write.
+const WRITE_BATCH: usize = 64 * 1024;
 
 /// `writer` behind a thread of its own: a runtime worker formats a line and
 /// queues it, and never waits for stdout or the file (a slow reader of the
 /// agent's stdout would otherwise stall every connection of that worker).
 /// Nothing is dropped: a full queue makes the logging task wait.
+///
+/// The thread writes the lines it finds queued together in one `write(2)`:
+/// it flushes its buffer each time the queue is empty, so no line waits for
+/// more. Line by line, the writes (each waking the reader of stdout) were
+/// 8.8 % of the agent's CPU under a stream of new connections.
 pub fn non_blocking(writer: BoxMakeWriter) -> (BoxMakeWriter, LogGuard) {
     let (nb, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
         .buffered_lines_limit(QUEUED_LINES)
         .thread_name("pipelock-log")
-        .finish(MakeWriterIo(writer));
+        .finish(std::io::BufWriter::with_capacity(
+            WRITE_BATCH,
+            MakeWriterIo(writer),
+        ));
     (BoxMakeWriter::new(nb), guard)
 }
 
