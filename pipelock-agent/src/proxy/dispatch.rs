@@ -309,23 +309,17 @@ async fn plain_http<S: ClientStream>(
         .await
         .map(Arc::new)
         .map_err(|e| e.to_string());
-    let conn = Arc::new(HttpConn {
-        header_read_timeout: ctx.header_read_timeout,
-        meta: meta.clone(),
-        pipeline: ctx.pipeline.clone(),
-        upstream: pool,
-        scheme: Scheme::HTTP,
-        default_authority: Authority::try_from(dst.to_string()).ok(),
-        tasks: TaskTracker::new(),
-        websocket: ctx.websocket.clone(),
-        body_hold: ctx.body_hold.clone(),
-        relay_limits: ctx.relay_limits(),
-        log_allowed: ctx.log_allowed,
-    });
+    let conn = Arc::new(HttpConn::new(
+        ctx,
+        meta.clone(),
+        pool,
+        Scheme::HTTP,
+        Authority::try_from(dst.to_string()).ok(),
+        TaskTracker::new(),
+    ));
     let io = CountingIo::new(client, counters.clone());
     let result = proxy_http::serve(io, proto, conn.clone()).await;
-    conn.tasks.close();
-    conn.tasks.wait().await;
+    conn.end_tasks().await;
     result.map_err(downstream_http)
 }
 
@@ -351,8 +345,7 @@ async fn intercept<S: ClientStream>(
     ))
     .await?;
     let result = proxy_http::serve(stream, negotiated, conn.clone()).await;
-    conn.tasks.close();
-    conn.tasks.wait().await;
+    conn.end_tasks().await;
     if let Some(e) = upstream_failure {
         return Err(e);
     }
@@ -499,19 +492,14 @@ async fn intercept_handshakes<S: ClientStream>(
         }),
         _ => meta.clone(),
     };
-    let conn = Arc::new(HttpConn {
-        header_read_timeout: ctx.header_read_timeout,
+    let conn = Arc::new(HttpConn::new(
+        ctx,
         meta,
-        pipeline: ctx.pipeline.clone(),
-        upstream: pool,
-        scheme: Scheme::HTTPS,
-        default_authority: Authority::try_from(authority).ok(),
-        tasks: TaskTracker::new(),
-        websocket: ctx.websocket.clone(),
-        body_hold: ctx.body_hold.clone(),
-        relay_limits: ctx.relay_limits(),
-        log_allowed: ctx.log_allowed,
-    });
+        pool,
+        Scheme::HTTPS,
+        Authority::try_from(authority).ok(),
+        TaskTracker::new(),
+    ));
     Ok(Intercepted {
         stream,
         negotiated,

@@ -274,19 +274,14 @@ async fn route(
             }
         }
     };
-    let conn = Arc::new(HttpConn {
-        header_read_timeout: ctx.header_read_timeout,
+    let conn = Arc::new(HttpConn::new(
+        &ctx,
         meta,
-        pipeline: ctx.pipeline.clone(),
-        upstream: pool,
-        scheme: Scheme::HTTP,
-        default_authority: Authority::try_from(format!("{host}:{port}")).ok(),
-        tasks: fwd.tracker.clone(),
-        websocket: ctx.websocket.clone(),
-        body_hold: ctx.body_hold.clone(),
-        relay_limits: ctx.relay_limits(),
-        log_allowed: ctx.log_allowed,
-    });
+        pool,
+        Scheme::HTTP,
+        Authority::try_from(format!("{host}:{port}")).ok(),
+        fwd.tracker.clone(),
+    ));
     conn.handle(req).await
 }
 

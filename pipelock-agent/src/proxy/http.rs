@@ -361,6 +361,40 @@ impl Drop for ScannedBody {
 }
 
 impl HttpConn {
+    /// A client connection's shared state: the listener-independent parts
+    /// come from `ctx`; `tasks` tracks what outlives its requests.
+    pub fn new(
+        ctx: &super::ProxyContext,
+        meta: Arc<ConnMeta>,
+        upstream: Result<Arc<UpstreamPool>, String>,
+        scheme: Scheme,
+        default_authority: Option<Authority>,
+        tasks: TaskTracker,
+    ) -> Self {
+        HttpConn {
+            header_read_timeout: ctx.header_read_timeout,
+            meta,
+            pipeline: ctx.pipeline.clone(),
+            upstream,
+            scheme,
+            default_authority,
+            tasks,
+            websocket: ctx.websocket.clone(),
+            body_hold: ctx.body_hold.clone(),
+            relay_limits: ctx.relay_limits(),
+            log_allowed: ctx.log_allowed,
+        }
+    }
+
+    /// After [`serve`]: waits for the tasks the connection's requests left
+    /// running (upgraded connections) to end. (Not a wrapper around `serve`:
+    /// an `async fn` keeps its by-value arguments for its whole life, and
+    /// the connection's stream would be held twice in its task.)
+    pub async fn end_tasks(&self) {
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+
     pub async fn handle(self: Arc<Self>, mut req: Request<Incoming>) -> Response<DownBody> {
         let down_version = req.version();
         // A CONNECT inside an intercepted or plain connection asks the
