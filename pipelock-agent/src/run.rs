@@ -24,8 +24,9 @@ use crate::{
     mcp::McpSettings,
     pipeline::{CustomPattern, ScanConfig, ScanPipeline, destination::DestPolicy},
     proxy::{
-        LiveContext, ProxyContext, forward, hold::BodyHold, limits::ConnLimits, mcp as mcp_proxy,
-        passthrough::PassthroughDomains, transparent, websocket::WsSettings,
+        LiveContext, ProxyContext, forward, hold::BodyHold, keepalive::IdleUpstreams,
+        limits::ConnLimits, mcp as mcp_proxy, passthrough::PassthroughDomains, transparent,
+        websocket::WsSettings,
     },
     redirect::{self, RedirectConfig, Redirector},
     scan::engine::known_secrets::KnownSecretsConfig,
@@ -806,6 +807,12 @@ fn context(
             budget: bounds.body_budget,
             budget_wait: Duration::from_millis(i.body_hold_wait_ms),
             idle: Duration::from_secs(i.body_idle_timeout_seconds.max(1)),
+        }),
+        upstreams: (i.upstream_keepalive > 0).then(|| {
+            IdleUpstreams::shared(
+                i.upstream_keepalive,
+                Duration::from_secs(i.upstream_keepalive_seconds.max(1)),
+            )
         }),
     }
 }

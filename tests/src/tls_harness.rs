@@ -20,6 +20,7 @@ use pipelock_agent::{
     pipeline::{AllowAll, Attribution, Block, ConnMeta, Decision, Exchange, Outcome, Pipeline},
     proxy::{
         ProxyContext,
+        keepalive::IdleUpstreams,
         limits::ConnLimits,
         passthrough::PassthroughDomains,
         transparent::{self, OrigDsts},
@@ -56,6 +57,9 @@ pub struct AgentOptions {
     pub test_pipeline: bool,
     /// Where the CA lives.
     pub state_dir: PathBuf,
+    /// `interceptor.upstream_keepalive` (0: each client connection keeps
+    /// its own upstream connections).
+    pub upstream_keepalive: usize,
 }
 
 impl AgentOptions {
@@ -68,6 +72,7 @@ impl AgentOptions {
             non_http: NonHttpAction::Relay,
             test_pipeline: false,
             state_dir: state_dir.to_path_buf(),
+            upstream_keepalive: 0,
         }
     }
 }
@@ -252,6 +257,10 @@ impl InProcessAgent {
             body_hold: Default::default(),
             forward: Default::default(),
             mcp: Default::default(),
+            upstreams: (opts.upstream_keepalive > 0).then(|| {
+                let _in_runtime = rt.enter();
+                IdleUpstreams::shared(opts.upstream_keepalive, Duration::from_secs(30))
+            }),
         });
         // Each agent's connections carry a cgroup id of their own, so its
         // log lines can be told from those of others in the process.

@@ -147,7 +147,7 @@ impl HttpsUpstream {
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
         let (rt, listener, addr) = listen_on_runtime(bind, 2);
         rt.spawn(async move {
-            while let Ok((tcp, _)) = listener.accept().await {
+            while let Ok((tcp, peer)) = listener.accept().await {
                 let acceptor = acceptor.clone();
                 tokio::spawn(async move {
                     let _ = tcp.set_nodelay(true);
@@ -159,7 +159,7 @@ impl HttpsUpstream {
                     let h2 = conn.alpn_protocol() == Some(b"h2");
                     let svc = hyper::service::service_fn(move |req| {
                         let sni = sni.clone();
-                        async move { Ok::<_, Infallible>(handle(req, &sni).await) }
+                        async move { Ok::<_, Infallible>(handle(req, &sni, peer).await) }
                     });
                     let io = TokioIo::new(tls);
                     if h2 {
@@ -187,11 +187,15 @@ fn full(s: impl Into<Bytes>) -> TestBody {
         .boxed()
 }
 
-async fn handle(mut req: Request<Incoming>, sni: &str) -> Response<TestBody> {
+async fn handle(mut req: Request<Incoming>, sni: &str, peer: SocketAddr) -> Response<TestBody> {
     let path = req.uri().path().to_owned();
     let version = format!("{:?}", req.version());
     let mut resp = if path == "/hello" {
         Response::new(full("hello from upstream\n"))
+    } else if path == "/peer" {
+        // The TCP peer of the connection the request came on: which
+        // upstream connection a proxy used.
+        Response::new(full(format!("peer {peer}\n")))
     } else if let Some(code) = path.strip_prefix("/status/") {
         let status = code
             .parse::<u16>()

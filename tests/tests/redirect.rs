@@ -428,6 +428,82 @@ fn direct_connection_to_the_agent_port_is_refused_and_logged() {
     );
 }
 
+#[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root and the eBPF build: run `cargo xtask test`"
+)]
+fn kept_upstream_connections_are_reused_within_one_cgroup_only() {
+    require_root();
+    let cg = TestCgroup::new("keepalive");
+    // A child cgroup: a container of its own, covered by the same redirect.
+    let other = cg.dir().join("other");
+    std::fs::create_dir(&other).expect("child cgroup");
+    let up = Upstream::start("127.0.0.1:0".parse().unwrap());
+    let agent = Agent::start(&agent_args(&cg, loopback_redirect(), &[]));
+    let place = Place {
+        cgroup: Some(&cg),
+        netns: None,
+    };
+    // Each run is a new client connection (curl, then Ruby's Net::HTTP,
+    // which closes after its request); the upstream sees one connection.
+    let (_, a) = curl(place, &up.url("/a"));
+    let (_, b) = curl(place, &up.url("/b"));
+    assert_eq!(a["path"], "/a");
+    assert_eq!(b["path"], "/b");
+    assert_eq!(
+        a["peer"], b["peer"],
+        "the kept upstream connection was not reused"
+    );
+    let url = up.url("/net_http");
+    let run = client::run(
+        place,
+        "ruby",
+        &[
+            "-rnet/http",
+            "-e",
+            "puts Process.pid; puts Net::HTTP.get(URI(ARGV[0]))",
+            &url,
+        ],
+        CLIENT_TIMEOUT,
+    );
+    assert!(run.ok(), "{run:?}");
+    let (_, body) = pid_and_body(&run);
+    assert_eq!(body["path"], "/net_http");
+    assert_eq!(body["peer"], a["peer"], "Net::HTTP did not reuse it");
+
+    // The other cgroup's request goes on a connection of its own.
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && exec curl -sS --max-time 20 '{}'",
+        other.display(),
+        up.url("/other")
+    );
+    let run = client::run(place, "sh", &["-c", &script], CLIENT_TIMEOUT);
+    assert!(run.ok(), "{run:?}");
+    let c: Value = serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("{e}: {run:?}"));
+    assert_eq!(c["path"], "/other");
+    assert_ne!(
+        c["peer"], a["peer"],
+        "another cgroup was given this cgroup's connection"
+    );
+
+    // A response the agent refuses (a prompt injection) leaves nothing on
+    // a kept connection: the next requests get their own answers, whole.
+    let run = client::run(
+        place,
+        "curl",
+        &["-sS", "--max-time", "20", &up.url("/inject")],
+        CLIENT_TIMEOUT,
+    );
+    assert!(!run.stdout.contains("Ignore all previous"), "{run:?}");
+    for i in 0..3 {
+        let path = format!("/after/{i}");
+        let (_, body) = curl(place, &up.url(&path));
+        assert_eq!(body["path"], path, "{body}");
+    }
+    drop(agent);
+}
+
 fn expect_startup_error(args: &[String], needle: &str) {
     let mut agent = Agent::spawn(args);
     let status = agent

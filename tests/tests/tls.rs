@@ -635,6 +635,70 @@ fn pipeline_blocks_requests_bodies_and_cuts_responses() {
     }
 }
 
+/// The upstream's view of which connection a request came on (`peer <addr>`).
+fn upstream_peer(s: &Setup) -> String {
+    let out = s.curl(&["--http1.1"], "/peer");
+    assert!(out.ok() && out.stdout.starts_with("peer "), "{out:?}");
+    out.stdout
+}
+
+#[test]
+fn client_connections_share_a_kept_upstream_connection_only_under_its_verified_name() {
+    // Every curl run is a client connection of its own.
+    let s = Setup::new("keepalive", BOTH, |o| {
+        o.upstream_keepalive = 8;
+        o.test_pipeline = true;
+    });
+    let first = upstream_peer(&s);
+    assert_eq!(
+        upstream_peer(&s),
+        first,
+        "the second client connection did not reuse the kept upstream connection"
+    );
+    // A name the upstream's certificate does not cover is verified on a
+    // connection of its own, and refused, though one to the same address is
+    // idle.
+    let out = run(
+        "curl",
+        &[
+            "-sS",
+            "--http1.1",
+            "-w",
+            "\n%{http_code}",
+            "--cacert",
+            &s.ca(),
+            "--resolve",
+            &s.resolve("wrong.test"),
+            &s.url("wrong.test", "/peer"),
+        ],
+    );
+    assert!(out.stdout.ends_with("502"), "{out:?}");
+    assert!(out.stdout.contains("NotValidForName"), "{out:?}");
+    assert!(!out.stdout.contains("peer "), "{out:?}");
+    // Another ALPN offer (h2 and http/1.1) is another key.
+    let out = s.curl(&["--http2"], "/peer");
+    assert!(out.ok() && out.stdout.starts_with("peer "), "{out:?}");
+    assert_ne!(
+        out.stdout, first,
+        "an h2 offer was sent on an http/1.1-only connection"
+    );
+    // A response cut mid-body (the test pipeline's marker) leaves nothing
+    // on a kept connection: the next client gets its own answer.
+    let out = s.curl(&["--http1.1", "-o", "/dev/null"], "/inject");
+    assert!(!out.ok(), "cut response must fail: {out:?}");
+    for _ in 0..3 {
+        let out = s.curl(&["--http1.1"], "/hello");
+        assert_eq!(out.stdout, "hello from upstream\n", "{out:?}");
+    }
+    assert!(upstream_peer(&s).starts_with("peer "));
+}
+
+#[test]
+fn without_upstream_keepalive_each_client_connection_dials_its_own() {
+    let s = Setup::new("no-keepalive", BOTH, |o| o.upstream_keepalive = 0);
+    assert_ne!(upstream_peer(&s), upstream_peer(&s));
+}
+
 #[test]
 fn trailers_and_upgrade_are_relayed() {
     let s = Setup::new("trailers", BOTH, |_| {});

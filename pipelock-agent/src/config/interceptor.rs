@@ -113,6 +113,13 @@ pub struct Interceptor {
     pub header_read_timeout_seconds: u64,
     /// Seconds the upstream may take to answer a request with its headers.
     pub upstream_response_timeout_seconds: u64,
+    /// Idle HTTP/1.1 upstream connections kept per destination (address,
+    /// verified TLS name, ALPN offer) and pod for the pod's next client
+    /// connections; 0: none shared, each client connection keeps its own
+    /// while it lasts.
+    pub upstream_keepalive: usize,
+    /// Seconds a kept upstream connection may stay unused.
+    pub upstream_keepalive_seconds: u64,
     /// Seconds a raw relay (passthrough, allowed non-HTTP) may go without a byte.
     pub relay_idle_timeout_seconds: u64,
     /// Seconds a raw relay may last at most (0: no limit).
@@ -171,6 +178,8 @@ impl Default for Interceptor {
             max_connections_per_pod: 2048,
             header_read_timeout_seconds: 30,
             upstream_response_timeout_seconds: 120,
+            upstream_keepalive: 32,
+            upstream_keepalive_seconds: 30,
             relay_idle_timeout_seconds: 300,
             relay_max_seconds: 0,
             body_hold_budget_bytes: 256 << 20,

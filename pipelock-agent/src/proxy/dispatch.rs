@@ -23,7 +23,7 @@ use super::{
     http::{self as proxy_http, HttpConn},
     relay,
     sniff::{ClientHelloInfo, ClientStream, Rewind, Sniffed},
-    upstream::{self, Proto, Target, TlsTarget, UpstreamPool},
+    upstream::{self, Keep, Proto, Target, TlsTarget, UpstreamPool},
 };
 use crate::{
     config::{Mode, NonHttpAction},
@@ -59,18 +59,24 @@ pub async fn serve_as<S: ClientStream>(
     summary: &mut ConnSummary,
 ) -> Result<(), Error> {
     let dst = meta.orig_dst.ok_or(Error::NoOrigDst(meta.peer))?;
-    let (sniffed, prefix, pre) = match sniff_or_server_first(&mut client, &ctx, dst).await {
-        Ok(s) => s,
-        Err(e) => {
-            summary.kind = if matches!(e, Error::Sniff(_)) {
-                "malformed"
-            } else {
-                "relay"
-            };
-            client.abort();
-            return Err(e);
-        }
-    };
+    // An idle upstream connection to this destination, kept for this pod,
+    // says the destination speaks HTTP: no connection of its own is
+    // opened while sniffing (one is, after, if the client needs it).
+    let keep = Keep::for_conn(&ctx, &meta);
+    let connect_early = !keep.has_idle(dst);
+    let (sniffed, prefix, pre) =
+        match sniff_or_server_first(&mut client, &ctx, dst, connect_early).await {
+            Ok(s) => s,
+            Err(e) => {
+                summary.kind = if matches!(e, Error::Sniff(_)) {
+                    "malformed"
+                } else {
+                    "relay"
+                };
+                client.abort();
+                return Err(e);
+            }
+        };
     let client = Rewind::new(client, prefix);
     let connect_host = connect_host.map(|h| h.trim_end_matches('.').to_ascii_lowercase());
     if let (Sniffed::Tls(hello), Some(host)) = (&sniffed, &connect_host) {
@@ -151,7 +157,7 @@ pub async fn serve_as<S: ClientStream>(
                 Proto::Http1
             };
             let counters = Counters::default();
-            let r = plain_http(client, pre, proto, &meta, &ctx, &counters).await;
+            let r = plain_http(client, pre, proto, keep, &meta, &ctx, &counters).await;
             (summary.bytes_up, summary.bytes_down) = counters.get();
             r
         }
@@ -195,7 +201,7 @@ pub async fn serve_as<S: ClientStream>(
         Sniffed::Tls(hello) => {
             summary.kind = "tls";
             let counters = Counters::default();
-            let r = intercept(client, pre, hello, &meta, &ctx, &counters).await;
+            let r = intercept(client, pre, hello, keep, &meta, &ctx, &counters).await;
             (summary.bytes_up, summary.bytes_down) = counters.get();
             r
         }
@@ -206,13 +212,19 @@ pub async fn serve_as<S: ClientStream>(
 /// branch but a refused or empty connection needs that socket, and the
 /// connect overlaps the client's first flight). If the upstream speaks before
 /// the client (SMTP, MySQL, …: server-speaks-first protocols), the connection
-/// is "other" at once instead of after the whole sniff timeout.
+/// is "other" at once instead of after the whole sniff timeout. Without
+/// `connect_early` it only sniffs.
 async fn sniff_or_server_first<S: ClientStream>(
     client: &mut S,
     ctx: &ProxyContext,
     dst: std::net::SocketAddr,
+    connect_early: bool,
 ) -> Result<(Sniffed, Vec<u8>, Option<TcpStream>), Error> {
     let sniffing = client.sniff_first(ctx.sniff_timeout);
+    if !connect_early {
+        let (s, prefix) = sniffing.await.map_err(Error::Sniff)?;
+        return Ok((s, prefix, None));
+    }
     let connecting = relay::connect_upstream(dst, ctx.connect_timeout);
     tokio::pin!(sniffing, connecting);
     let upstream = tokio::select! {
@@ -287,6 +299,7 @@ async fn plain_http<S: ClientStream>(
     client: Rewind<S>,
     pre: Option<TcpStream>,
     proto: Proto,
+    keep: Keep,
     meta: &Arc<ConnMeta>,
     ctx: &Arc<ProxyContext>,
     counters: &Counters,
@@ -298,17 +311,21 @@ async fn plain_http<S: ClientStream>(
         connect_timeout: ctx.connect_timeout,
         response_timeout: ctx.upstream_response_timeout,
     };
-    let (io, up_proto) = match upstream::dial(&target, proto, pre).await {
-        Ok(x) => x,
-        Err(e) => {
-            abort(client);
-            return Err(e);
-        }
+    let pool = if pre.is_none() && proto == Proto::Http1 && keep.has_ready(&target) {
+        Ok(Arc::new(UpstreamPool::new(target, proto, keep)))
+    } else {
+        let (io, up_proto) = match upstream::dial(&target, proto, pre).await {
+            Ok(x) => x,
+            Err(e) => {
+                abort(client);
+                return Err(e);
+            }
+        };
+        UpstreamPool::with_first(target, io, up_proto, keep)
+            .await
+            .map(Arc::new)
+            .map_err(|e| e.to_string())
     };
-    let pool = UpstreamPool::with_first(target, io, up_proto)
-        .await
-        .map(Arc::new)
-        .map_err(|e| e.to_string());
     let conn = Arc::new(HttpConn::new(
         ctx,
         meta.clone(),
@@ -327,6 +344,7 @@ async fn intercept<S: ClientStream>(
     client: Rewind<S>,
     pre: Option<TcpStream>,
     hello: ClientHelloInfo,
+    keep: Keep,
     meta: &Arc<ConnMeta>,
     ctx: &Arc<ProxyContext>,
     counters: &Counters,
@@ -341,7 +359,7 @@ async fn intercept<S: ClientStream>(
         conn,
         upstream_failure,
     } = Box::pin(intercept_handshakes(
-        client, pre, hello, meta, ctx, counters,
+        client, pre, hello, keep, meta, ctx, counters,
     ))
     .await?;
     let result = proxy_http::serve(stream, negotiated, conn.clone()).await;
@@ -362,11 +380,15 @@ struct Intercepted<S: ClientStream> {
 }
 
 /// Dials the upstream and completes both TLS handshakes (upstream first:
-/// its ALPN choice decides what the client is offered).
+/// its ALPN choice decides what the client is offered). An idle HTTP/1.1
+/// connection kept for the same address, verified name, ALPN offer and pod
+/// stands in for the dial: it was verified for that name, and it speaks
+/// HTTP/1.1.
 async fn intercept_handshakes<S: ClientStream>(
     client: Rewind<S>,
     pre: Option<TcpStream>,
     hello: ClientHelloInfo,
+    keep: Keep,
     meta: &Arc<ConnMeta>,
     ctx: &Arc<ProxyContext>,
     counters: &Counters,
@@ -410,7 +432,16 @@ async fn intercept_handshakes<S: ClientStream>(
 
     // Upstream first: its ALPN choice decides what the client is offered, and
     // a TCP-level failure is mirrored to the client as a reset.
-    let (upstream, up_proto) = match upstream::dial(&target, Proto::Http1, pre).await {
+    let reuse = keep.has_ready(&target);
+    let dialled = if reuse {
+        drop(pre);
+        Ok((None, Proto::Http1))
+    } else {
+        upstream::dial(&target, Proto::Http1, pre)
+            .await
+            .map(|(io, proto)| (Some(io), proto))
+    };
+    let (upstream, up_proto) = match dialled {
         Ok((io, proto)) => (Ok(io), proto),
         Err(e @ (Error::Connect { .. } | Error::ConnectTimeout(_))) => {
             abort(client);
@@ -477,7 +508,11 @@ async fn intercept_handshakes<S: ClientStream>(
         "intercepting"
     );
     let (pool, upstream_failure) = match upstream {
-        Ok(io) => match UpstreamPool::with_first(target, io, up_proto).await {
+        Ok(None) => (
+            Ok(Arc::new(UpstreamPool::new(target, up_proto, keep))),
+            None,
+        ),
+        Ok(Some(io)) => match UpstreamPool::with_first(target, io, up_proto, keep).await {
             Ok(p) => (Ok(Arc::new(p)), None),
             Err(e) => (Err(e.to_string()), Some(e)),
         },

@@ -33,7 +33,7 @@ use super::{
     http::{DownBody, HttpConn},
     limits::ConnLimits,
     transparent::{log_connection, next_conn_id},
-    upstream::{self, Proto, Target, UpstreamPool},
+    upstream::{Keep, Proto, Target, UpstreamPool},
 };
 use crate::{
     pipeline::{Attribution, ConnMeta, Listener},
@@ -265,13 +265,10 @@ async fn route(
                 connect_timeout: ctx.connect_timeout,
                 response_timeout: ctx.upstream_response_timeout,
             };
-            match upstream::dial(&target, Proto::Http1, None).await {
-                Ok((io, proto)) => UpstreamPool::with_first(target, io, proto)
-                    .await
-                    .map(|p| pools.put(dst, Arc::new(p)))
-                    .map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            }
+            UpstreamPool::open(target, Proto::Http1, Keep::for_conn(&ctx, &meta))
+                .await
+                .map(|p| pools.put(dst, Arc::new(p)))
+                .map_err(|e| e.to_string())
         }
     };
     let conn = Arc::new(HttpConn::new(

@@ -55,7 +55,7 @@ use super::{
     http::{BodyError, DownBody, strip_hop_by_hop},
     limits::ConnLimits,
     transparent::next_conn_id,
-    upstream::{self, Proto, Target, TlsTarget, UpstreamPool},
+    upstream::{self, Keep, Proto, Target, TlsTarget, UpstreamPool},
 };
 use crate::{
     mcp::{self, Checked, McpSettings, jsonrpc, session},
@@ -791,11 +791,9 @@ impl Conn {
             connect_timeout: self.ctx.connect_timeout,
             response_timeout: self.ctx.upstream_response_timeout,
         };
-        let (io, proto) = upstream::dial(&target, Proto::Http1, None)
-            .await
-            .map_err(|e| e.to_string())?;
+        let keep = Keep::for_conn(&self.ctx, &self.meta);
         let pool = Arc::new(
-            UpstreamPool::with_first(target, io, proto)
+            UpstreamPool::open(target, Proto::Http1, keep)
                 .await
                 .map_err(|e| e.to_string())?,
         );

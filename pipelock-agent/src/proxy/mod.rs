@@ -6,6 +6,7 @@ pub mod dispatch;
 pub mod forward;
 pub mod hold;
 pub mod http;
+pub mod keepalive;
 pub mod limits;
 pub mod mcp;
 pub mod passthrough;
@@ -177,6 +178,10 @@ pub struct ProxyContext {
     /// The MCP sections (`mcp_*`, `tool_chain_detection`), compiled, for
     /// the MCP listener.
     pub mcp: Arc<crate::mcp::McpSettings>,
+    /// Idle upstream HTTP/1.1 connections shared across client connections
+    /// (`interceptor.upstream_keepalive`); none: each client connection
+    /// keeps its own.
+    pub upstreams: Option<Arc<keepalive::IdleUpstreams>>,
 }
 
 impl ProxyContext {

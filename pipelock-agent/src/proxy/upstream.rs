@@ -1,8 +1,10 @@
 //! Connections to the original destination: always its recorded ip:port
 //! (never a re-resolved name), TLS with the client's SNI (or the IP when it
 //! sent none) verified against the system roots plus `--upstream-ca`, HTTP/1.1
-//! or HTTP/2 as ALPN decided. One [`UpstreamPool`] per client connection keeps
-//! upstream connections alive for reuse by that client's next requests.
+//! or HTTP/2 as ALPN decided. One [`UpstreamPool`] per client connection
+//! sends its requests: HTTP/2 on a connection of its own, HTTP/1.1 on idle
+//! connections kept in a [`keepalive`](super::keepalive) store (shared across
+//! the client connections of one pod, or the client connection's own).
 use std::{
     net::SocketAddr,
     sync::{Arc, Mutex},
@@ -18,8 +20,15 @@ use tokio::net::TcpStream;
 use tokio_rustls::{TlsConnector, client::TlsStream};
 use tokio_util::either::Either;
 
-use super::{Error, relay};
-use crate::tls::{AlpnOffer, Tls};
+use super::{
+    Error, ProxyContext,
+    keepalive::{IdleUpstreams, Owner, TlsKey},
+    relay,
+};
+use crate::{
+    pipeline::ConnMeta,
+    tls::{AlpnOffer, Tls},
+};
 
 /// The body type sent upstream (a scanned stream of the client's body).
 pub type UpBody = BoxBody<Bytes, super::http::BodyError>;
@@ -29,8 +38,6 @@ pub type UpStream = Either<TcpStream, TlsStream<TcpStream>>;
 
 /// How long an upstream TLS handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Idle HTTP/1.1 connections kept per client connection.
-const MAX_IDLE_H1: usize = 16;
 
 /// HTTP version spoken with the upstream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -124,30 +131,89 @@ enum Sender {
     H2(conn::http2::SendRequest<UpBody>),
 }
 
+/// Where a client connection's idle HTTP/1.1 upstream connections are kept,
+/// and whom they were opened for.
+#[derive(Clone)]
+pub struct Keep {
+    store: Arc<IdleUpstreams>,
+    owner: Owner,
+}
+
+impl Keep {
+    /// The configuration's shared store (`interceptor.upstream_keepalive`),
+    /// else one of the connection's own.
+    pub fn for_conn(ctx: &ProxyContext, meta: &ConnMeta) -> Self {
+        Keep {
+            store: ctx.upstreams.clone().unwrap_or_else(IdleUpstreams::private),
+            owner: Owner::of(meta),
+        }
+    }
+
+    /// A store of its own (nothing shared), for `owner`.
+    pub fn private(owner: Owner) -> Self {
+        Keep {
+            store: IdleUpstreams::private(),
+            owner,
+        }
+    }
+
+    /// True when an HTTP/1.1 connection for `target` is ready to be reused.
+    pub fn has_ready(&self, target: &Target) -> bool {
+        self.store
+            .has_ready(target.addr, self.owner, &tls_key(target))
+    }
+
+    /// True when some connection to `addr` (any TLS name) is idle.
+    pub fn has_idle(&self, addr: SocketAddr) -> bool {
+        self.store.has_idle(addr, self.owner)
+    }
+}
+
+/// The part of a key a target decides.
+fn tls_key(target: &Target) -> TlsKey {
+    target
+        .tls
+        .as_ref()
+        .map(|t| (t.server_name.clone(), t.offer))
+}
+
 /// Upstream connections of one client connection.
 pub struct UpstreamPool {
     target: Target,
     proto: Proto,
-    h1_idle: Mutex<Vec<conn::http1::SendRequest<UpBody>>>,
+    keep: Keep,
+    tls_key: TlsKey,
     h2: Mutex<Option<conn::http2::SendRequest<UpBody>>>,
 }
 
 impl UpstreamPool {
-    /// A pool that starts with the already connected `first` stream.
-    pub async fn with_first(target: Target, first: UpStream, proto: Proto) -> Result<Self, Error> {
-        let pool = Self {
+    /// A pool with no connection yet: its first request reuses an idle one
+    /// from `keep` or dials.
+    pub fn new(target: Target, proto: Proto, keep: Keep) -> Self {
+        Self {
+            tls_key: tls_key(&target),
             target,
             proto,
-            h1_idle: Mutex::new(Vec::new()),
+            keep,
             h2: Mutex::new(None),
-        };
+        }
+    }
+
+    /// A pool that starts with the already connected `first` stream.
+    pub async fn with_first(
+        target: Target,
+        first: UpStream,
+        proto: Proto,
+        keep: Keep,
+    ) -> Result<Self, Error> {
+        let pool = Self::new(target, proto, keep);
         match Box::pin(pool.handshake(first)).await? {
             // Ready once its connection task first ran: a first request
             // sent right away (a forward-proxy request) takes it instead of
             // dialling a second connection.
             Sender::H1(mut s) => {
                 if s.ready().await.is_ok() {
-                    pool.lock_h1().push(s);
+                    pool.keep_idle(s);
                 }
             }
             Sender::H2(s) => *pool.lock_h2() = Some(s),
@@ -155,13 +221,35 @@ impl UpstreamPool {
         Ok(pool)
     }
 
+    /// A pool for `target` whose first request reuses a kept HTTP/1.1
+    /// connection when one is ready, else one that starts with a connection
+    /// dialled now (`plain_proto` on plaintext; ALPN decides on TLS).
+    pub async fn open(target: Target, plain_proto: Proto, keep: Keep) -> Result<Self, Error> {
+        if (plain_proto == Proto::Http1 || target.tls.is_some()) && keep.has_ready(&target) {
+            return Ok(Self::new(target, Proto::Http1, keep));
+        }
+        let (io, proto) = dial(&target, plain_proto, None).await?;
+        Self::with_first(target, io, proto, keep).await
+    }
+
     /// The protocol spoken upstream.
     pub fn proto(&self) -> Proto {
         self.proto
     }
 
-    fn lock_h1(&self) -> std::sync::MutexGuard<'_, Vec<conn::http1::SendRequest<UpBody>>> {
-        self.h1_idle.lock().unwrap_or_else(|p| p.into_inner())
+    fn keep_idle(&self, send: conn::http1::SendRequest<UpBody>) {
+        self.keep.store.put(
+            self.target.addr,
+            self.keep.owner,
+            self.tls_key.clone(),
+            send,
+        );
+    }
+
+    fn take_idle(&self) -> Option<conn::http1::SendRequest<UpBody>> {
+        self.keep
+            .store
+            .take(self.target.addr, self.keep.owner, &self.tls_key)
     }
 
     fn lock_h2(&self) -> std::sync::MutexGuard<'_, Option<conn::http2::SendRequest<UpBody>>> {
@@ -292,15 +380,7 @@ impl UpstreamPool {
                 send.try_send_request(req).await.map_err(unsent)
             }
             Proto::Http1 => {
-                let idle = if fresh {
-                    None
-                } else {
-                    let mut idle = self.lock_h1();
-                    idle.retain(|s| !s.is_closed());
-                    idle.iter()
-                        .position(|s| s.is_ready())
-                        .map(|i| idle.swap_remove(i))
-                };
+                let idle = if fresh { None } else { self.take_idle() };
                 let mut send = match idle {
                     Some(s) => s,
                     None => match self.connect_new().await.map_err(Attempt::Failed)? {
@@ -312,11 +392,8 @@ impl UpstreamPool {
                     return Err(Attempt::Unsent(Box::new(req), fail(e)));
                 }
                 let resp = send.try_send_request(req).await.map_err(unsent)?;
-                // Ready again once this response's body is consumed.
-                let mut idle = self.lock_h1();
-                if idle.len() < MAX_IDLE_H1 {
-                    idle.push(send);
-                }
+                // Handed out again once this response's body is consumed.
+                self.keep_idle(send);
                 Ok(resp)
             }
         }

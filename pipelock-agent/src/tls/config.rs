@@ -27,7 +27,7 @@ pub fn provider() -> Arc<CryptoProvider> {
 }
 
 /// What the agent offers an upstream in ALPN.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum AlpnOffer {
     /// `h2` and `http/1.1` (the client offered h2).
     Both,

@@ -1,0 +1,243 @@
+//! Idle HTTP/1.1 upstream connections kept for reuse across client
+//! connections (a reverse proxy's upstream keep-alive, as nginx's
+//! `keepalive`): a client that opens a connection per request (`Connection:
+//! close`, Net::HTTP without a persistent session) costs the agent an
+//! accept, not also an upstream connect and TLS handshake, and an idle
+//! client connection holds no upstream connection.
+//!
+//! A connection is reused only under the key it was opened for: the address
+//! connected to, the TLS server name its certificate was verified for and the
+//! ALPN offered (or plaintext), and the client it was opened for (its cgroup,
+//! else its IP address), so connection-bound server state (NTLM, a session
+//! pinned to a connection) never passes from one container or pod to another.
+//! Only connections hyper reports ready are handed out (the last response
+//! read to its end, nothing in flight); hyper closes one whose exchange was
+//! cut (a request body refused mid-stream, a response abandoned unread), so
+//! a cut exchange never leaves bytes for the next client to read.
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, Mutex, MutexGuard, Weak},
+    time::{Duration, Instant},
+};
+
+use hyper::client::conn::http1::SendRequest;
+use rustls_pki_types::ServerName;
+
+use super::upstream::UpBody;
+use crate::{pipeline::ConnMeta, tls::AlpnOffer};
+
+/// Idle connections kept across all keys, at most (about 35 KB each).
+const MAX_IDLE_TOTAL: usize = 1024;
+/// Idle connections one client connection keeps when nothing is shared.
+const MAX_IDLE_PRIVATE: usize = 16;
+
+/// Whom an upstream connection was opened for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Owner {
+    /// The calling task's cgroup (redirected connections).
+    Cgroup(u64),
+    /// The client's address (forward-proxy connections).
+    Peer(IpAddr),
+}
+
+impl Owner {
+    /// The owner of a client connection: its cgroup when the kernel told
+    /// it, else its address.
+    pub fn of(meta: &ConnMeta) -> Self {
+        match &meta.attribution {
+            Some(a) => Owner::Cgroup(a.cgroup_id),
+            None => Owner::Peer(meta.peer.ip()),
+        }
+    }
+}
+
+/// TLS towards the upstream as part of a key: the verified name and the ALPN
+/// offer (none: plaintext).
+pub type TlsKey = Option<(ServerName<'static>, AlpnOffer)>;
+
+struct Idle {
+    send: SendRequest<UpBody>,
+    since: Instant,
+}
+
+/// One TLS variant of an (address, owner) pair.
+struct Slot {
+    tls: TlsKey,
+    idle: Vec<Idle>,
+}
+
+#[derive(Default)]
+struct Slots {
+    by_dest: HashMap<(SocketAddr, Owner), Vec<Slot>>,
+    total: usize,
+}
+
+/// Idle upstream connections by key; shared by the client connections of a
+/// configuration (or private to one client connection).
+pub struct IdleUpstreams {
+    slots: Mutex<Slots>,
+    per_key: usize,
+    max_idle: Duration,
+}
+
+impl IdleUpstreams {
+    /// A store shared across client connections: `per_key` idle
+    /// connections per key, each dropped after `max_idle` unused. A task
+    /// sweeps out expired and closed connections until the store is dropped.
+    pub fn shared(per_key: usize, max_idle: Duration) -> Arc<Self> {
+        let store = Arc::new(Self {
+            slots: Mutex::default(),
+            per_key,
+            max_idle,
+        });
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(sweep_while_alive(
+                Arc::downgrade(&store),
+                (max_idle / 2).max(Duration::from_secs(1)),
+            ));
+        }
+        store
+    }
+
+    /// A store of one client connection (nothing shared): its connections
+    /// go when it goes.
+    pub fn private() -> Arc<Self> {
+        Arc::new(Self {
+            slots: Mutex::default(),
+            per_key: MAX_IDLE_PRIVATE,
+            max_idle: Duration::MAX,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Slots> {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn usable(&self, i: &Idle, now: Instant) -> bool {
+        !i.send.is_closed() && now.saturating_duration_since(i.since) < self.max_idle
+    }
+
+    /// True when a connection to `addr` opened for `owner` is idle (any TLS
+    /// variant): the client's next connection there likely needs none of
+    /// its own.
+    pub fn has_idle(&self, addr: SocketAddr, owner: Owner) -> bool {
+        let now = Instant::now();
+        self.lock().by_dest.get(&(addr, owner)).is_some_and(|v| {
+            v.iter().any(|s| {
+                s.idle
+                    .iter()
+                    .any(|i| i.send.is_ready() && self.usable(i, now))
+            })
+        })
+    }
+
+    /// True when a connection under exactly this key is ready.
+    pub fn has_ready(&self, addr: SocketAddr, owner: Owner, tls: &TlsKey) -> bool {
+        let now = Instant::now();
+        self.lock().by_dest.get(&(addr, owner)).is_some_and(|v| {
+            v.iter().filter(|s| s.tls == *tls).any(|s| {
+                s.idle
+                    .iter()
+                    .any(|i| i.send.is_ready() && self.usable(i, now))
+            })
+        })
+    }
+
+    /// The most recently used ready connection under this key (closed and
+    /// expired ones found on the way are dropped).
+    pub fn take(
+        &self,
+        addr: SocketAddr,
+        owner: Owner,
+        tls: &TlsKey,
+    ) -> Option<SendRequest<UpBody>> {
+        let now = Instant::now();
+        let mut guard = self.lock();
+        let Slots { by_dest, total } = &mut *guard;
+        let slot = by_dest
+            .get_mut(&(addr, owner))?
+            .iter_mut()
+            .find(|s| s.tls == *tls)?;
+        let before = slot.idle.len();
+        slot.idle.retain(|i| self.usable(i, now));
+        let taken = slot
+            .idle
+            .iter()
+            .rposition(|i| i.send.is_ready())
+            .map(|i| slot.idle.remove(i).send);
+        *total -= before - slot.idle.len();
+        taken
+    }
+
+    /// Keeps `send` for reuse under this key (it may still be busy with the
+    /// response it just received; it is handed out once ready). The oldest
+    /// goes when the key is full; nothing is kept past [`MAX_IDLE_TOTAL`].
+    pub fn put(&self, addr: SocketAddr, owner: Owner, tls: TlsKey, send: SendRequest<UpBody>) {
+        let now = Instant::now();
+        let mut guard = self.lock();
+        let Slots { by_dest, total } = &mut *guard;
+        let dest = by_dest.entry((addr, owner)).or_default();
+        let at = match dest.iter().position(|s| s.tls == tls) {
+            Some(at) => at,
+            None => {
+                dest.push(Slot {
+                    tls,
+                    idle: Vec::new(),
+                });
+                dest.len() - 1
+            }
+        };
+        let idle = &mut dest[at].idle;
+        let before = idle.len();
+        idle.retain(|i| self.usable(i, now));
+        if idle.len() >= self.per_key {
+            idle.remove(0);
+        }
+        *total -= before - idle.len();
+        if *total < MAX_IDLE_TOTAL && self.per_key > 0 {
+            idle.push(Idle { send, since: now });
+            *total += 1;
+        }
+    }
+
+    /// Drops expired and closed connections, and keys left empty.
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        let mut guard = self.lock();
+        let slots = &mut *guard;
+        let mut total = 0;
+        slots.by_dest.retain(|_, dest| {
+            dest.retain_mut(|s| {
+                s.idle.retain(|i| self.usable(i, now));
+                total += s.idle.len();
+                !s.idle.is_empty()
+            });
+            !dest.is_empty()
+        });
+        slots.total = total;
+    }
+
+    /// Idle connections held (for tests and status).
+    pub fn len(&self) -> usize {
+        self.lock().total
+    }
+
+    /// True when nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+async fn sweep_while_alive(store: Weak<IdleUpstreams>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        match store.upgrade() {
+            Some(s) => s.sweep(),
+            None => return,
+        }
+    }
+}
