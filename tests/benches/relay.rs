@@ -1,7 +1,11 @@
 //! `cargo xtask bench relay`: bulk throughput and connection rate, direct vs
 //! through the kernel redirect + agent (raw TCP relay: `--non-http relay`),
 //! and the new-connection rate of plain HTTP/1.1 with `Connection: close`
-//! (through the agent: sniffed as HTTP, parsed by hyper and scanned),
+//! (through the agent: sniffed as HTTP, parsed by hyper and scanned): against
+//! a server that keeps connections alive unless the request says `close` (as
+//! nginx does; the agent, like any HTTP proxy, drops that hop-by-hop field and
+//! keeps its upstream connection for the next client connection), and
+//! against one that closes after every response,
 //! and through haproxy (TCP mode) and socat as plain TCP proxies on
 //! loopback for comparison, same client and server, one run. The machine
 //! is shared: compare the ratios of one run.
@@ -15,7 +19,7 @@
 //! Knobs: `PIPELOCK_AGENT_BIN` (the agent under test: set it to the release
 //! build), `PIPELOCK_BENCH_BASELINE_BIN` (a second agent binary measured in
 //! the same rounds, for A/B ratios in one run), `PIPELOCK_BENCH_PARTS`
-//! (`bulk,rate,http`, default all), `PIPELOCK_BENCH_CONNS` (connections per
+//! (`bulk,rate,http,http-server-close`, default all), `PIPELOCK_BENCH_CONNS` (connections per
 //! rate and HTTP run) and `PIPELOCK_BENCH_NO_OTHERS=1` (skip haproxy and socat).
 use std::{
     io::{Read, Write},
@@ -49,7 +53,10 @@ fn main() {
     let knobs = Knobs::from_env();
     let bulk = start_server(serve_bulk);
     let rate = start_server(serve_one_byte);
-    let http = start_server(serve_http_close);
+    let http = HttpServers {
+        keep_alive: start_server(serve_http),
+        closing: start_server(serve_http_close),
+    };
     let cg = TestCgroup::new("bench");
 
     let mut direct = Runs::default();
@@ -72,17 +79,22 @@ fn main() {
         if knobs.no_others {
             break;
         }
-        let (Some(p_bulk), Some(p_rate), Some(p_http)) = (
+        let (Some(p_bulk), Some(p_rate), Some(p_http), Some(p_closing)) = (
             TcpProxy::start(name, bulk),
             TcpProxy::start(name, rate),
-            TcpProxy::start(name, http),
+            TcpProxy::start(name, http.keep_alive),
+            TcpProxy::start(name, http.closing),
         ) else {
             println!("{name}: not installed; skipped");
             continue;
         };
+        let proxied = HttpServers {
+            keep_alive: p_http.addr,
+            closing: p_closing.addr,
+        };
         let mut runs = Runs::default();
         for _ in 0..ROUNDS {
-            runs.run(&cg, &knobs, p_bulk.addr, p_rate.addr, p_http.addr);
+            runs.run(&cg, &knobs, p_bulk.addr, p_rate.addr, proxied);
         }
         others.push((name, runs.medians()));
     }
@@ -129,13 +141,22 @@ fn main() {
                 median(&mut a.cpu_http) * 1e6 / conns as f64
             );
         }
+        if knobs.http_server_close {
+            println!(
+                "  the same, server closing too:    direct {:8.0} req/s  agent {:8.0} req/s  ratio {:.2}  (no upstream connection to keep)",
+                d.3,
+                m.3,
+                m.3 / d.3
+            );
+        }
     }
-    for (name, (bulk, rate, http)) in others {
+    for (name, (bulk, rate, http, closing)) in others {
         println!(
-            "  {name:<8} as a TCP proxy: bulk {bulk:8.0} MiB/s ratio {:.2}; connections {rate:8.0} conn/s ratio {:.2}; HTTP close {http:8.0} req/s ratio {:.2}",
+            "  {name:<8} as a TCP proxy: bulk {bulk:8.0} MiB/s ratio {:.2}; connections {rate:8.0} conn/s ratio {:.2}; HTTP close {http:8.0} req/s ratio {:.2}; server closing too {closing:8.0} req/s ratio {:.2}",
             bulk / d.0,
             rate / d.1,
-            http / d.2
+            http / d.2,
+            closing / d.3
         );
     }
 }
@@ -143,10 +164,12 @@ fn main() {
 /// The bench's environment knobs (all optional).
 #[derive(Clone)]
 struct Knobs {
-    /// `PIPELOCK_BENCH_PARTS=bulk,rate,http`: the parts to run (default all).
+    /// `PIPELOCK_BENCH_PARTS=bulk,rate,http,http-server-close`: the parts
+    /// to run (default all).
     bulk: bool,
     rate: bool,
     http: bool,
+    http_server_close: bool,
     /// `PIPELOCK_BENCH_CONNS`: connections per rate and HTTP run.
     conns: u64,
     /// `PIPELOCK_BENCH_BASELINE_BIN`: a second agent binary (a baseline
@@ -168,6 +191,7 @@ impl Knobs {
             bulk: wants("bulk"),
             rate: wants("rate"),
             http: wants("http"),
+            http_server_close: wants("http-server-close"),
             conns: std::env::var("PIPELOCK_BENCH_CONNS")
                 .ok()
                 .and_then(|v| v.parse().ok())
@@ -185,6 +209,16 @@ struct Runs {
     bulk: Vec<f64>,
     rate: Vec<f64>,
     http: Vec<f64>,
+    http_server_close: Vec<f64>,
+}
+
+/// The two HTTP servers (or the proxies in front of them).
+#[derive(Clone, Copy)]
+struct HttpServers {
+    /// Keeps a connection alive unless the request says `close`.
+    keep_alive: SocketAddr,
+    /// Closes after every response.
+    closing: SocketAddr,
 }
 
 impl Runs {
@@ -195,7 +229,7 @@ impl Runs {
         k: &Knobs,
         bulk: SocketAddr,
         rate: SocketAddr,
-        http: SocketAddr,
+        http: HttpServers,
     ) {
         if k.bulk {
             self.bulk.push(run_client(cg, "bulk", bulk, k.conns));
@@ -204,15 +238,21 @@ impl Runs {
             self.rate.push(run_client(cg, "rate", rate, k.conns));
         }
         if k.http {
-            self.http.push(run_client(cg, "http", http, k.conns));
+            self.http
+                .push(run_client(cg, "http", http.keep_alive, k.conns));
+        }
+        if k.http_server_close {
+            self.http_server_close
+                .push(run_client(cg, "http", http.closing, k.conns));
         }
     }
 
-    fn medians(&mut self) -> (f64, f64, f64) {
+    fn medians(&mut self) -> (f64, f64, f64, f64) {
         (
             median(&mut self.bulk),
             median(&mut self.rate),
             median(&mut self.http),
+            median(&mut self.http_server_close),
         )
     }
 }
@@ -238,7 +278,7 @@ impl AgentRuns {
         k: &Knobs,
         bulk: SocketAddr,
         rate: SocketAddr,
-        http: SocketAddr,
+        http: HttpServers,
     ) {
         let redirect = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let args: Vec<String> = vec![
@@ -269,11 +309,20 @@ impl AgentRuns {
         }
         if k.http {
             let cpu0 = cpu_seconds(a.pid());
-            self.runs.http.push(run_client(cg, "http", http, k.conns));
+            self.runs
+                .http
+                .push(run_client(cg, "http", http.keep_alive, k.conns));
             self.cpu_http.push(cpu_seconds(a.pid()) - cpu0);
         }
+        if k.http_server_close {
+            self.runs
+                .http_server_close
+                .push(run_client(cg, "http", http.closing, k.conns));
+        }
         // Records are logged when each connection closes: give the last ones a moment.
-        let want = k.conns * (u64::from(k.rate) + u64::from(k.http)) + u64::from(k.bulk);
+        let want = k.conns
+            * (u64::from(k.rate) + u64::from(k.http) + u64::from(k.http_server_close))
+            + u64::from(k.bulk);
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut redirected = a.conn_records().len() as u64;
         while redirected < want && Instant::now() < deadline {
@@ -474,6 +523,41 @@ fn serve_bulk(mut s: TcpStream) {
 
 const HTTP_REQUEST: &[u8] =
     b"GET /rate HTTP/1.1\r\nHost: rate.test\r\nUser-Agent: bench\r\nConnection: close\r\n\r\n";
+
+/// HTTP/1.1 requests without bodies (headers read up to 8 KB), each
+/// answered with a short 200; the connection is closed after a request
+/// that says `Connection: close`, else kept for the next (as nginx does).
+fn serve_http(mut s: TcpStream) {
+    let mut req = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        let end = loop {
+            if let Some(i) = req.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            if req.len() >= 8192 {
+                return;
+            }
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => req.extend_from_slice(&buf[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&req[..end]).to_ascii_lowercase();
+        let close = head
+            .lines()
+            .any(|l| l.starts_with("connection:") && l.contains("close"));
+        req.drain(..end);
+        let answer: &[u8] = if close {
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+        } else {
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok"
+        };
+        if s.write_all(answer).is_err() || close {
+            return;
+        }
+    }
+}
 
 /// One HTTP/1.1 request (headers read up to 8 KB), a short 200, close.
 fn serve_http_close(mut s: TcpStream) {
