@@ -57,8 +57,8 @@ pub struct AgentOptions {
     pub test_pipeline: bool,
     /// Where the CA lives.
     pub state_dir: PathBuf,
-    /// `interceptor.upstream_keepalive` (0: each client connection keeps
-    /// its own upstream connections).
+    /// `interceptor.upstream_keepalive` (the agent's default; 0: each
+    /// client connection keeps its own upstream connections).
     pub upstream_keepalive: usize,
 }
 
@@ -72,7 +72,7 @@ impl AgentOptions {
             non_http: NonHttpAction::Relay,
             test_pipeline: false,
             state_dir: state_dir.to_path_buf(),
-            upstream_keepalive: 0,
+            upstream_keepalive: pipelock_agent::config::Interceptor::default().upstream_keepalive,
         }
     }
 }
