@@ -527,17 +527,15 @@ fn raise_nofile(want: u64) -> u64 {
 fn idle_rss(rt: &tokio::runtime::Runtime, dir: &Path, up_ca: &Path, upstream: SocketAddr) {
     const STEPS: [usize; 3] = [100, 1000, 10_000];
     let limit = raise_nofile(4 * 10_000 + 2000);
-    // Each held connection is one descriptor here and one in the agent: the
-    // agent's upstream connections are kept per destination, not per client
-    // connection (`interceptor.upstream_keepalive`, 32 idle at most). Where
-    // the hard limit cannot be raised (a container without
-    // CAP_SYS_RESOURCE), the last step is the most thousands that fit, and
-    // says so.
-    let fits = |n: usize| (n + 1000) as u64 <= limit;
+    // Each held connection is two descriptors in the agent (and two here,
+    // client and upstream). Where the hard limit cannot be raised (a
+    // container without CAP_SYS_RESOURCE), the last step is the most
+    // thousands that fit, and says so.
+    let fits = |n: usize| (2 * n + 1000) as u64 <= limit;
     let last = if fits(10_000) {
         10_000
     } else {
-        let n = (limit.saturating_sub(1000) as usize / 1000) * 1000;
+        let n = ((limit.saturating_sub(1000) / 2) as usize / 1000) * 1000;
         println!("open-file limit {limit}: the last step holds {n} connections, not 10,000");
         n
     };

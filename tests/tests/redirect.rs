@@ -446,31 +446,41 @@ fn kept_upstream_connections_are_reused_within_one_cgroup_only() {
         netns: None,
     };
     // Each run is a new client connection (curl, then Ruby's Net::HTTP,
-    // which closes after its request); the upstream sees one connection.
+    // which closes after its request); the upstream sees one connection. A
+    // connection is kept once its client connection has ended, which the
+    // agent may learn just after the next client connected: a few tries.
     let (_, a) = curl(place, &up.url("/a"));
-    let (_, b) = curl(place, &up.url("/b"));
     assert_eq!(a["path"], "/a");
-    assert_eq!(b["path"], "/b");
-    assert_eq!(
-        a["peer"], b["peer"],
-        "the kept upstream connection was not reused"
-    );
+    // Every upstream connection this cgroup's requests came on.
+    let mine = std::cell::RefCell::new(vec![a["peer"].clone()]);
+    let reused = (0..5).any(|i| {
+        let path = format!("/b/{i}");
+        let (_, b) = curl(place, &up.url(&path));
+        assert_eq!(b["path"], path);
+        mine.borrow_mut().push(b["peer"].clone());
+        b["peer"] == a["peer"]
+    });
+    assert!(reused, "no later curl reused the kept upstream connection");
     let url = up.url("/net_http");
-    let run = client::run(
-        place,
-        "ruby",
-        &[
-            "-rnet/http",
-            "-e",
-            "puts Process.pid; puts Net::HTTP.get(URI(ARGV[0]))",
-            &url,
-        ],
-        CLIENT_TIMEOUT,
-    );
-    assert!(run.ok(), "{run:?}");
-    let (_, body) = pid_and_body(&run);
-    assert_eq!(body["path"], "/net_http");
-    assert_eq!(body["peer"], a["peer"], "Net::HTTP did not reuse it");
+    let net_http = || {
+        let run = client::run(
+            place,
+            "ruby",
+            &[
+                "-rnet/http",
+                "-e",
+                "puts Process.pid; puts Net::HTTP.get(URI(ARGV[0]))",
+                &url,
+            ],
+            CLIENT_TIMEOUT,
+        );
+        assert!(run.ok(), "{run:?}");
+        let (_, body) = pid_and_body(&run);
+        assert_eq!(body["path"], "/net_http");
+        mine.borrow_mut().push(body["peer"].clone());
+        body["peer"] == a["peer"]
+    };
+    assert!((0..5).any(|_| net_http()), "Net::HTTP did not reuse it");
 
     // The other cgroup's request goes on a connection of its own.
     let script = format!(
@@ -482,8 +492,8 @@ fn kept_upstream_connections_are_reused_within_one_cgroup_only() {
     assert!(run.ok(), "{run:?}");
     let c: Value = serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("{e}: {run:?}"));
     assert_eq!(c["path"], "/other");
-    assert_ne!(
-        c["peer"], a["peer"],
+    assert!(
+        !mine.borrow().contains(&c["peer"]),
         "another cgroup was given this cgroup's connection"
     );
 

@@ -650,10 +650,11 @@ fn client_connections_share_a_kept_upstream_connection_only_under_its_verified_n
         o.test_pipeline = true;
     });
     let first = upstream_peer(&s);
-    assert_eq!(
-        upstream_peer(&s),
-        first,
-        "the second client connection did not reuse the kept upstream connection"
+    // A connection is kept once its client connection has ended, which the
+    // agent may learn just after the next client connected: a few tries.
+    assert!(
+        (0..5).any(|_| upstream_peer(&s) == first),
+        "no later client connection reused the kept upstream connection"
     );
     // A name the upstream's certificate does not cover is verified on a
     // connection of its own, and refused, though one to the same address is

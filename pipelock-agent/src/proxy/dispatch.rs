@@ -311,7 +311,10 @@ async fn plain_http<S: ClientStream>(
         connect_timeout: ctx.connect_timeout,
         response_timeout: ctx.upstream_response_timeout,
     };
-    let pool = if pre.is_none() && proto == Proto::Http1 && keep.has_ready(&target) {
+    // A kept connection (one may have come free while sniffing) stands in
+    // for the one dialled early.
+    let pool = if proto == Proto::Http1 && keep.has_ready(&target) {
+        drop(pre);
         Ok(Arc::new(UpstreamPool::new(target, proto, keep)))
     } else {
         let (io, up_proto) = match upstream::dial(&target, proto, pre).await {

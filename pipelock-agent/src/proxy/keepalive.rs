@@ -1,9 +1,11 @@
 //! Idle HTTP/1.1 upstream connections kept for reuse across client
 //! connections (a reverse proxy's upstream keep-alive, as nginx's
-//! `keepalive`): a client that opens a connection per request (`Connection:
-//! close`, Net::HTTP without a persistent session) costs the agent an
-//! accept, not also an upstream connect and TLS handshake, and an idle
-//! client connection holds no upstream connection.
+//! `keepalive`): a client connection that ends leaves its upstream
+//! connections here, and a new one takes one before dialling, so a client
+//! that opens a connection per request (`Connection: close`, Net::HTTP
+//! without a persistent session) costs the agent an accept, not also an
+//! upstream connect and TLS handshake. (While a client connection lives it
+//! reuses its own: see [`UpstreamPool`](super::upstream::UpstreamPool).)
 //!
 //! A connection is reused only under the key it was opened for: the address
 //! connected to, the TLS server name its certificate was verified for and the
@@ -29,8 +31,6 @@ use crate::{pipeline::ConnMeta, tls::AlpnOffer};
 
 /// Idle connections kept across all keys, at most (about 35 KB each).
 const MAX_IDLE_TOTAL: usize = 1024;
-/// Idle connections one client connection keeps when nothing is shared.
-const MAX_IDLE_PRIVATE: usize = 16;
 
 /// Whom an upstream connection was opened for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -73,8 +73,8 @@ struct Slots {
     total: usize,
 }
 
-/// Idle upstream connections by key; shared by the client connections of a
-/// configuration (or private to one client connection).
+/// Idle upstream connections by key, shared by the client connections of a
+/// configuration.
 pub struct IdleUpstreams {
     slots: Mutex<Slots>,
     per_key: usize,
@@ -98,16 +98,6 @@ impl IdleUpstreams {
             ));
         }
         store
-    }
-
-    /// A store of one client connection (nothing shared): its connections
-    /// go when it goes.
-    pub fn private() -> Arc<Self> {
-        Arc::new(Self {
-            slots: Mutex::default(),
-            per_key: MAX_IDLE_PRIVATE,
-            max_idle: Duration::MAX,
-        })
     }
 
     fn lock(&self) -> MutexGuard<'_, Slots> {

@@ -2,9 +2,10 @@
 //! (never a re-resolved name), TLS with the client's SNI (or the IP when it
 //! sent none) verified against the system roots plus `--upstream-ca`, HTTP/1.1
 //! or HTTP/2 as ALPN decided. One [`UpstreamPool`] per client connection
-//! sends its requests: HTTP/2 on a connection of its own, HTTP/1.1 on idle
-//! connections kept in a [`keepalive`](super::keepalive) store (shared across
-//! the client connections of one pod, or the client connection's own).
+//! sends its requests: HTTP/2 on a connection of its own, HTTP/1.1 on the
+//! connections it keeps idle for its next requests; those outlive it in the
+//! [`keepalive`](super::keepalive) store, shared by the client connections
+//! of one pod, and its first request takes one from there before dialling.
 use std::{
     net::SocketAddr,
     sync::{Arc, Mutex},
@@ -131,41 +132,38 @@ enum Sender {
     H2(conn::http2::SendRequest<UpBody>),
 }
 
-/// Where a client connection's idle HTTP/1.1 upstream connections are kept,
-/// and whom they were opened for.
+/// Idle HTTP/1.1 connections one client connection keeps for its next requests.
+const MAX_IDLE_OWN: usize = 16;
+
+/// Where idle HTTP/1.1 upstream connections go when a client connection
+/// ends (none: they close with it), and whom they were opened for.
 #[derive(Clone)]
 pub struct Keep {
-    store: Arc<IdleUpstreams>,
+    store: Option<Arc<IdleUpstreams>>,
     owner: Owner,
 }
 
 impl Keep {
-    /// The configuration's shared store (`interceptor.upstream_keepalive`),
-    /// else one of the connection's own.
+    /// The configuration's shared store (`interceptor.upstream_keepalive`).
     pub fn for_conn(ctx: &ProxyContext, meta: &ConnMeta) -> Self {
         Keep {
-            store: ctx.upstreams.clone().unwrap_or_else(IdleUpstreams::private),
+            store: ctx.upstreams.clone(),
             owner: Owner::of(meta),
         }
     }
 
-    /// A store of its own (nothing shared), for `owner`.
-    pub fn private(owner: Owner) -> Self {
-        Keep {
-            store: IdleUpstreams::private(),
-            owner,
-        }
-    }
-
-    /// True when an HTTP/1.1 connection for `target` is ready to be reused.
+    /// True when a kept HTTP/1.1 connection for `target` is ready.
     pub fn has_ready(&self, target: &Target) -> bool {
         self.store
-            .has_ready(target.addr, self.owner, &tls_key(target))
+            .as_ref()
+            .is_some_and(|s| s.has_ready(target.addr, self.owner, &tls_key(target)))
     }
 
-    /// True when some connection to `addr` (any TLS name) is idle.
+    /// True when some kept connection to `addr` (any TLS name) is ready.
     pub fn has_idle(&self, addr: SocketAddr) -> bool {
-        self.store.has_idle(addr, self.owner)
+        self.store
+            .as_ref()
+            .is_some_and(|s| s.has_idle(addr, self.owner))
     }
 }
 
@@ -183,7 +181,28 @@ pub struct UpstreamPool {
     proto: Proto,
     keep: Keep,
     tls_key: TlsKey,
+    /// This client connection's idle HTTP/1.1 connections (most recent last).
+    own: Mutex<Vec<conn::http1::SendRequest<UpBody>>>,
     h2: Mutex<Option<conn::http2::SendRequest<UpBody>>>,
+}
+
+/// A client connection that ends leaves its idle HTTP/1.1 connections to
+/// the shared store (they close when there is none).
+impl Drop for UpstreamPool {
+    fn drop(&mut self) {
+        let Some(store) = &self.keep.store else {
+            return;
+        };
+        let own = std::mem::take(self.own.get_mut().unwrap_or_else(|p| p.into_inner()));
+        for send in own.into_iter().filter(|s| !s.is_closed()) {
+            store.put(
+                self.target.addr,
+                self.keep.owner,
+                self.tls_key.clone(),
+                send,
+            );
+        }
+    }
 }
 
 impl UpstreamPool {
@@ -195,6 +214,7 @@ impl UpstreamPool {
             target,
             proto,
             keep,
+            own: Mutex::new(Vec::new()),
             h2: Mutex::new(None),
         }
     }
@@ -237,23 +257,39 @@ impl UpstreamPool {
         self.proto
     }
 
-    fn keep_idle(&self, send: conn::http1::SendRequest<UpBody>) {
-        self.keep.store.put(
-            self.target.addr,
-            self.keep.owner,
-            self.tls_key.clone(),
-            send,
-        );
-    }
-
-    fn take_idle(&self) -> Option<conn::http1::SendRequest<UpBody>> {
-        self.keep
-            .store
-            .take(self.target.addr, self.keep.owner, &self.tls_key)
+    fn lock_own(&self) -> std::sync::MutexGuard<'_, Vec<conn::http1::SendRequest<UpBody>>> {
+        self.own.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn lock_h2(&self) -> std::sync::MutexGuard<'_, Option<conn::http2::SendRequest<UpBody>>> {
         self.h2.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Keeps `send` for this client connection's next requests (it may
+    /// still be busy with the response it just received).
+    fn keep_idle(&self, send: conn::http1::SendRequest<UpBody>) {
+        let mut own = self.lock_own();
+        if own.len() < MAX_IDLE_OWN {
+            own.push(send);
+        }
+    }
+
+    /// A ready connection of this client connection's own, else one from
+    /// the shared store.
+    fn take_idle(&self) -> Option<conn::http1::SendRequest<UpBody>> {
+        let own = {
+            let mut own = self.lock_own();
+            own.retain(|s| !s.is_closed());
+            own.iter()
+                .rposition(|s| s.is_ready())
+                .map(|i| own.swap_remove(i))
+        };
+        own.or_else(|| {
+            self.keep
+                .store
+                .as_ref()?
+                .take(self.target.addr, self.keep.owner, &self.tls_key)
+        })
     }
 
     /// HTTP handshake over `io`; the connection is driven by a task of its
