@@ -527,15 +527,18 @@ fn raise_nofile(want: u64) -> u64 {
 fn idle_rss(rt: &tokio::runtime::Runtime, dir: &Path, up_ca: &Path, upstream: SocketAddr) {
     const STEPS: [usize; 3] = [100, 1000, 10_000];
     let limit = raise_nofile(4 * 10_000 + 2000);
-    // Each held connection is two descriptors in the agent (and two here,
-    // client and upstream). Where the hard limit cannot be raised (a
-    // container without CAP_SYS_RESOURCE), the last step is the most
-    // thousands that fit, and says so.
-    let fits = |n: usize| (2 * n + 1000) as u64 <= limit;
+    // Each held connection is a descriptor here and one in the agent; the
+    // upstream connections they used (in the agent, and the upstream's side
+    // in this process) are moved, once 1 to 2 s idle, to the agent's
+    // keep-alive store, which keeps 32: only those of the last moments of
+    // the ramp are open at once (4,000 descriptors of room). Where the hard
+    // limit cannot be raised (a container without CAP_SYS_RESOURCE), the
+    // last step is the most thousands that fit, and says so.
+    let fits = |n: usize| (n + 4000) as u64 <= limit;
     let last = if fits(10_000) {
         10_000
     } else {
-        let n = ((limit.saturating_sub(1000) / 2) as usize / 1000) * 1000;
+        let n = (limit.saturating_sub(4000) as usize / 1000) * 1000;
         println!("open-file limit {limit}: the last step holds {n} connections, not 10,000");
         n
     };
@@ -604,7 +607,9 @@ fn idle_rss(rt: &tokio::runtime::Runtime, dir: &Path, up_ca: &Path, upstream: So
                 break;
             }
         }
-        std::thread::sleep(Duration::from_millis(500));
+        // Idle: the agent moves a client connection's upstream connection
+        // to its shared keep-alive store after 1 to 2 s unused (keeping 32).
+        std::thread::sleep(Duration::from_secs(3));
         let rss = rss_kib(agent.pid()).unwrap_or(0);
         println!(
             "  {:>6} connections held ({errors} failed to open): RSS {:.1} MB, {:.1} KB per connection above idle",

@@ -695,6 +695,35 @@ fn client_connections_share_a_kept_upstream_connection_only_under_its_verified_n
 }
 
 #[test]
+fn an_idle_keep_alive_client_connection_leaves_its_upstream_connection_to_others() {
+    let s = Setup::new("idle-release", BOTH, |o| o.upstream_keepalive = 8);
+    let cfg = client_config(&[Path::new(&s.ca())], &[b"http/1.1"]);
+    let rt = tokio::runtime::Runtime::new().expect("rt");
+    let mut c = rt
+        .block_on(Client::connect(s.agent.addr, None, "upstream.test", cfg))
+        .expect("connect");
+    let mut peer = || {
+        let r = rt.block_on(c.get("upstream.test", "/peer")).expect("get");
+        String::from_utf8_lossy(r.body()).into_owned()
+    };
+    let first = peer();
+    assert!(first.starts_with("peer "), "{first}");
+    assert_eq!(peer(), first, "a keep-alive connection keeps its upstream");
+    // In use, it is its own: another client connection gets another.
+    assert_ne!(upstream_peer(&s), first);
+    // Unused for a while (1 to 2 s), it is left to the next client
+    // connection (the most recently kept is handed out first).
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        upstream_peer(&s),
+        first,
+        "the idle client connection's upstream connection was not released"
+    );
+    // The idle client connection still works (on a kept or new upstream).
+    assert!(peer().starts_with("peer "));
+}
+
+#[test]
 fn without_upstream_keepalive_each_client_connection_dials_its_own() {
     let s = Setup::new("no-keepalive", BOTH, |o| o.upstream_keepalive = 0);
     assert_ne!(upstream_peer(&s), upstream_peer(&s));

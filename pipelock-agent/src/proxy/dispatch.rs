@@ -315,7 +315,7 @@ async fn plain_http<S: ClientStream>(
     // for the one dialled early.
     let pool = if proto == Proto::Http1 && keep.has_ready(&target) {
         drop(pre);
-        Ok(Arc::new(UpstreamPool::new(target, proto, keep)))
+        Ok(UpstreamPool::new(target, proto, keep))
     } else {
         let (io, up_proto) = match upstream::dial(&target, proto, pre).await {
             Ok(x) => x,
@@ -326,7 +326,6 @@ async fn plain_http<S: ClientStream>(
         };
         UpstreamPool::with_first(target, io, up_proto, keep)
             .await
-            .map(Arc::new)
             .map_err(|e| e.to_string())
     };
     let conn = Arc::new(HttpConn::new(
@@ -511,12 +510,9 @@ async fn intercept_handshakes<S: ClientStream>(
         "intercepting"
     );
     let (pool, upstream_failure) = match upstream {
-        Ok(None) => (
-            Ok(Arc::new(UpstreamPool::new(target, up_proto, keep))),
-            None,
-        ),
+        Ok(None) => (Ok(UpstreamPool::new(target, up_proto, keep)), None),
         Ok(Some(io)) => match UpstreamPool::with_first(target, io, up_proto, keep).await {
-            Ok(p) => (Ok(Arc::new(p)), None),
+            Ok(p) => (Ok(p), None),
             Err(e) => (Err(e.to_string()), Some(e)),
         },
         Err(e) => (Err(e.to_string()), Some(e)),

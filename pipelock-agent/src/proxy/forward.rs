@@ -267,7 +267,7 @@ async fn route(
             };
             UpstreamPool::open(target, Proto::Http1, Keep::for_conn(&ctx, &meta))
                 .await
-                .map(|p| pools.put(dst, Arc::new(p)))
+                .map(|p| pools.put(dst, p))
                 .map_err(|e| e.to_string())
         }
     };

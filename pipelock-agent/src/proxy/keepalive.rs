@@ -4,8 +4,10 @@
 //! connections here, and a new one takes one before dialling, so a client
 //! that opens a connection per request (`Connection: close`, Net::HTTP
 //! without a persistent session) costs the agent an accept, not also an
-//! upstream connect and TLS handshake. (While a client connection lives it
-//! reuses its own: see [`UpstreamPool`](super::upstream::UpstreamPool).)
+//! upstream connect and TLS handshake. While a client connection lives it
+//! reuses its own (see [`UpstreamPool`]); once they have sat unused for
+//! [`RELEASE_AFTER`] they come here too, so an idle keep-alive client
+//! connection holds no upstream connection.
 //!
 //! A connection is reused only under the key it was opened for: the address
 //! connected to, the TLS server name its certificate was verified for and the
@@ -26,11 +28,14 @@ use std::{
 use hyper::client::conn::http1::SendRequest;
 use rustls_pki_types::ServerName;
 
-use super::upstream::UpBody;
+use super::upstream::{UpBody, UpstreamPool};
 use crate::{pipeline::ConnMeta, tls::AlpnOffer};
 
 /// Idle connections kept across all keys, at most (about 35 KB each).
 const MAX_IDLE_TOTAL: usize = 1024;
+/// A client connection's own upstream connections unused this long (1 to 2
+/// times this, as the sweep runs) are moved to the store.
+pub const RELEASE_AFTER: Duration = Duration::from_secs(1);
 
 /// Whom an upstream connection was opened for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -79,29 +84,56 @@ pub struct IdleUpstreams {
     slots: Mutex<Slots>,
     per_key: usize,
     max_idle: Duration,
+    /// The client connections' pools, for moving what they leave unused.
+    pools: Mutex<Vec<Weak<UpstreamPool>>>,
 }
 
 impl IdleUpstreams {
     /// A store shared across client connections: `per_key` idle
     /// connections per key, each dropped after `max_idle` unused. A task
-    /// sweeps out expired and closed connections until the store is dropped.
+    /// runs every [`RELEASE_AFTER`] until the store is dropped: it moves
+    /// the connections client connections left unused here and sweeps out
+    /// expired and closed ones.
     pub fn shared(per_key: usize, max_idle: Duration) -> Arc<Self> {
         let store = Arc::new(Self {
             slots: Mutex::default(),
             per_key,
             max_idle,
+            pools: Mutex::default(),
         });
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(sweep_while_alive(
-                Arc::downgrade(&store),
-                (max_idle / 2).max(Duration::from_secs(1)),
-            ));
+            rt.spawn(sweep_while_alive(Arc::downgrade(&store), RELEASE_AFTER));
         }
         store
     }
 
     fn lock(&self) -> MutexGuard<'_, Slots> {
         self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Watches a client connection's pool: what it leaves unused for
+    /// [`RELEASE_AFTER`] is moved here.
+    pub fn register(&self, pool: &Arc<UpstreamPool>) {
+        self.pools
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Arc::downgrade(pool));
+    }
+
+    /// Moves the ready connections of pools unused for [`RELEASE_AFTER`]
+    /// here (and forgets the pools of ended client connections).
+    fn release_unused(&self) {
+        let live: Vec<Arc<UpstreamPool>> = {
+            let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+            pools.retain(|w| w.strong_count() > 0);
+            pools.iter().filter_map(Weak::upgrade).collect()
+        };
+        for pool in live.iter().filter(|p| p.unused_for() >= RELEASE_AFTER) {
+            pool.release_ready(self);
+        }
+        // `live` may hold the last reference of a pool whose client
+        // connection just ended; its drop puts here too, with no lock held.
+        drop(live);
     }
 
     fn usable(&self, i: &Idle, now: Instant) -> bool {
@@ -226,8 +258,116 @@ async fn sweep_while_alive(store: Weak<IdleUpstreams>, every: Duration) {
     loop {
         tick.tick().await;
         match store.upgrade() {
-            Some(s) => s.sweep(),
+            Some(s) => {
+                s.release_unused();
+                s.sweep();
+            }
             None => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use hyper_util::rt::TokioIo;
+    use tokio::io::DuplexStream;
+
+    use super::*;
+
+    /// A ready HTTP/1.1 sender over an in-memory pipe (open while the
+    /// returned far end lives).
+    async fn sender() -> (SendRequest<UpBody>, DuplexStream) {
+        let (near, far) = tokio::io::duplex(1024);
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(near))
+            .await
+            .expect("handshake");
+        tokio::spawn(conn);
+        send.ready().await.expect("ready");
+        (send, far)
+    }
+
+    fn addr() -> SocketAddr {
+        SocketAddr::from(([10, 0, 0, 1], 443))
+    }
+
+    fn tls(name: &str) -> TlsKey {
+        Some((
+            ServerName::try_from(name.to_owned()).expect("name"),
+            AlpnOffer::Http11,
+        ))
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_handed_out_only_under_its_own_key() {
+        let store = IdleUpstreams::shared(4, Duration::from_secs(30));
+        let pod = Owner::Cgroup(1);
+        let (send, _far) = sender().await;
+        store.put(addr(), pod, tls("a.test"), send);
+        assert!(store.has_idle(addr(), pod));
+        assert!(!store.has_idle(addr(), Owner::Cgroup(2)));
+        assert!(
+            store
+                .take(addr(), Owner::Cgroup(2), &tls("a.test"))
+                .is_none()
+        );
+        assert!(store.take(addr(), pod, &tls("b.test")).is_none());
+        assert!(store.take(addr(), pod, &None).is_none());
+        let other_offer = Some((
+            ServerName::try_from("a.test").expect("name"),
+            AlpnOffer::Both,
+        ));
+        assert!(store.take(addr(), pod, &other_offer).is_none());
+        assert!(
+            store
+                .take(SocketAddr::from(([10, 0, 0, 2], 443)), pod, &tls("a.test"))
+                .is_none()
+        );
+        assert!(store.has_ready(addr(), pod, &tls("a.test")));
+        assert!(store.take(addr(), pod, &tls("a.test")).is_some());
+        assert!(store.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_key_keeps_at_most_its_share() {
+        let store = IdleUpstreams::shared(2, Duration::from_secs(30));
+        let pod = Owner::Peer(std::net::Ipv4Addr::LOCALHOST.into());
+        let mut far = Vec::new();
+        for _ in 0..3 {
+            let (send, f) = sender().await;
+            far.push(f);
+            store.put(addr(), pod, None, send);
+        }
+        assert_eq!(store.len(), 2);
+        assert!(store.take(addr(), pod, &None).is_some());
+        assert!(store.take(addr(), pod, &None).is_some());
+        assert!(store.take(addr(), pod, &None).is_none());
+        assert!(store.is_empty());
+    }
+
+    #[tokio::test]
+    async fn closed_and_expired_connections_are_never_handed_out() {
+        let pod = Owner::Cgroup(7);
+        let store = IdleUpstreams::shared(4, Duration::from_secs(30));
+        let (send, far) = sender().await;
+        store.put(addr(), pod, None, send);
+        // The upstream closes it.
+        drop(far);
+        for _ in 0..100 {
+            if !store.has_idle(addr(), pod) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(store.take(addr(), pod, &None).is_none());
+        assert!(store.is_empty());
+
+        let store = IdleUpstreams::shared(4, Duration::from_millis(20));
+        let (send, _far) = sender().await;
+        store.put(addr(), pod, None, send);
+        assert!(store.has_ready(addr(), pod, &None));
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert!(!store.has_ready(addr(), pod, &None));
+        store.sweep();
+        assert!(store.is_empty());
     }
 }

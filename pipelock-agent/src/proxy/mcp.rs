@@ -792,11 +792,9 @@ impl Conn {
             response_timeout: self.ctx.upstream_response_timeout,
         };
         let keep = Keep::for_conn(&self.ctx, &self.meta);
-        let pool = Arc::new(
-            UpstreamPool::open(target, Proto::Http1, keep)
-                .await
-                .map_err(|e| e.to_string())?,
-        );
+        let pool = UpstreamPool::open(target, Proto::Http1, keep)
+            .await
+            .map_err(|e| e.to_string())?;
         *slot = Some(pool.clone());
         Ok(pool)
     }

@@ -9,7 +9,7 @@
 use std::{
     net::SocketAddr,
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
@@ -183,6 +183,8 @@ pub struct UpstreamPool {
     tls_key: TlsKey,
     /// This client connection's idle HTTP/1.1 connections (most recent last).
     own: Mutex<Vec<conn::http1::SendRequest<UpBody>>>,
+    /// When a request last started or got its response headers.
+    last_used: Mutex<Instant>,
     h2: Mutex<Option<conn::http2::SendRequest<UpBody>>>,
 }
 
@@ -208,14 +210,53 @@ impl Drop for UpstreamPool {
 impl UpstreamPool {
     /// A pool with no connection yet: its first request reuses an idle one
     /// from `keep` or dials.
-    pub fn new(target: Target, proto: Proto, keep: Keep) -> Self {
-        Self {
+    pub fn new(target: Target, proto: Proto, keep: Keep) -> Arc<Self> {
+        let pool = Arc::new(Self {
             tls_key: tls_key(&target),
             target,
             proto,
             keep,
             own: Mutex::new(Vec::new()),
+            last_used: Mutex::new(Instant::now()),
             h2: Mutex::new(None),
+        });
+        if let Some(store) = &pool.keep.store {
+            store.register(&pool);
+        }
+        pool
+    }
+
+    fn touch(&self) {
+        *self.last_used.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+    }
+
+    /// How long since a request last started or got its response headers.
+    pub fn unused_for(&self) -> Duration {
+        self.last_used
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed()
+    }
+
+    /// Moves this client connection's ready HTTP/1.1 connections (an
+    /// exchange still in flight keeps its own) to `store`.
+    pub fn release_ready(&self, store: &IdleUpstreams) {
+        let ready: Vec<_> = {
+            let mut own = self.lock_own();
+            own.retain(|s| !s.is_closed());
+            let (ready, busy) = std::mem::take(&mut *own)
+                .into_iter()
+                .partition(|s| s.is_ready());
+            *own = busy;
+            ready
+        };
+        for send in ready {
+            store.put(
+                self.target.addr,
+                self.keep.owner,
+                self.tls_key.clone(),
+                send,
+            );
         }
     }
 
@@ -225,7 +266,7 @@ impl UpstreamPool {
         first: UpStream,
         proto: Proto,
         keep: Keep,
-    ) -> Result<Self, Error> {
+    ) -> Result<Arc<Self>, Error> {
         let pool = Self::new(target, proto, keep);
         match Box::pin(pool.handshake(first)).await? {
             // Ready once its connection task first ran: a first request
@@ -244,7 +285,7 @@ impl UpstreamPool {
     /// A pool for `target` whose first request reuses a kept HTTP/1.1
     /// connection when one is ready, else one that starts with a connection
     /// dialled now (`plain_proto` on plaintext; ALPN decides on TLS).
-    pub async fn open(target: Target, plain_proto: Proto, keep: Keep) -> Result<Self, Error> {
+    pub async fn open(target: Target, plain_proto: Proto, keep: Keep) -> Result<Arc<Self>, Error> {
         if (plain_proto == Proto::Http1 || target.tls.is_some()) && keep.has_ready(&target) {
             return Ok(Self::new(target, Proto::Http1, keep));
         }
@@ -268,6 +309,7 @@ impl UpstreamPool {
     /// Keeps `send` for this client connection's next requests (it may
     /// still be busy with the response it just received).
     fn keep_idle(&self, send: conn::http1::SendRequest<UpBody>) {
+        self.touch();
         let mut own = self.lock_own();
         if own.len() < MAX_IDLE_OWN {
             own.push(send);
@@ -277,6 +319,7 @@ impl UpstreamPool {
     /// A ready connection of this client connection's own, else one from
     /// the shared store.
     fn take_idle(&self) -> Option<conn::http1::SendRequest<UpBody>> {
+        self.touch();
         let own = {
             let mut own = self.lock_own();
             own.retain(|s| !s.is_closed());
