@@ -723,6 +723,64 @@ fn an_idle_keep_alive_client_connection_leaves_its_upstream_connection_to_others
     assert!(peer().starts_with("peer "));
 }
 
+/// An upstream that answers the first request of its first connection twice
+/// (a second, unasked-for response right behind the first) and every other
+/// request once (`fresh c<connection>r<request>`), keeping connections open.
+fn double_answering_upstream() -> SocketAddr {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind(lo()).expect("bind");
+    let addr = l.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for (conn, s) in l.incoming().take(64).enumerate() {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                for n in 0.. {
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                        }
+                    }
+                    buf.clear();
+                    let mut out = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\nfresh c{conn:02}r{n:02}"
+                    );
+                    if conn == 0 && n == 0 {
+                        out.push_str("HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsmuggled");
+                    }
+                    if s.write_all(out.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn an_unasked_for_response_never_reaches_the_next_client_connection() {
+    let up = double_answering_upstream();
+    let dir = temp_dir("smuggle");
+    let mut opts = AgentOptions::new(up, &dir);
+    opts.upstream_keepalive = 8;
+    let agent = InProcessAgent::start(opts);
+    let url = format!("http://127.0.0.1:{}/x", agent.addr.port());
+    let mut reused = false;
+    for i in 0..12 {
+        // Each curl run is a client connection of its own, right after the last.
+        let out = run("curl", &["-sS", "--max-time", "20", &url]);
+        assert!(!out.stdout.contains("smuggled"), "request {i}: {out:?}");
+        assert!(out.stdout.starts_with("fresh c"), "request {i}: {out:?}");
+        reused |= !out.stdout.ends_with("r00");
+    }
+    // Clean connections were reused: the check above ran on that path.
+    assert!(reused, "no upstream connection was reused");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn without_upstream_keepalive_each_client_connection_dials_its_own() {
     let s = Setup::new("no-keepalive", BOTH, |o| o.upstream_keepalive = 0);
