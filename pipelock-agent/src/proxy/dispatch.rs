@@ -434,8 +434,7 @@ async fn intercept_handshakes<S: ClientStream>(
 
     // Upstream first: its ALPN choice decides what the client is offered, and
     // a TCP-level failure is mirrored to the client as a reset.
-    let reuse = keep.has_ready(&target);
-    let dialled = if reuse {
+    let dialled = if keep.has_ready(&target) {
         drop(pre);
         Ok((None, Proto::Http1))
     } else {

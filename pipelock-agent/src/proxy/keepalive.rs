@@ -16,8 +16,11 @@
 //! pinned to a connection) never passes from one container or pod to another.
 //! Only connections hyper reports ready are handed out (the last response
 //! read to its end, nothing in flight); hyper closes one whose exchange was
-//! cut (a request body refused mid-stream, a response abandoned unread), so
-//! a cut exchange never leaves bytes for the next client to read.
+//! cut (a request body refused mid-stream, a response abandoned unread) or
+//! that holds bytes past its last response, so neither reaches the next
+//! client. (Bytes an upstream sends later, unasked, would be read as the
+//! answer to the next request, as on any HTTP/1.1 keep-alive connection:
+//! the key keeps that within one pod.)
 use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},
