@@ -1,14 +1,13 @@
 //! `cargo xtask bench relay`: bulk throughput and connection rate, direct vs
 //! through the kernel redirect + agent (raw TCP relay: `--non-http relay`),
 //! and the new-connection rate of plain HTTP/1.1 with `Connection: close`
-//! (through the agent: sniffed as HTTP, parsed by hyper and scanned): against
+//! (through the agent: sniffed as HTTP, parsed by hyper and scanned), against
 //! a server that keeps connections alive unless the request says `close` (as
-//! nginx does; the agent, like any HTTP proxy, drops that hop-by-hop field and
-//! keeps its upstream connection for the next client connection), and
-//! against one that closes after every response,
-//! and through haproxy (TCP mode) and socat as plain TCP proxies on
-//! loopback for comparison, same client and server, one run. The machine
-//! is shared: compare the ratios of one run.
+//! nginx does: the agent, like any HTTP proxy, drops that hop-by-hop field
+//! and keeps its upstream connection for the next client connection) and
+//! against one that closes after every response. haproxy (TCP mode) and
+//! socat run as plain TCP proxies on loopback for comparison, same client
+//! and servers, one run. The machine is shared: compare the ratios of one run.
 //!
 //! The client is this binary re-executed (`--client …`) inside a throwaway
 //! cgroup: "direct" runs it with no agent attached, "agent" with the agent
@@ -19,8 +18,9 @@
 //! Knobs: `PIPELOCK_AGENT_BIN` (the agent under test: set it to the release
 //! build), `PIPELOCK_BENCH_BASELINE_BIN` (a second agent binary measured in
 //! the same rounds, for A/B ratios in one run), `PIPELOCK_BENCH_PARTS`
-//! (`bulk,rate,http,http-server-close`, default all), `PIPELOCK_BENCH_CONNS` (connections per
-//! rate and HTTP run) and `PIPELOCK_BENCH_NO_OTHERS=1` (skip haproxy and socat).
+//! (`bulk,rate,http,http-server-close`, default all),
+//! `PIPELOCK_BENCH_CONNS` (connections per rate and HTTP run) and
+//! `PIPELOCK_BENCH_NO_OTHERS=1` (skip haproxy and socat).
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
