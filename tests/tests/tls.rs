@@ -676,12 +676,13 @@ fn client_connections_share_a_kept_upstream_connection_only_under_its_verified_n
     assert!(out.stdout.ends_with("502"), "{out:?}");
     assert!(out.stdout.contains("NotValidForName"), "{out:?}");
     assert!(!out.stdout.contains("peer "), "{out:?}");
-    // Another ALPN offer (h2 and http/1.1) is another key.
+    // An HTTP/2 client gets an HTTP/2 upstream connection of its own (those
+    // are not kept across client connections), never the HTTP/1.1 one.
     let out = s.curl(&["--http2"], "/peer");
     assert!(out.ok() && out.stdout.starts_with("peer "), "{out:?}");
     assert_ne!(
         out.stdout, first,
-        "an h2 offer was sent on an http/1.1-only connection"
+        "an h2 client was served on the kept HTTP/1.1 connection"
     );
     // A response cut mid-body (the test pipeline's marker) leaves nothing
     // on a kept connection: the next client gets its own answer.
