@@ -196,14 +196,7 @@ impl Drop for UpstreamPool {
             return;
         };
         let own = std::mem::take(self.own.get_mut().unwrap_or_else(|p| p.into_inner()));
-        for send in own.into_iter().filter(|s| !s.is_closed()) {
-            store.put(
-                self.target.addr,
-                self.keep.owner,
-                self.tls_key.clone(),
-                send,
-            );
-        }
+        self.leave(store, own.into_iter().filter(|s| !s.is_closed()));
     }
 }
 
@@ -241,7 +234,7 @@ impl UpstreamPool {
     /// Moves this client connection's ready HTTP/1.1 connections (an
     /// exchange still in flight keeps its own) to `store`.
     pub fn release_ready(&self, store: &IdleUpstreams) {
-        let ready: Vec<_> = {
+        let ready: Vec<conn::http1::SendRequest<UpBody>> = {
             let mut own = self.lock_own();
             own.retain(|s| !s.is_closed());
             let (ready, busy) = std::mem::take(&mut *own)
@@ -250,7 +243,16 @@ impl UpstreamPool {
             *own = busy;
             ready
         };
-        for send in ready {
+        self.leave(store, ready);
+    }
+
+    /// Puts `sends` in `store` under this pool's key.
+    fn leave(
+        &self,
+        store: &IdleUpstreams,
+        sends: impl IntoIterator<Item = conn::http1::SendRequest<UpBody>>,
+    ) {
+        for send in sends {
             store.put(
                 self.target.addr,
                 self.keep.owner,
