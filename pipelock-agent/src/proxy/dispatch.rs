@@ -63,7 +63,7 @@ pub async fn serve_as<S: ClientStream>(
     // says the destination speaks HTTP: no connection of its own is
     // opened while sniffing (one is, after, if the client needs it).
     let keep = Keep::for_conn(&ctx, &meta);
-    let connect_early = !keep.has_idle(dst);
+    let connect_early = !keep.any_ready(dst);
     let (sniffed, prefix, pre) =
         match sniff_or_server_first(&mut client, &ctx, dst, connect_early).await {
             Ok(s) => s,

@@ -143,29 +143,19 @@ impl IdleUpstreams {
         !i.send.is_closed() && now.saturating_duration_since(i.since) < self.max_idle
     }
 
-    /// True when a connection to `addr` opened for `owner` is idle (any TLS
-    /// variant): the client's next connection there likely needs none of
-    /// its own.
-    pub fn has_idle(&self, addr: SocketAddr, owner: Owner) -> bool {
+    /// True when a connection to `addr` opened for `owner` is ready: under
+    /// exactly the TLS key `tls`, or under any (`None`: the client's next
+    /// connection there likely needs none of its own).
+    pub fn has_ready(&self, addr: SocketAddr, owner: Owner, tls: Option<&TlsKey>) -> bool {
         let now = Instant::now();
         self.lock().by_dest.get(&(addr, owner)).is_some_and(|v| {
-            v.iter().any(|s| {
-                s.idle
-                    .iter()
-                    .any(|i| i.send.is_ready() && self.usable(i, now))
-            })
-        })
-    }
-
-    /// True when a connection under exactly this key is ready.
-    pub fn has_ready(&self, addr: SocketAddr, owner: Owner, tls: &TlsKey) -> bool {
-        let now = Instant::now();
-        self.lock().by_dest.get(&(addr, owner)).is_some_and(|v| {
-            v.iter().filter(|s| s.tls == *tls).any(|s| {
-                s.idle
-                    .iter()
-                    .any(|i| i.send.is_ready() && self.usable(i, now))
-            })
+            v.iter()
+                .filter(|s| tls.is_none_or(|t| s.tls == *t))
+                .any(|s| {
+                    s.idle
+                        .iter()
+                        .any(|i| i.send.is_ready() && self.usable(i, now))
+                })
         })
     }
 
@@ -199,6 +189,9 @@ impl IdleUpstreams {
     /// response it just received; it is handed out once ready). The oldest
     /// goes when the key is full; nothing is kept past [`MAX_IDLE_TOTAL`].
     pub fn put(&self, addr: SocketAddr, owner: Owner, tls: TlsKey, send: SendRequest<UpBody>) {
+        if self.per_key == 0 {
+            return;
+        }
         let now = Instant::now();
         let mut guard = self.lock();
         let Slots { by_dest, total } = &mut *guard;
@@ -220,7 +213,7 @@ impl IdleUpstreams {
             idle.remove(0);
         }
         *total -= before - idle.len();
-        if *total < MAX_IDLE_TOTAL && self.per_key > 0 {
+        if *total < MAX_IDLE_TOTAL {
             idle.push(Idle { send, since: now });
             *total += 1;
         }
@@ -306,8 +299,8 @@ mod tests {
         let pod = Owner::Cgroup(1);
         let (send, _far) = sender().await;
         store.put(addr(), pod, tls("a.test"), send);
-        assert!(store.has_idle(addr(), pod));
-        assert!(!store.has_idle(addr(), Owner::Cgroup(2)));
+        assert!(store.has_ready(addr(), pod, None));
+        assert!(!store.has_ready(addr(), Owner::Cgroup(2), None));
         assert!(
             store
                 .take(addr(), Owner::Cgroup(2), &tls("a.test"))
@@ -325,7 +318,7 @@ mod tests {
                 .take(SocketAddr::from(([10, 0, 0, 2], 443)), pod, &tls("a.test"))
                 .is_none()
         );
-        assert!(store.has_ready(addr(), pod, &tls("a.test")));
+        assert!(store.has_ready(addr(), pod, Some(&tls("a.test"))));
         assert!(store.take(addr(), pod, &tls("a.test")).is_some());
         assert!(store.is_empty());
     }
@@ -348,6 +341,14 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_store_with_no_share_keeps_nothing() {
+        let store = IdleUpstreams::shared(0, Duration::from_secs(30));
+        let (send, _far) = sender().await;
+        store.put(addr(), Owner::Cgroup(3), None, send);
+        assert!(store.is_empty());
+    }
+
+    #[tokio::test]
     async fn closed_and_expired_connections_are_never_handed_out() {
         let pod = Owner::Cgroup(7);
         let store = IdleUpstreams::shared(4, Duration::from_secs(30));
@@ -356,7 +357,7 @@ mod tests {
         // The upstream closes it.
         drop(far);
         for _ in 0..100 {
-            if !store.has_idle(addr(), pod) {
+            if !store.has_ready(addr(), pod, None) {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -367,9 +368,9 @@ mod tests {
         let store = IdleUpstreams::shared(4, Duration::from_millis(20));
         let (send, _far) = sender().await;
         store.put(addr(), pod, None, send);
-        assert!(store.has_ready(addr(), pod, &None));
+        assert!(store.has_ready(addr(), pod, Some(&None)));
         tokio::time::sleep(Duration::from_millis(30)).await;
-        assert!(!store.has_ready(addr(), pod, &None));
+        assert!(!store.has_ready(addr(), pod, Some(&None)));
         store.sweep();
         assert!(store.is_empty());
     }

@@ -154,16 +154,18 @@ impl Keep {
 
     /// True when a kept HTTP/1.1 connection for `target` is ready.
     pub fn has_ready(&self, target: &Target) -> bool {
-        self.store
-            .as_ref()
-            .is_some_and(|s| s.has_ready(target.addr, self.owner, &tls_key(target)))
+        self.store_has_ready(target.addr, Some(&tls_key(target)))
     }
 
     /// True when some kept connection to `addr` (any TLS name) is ready.
-    pub fn has_idle(&self, addr: SocketAddr) -> bool {
+    pub fn any_ready(&self, addr: SocketAddr) -> bool {
+        self.store_has_ready(addr, None)
+    }
+
+    fn store_has_ready(&self, addr: SocketAddr, tls: Option<&TlsKey>) -> bool {
         self.store
             .as_ref()
-            .is_some_and(|s| s.has_idle(addr, self.owner))
+            .is_some_and(|s| s.has_ready(addr, self.owner, tls))
     }
 }
 
